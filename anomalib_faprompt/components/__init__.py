@@ -1,0 +1,25 @@
+"""Pieces shared by every model of this package: backbone, prompts, maps and losses."""
+
+from .clip import CLIPBackbone, build_backbone, load_open_clip, resize_positional_embedding
+from .losses import binary_focal_loss, dice_loss, focal_loss, local_loss, orthogonality_loss, prior_loss
+from .maps import abnormal_probability, upsample_patches
+from .prompts import DeepPrompts, PromptTemplate, encode_prompts, init_learned
+
+__all__ = [
+    "CLIPBackbone",
+    "DeepPrompts",
+    "PromptTemplate",
+    "abnormal_probability",
+    "binary_focal_loss",
+    "build_backbone",
+    "dice_loss",
+    "encode_prompts",
+    "focal_loss",
+    "init_learned",
+    "load_open_clip",
+    "local_loss",
+    "orthogonality_loss",
+    "prior_loss",
+    "resize_positional_embedding",
+    "upsample_patches",
+]

@@ -1,0 +1,295 @@
+"""Frozen open_clip backbone with the value-value image path and a deep-prompt text encoder.
+
+One module serves every model of this package: it loads an open_clip ViT (by name and
+pretrained tag, from a local weights file, or from a config dict), freezes it, resizes its
+positional embedding to the working image size, and exposes two encoders:
+
+* :meth:`CLIPBackbone.encode_image` runs the ordinary CLIP blocks and, in the last
+  ``vv_layers`` blocks, a second value-value ("V-V", DPAM) token stream. It returns the global
+  embedding of the ordinary stream and the patch embeddings of the V-V stream.
+* :meth:`CLIPBackbone.encode_text` runs the text transformer on prompt embeddings truncated to
+  the longest prompt, overwriting positions ``1..t`` in blocks ``2..depth`` with deep prompts.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+import open_clip
+import torch
+import torch.nn.functional as F  # noqa: N812
+from open_clip.model import CLIP
+from open_clip.transformer import ResidualAttentionBlock
+from torch import nn
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["CLIPBackbone", "load_open_clip", "resize_positional_embedding"]
+
+
+def _weights_error(model_name: str, pretrained: str, cause: Exception) -> RuntimeError:
+    """Build the error raised when CLIP weights can be neither downloaded nor read."""
+    cfg = open_clip.get_pretrained_cfg(model_name, pretrained)
+    source = cfg.get("url") or (f"https://huggingface.co/{cfg['hf_hub']}" if cfg.get("hf_hub") else "")
+    where = f" from {source}" if source else ""
+    msg = (
+        f"Could not load open_clip weights for model '{model_name}' with pretrained tag '{pretrained}' "
+        f"({type(cause).__name__}: {cause}). Without network access, download the weights file{where} "
+        f"on a machine that has it, copy it here and pass its path instead of the tag, e.g. "
+        f"`--model.pretrained /path/to/weights.pt` (Python: pretrained='/path/to/weights.pt'). "
+        f"open_clip also reads its cache at ~/.cache/clip and the Hugging Face cache."
+    )
+    return RuntimeError(msg)
+
+
+def load_open_clip(
+    model_name: str,
+    pretrained: str | None,
+    model_config: dict[str, Any] | None = None,
+) -> CLIP:
+    """Create an open_clip CLIP model.
+
+    Args:
+        model_name: open_clip model name, e.g. ``"ViT-L-14-336"``. Ignored when ``model_config`` is given.
+        pretrained: A pretrained tag (``"openai"``), a path to a local weights file, or ``None`` for
+            random weights.
+        model_config: Keyword arguments of :class:`open_clip.model.CLIP` (``embed_dim``, ``vision_cfg``,
+            ``text_cfg``, ``quick_gelu``): builds a randomly initialised model, e.g. a tiny test backbone.
+
+    A pretrained tag sets the activation (QuickGELU or GELU) as open_clip's table says. A local file is
+    read with the activation of the architecture's ``openai`` weights (QuickGELU for OpenAI's ViTs),
+    since the OpenAI weights are this package's default; other weights are best given by their tag.
+
+    Returns:
+        The CLIP model in eval mode.
+
+    Raises:
+        FileNotFoundError: ``pretrained`` looks like a path and the file does not exist.
+        RuntimeError: The weights cannot be downloaded or read; the message says how to supply them.
+    """
+    if model_config is not None:
+        return CLIP(**model_config).eval()
+    is_file = pretrained is not None and (os.sep in pretrained or Path(pretrained).suffix != "")
+    if is_file and not Path(pretrained).is_file():
+        msg = (
+            f"CLIP weights file '{pretrained}' (argument `pretrained`) does not exist. Pass an existing file or a tag."
+        )
+        raise FileNotFoundError(msg)
+    quick_gelu = is_file and bool(open_clip.get_pretrained_cfg(model_name, "openai").get("quick_gelu", False))
+    try:
+        model = open_clip.create_model(model_name, pretrained=pretrained, force_quick_gelu=quick_gelu)
+    except (OSError, RuntimeError) as error:
+        if pretrained is None:
+            raise
+        raise _weights_error(model_name, pretrained, error) from error
+    return model.eval()
+
+
+def resize_positional_embedding(pos_embed: torch.Tensor, grid: int) -> torch.Tensor:
+    """Resize a ViT positional embedding (class position first) to a ``grid x grid`` patch grid.
+
+    Bilinear, ``align_corners=False``, no antialias; the class position is kept as it is.
+
+    Args:
+        pos_embed: ``(1 + g0*g0, width)`` positional embedding.
+        grid: Target grid side.
+
+    Returns:
+        ``(1 + grid*grid, width)`` positional embedding.
+    """
+    cls_pos, patch_pos = pos_embed[:1], pos_embed[1:]
+    old = round(patch_pos.shape[0] ** 0.5)
+    if old * old != patch_pos.shape[0]:
+        msg = f"Positional embedding with {patch_pos.shape[0]} patch positions is not a square grid."
+        raise ValueError(msg)
+    if old == grid:
+        return pos_embed.clone()
+    patch_pos = patch_pos.reshape(1, old, old, -1).permute(0, 3, 1, 2)
+    patch_pos = F.interpolate(patch_pos, size=(grid, grid), mode="bilinear", align_corners=False, antialias=False)
+    patch_pos = patch_pos.permute(0, 2, 3, 1).reshape(grid * grid, -1)
+    return torch.cat([cls_pos, patch_pos], dim=0)
+
+
+def _qkv(block: ResidualAttentionBlock, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Project ``h`` (B, L, W) with the block's attention weights into per-head q, k, v (B, H, L, W/H)."""
+    attn = block.attn
+    batch, length, width = h.shape
+    heads = attn.num_heads
+    qkv = F.linear(h, attn.in_proj_weight, attn.in_proj_bias)
+    qkv = qkv.reshape(batch, length, 3, heads, width // heads).permute(2, 0, 3, 1, 4)
+    return qkv[0], qkv[1], qkv[2]
+
+
+def _merge_heads(x: torch.Tensor) -> torch.Tensor:
+    """(B, H, L, d) -> (B, L, H*d)."""
+    batch, heads, length, dim = x.shape
+    return x.transpose(1, 2).reshape(batch, length, heads * dim)
+
+
+class CLIPBackbone(nn.Module):
+    """Frozen CLIP with the value-value image path and the deep-prompt text encoder.
+
+    Args:
+        clip: An open_clip :class:`CLIP` model with a plain ViT image tower.
+        image_size: Working image side ``S``; the positional embedding is resized to ``S // patch``.
+        vv_layers: Number of final vision blocks that run the value-value dual path.
+        tokenizer: open_clip tokenizer for the text tower.
+    """
+
+    def __init__(self, clip: CLIP, image_size: int, vv_layers: int, tokenizer: Any) -> None:  # noqa: ANN401
+        super().__init__()
+        visual = clip.visual
+        if not hasattr(visual, "conv1") or not hasattr(visual, "transformer"):
+            msg = f"Backbone image tower {type(visual).__name__} is not an open_clip ViT; use a ViT model."
+            raise TypeError(msg)
+        for block in [*visual.transformer.resblocks, *clip.transformer.resblocks]:
+            if not isinstance(block, ResidualAttentionBlock):
+                msg = f"Unsupported transformer block {type(block).__name__}: only ResidualAttentionBlock is."
+                raise TypeError(msg)
+        depth = len(visual.transformer.resblocks)
+        if not 1 <= vv_layers <= depth:
+            msg = f"vv_layers={vv_layers} must be between 1 and the image tower depth ({depth})."
+            raise ValueError(msg)
+        patch = visual.patch_size[0]
+        if image_size % patch:
+            msg = f"image_size={image_size} must be a multiple of the backbone patch size {patch}."
+            raise ValueError(msg)
+
+        self.grid = image_size // patch
+        self.image_size = image_size
+        self.vv_start = depth - vv_layers
+        self.tokenizer = tokenizer
+        with torch.no_grad():
+            visual.positional_embedding = nn.Parameter(
+                resize_positional_embedding(visual.positional_embedding.data, self.grid),
+            )
+        visual.image_size = (image_size, image_size)
+        visual.grid_size = (self.grid, self.grid)
+        self.clip = clip.requires_grad_(False).eval()
+
+    @property
+    def embed_dim(self) -> int:
+        """Width ``D`` of the joint image-text embedding."""
+        return self.clip.visual.output_dim
+
+    @property
+    def text_width(self) -> int:
+        """Width ``C`` of the text transformer tokens."""
+        return self.clip.token_embedding.weight.shape[1]
+
+    @property
+    def text_depth(self) -> int:
+        """Number of text transformer blocks."""
+        return len(self.clip.transformer.resblocks)
+
+    def train(self, mode: bool = True) -> CLIPBackbone:
+        """Keep the frozen CLIP in eval mode whatever the mode of the model around it."""
+        super().train(mode)
+        self.clip.eval()
+        return self
+
+    def encode_image(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Encode normalised images with the value-value dual path.
+
+        Args:
+            images: ``(B, 3, S, S)`` images, CLIP-normalised.
+
+        Returns:
+            Global embedding ``(B, D)`` (class token of the ordinary stream, without ``ln_post``) and
+            patch embeddings ``(B, N, D)`` (``ln_post`` of the V-V stream), both unnormalised.
+        """
+        visual = self.clip.visual
+        x = visual._embeds(images)  # noqa: SLF001
+        blocks = visual.transformer.resblocks
+        for block in blocks[: self.vv_start]:
+            x = block(x)
+        x_vv = x
+        last = len(blocks) - 1
+        for index in range(self.vv_start, len(blocks)):
+            block = blocks[index]
+            q, k, v = _qkv(block, block.ln_1(x))
+            out = block.attn.out_proj
+            a_vv = out(_merge_heads(F.scaled_dot_product_attention(v, v, v)))
+            x_vv = x_vv + block.ls_1(a_vv)
+            if index == last:
+                # Only the class token of the ordinary stream is used after the last block.
+                q, x = q[:, :, :1], x[:, :1]
+            a_ori = out(_merge_heads(F.scaled_dot_product_attention(q, k, v)))
+            x = x + block.ls_1(a_ori)
+            x = x + block.ls_2(block.mlp(block.ln_2(x)))
+        global_embedding = x[:, 0] @ visual.proj
+        patch_embeddings = visual.ln_post(x_vv[:, 1:]) @ visual.proj
+        return global_embedding, patch_embeddings
+
+    def tokenize(self, texts: list[str]) -> torch.Tensor:
+        """Tokenize prompt texts to ``(P, context_length)`` token ids."""
+        return self.tokenizer(texts)
+
+    def embed_tokens(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Token embeddings ``(P, L, C)`` of token ids ``(P, L)``."""
+        return self.clip.token_embedding(tokens)
+
+    def encode_text(
+        self,
+        embeddings: torch.Tensor,
+        eos_index: torch.Tensor,
+        deep_prompts: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Encode prompt token embeddings with deep prompts.
+
+        Args:
+            embeddings: ``(P, L, C)`` token embeddings, learned vectors already substituted. ``L`` may be
+                shorter than the context length (truncated after the longest prompt's EOS): the causal
+                mask makes the EOS output independent of later positions.
+            eos_index: ``(P,)`` position of each prompt's EOS token.
+            deep_prompts: ``(depth - 1, t, C)``: before text block ``i`` (``1 <= i < depth``, counting from
+                0) positions ``1..t`` are overwritten by ``deep_prompts[i - 1]``.
+
+        Returns:
+            ``(P, D)`` unnormalised text embeddings.
+        """
+        clip = self.clip
+        length = embeddings.shape[1]
+        x = embeddings + clip.positional_embedding[:length]
+        mask = torch.full((length, length), float("-inf"), device=x.device, dtype=x.dtype).triu(1)
+        n_deep = 0 if deep_prompts is None else deep_prompts.shape[0]
+        for index, block in enumerate(clip.transformer.resblocks):
+            if 1 <= index <= n_deep:
+                prompt = deep_prompts[index - 1].unsqueeze(0).expand(x.shape[0], -1, -1)
+                x = torch.cat([x[:, :1], prompt.to(x.dtype), x[:, 1 + prompt.shape[1] :]], dim=1)
+            x = block(x, attn_mask=mask)
+        x = clip.ln_final(x)
+        x = x[torch.arange(x.shape[0], device=x.device), eos_index]
+        projection = clip.text_projection
+        return projection(x) if isinstance(projection, nn.Linear) else x @ projection
+
+
+def build_backbone(
+    backbone: str,
+    pretrained: str | None,
+    backbone_config: dict[str, Any] | None,
+    image_size: int,
+    vv_layers: int,
+) -> CLIPBackbone:
+    """Load an open_clip model and wrap it as a :class:`CLIPBackbone`.
+
+    Args:
+        backbone: open_clip model name (ignored for the weights when ``backbone_config`` is given).
+        pretrained: Pretrained tag, local weights file or ``None``.
+        backbone_config: Config dict for a randomly initialised model (tests, tiny backbones).
+        image_size: Working image side.
+        vv_layers: Number of final blocks with the value-value path.
+
+    Returns:
+        The frozen backbone.
+    """
+    clip = load_open_clip(backbone, pretrained, backbone_config)
+    if backbone_config is not None:
+        context = backbone_config.get("text_cfg", {}).get("context_length", 77)
+        tokenizer = open_clip.tokenizer.SimpleTokenizer(context_length=context)
+    else:
+        tokenizer = open_clip.get_tokenizer(backbone)
+    return CLIPBackbone(clip, image_size=image_size, vv_layers=vv_layers, tokenizer=tokenizer)

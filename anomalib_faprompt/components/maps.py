@@ -1,0 +1,40 @@
+"""Similarity maps between patch embeddings and text embeddings (spec sections 4 and 6)."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F  # noqa: N812
+
+__all__ = ["abnormal_probability", "upsample_patches"]
+
+
+def abnormal_probability(
+    features: torch.Tensor,
+    normal_text: torch.Tensor,
+    abnormal_text: torch.Tensor,
+    temperature: float,
+) -> torch.Tensor:
+    """Abnormal probability ``softmax([f.T_n, f.T_a] / tau)[abnormal]`` for every feature vector.
+
+    Args:
+        features: ``(B, ..., D)`` L2-normalised image features (patches or global embeddings).
+        normal_text: ``(D,)`` or ``(B, D)`` L2-normalised normal text embedding.
+        abnormal_text: ``(D,)`` or ``(B, D)`` L2-normalised abnormal text embedding.
+        temperature: Softmax temperature ``tau``.
+
+    Returns:
+        ``(B, ...)`` abnormal probabilities. Written as a sigmoid of the logit difference, which is
+        exactly the two-way softmax.
+    """
+    difference = abnormal_text - normal_text
+    if difference.dim() == 2:
+        difference = difference.reshape(difference.shape[0], *([1] * (features.dim() - 2)), -1)
+    return torch.sigmoid((features * difference).sum(-1) / temperature)
+
+
+def upsample_patches(patch_values: torch.Tensor, image_size: int) -> torch.Tensor:
+    """Reshape ``(B, g*g)`` patch values to a grid and upsample bilinearly to ``(B, S, S)``."""
+    grid = round(patch_values.shape[1] ** 0.5)
+    grid_map = patch_values.reshape(-1, 1, grid, grid)
+    upsampled = F.interpolate(grid_map, size=(image_size, image_size), mode="bilinear", align_corners=False)
+    return upsampled[:, 0]

@@ -1,0 +1,5 @@
+"""Models of this package."""
+
+from .faprompt import FAPrompt
+
+__all__ = ["FAPrompt"]

@@ -1,0 +1,178 @@
+"""What every prompt-learning CLIP model of this package shares as an anomalib module.
+
+The models learn on an auxiliary dataset with defect masks and are then applied zero-shot, so:
+the pre-processor resizes to the model's working size with CLIP's normalisation; the post-processor
+thresholds the model's probabilities at 0.5 without per-dataset normalisation statistics (which
+would distort scores on a dataset the model was not trained on); training data must hold defect
+images with masks.
+"""
+
+from __future__ import annotations
+
+from abc import abstractmethod
+
+import torch
+import torch.nn.functional as F  # noqa: N812
+from anomalib import LearningType
+from anomalib.data import Batch
+from anomalib.metrics import AUPR, AUPRO, AUROC, Evaluator
+from anomalib.models.components import AnomalibModule
+from anomalib.post_processing import PostProcessor
+from anomalib.pre_processing import PreProcessor
+from anomalib.visualization import Visualizer
+from torch import nn
+from torchvision.transforms.v2 import Compose, InterpolationMode, Normalize, Resize
+
+__all__ = ["NO_DEFECTS_MESSAGE", "PromptLearningModule"]
+
+OPENAI_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+OPENAI_CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+
+NO_DEFECTS_MESSAGE = (
+    "{model} learns from defect images with masks, and its training data holds no anomalous image. "
+    "anomalib's usual training splits (e.g. MVTecAD's 'train') contain only normal images. Train on the "
+    "test split of an auxiliary dataset instead, e.g. `--data anomalib_faprompt.data.AuxiliaryDataModule "
+    "--data.root ./datasets/MVTecAD`, or on a folder with defect images and masks (see the README)."
+)
+
+
+class PromptLearningModule(AnomalibModule):
+    """Base of the prompt-learning CLIP models (FAPrompt, AnomalyCLIP).
+
+    Subclasses set ``self.model`` (eval mode returns ``InferenceBatch``), and implement
+    :meth:`compute_losses` and :meth:`trainable_parameters`.
+
+    Args:
+        image_size: Working image side; the default pre-processor resizes to it.
+        learning_rate: Adam learning rate.
+        betas: Adam betas.
+        pre_processor: Pre-processor or ``True`` for the default.
+        post_processor: Post-processor or ``True`` for the default.
+        evaluator: Evaluator or ``True`` for the default.
+        visualizer: Visualizer or ``True`` for the default.
+    """
+
+    def __init__(
+        self,
+        image_size: int,
+        learning_rate: float,
+        betas: tuple[float, float],
+        pre_processor: nn.Module | bool = True,
+        post_processor: nn.Module | bool = True,
+        evaluator: Evaluator | bool = True,
+        visualizer: Visualizer | bool = True,
+    ) -> None:
+        if pre_processor is True:
+            pre_processor = self.configure_pre_processor((image_size, image_size))
+        super().__init__(
+            pre_processor=pre_processor,
+            post_processor=post_processor,
+            evaluator=evaluator,
+            visualizer=visualizer,
+        )
+        self.image_size = image_size
+        self.learning_rate = learning_rate
+        self.betas = tuple(betas)
+        self._seen_anomalous = False
+        self._check_batches = False
+
+    @abstractmethod
+    def compute_losses(
+        self, images: torch.Tensor, labels: torch.Tensor, masks: torch.Tensor
+    ) -> dict[str, torch.Tensor]:
+        """Unweighted loss terms of one batch."""
+
+    @abstractmethod
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        """Parameters the optimiser updates."""
+
+    @classmethod
+    def configure_pre_processor(cls, image_size: tuple[int, int] | None = None) -> PreProcessor:
+        """Bicubic resize to the working size (no aspect preservation), OpenAI CLIP mean/std.
+
+        Args:
+            image_size: ``(S, S)``; defaults to ``(518, 518)``.
+
+        Returns:
+            The pre-processor.
+        """
+        image_size = image_size or (518, 518)
+        transform = Compose(
+            [
+                Resize(image_size, antialias=True, interpolation=InterpolationMode.BICUBIC),
+                Normalize(mean=OPENAI_CLIP_MEAN, std=OPENAI_CLIP_STD),
+            ]
+        )
+        return PreProcessor(transform=transform)
+
+    def configure_post_processor(self) -> PostProcessor:
+        """Threshold the probabilities at 0.5; no normalisation with statistics of the training data."""
+        return PostProcessor(enable_normalization=False)
+
+    @staticmethod
+    def configure_evaluator() -> Evaluator:
+        """Image AUROC and AUPR, pixel AUROC and AUPRO (validation: image and pixel AUROC)."""
+        val_metrics = [
+            AUROC(fields=["pred_score", "gt_label"], prefix="image_"),
+            AUROC(fields=["anomaly_map", "gt_mask"], prefix="pixel_", strict=False),
+        ]
+        test_metrics = [
+            AUROC(fields=["pred_score", "gt_label"], prefix="image_"),
+            AUPR(fields=["pred_score", "gt_label"], prefix="image_"),
+            AUROC(fields=["anomaly_map", "gt_mask"], prefix="pixel_", strict=False),
+            AUPRO(fields=["anomaly_map", "gt_mask"], prefix="pixel_", strict=False),
+        ]
+        return Evaluator(val_metrics=val_metrics, test_metrics=test_metrics)
+
+    @property
+    def learning_type(self) -> LearningType:
+        """ONE_CLASS, so that anomalib's Engine runs the training loop (ZERO_SHOT would skip it)."""
+        return LearningType.ONE_CLASS
+
+    @property
+    def trainer_arguments(self) -> dict:
+        """No trainer overrides."""
+        return {}
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        """Adam over the prompt parameters (and the prior network)."""
+        return torch.optim.Adam(self.trainable_parameters(), lr=self.learning_rate, betas=self.betas)
+
+    def on_train_start(self) -> None:
+        """Stop before training when the training data visibly holds no anomalous image."""
+        data = getattr(self.trainer.datamodule, "train_data", None) if self.trainer.datamodule else None
+        samples = getattr(data, "samples", None)
+        self._check_batches = samples is None or "label_index" not in samples
+        if not self._check_batches and not (samples["label_index"] == 1).any():
+            raise ValueError(NO_DEFECTS_MESSAGE.format(model=self.name))
+
+    def on_train_epoch_end(self) -> None:
+        """Stop when a whole epoch of data without a samples table held no anomalous image."""
+        if self._check_batches and not self._seen_anomalous:
+            raise ValueError(NO_DEFECTS_MESSAGE.format(model=self.name))
+
+    def training_targets(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+        """Image labels ``(B,)`` and binary masks ``(B, S, S)`` of a training batch.
+
+        Masks of another size are resized bilinearly to ``S`` and binarised at 0.5.
+        """
+        if batch.gt_label is None or batch.gt_mask is None:
+            msg = (
+                f"{self.name} trains on images with labels and defect masks; the training batch has "
+                f"{'no labels' if batch.gt_label is None else 'no masks'}. Use a datamodule that loads masks."
+            )
+            raise ValueError(msg)
+        labels = batch.gt_label.long()
+        if self._check_batches and not self._seen_anomalous:
+            self._seen_anomalous = bool((labels == 1).any())
+        masks = batch.gt_mask.float()
+        if masks.dim() == 4:
+            masks = masks[:, 0]
+        if masks.shape[-2:] != (self.image_size, self.image_size):
+            masks = F.interpolate(masks.unsqueeze(1), size=(self.image_size,) * 2, mode="bilinear")[:, 0]
+        return labels, (masks > 0.5).float()
+
+    def validation_step(self, batch: Batch, *args, **kwargs) -> Batch:  # noqa: ARG002
+        """Predict scores and maps for a validation batch."""
+        predictions = self.model(batch.image)
+        return batch.update(**predictions._asdict())

@@ -1,0 +1,181 @@
+"""FAPrompt: Fine-grained Abnormality Prompt Learning for Zero-shot Anomaly Detection.
+
+FAPrompt learns text prompts for a frozen CLIP on an auxiliary dataset with defect masks, then
+detects and segments anomalies on datasets it never saw, with no further training.
+
+Example:
+    >>> from anomalib.engine import Engine
+    >>> from anomalib_faprompt import FAPrompt
+    >>> from anomalib_faprompt.data import AuxiliaryDataModule
+    >>> model = FAPrompt()  # doctest: +SKIP
+    >>> Engine(max_epochs=15).fit(model, AuxiliaryDataModule(root="./datasets/MVTecAD"))  # doctest: +SKIP
+
+Paper:
+    Zhu et al., "Fine-grained Abnormality Prompt Learning for Zero-shot Anomaly Detection",
+    arXiv 2410.10289, ICCV 2025.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F  # noqa: N812
+from anomalib.data import Batch
+from anomalib.metrics import Evaluator
+from anomalib.visualization import Visualizer
+from torch import nn
+
+from anomalib_faprompt.components import (
+    binary_focal_loss,
+    build_backbone,
+    local_loss,
+    orthogonality_loss,
+    prior_loss,
+)
+from anomalib_faprompt.models.base import PromptLearningModule
+
+from .torch_model import FAPromptModel
+
+__all__ = ["FAPrompt"]
+
+GLOBAL_LOSS_INPUTS = ("probability", "logits")
+
+
+class FAPrompt(PromptLearningModule):
+    """FAPrompt as an anomalib model.
+
+    Args:
+        backbone: open_clip model name.
+        pretrained: open_clip pretrained tag, path to a local weights file, or ``None`` for random weights.
+        backbone_config: Config dict of a randomly initialised open_clip CLIP (tests, tiny backbones);
+            overrides ``backbone``'s architecture.
+        image_size: Working image side ``S``.
+        vv_layers: Number of final vision blocks with the value-value path ``L_vv``.
+        n_ctx: Shared learned prompt tokens ``E``.
+        n_abnormal_ctx: Learned abnormality tokens ``E'`` per abnormal prompt.
+        n_abnormal_prompts: Number ``K`` of compound abnormality prompts.
+        n_prior_patches: Number ``M`` of most abnormal patches fed to the prior network.
+        prompt_depth: Deep-prompt depth.
+        prompt_length: Deep-prompt length ``t``.
+        abnormal_word: Word before "object" in the abnormal prompts (``""``: none, as in the paper).
+        patch_selection: ``"topk"`` (paper) or ``"first_k"`` (released code).
+        local_score: ``"paper"`` or ``"released"`` local image score.
+        temperature: Softmax temperature ``tau``.
+        sigma: Gaussian blur sigma of the pixel map, in pixels at ``image_size``.
+        dap_local_weight: Weight of ``L_local(M^)``.
+        ce_weight: Weight of ``L_ce``.
+        global_weight: Weight of ``L_global``.
+        orthogonality_weight: Weight of ``L_oc``.
+        prior_weight: Weight of ``L_prior``.
+        global_loss_input: ``"probability"`` or ``"logits"`` (released quirk) for ``L_global``.
+        learning_rate: Adam learning rate.
+        betas: Adam betas.
+        pre_processor: Pre-processor, or ``True`` for the default (bicubic resize, CLIP mean/std).
+        post_processor: Post-processor, or ``True`` for thresholding of the probabilities at 0.5.
+        evaluator: Evaluator, or ``True`` for image AUROC/AUPR and pixel AUROC/AUPRO.
+        visualizer: Visualizer, or ``True`` for anomalib's default.
+    """
+
+    def __init__(
+        self,
+        backbone: str = "ViT-L-14-336",
+        pretrained: str | None = "openai",
+        backbone_config: dict[str, Any] | None = None,
+        image_size: int = 518,
+        vv_layers: int = 19,
+        n_ctx: int = 5,
+        n_abnormal_ctx: int = 2,
+        n_abnormal_prompts: int = 10,
+        n_prior_patches: int = 10,
+        prompt_depth: int = 9,
+        prompt_length: int = 4,
+        abnormal_word: str = "damaged",
+        patch_selection: str = "topk",
+        local_score: str = "paper",
+        temperature: float = 0.07,
+        sigma: float = 10.0,
+        dap_local_weight: float = 0.5,
+        ce_weight: float = 1.0,
+        global_weight: float = 1.0,
+        orthogonality_weight: float = 0.1,
+        prior_weight: float = 1.0,
+        global_loss_input: str = "probability",
+        learning_rate: float = 1e-3,
+        betas: tuple[float, float] = (0.5, 0.999),
+        pre_processor: nn.Module | bool = True,
+        post_processor: nn.Module | bool = True,
+        evaluator: Evaluator | bool = True,
+        visualizer: Visualizer | bool = True,
+    ) -> None:
+        if global_loss_input not in GLOBAL_LOSS_INPUTS:
+            msg = f"global_loss_input='{global_loss_input}' must be one of {GLOBAL_LOSS_INPUTS}."
+            raise ValueError(msg)
+        super().__init__(
+            image_size=image_size,
+            learning_rate=learning_rate,
+            betas=betas,
+            pre_processor=pre_processor,
+            post_processor=post_processor,
+            evaluator=evaluator,
+            visualizer=visualizer,
+        )
+        self.model = FAPromptModel(
+            build_backbone(backbone, pretrained, backbone_config, image_size, vv_layers),
+            n_ctx=n_ctx,
+            n_abnormal_ctx=n_abnormal_ctx,
+            n_abnormal_prompts=n_abnormal_prompts,
+            n_prior_patches=n_prior_patches,
+            prompt_depth=prompt_depth,
+            prompt_length=prompt_length,
+            abnormal_word=abnormal_word,
+            patch_selection=patch_selection,
+            local_score=local_score,
+            temperature=temperature,
+            sigma=sigma,
+        )
+        self.loss_weights = {
+            "dap_local": dap_local_weight,
+            "ce": ce_weight,
+            "global": global_weight,
+            "orthogonality": orthogonality_weight,
+            "prior": prior_weight,
+        }
+        self.global_scores_are_logits = global_loss_input == "logits"
+
+    def compute_losses(
+        self, images: torch.Tensor, labels: torch.Tensor, masks: torch.Tensor
+    ) -> dict[str, torch.Tensor]:
+        """Every loss term of the spec (section 7), unweighted.
+
+        Args:
+            images: ``(B, 3, S, S)`` normalised images.
+            labels: ``(B,)`` image labels.
+            masks: ``(B, S, S)`` binary masks.
+
+        Returns:
+            Loss terms by name.
+        """
+        output = self.model(images)
+        return {
+            "local": local_loss(output.abnormal_map, masks),
+            "dap_local": local_loss(output.dap_abnormal_map, masks),
+            "ce": F.cross_entropy(output.global_logits, labels.long()),
+            "global": binary_focal_loss(output.pred_score, labels, scores_are_logits=self.global_scores_are_logits),
+            "orthogonality": orthogonality_loss(output.abnormal_text),
+            "prior": prior_loss(output.prior, labels),
+        }
+
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        """The prompt parameters and the prior network."""
+        return [parameter for parameter in self.model.parameters() if parameter.requires_grad]
+
+    def training_step(self, batch: Batch, *args, **kwargs) -> torch.Tensor:  # noqa: ARG002
+        """One training step: every loss term, each logged, and their weighted sum."""
+        labels, masks = self.training_targets(batch)
+        losses = self.compute_losses(batch.image, labels, masks)
+        total = losses["local"] + sum(self.loss_weights[name] * losses[name] for name in self.loss_weights)
+        for name, value in losses.items():
+            self.log(f"train_loss_{name}", value, on_step=False, on_epoch=True, batch_size=labels.shape[0])
+        self.log("train_loss", total, on_step=True, on_epoch=True, prog_bar=True, batch_size=labels.shape[0])
+        return total

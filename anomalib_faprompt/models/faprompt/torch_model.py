@@ -1,0 +1,224 @@
+"""FAPrompt torch model: CLIP with compound and data-dependent abnormality prompts."""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F  # noqa: N812
+from anomalib.data import InferenceBatch
+from anomalib.models.components import GaussianBlur2d
+from torch import nn
+
+from anomalib_faprompt.components import (
+    CLIPBackbone,
+    DeepPrompts,
+    PromptTemplate,
+    abnormal_probability,
+    encode_prompts,
+    init_learned,
+    upsample_patches,
+)
+
+__all__ = ["FAPromptModel", "FAPromptTrainOutput"]
+
+PATCH_SELECTIONS = ("topk", "first_k")
+LOCAL_SCORES = ("paper", "released")
+
+
+class FAPromptTrainOutput(NamedTuple):
+    """What the FAPrompt losses need from one training forward pass.
+
+    Attributes:
+        global_logits: ``(B, 2)`` ``[f_v.F_n, f_v.F^_a(x)] / tau``.
+        pred_score: ``(B,)`` fused image score ``s(x)``.
+        abnormal_map: ``(B, S, S)`` static abnormal map ``M^a``.
+        dap_abnormal_map: ``(B, S, S)`` data-dependent abnormal map ``M^_a``.
+        abnormal_text: ``(K, D)`` raw static abnormal text embeddings (for ``L_oc``).
+        prior: ``(B, C)`` data-dependent abnormality prior ``Omega_x``.
+    """
+
+    global_logits: torch.Tensor
+    pred_score: torch.Tensor
+    abnormal_map: torch.Tensor
+    dap_abnormal_map: torch.Tensor
+    abnormal_text: torch.Tensor
+    prior: torch.Tensor
+
+
+class FAPromptModel(nn.Module):
+    """FAPrompt on a frozen :class:`CLIPBackbone`.
+
+    Args:
+        backbone: The frozen CLIP backbone.
+        n_ctx: Shared learned tokens ``E`` of the normal and abnormal prompts.
+        n_abnormal_ctx: Learned abnormality tokens ``E'`` per abnormal prompt.
+        n_abnormal_prompts: Number ``K`` of fine-grained abnormal prompts.
+        n_prior_patches: Number ``M`` of most abnormal patches fed to the prior network.
+        prompt_depth: Deep-prompt depth (text blocks ``2..depth`` get deep prompts).
+        prompt_length: Deep-prompt length ``t``.
+        abnormal_word: Word before "object" in the abnormal prompts (``""`` for none).
+        patch_selection: ``"topk"`` (paper) or ``"first_k"`` (released code's behaviour).
+        local_score: ``"paper"``: ``0.5 (max S^a + max S^_a)``; ``"released"``: ``(2 max S^a + max S^_a) / 3``.
+        temperature: Softmax temperature ``tau``.
+        sigma: Gaussian blur sigma of the pixel map, in pixels of the working image.
+    """
+
+    def __init__(
+        self,
+        backbone: CLIPBackbone,
+        n_ctx: int = 5,
+        n_abnormal_ctx: int = 2,
+        n_abnormal_prompts: int = 10,
+        n_prior_patches: int = 10,
+        prompt_depth: int = 9,
+        prompt_length: int = 4,
+        abnormal_word: str = "damaged",
+        patch_selection: str = "topk",
+        local_score: str = "paper",
+        temperature: float = 0.07,
+        sigma: float = 10.0,
+    ) -> None:
+        super().__init__()
+        if patch_selection not in PATCH_SELECTIONS:
+            msg = f"patch_selection='{patch_selection}' must be one of {PATCH_SELECTIONS}."
+            raise ValueError(msg)
+        if local_score not in LOCAL_SCORES:
+            msg = f"local_score='{local_score}' must be one of {LOCAL_SCORES}."
+            raise ValueError(msg)
+        if not 1 <= prompt_depth <= backbone.text_depth:
+            msg = f"prompt_depth={prompt_depth} must be between 1 and the text depth ({backbone.text_depth})."
+            raise ValueError(msg)
+        n_patches = backbone.grid**2
+        if not 1 <= n_prior_patches <= n_patches:
+            msg = f"n_prior_patches={n_prior_patches} must be between 1 and the number of patches ({n_patches})."
+            raise ValueError(msg)
+        self.backbone = backbone
+        self.n_prior_patches = n_prior_patches
+        self.patch_selection = patch_selection
+        self.local_score = local_score
+        self.temperature = temperature
+
+        width, dim = backbone.text_width, backbone.embed_dim
+        self.normal_ctx = init_learned(n_ctx, width)
+        self.abnormal_ctx = init_learned(n_abnormal_prompts, n_abnormal_ctx, width)
+        self.deep_prompts = DeepPrompts(prompt_depth, prompt_length, width)
+        words = f"{abnormal_word} object." if abnormal_word else "object."
+        self.normal_template = PromptTemplate(backbone, n_ctx, "object.")
+        self.abnormal_template = PromptTemplate(backbone, n_ctx + n_abnormal_ctx, words)
+        hidden = n_prior_patches * dim // 16
+        self.prior_net = nn.Sequential(
+            nn.Linear(n_prior_patches * dim, hidden),
+            nn.ReLU(),
+            nn.Linear(hidden, width),
+        )
+        self.blur = GaussianBlur2d(sigma=(sigma, sigma), channels=1)
+        self._text_cache: tuple[torch.Tensor, torch.Tensor] | None = None
+        self.register_load_state_dict_post_hook(lambda module, _: module.clear_text_cache())
+
+    def clear_text_cache(self) -> None:
+        """Forget the cached static text embeddings (after the prompts changed)."""
+        self._text_cache = None
+
+    def train(self, mode: bool = True) -> FAPromptModel:
+        """Switch mode and drop the eval-time text cache."""
+        self.clear_text_cache()
+        return super().train(mode)
+
+    def _abnormal_learned(self, prior: torch.Tensor | None = None) -> torch.Tensor:
+        """Learned vectors ``[V][A^i (+ Omega)]`` of the abnormal prompts: ``(K, E+E', C)`` or ``(B*K, E+E', C)``."""
+        abnormal = self.abnormal_ctx
+        if prior is not None:
+            abnormal = abnormal.unsqueeze(0) + prior[:, None, None, :]
+            abnormal = abnormal.flatten(0, 1)
+        shared = self.normal_ctx.unsqueeze(0).expand(abnormal.shape[0], -1, -1)
+        return torch.cat([shared, abnormal], dim=1)
+
+    def static_text(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Raw text embeddings of the normal prompt ``(D,)`` and the K static abnormal prompts ``(K, D)``."""
+        normal, abnormal = encode_prompts(
+            self.backbone,
+            [
+                (self.normal_template, self.normal_ctx.unsqueeze(0)),
+                (self.abnormal_template, self._abnormal_learned()),
+            ],
+            self.deep_prompts(),
+        )
+        return normal[0], abnormal
+
+    def dap_text(self, prior: torch.Tensor) -> torch.Tensor:
+        """Normalised data-dependent abnormal embeddings ``F^_a(x)`` ``(B, D)``: all B*K prompts in one call."""
+        (abnormal,) = encode_prompts(
+            self.backbone,
+            [(self.abnormal_template, self._abnormal_learned(prior))],
+            self.deep_prompts(),
+        )
+        abnormal = abnormal.reshape(prior.shape[0], -1, abnormal.shape[-1]).mean(dim=1)
+        return F.normalize(abnormal, dim=-1)
+
+    def select_patches(self, patches: torch.Tensor, abnormal_probs: torch.Tensor) -> torch.Tensor:
+        """Flattened embeddings of the M selected patches, in descending score order: ``(B, M*D)``."""
+        if self.patch_selection == "topk":
+            index = abnormal_probs.detach().topk(self.n_prior_patches, dim=1).indices
+            selected = patches.gather(1, index.unsqueeze(-1).expand(-1, -1, patches.shape[-1]))
+        else:
+            selected = patches[:, : self.n_prior_patches]
+        return selected.flatten(1)
+
+    def _cached_static_text(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Normalised ``F_n`` and ``F_a``: computed once per training step, cached in eval."""
+        if self.training or self._text_cache is None:
+            normal, abnormal = self.static_text()
+            texts = (F.normalize(normal, dim=-1), F.normalize(abnormal.mean(dim=0), dim=-1))
+            if self.training:
+                return (*texts, abnormal)
+            with torch.no_grad():
+                self._text_cache = tuple(text.detach() for text in texts)
+        return self._text_cache
+
+    def forward(self, images: torch.Tensor) -> FAPromptTrainOutput | InferenceBatch:
+        """Score images.
+
+        Args:
+            images: ``(B, 3, S, S)`` CLIP-normalised images.
+
+        Returns:
+            :class:`FAPromptTrainOutput` in training mode; in eval mode :class:`InferenceBatch` with
+            ``pred_score`` ``(B,)`` and ``anomaly_map`` ``(B, 1, S, S)``, both probabilities in [0, 1].
+        """
+        texts = self._cached_static_text()
+        normal_text, abnormal_text = texts[0], texts[1]
+        global_embedding, patches = self.backbone.encode_image(images)
+        global_embedding = F.normalize(global_embedding, dim=-1)
+        patches = F.normalize(patches, dim=-1)
+
+        static_probs = abnormal_probability(patches, normal_text, abnormal_text, self.temperature)
+        prior = self.prior_net(self.select_patches(patches, static_probs))
+        dap_text = self.dap_text(prior)
+        dap_probs = abnormal_probability(patches, normal_text, dap_text, self.temperature)
+
+        global_logits = (
+            torch.stack(
+                [global_embedding @ normal_text, (global_embedding * dap_text).sum(-1)],
+                dim=-1,
+            )
+            / self.temperature
+        )
+        global_score = global_logits.softmax(dim=-1)[:, 1]
+        static_max, dap_max = static_probs.amax(dim=1), dap_probs.amax(dim=1)
+        local = 0.5 * (static_max + dap_max) if self.local_score == "paper" else (2.0 * static_max + dap_max) / 3.0
+        pred_score = 0.5 * (global_score + local)
+
+        size = self.backbone.image_size
+        if self.training:
+            return FAPromptTrainOutput(
+                global_logits=global_logits,
+                pred_score=pred_score,
+                abnormal_map=upsample_patches(static_probs, size),
+                dap_abnormal_map=upsample_patches(dap_probs, size),
+                abnormal_text=texts[2],
+                prior=prior,
+            )
+        # 0.25 (M^a + 1 - M^n + M^_a + 1 - M^_n) = 0.5 (M^a + M^_a): one upsampling of the mean.
+        anomaly_map = upsample_patches(0.5 * (static_probs + dap_probs), size).unsqueeze(1)
+        return InferenceBatch(pred_score=pred_score, anomaly_map=self.blur(anomaly_map))
