@@ -4,11 +4,13 @@ from .clip import CLIPBackbone, build_backbone, load_open_clip, resize_positiona
 from .losses import binary_focal_loss, dice_loss, focal_loss, local_loss, orthogonality_loss, prior_loss
 from .maps import abnormal_probability, upsample_patches
 from .prompts import DeepPrompts, PromptTemplate, encode_prompts, init_learned
+from .text_cache import StaticTextCache
 
 __all__ = [
     "CLIPBackbone",
     "DeepPrompts",
     "PromptTemplate",
+    "StaticTextCache",
     "abnormal_probability",
     "binary_focal_loss",
     "build_backbone",

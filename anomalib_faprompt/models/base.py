@@ -10,6 +10,8 @@ images with masks.
 from __future__ import annotations
 
 from abc import abstractmethod
+from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F  # noqa: N812
@@ -176,3 +178,21 @@ class PromptLearningModule(AnomalibModule):
         """Predict scores and maps for a validation batch."""
         predictions = self.model(batch.image)
         return batch.update(**predictions._asdict())
+
+    def to_onnx(
+        self,
+        export_root: Path | str,
+        model_file_name: str = "model",
+        input_size: tuple[int, int] | None = None,
+        **kwargs: Any,  # noqa: ANN401
+    ) -> Path:
+        """Export to ONNX as anomalib does (whole module, dynamo exporter), at opset 18 unless asked otherwise.
+
+        The dynamo exporter implements nothing below opset 18: with anomalib's default of 14 it attempts a
+        down-conversion that fails on this graph and keeps opset 18 anyway, after logging a traceback.
+        Text embeddings that do not depend on the image are eval-mode buffers and enter the graph as constants;
+        everything that depends on the image (for FAPrompt the prior network and the DAP text-encoder pass) is
+        traced, with a dynamic batch size.
+        """
+        kwargs.setdefault("opset_version", 18)
+        return super().to_onnx(export_root, model_file_name, input_size, **kwargs)

@@ -14,6 +14,7 @@ from anomalib_faprompt.components import (
     CLIPBackbone,
     DeepPrompts,
     PromptTemplate,
+    StaticTextCache,
     abnormal_probability,
     encode_prompts,
     init_learned,
@@ -113,17 +114,22 @@ class FAPromptModel(nn.Module):
             nn.Linear(hidden, width),
         )
         self.blur = GaussianBlur2d(sigma=(sigma, sigma), channels=1)
-        self._text_cache: tuple[torch.Tensor, torch.Tensor] | None = None
-        self.register_load_state_dict_post_hook(lambda module, _: module.clear_text_cache())
+        self.text_cache = StaticTextCache()
+        self.register_load_state_dict_post_hook(lambda module, _: module.refresh_text_cache())
 
-    def clear_text_cache(self) -> None:
-        """Forget the cached static text embeddings (after the prompts changed)."""
-        self._text_cache = None
+    def refresh_text_cache(self) -> None:
+        """Recompute the static text embeddings in eval mode; mark them stale in training mode."""
+        self.text_cache.clear()
+        if not self.training:
+            with torch.no_grad():
+                normal, abnormal = self.static_text()
+                self.text_cache.fill(F.normalize(normal, dim=-1), F.normalize(abnormal.mean(dim=0), dim=-1))
 
     def train(self, mode: bool = True) -> FAPromptModel:
-        """Switch mode and drop the eval-time text cache."""
-        self.clear_text_cache()
-        return super().train(mode)
+        """Switch mode; entering eval mode fills the text cache (the exported graph holds it as constants)."""
+        super().train(mode)
+        self.refresh_text_cache()
+        return self
 
     def _abnormal_learned(self, prior: torch.Tensor | None = None) -> torch.Tensor:
         """Learned vectors ``[V][A^i (+ Omega)]`` of the abnormal prompts: ``(K, E+E', C)`` or ``(B*K, E+E', C)``."""
@@ -165,16 +171,14 @@ class FAPromptModel(nn.Module):
             selected = patches[:, : self.n_prior_patches]
         return selected.flatten(1)
 
-    def _cached_static_text(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """Normalised ``F_n`` and ``F_a``: computed once per training step, cached in eval."""
-        if self.training or self._text_cache is None:
+    def _cached_static_text(self) -> tuple[torch.Tensor, ...]:
+        """Normalised ``F_n`` and ``F_a`` (and the raw K embeddings): computed per training step, cached in eval."""
+        if self.training:
             normal, abnormal = self.static_text()
-            texts = (F.normalize(normal, dim=-1), F.normalize(abnormal.mean(dim=0), dim=-1))
-            if self.training:
-                return (*texts, abnormal)
-            with torch.no_grad():
-                self._text_cache = tuple(text.detach() for text in texts)
-        return self._text_cache
+            return F.normalize(normal, dim=-1), F.normalize(abnormal.mean(dim=0), dim=-1), abnormal
+        if not self.text_cache.valid:
+            self.refresh_text_cache()
+        return self.text_cache.normal, self.text_cache.abnormal
 
     def forward(self, images: torch.Tensor) -> FAPromptTrainOutput | InferenceBatch:
         """Score images.

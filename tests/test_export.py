@@ -1,0 +1,300 @@
+"""Export through anomalib's ``Engine.export`` to ONNX and OpenVINO: parity with the torch module.
+
+A tiny FAPrompt is trained for two steps and checkpointed; the checkpoint is exported (whole
+AnomalibModule: pre-processor, model, post-processor) and the exported graphs are run with ONNX
+Runtime and OpenVINO on the same images as the torch module's ``forward``.
+"""
+
+from __future__ import annotations
+
+import ast
+import copy
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F  # noqa: N812
+
+onnx = pytest.importorskip("onnx")
+ort = pytest.importorskip("onnxruntime")
+ov = pytest.importorskip("openvino")
+pytest.importorskip("onnxscript")
+
+from anomalib.data.utils import read_image  # noqa: E402
+from anomalib.deploy import ExportType, OpenVINOInferencer  # noqa: E402
+from anomalib.engine import Engine  # noqa: E402
+from conftest import TINY_MODEL_ARGS  # noqa: E402
+
+from anomalib_faprompt import FAPrompt  # noqa: E402
+from anomalib_faprompt.data import AuxiliaryDataModule, make_synthetic_dataset  # noqa: E402
+
+FP32_TOLERANCE = 1e-4
+# OpenVINO's CPU plugin runs in bf16 by default on CPUs with bf16 instructions: ask for fp32.
+OV_FP32 = {"INFERENCE_PRECISION_HINT": "f32"}
+QUIET = {"logger": False, "enable_progress_bar": False, "enable_model_summary": False}
+
+
+def tiny_args() -> dict:
+    return copy.deepcopy(TINY_MODEL_ARGS)
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("export")
+
+
+@pytest.fixture(scope="module")
+def data_root(workdir: Path) -> Path:
+    return make_synthetic_dataset(workdir / "data", image_size=64, n_train=1, n_good=2, n_defect=3)
+
+
+@pytest.fixture(scope="module")
+def checkpoint(workdir: Path, data_root: Path) -> Path:
+    """Two training steps with anomalib's Engine, then a Lightning checkpoint."""
+    torch.manual_seed(0)
+    engine = Engine(
+        max_steps=2,
+        accelerator="cpu",
+        devices=1,
+        default_root_dir=workdir / "train",
+        num_sanity_val_steps=0,
+        limit_val_batches=0,
+        **QUIET,
+    )
+    datamodule = AuxiliaryDataModule(root=data_root, train_batch_size=4, eval_batch_size=4, num_workers=0)
+    engine.fit(FAPrompt(**tiny_args()), datamodule=datamodule)
+    path = workdir / "tiny.ckpt"
+    engine.trainer.save_checkpoint(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def torch_model(checkpoint: Path) -> FAPrompt:
+    """The reference: the checkpoint loaded through anomalib's ``weights_only`` path, in eval mode."""
+    return FAPrompt.load_from_checkpoint(checkpoint).eval()
+
+
+@pytest.fixture(scope="module")
+def exported(workdir: Path, checkpoint: Path) -> dict[str, Path]:
+    """ONNX and OpenVINO exports of the checkpoint through ``Engine.export``."""
+    paths = {}
+    for export_type in (ExportType.ONNX, ExportType.OPENVINO):
+        engine = Engine(accelerator="cpu", devices=1, default_root_dir=workdir / "export", **QUIET)
+        paths[export_type.value] = engine.export(
+            model=FAPrompt(**tiny_args()),
+            export_type=export_type,
+            export_root=workdir / export_type.value,
+            ckpt_path=checkpoint,
+        )
+    return paths
+
+
+@pytest.fixture(scope="module")
+def cli_fp16_export(workdir: Path, checkpoint: Path) -> Path:
+    """``anomalib export --model FAPrompt --ckpt_path ... --export_type openvino --compression_type FP16``."""
+    config = workdir / "tiny.yaml"
+    config.write_text(json.dumps({"model": {"class_path": "FAPrompt", "init_args": tiny_args()}}))  # JSON is YAML
+    root = workdir / "cli"
+    command = [
+        sys.executable,
+        "-c",
+        "from anomalib.cli.cli import main; main()",
+        "export",
+        "--config",
+        str(config),
+        "--ckpt_path",
+        str(checkpoint),
+        "--export_type",
+        "openvino",
+        "--compression_type",
+        "FP16",
+        "--export_root",
+        str(root),
+    ]
+    result = subprocess.run(command, capture_output=True, text=True, check=False, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return root / "weights" / "openvino" / "model.xml"
+
+
+@pytest.fixture(scope="module")
+def images(data_root: Path) -> torch.Tensor:
+    """Four images in [0, 1]: a defect of each category, a second defect and a normal image."""
+    files = [
+        data_root / "alpha" / "test" / "defect" / "000.png",
+        data_root / "beta" / "test" / "defect" / "001.png",
+        data_root / "alpha" / "test" / "defect" / "002.png",
+        data_root / "beta" / "test" / "good" / "000.png",
+    ]
+    return torch.stack([read_image(file, as_tensor=True) for file in files])
+
+
+def run_onnx(path: Path, images: torch.Tensor) -> dict[str, np.ndarray]:
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    names = [output.name for output in session.get_outputs()]
+    return dict(zip(names, session.run(None, {session.get_inputs()[0].name: images.numpy()}), strict=True))
+
+
+def run_openvino(path: Path | ov.Model, images: torch.Tensor) -> dict[str, np.ndarray]:
+    compiled = ov.Core().compile_model(path if isinstance(path, ov.Model) else str(path), "CPU", OV_FP32)
+    return {key.get_any_name(): value for key, value in compiled(images.numpy()).items()}
+
+
+def max_difference(actual: np.ndarray, expected: torch.Tensor) -> float:
+    return float(np.abs(actual.astype(np.float64) - expected.double().numpy()).max())
+
+
+def test_checkpoint_is_trained(checkpoint: Path, torch_model: FAPrompt):
+    """The exported checkpoint is not a fresh model: the two training steps moved the prompts."""
+    fresh = FAPrompt(**tiny_args())
+    fresh.load_state_dict(torch_model.state_dict())
+    assert torch.equal(fresh.model.normal_ctx, torch_model.model.normal_ctx)
+    torch.manual_seed(0)
+    initial = FAPrompt(**tiny_args())
+    assert not torch.allclose(initial.model.normal_ctx, torch_model.model.normal_ctx)
+
+
+@pytest.mark.parametrize("backend", ["onnx", "openvino"])
+@pytest.mark.parametrize("batch", [1, 4])
+@pytest.mark.parametrize("size", [(64, 64), (72, 96)])
+def test_fp32_parity(
+    backend: str,
+    batch: int,
+    size: tuple[int, int],
+    exported: dict[str, Path],
+    torch_model: FAPrompt,
+    images: torch.Tensor,
+):
+    """Scores, maps, labels and masks of the exported graph equal the torch module's forward.
+
+    ``(72, 96)`` runs the pre-processor's resize inside the graph (height and width are dynamic).
+    """
+    inputs = F.interpolate(images[:batch], size=size, mode="bilinear") if size != (64, 64) else images[:batch]
+    with torch.no_grad():
+        expected = torch_model(inputs)
+    run = run_onnx if backend == "onnx" else run_openvino
+    actual = run(exported[backend], inputs)
+
+    assert actual["pred_score"].shape == (batch,)
+    assert actual["anomaly_map"].shape == (batch, 1, 64, 64)
+    assert max_difference(actual["pred_score"], expected.pred_score) <= FP32_TOLERANCE
+    assert max_difference(actual["anomaly_map"], expected.anomaly_map) <= FP32_TOLERANCE
+    # Labels and masks are thresholds at 0.5: equal wherever the value is not within the tolerance of it.
+    for decision, value in (("pred_label", "pred_score"), ("pred_mask", "anomaly_map")):
+        decided = (getattr(expected, value) - 0.5).abs().numpy() > FP32_TOLERANCE
+        np.testing.assert_array_equal(actual[decision][decided], getattr(expected, decision).numpy()[decided])
+
+
+def test_batch_axis_is_dynamic(exported: dict[str, Path]):
+    session = ort.InferenceSession(str(exported["onnx"]), providers=["CPUExecutionProvider"])
+    assert isinstance(session.get_inputs()[0].shape[0], str)
+    model = ov.Core().read_model(str(exported["openvino"]))
+    assert model.input(0).partial_shape[0].is_dynamic
+
+
+def _scope_outputs(model: onnx.ModelProto, scopes: list[str]) -> list[str]:
+    """Name of the last value computed inside each module scope (the module's output, in topological order)."""
+    found = {}
+    for node in model.graph.node:
+        metadata = {prop.key: prop.value for prop in node.metadata_props}
+        node_scopes = ast.literal_eval(metadata.get("pkg.torch.onnx.name_scopes", "[]"))
+        for scope in scopes:
+            if scope in node_scopes:
+                found[scope] = node.output[0]
+    assert set(found) == set(scopes), f"scopes not in the exported graph: {set(scopes) - set(found)}"
+    return [found[scope] for scope in scopes]
+
+
+def test_dap_prompts_are_computed_in_the_graph(
+    workdir: Path,
+    exported: dict[str, Path],
+    torch_model: FAPrompt,
+    images: torch.Tensor,
+):
+    """Two images with different defects get different DAP priors and DAP text tokens, in the graph as in torch.
+
+    The prior network's output ``Omega_x`` and the text encoder's final layer norm (the B*K data-dependent
+    prompts; in eval mode the static prompts are cached, so the encoder runs only for DAP) are exposed as
+    extra outputs of the exported graph and compared with the same tensors captured in torch.
+    """
+    pair = images[:2]
+    model = torch_model.model
+    captured = {}
+    hooks = [
+        model.prior_net.register_forward_hook(lambda _m, _i, out: captured.__setitem__("prior", out)),
+        model.backbone.clip.ln_final.register_forward_hook(lambda _m, _i, out: captured.__setitem__("text", out)),
+    ]
+    with torch.no_grad():
+        torch_model(pair)
+    for hook in hooks:
+        hook.remove()
+
+    graph = onnx.load(str(exported["onnx"]))
+    names = _scope_outputs(graph, ["model.prior_net", "model.backbone.clip.ln_final"])
+    graph.graph.output.extend(onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None) for name in names)
+    path = workdir / "dap_outputs.onnx"
+    onnx.save(graph, str(path))
+    outputs = run_onnx(path, pair)
+    prior, text = outputs[names[0]], outputs[names[1]]
+
+    n_prompts = model.abnormal_ctx.shape[0]
+    assert prior.shape == tuple(captured["prior"].shape) == (2, model.backbone.text_width)
+    assert text.shape == tuple(captured["text"].shape)
+    assert text.shape[0] == 2 * n_prompts
+    assert max_difference(prior, captured["prior"]) <= FP32_TOLERANCE
+    assert max_difference(text, captured["text"]) <= FP32_TOLERANCE
+    # The two images' prompts differ, far beyond the export tolerance.
+    eos = model.abnormal_template.eos_index
+    assert np.abs(prior[0] - prior[1]).max() > 100 * FP32_TOLERANCE
+    assert np.abs(text[:n_prompts, eos] - text[n_prompts:, eos]).max() > 100 * FP32_TOLERANCE
+
+
+def test_fp16_compression_from_the_cli(
+    cli_fp16_export: Path,
+    exported: dict[str, Path],
+    torch_model: FAPrompt,
+    images: torch.Tensor,
+):
+    """The CLI's FP16 export stores fp16 weights (half the file) and stays close to the torch module."""
+    model = ov.Core().read_model(str(cli_fp16_export))
+    constants = [op for op in model.get_ops() if op.get_type_name() == "Constant"]
+    assert "f16" in {op.get_output_element_type(0).get_type_name() for op in constants}
+    fp16_size = cli_fp16_export.with_suffix(".bin").stat().st_size
+    assert fp16_size < 0.6 * exported["openvino"].with_suffix(".bin").stat().st_size
+    with torch.no_grad():
+        expected = torch_model(images)
+    actual = run_openvino(cli_fp16_export, images)
+    assert actual["anomaly_map"].shape == (4, 1, 64, 64)
+    assert max_difference(actual["pred_score"], expected.pred_score) < 0.1
+    assert max_difference(actual["anomaly_map"], expected.anomaly_map) < 0.1
+
+
+def test_openvino_inferencer_and_predict_on_a_folder(
+    data_root: Path,
+    checkpoint: Path,
+    exported: dict[str, Path],
+    torch_model: FAPrompt,
+):
+    """``OpenVINOInferencer`` on the exported IR and ``Engine.predict`` on the checkpoint agree on a folder."""
+    folder = data_root / "beta" / "test" / "defect"
+    files = sorted(folder.glob("*.png"))
+    inferencer = OpenVINOInferencer(exported["openvino"], device="CPU", config=OV_FP32)
+    deployed = {file.name: inferencer.predict(file) for file in files}
+
+    engine = Engine(accelerator="cpu", devices=1, default_root_dir=data_root.parent / "predict", **QUIET)
+    predictions = engine.predict(model=FAPrompt(**tiny_args()), ckpt_path=checkpoint, data_path=folder)
+    predicted = {
+        Path(path).name: (batch.pred_score[i], batch.anomaly_map[i])
+        for batch in predictions
+        for i, path in enumerate(batch.image_path)
+    }
+
+    assert set(predicted) == set(deployed)
+    for name, result in deployed.items():
+        score, anomaly_map = predicted[name]
+        assert result.anomaly_map.shape[-2:] == (64, 64)
+        assert abs(float(result.pred_score.reshape(-1)[0]) - float(score)) <= FP32_TOLERANCE
+        assert np.abs(result.anomaly_map.reshape(64, 64) - anomaly_map.reshape(64, 64).numpy()).max() <= FP32_TOLERANCE
