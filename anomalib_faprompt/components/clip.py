@@ -83,7 +83,7 @@ def load_open_clip(
             raise ValueError(msg)
         model = CLIP(**model_config)
         if is_file:
-            model.load_state_dict(torch.load(pretrained, map_location="cpu", weights_only=True))
+            open_clip.load_checkpoint(model, pretrained)
         return model.eval()
     quick_gelu = is_file and bool(open_clip.get_pretrained_cfg(model_name, "openai").get("quick_gelu", False))
     try:
