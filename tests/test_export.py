@@ -1,6 +1,6 @@
 """Export through anomalib's ``Engine.export`` to ONNX and OpenVINO: parity with the torch module.
 
-A tiny FAPrompt is trained for two steps and checkpointed; the checkpoint is exported (whole
+A tiny FAPrompt (and a tiny AnomalyCLIP) is trained for two steps and checkpointed; the checkpoint is exported (whole
 AnomalibModule: pre-processor, model, post-processor) and the exported graphs are run with ONNX
 Runtime and OpenVINO on the same images as the torch module's ``forward``.
 """
@@ -29,8 +29,9 @@ from anomalib.deploy import ExportType, OpenVINOInferencer  # noqa: E402
 from anomalib.engine import Engine  # noqa: E402
 from conftest import TINY_MODEL_ARGS  # noqa: E402
 
-from anomalib_faprompt import FAPrompt  # noqa: E402
+from anomalib_faprompt import AnomalyCLIP, FAPrompt  # noqa: E402
 from anomalib_faprompt.data import AuxiliaryDataModule, make_synthetic_dataset  # noqa: E402
+from anomalib_faprompt.models.base import PromptLearningModule  # noqa: E402
 
 FP32_TOLERANCE = 1e-4
 # OpenVINO's CPU plugin runs in bf16 by default on CPUs with bf16 instructions: ask for fp32.
@@ -42,18 +43,24 @@ def tiny_args() -> dict:
     return copy.deepcopy(TINY_MODEL_ARGS)
 
 
-@pytest.fixture(scope="module")
-def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tmp_path_factory.mktemp("export")
+@pytest.fixture(scope="module", params=[FAPrompt, AnomalyCLIP], ids=lambda cls: cls.__name__)
+def model_class(request: pytest.FixtureRequest) -> type[PromptLearningModule]:
+    return request.param
 
 
 @pytest.fixture(scope="module")
-def data_root(workdir: Path) -> Path:
-    return make_synthetic_dataset(workdir / "data", image_size=64, n_train=1, n_good=2, n_defect=3)
+def workdir(tmp_path_factory: pytest.TempPathFactory, model_class: type[PromptLearningModule]) -> Path:
+    return tmp_path_factory.mktemp(f"export_{model_class.__name__}")
 
 
 @pytest.fixture(scope="module")
-def checkpoint(workdir: Path, data_root: Path) -> Path:
+def data_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("data")
+    return make_synthetic_dataset(root, image_size=64, n_train=1, n_good=2, n_defect=3)
+
+
+@pytest.fixture(scope="module")
+def checkpoint(workdir: Path, data_root: Path, model_class: type[PromptLearningModule]) -> Path:
     """Two training steps with anomalib's Engine, then a Lightning checkpoint."""
     torch.manual_seed(0)
     engine = Engine(
@@ -66,26 +73,26 @@ def checkpoint(workdir: Path, data_root: Path) -> Path:
         **QUIET,
     )
     datamodule = AuxiliaryDataModule(root=data_root, train_batch_size=4, eval_batch_size=4, num_workers=0)
-    engine.fit(FAPrompt(**tiny_args()), datamodule=datamodule)
+    engine.fit(model_class(**tiny_args()), datamodule=datamodule)
     path = workdir / "tiny.ckpt"
     engine.trainer.save_checkpoint(path)
     return path
 
 
 @pytest.fixture(scope="module")
-def torch_model(checkpoint: Path) -> FAPrompt:
+def torch_model(checkpoint: Path, model_class: type[PromptLearningModule]) -> PromptLearningModule:
     """The reference: the checkpoint loaded through anomalib's ``weights_only`` path, in eval mode."""
-    return FAPrompt.load_from_checkpoint(checkpoint).eval()
+    return model_class.load_from_checkpoint(checkpoint).eval()
 
 
 @pytest.fixture(scope="module")
-def exported(workdir: Path, checkpoint: Path) -> dict[str, Path]:
+def exported(workdir: Path, checkpoint: Path, model_class: type[PromptLearningModule]) -> dict[str, Path]:
     """ONNX and OpenVINO exports of the checkpoint through ``Engine.export``."""
     paths = {}
     for export_type in (ExportType.ONNX, ExportType.OPENVINO):
         engine = Engine(accelerator="cpu", devices=1, default_root_dir=workdir / "export", **QUIET)
         paths[export_type.value] = engine.export(
-            model=FAPrompt(**tiny_args()),
+            model=model_class(**tiny_args()),
             export_type=export_type,
             export_root=workdir / export_type.value,
             ckpt_path=checkpoint,
@@ -94,10 +101,11 @@ def exported(workdir: Path, checkpoint: Path) -> dict[str, Path]:
 
 
 @pytest.fixture(scope="module")
-def cli_fp16_export(workdir: Path, checkpoint: Path) -> Path:
+def cli_fp16_export(workdir: Path, checkpoint: Path, model_class: type[PromptLearningModule]) -> Path:
     """``anomalib export --model FAPrompt --ckpt_path ... --export_type openvino --compression_type FP16``."""
     config = workdir / "tiny.yaml"
-    config.write_text(json.dumps({"model": {"class_path": "FAPrompt", "init_args": tiny_args()}}))  # JSON is YAML
+    model = {"class_path": model_class.__name__, "init_args": tiny_args()}
+    config.write_text(json.dumps({"model": model}))  # JSON is YAML
     root = workdir / "cli"
     command = [
         sys.executable,
@@ -147,13 +155,10 @@ def max_difference(actual: np.ndarray, expected: torch.Tensor) -> float:
     return float(np.abs(actual.astype(np.float64) - expected.double().numpy()).max())
 
 
-def test_checkpoint_is_trained(checkpoint: Path, torch_model: FAPrompt):
+def test_checkpoint_is_trained(torch_model: PromptLearningModule, model_class: type[PromptLearningModule]):
     """The exported checkpoint is not a fresh model: the two training steps moved the prompts."""
-    fresh = FAPrompt(**tiny_args())
-    fresh.load_state_dict(torch_model.state_dict())
-    assert torch.equal(fresh.model.normal_ctx, torch_model.model.normal_ctx)
     torch.manual_seed(0)
-    initial = FAPrompt(**tiny_args())
+    initial = model_class(**tiny_args())
     assert not torch.allclose(initial.model.normal_ctx, torch_model.model.normal_ctx)
 
 
@@ -165,7 +170,7 @@ def test_fp32_parity(
     batch: int,
     size: tuple[int, int],
     exported: dict[str, Path],
-    torch_model: FAPrompt,
+    torch_model: PromptLearningModule,
     images: torch.Tensor,
 ):
     """Scores, maps, labels and masks of the exported graph equal the torch module's forward.
@@ -208,10 +213,11 @@ def _scope_outputs(model: onnx.ModelProto, scopes: list[str]) -> list[str]:
     return [found[scope] for scope in scopes]
 
 
+@pytest.mark.parametrize("model_class", [FAPrompt], indirect=True, ids=["FAPrompt"])
 def test_dap_prompts_are_computed_in_the_graph(
     workdir: Path,
     exported: dict[str, Path],
-    torch_model: FAPrompt,
+    torch_model: PromptLearningModule,
     images: torch.Tensor,
 ):
     """Two images with different defects get different DAP priors and DAP text tokens, in the graph as in torch.
@@ -252,10 +258,11 @@ def test_dap_prompts_are_computed_in_the_graph(
     assert np.abs(text[:n_prompts, eos] - text[n_prompts:, eos]).max() > 100 * FP32_TOLERANCE
 
 
+@pytest.mark.parametrize("model_class", [FAPrompt], indirect=True, ids=["FAPrompt"])
 def test_fp16_compression_from_the_cli(
     cli_fp16_export: Path,
     exported: dict[str, Path],
-    torch_model: FAPrompt,
+    torch_model: PromptLearningModule,
     images: torch.Tensor,
 ):
     """The CLI's FP16 export stores fp16 weights (half the file) and stays close to the torch module."""
@@ -272,11 +279,12 @@ def test_fp16_compression_from_the_cli(
     assert max_difference(actual["anomaly_map"], expected.anomaly_map) < 0.1
 
 
+@pytest.mark.parametrize("model_class", [FAPrompt], indirect=True, ids=["FAPrompt"])
 def test_openvino_inferencer_and_predict_on_a_folder(
     data_root: Path,
     checkpoint: Path,
     exported: dict[str, Path],
-    torch_model: FAPrompt,
+    model_class: type[PromptLearningModule],
 ):
     """``OpenVINOInferencer`` on the exported IR and ``Engine.predict`` on the checkpoint agree on a folder."""
     folder = data_root / "beta" / "test" / "defect"
@@ -285,7 +293,7 @@ def test_openvino_inferencer_and_predict_on_a_folder(
     deployed = {file.name: inferencer.predict(file) for file in files}
 
     engine = Engine(accelerator="cpu", devices=1, default_root_dir=data_root.parent / "predict", **QUIET)
-    predictions = engine.predict(model=FAPrompt(**tiny_args()), ckpt_path=checkpoint, data_path=folder)
+    predictions = engine.predict(model=model_class(**tiny_args()), ckpt_path=checkpoint, data_path=folder)
     predicted = {
         Path(path).name: (batch.pred_score[i], batch.anomaly_map[i])
         for batch in predictions

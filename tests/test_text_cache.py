@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 import torch.nn.functional as F  # noqa: N812
 
-from anomalib_faprompt import FAPrompt
+from anomalib_faprompt import AnomalyCLIP, FAPrompt
+
+MODELS = pytest.mark.parametrize("model_class", [FAPrompt, AnomalyCLIP], ids=lambda cls: cls.__name__)
 
 
 def fresh_static_text(model) -> tuple[torch.Tensor, torch.Tensor]:
@@ -14,8 +17,9 @@ def fresh_static_text(model) -> tuple[torch.Tensor, torch.Tensor]:
     return F.normalize(normal, dim=-1), F.normalize(abnormal.mean(dim=0), dim=-1)
 
 
-def test_eval_fills_buffers_that_are_not_checkpointed(tiny_model_args):
-    model = FAPrompt(**tiny_model_args).model
+@MODELS
+def test_eval_fills_buffers_that_are_not_checkpointed(model_class, tiny_model_args):
+    model = model_class(**tiny_model_args).model
     assert not model.text_cache.valid
     model.eval()
     assert model.text_cache.valid
@@ -27,15 +31,21 @@ def test_eval_fills_buffers_that_are_not_checkpointed(tiny_model_args):
     assert not any(key.startswith("text_cache") for key in model.state_dict())
 
 
-def test_load_state_dict_in_eval_refreshes_and_train_marks_stale(tiny_model_args):
-    model = FAPrompt(**tiny_model_args).model.eval()
+@MODELS
+def test_load_state_dict_in_eval_refreshes_and_train_marks_stale(model_class, tiny_model_args):
+    model = model_class(**tiny_model_args).model.eval()
     before = model.text_cache.abnormal.clone()
     state = model.state_dict()
-    state["normal_ctx"] = state["normal_ctx"] + 0.5
+    for key in ("normal_ctx", "abnormal_ctx"):
+        state[key] = torch.randn_like(state[key])  # not a constant shift: the layer norms remove those
     model.load_state_dict(state)
     assert model.text_cache.valid
     assert not torch.allclose(model.text_cache.abnormal, before)
     assert torch.equal(model.text_cache.abnormal, fresh_static_text(model)[1])
+    assert model.text_cache.abnormal_prompts.shape == (
+        model.abnormal_ctx.shape[0] if model_class is FAPrompt else 1,
+        32,
+    )
     model.train()
     assert not model.text_cache.valid
 

@@ -15,24 +15,27 @@ __all__ = ["StaticTextCache"]
 
 
 class StaticTextCache(nn.Module):
-    """Normalised normal and abnormal text embeddings ``(D,)``, valid until :meth:`clear`.
+    """Normalised normal ``(D,)`` and abnormal ``(D,)`` text embeddings and the raw abnormal ones ``(K, D)``.
 
-    The buffers are not persistent: checkpoints keep only the prompts they are computed from.
+    Valid from :meth:`fill` until :meth:`clear`. The buffers are not persistent: checkpoints keep only the
+    prompts they are computed from.
     """
 
     normal: torch.Tensor
     abnormal: torch.Tensor
+    abnormal_prompts: torch.Tensor
 
     def __init__(self) -> None:
         super().__init__()
-        self.register_buffer("normal", torch.empty(0), persistent=False)
-        self.register_buffer("abnormal", torch.empty(0), persistent=False)
+        for name in ("normal", "abnormal", "abnormal_prompts"):
+            self.register_buffer(name, torch.empty(0), persistent=False)
         self.valid = False
 
-    def fill(self, normal: torch.Tensor, abnormal: torch.Tensor) -> None:
+    def fill(self, normal: torch.Tensor, abnormal: torch.Tensor, abnormal_prompts: torch.Tensor) -> None:
         """Store detached copies of the embeddings and mark the cache valid."""
         self.normal = normal.detach().clone()
         self.abnormal = abnormal.detach().clone()
+        self.abnormal_prompts = abnormal_prompts.detach().clone()
         self.valid = True
 
     def clear(self) -> None:

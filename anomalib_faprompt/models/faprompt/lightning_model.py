@@ -21,8 +21,8 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F  # noqa: N812
-from anomalib.data import Batch
 from anomalib.metrics import Evaluator
+from anomalib.models.components import AnomalibModule
 from anomalib.visualization import Visualizer
 from torch import nn
 
@@ -42,8 +42,11 @@ __all__ = ["FAPrompt"]
 GLOBAL_LOSS_INPUTS = ("probability", "logits")
 
 
-class FAPrompt(PromptLearningModule):
+class FAPrompt(PromptLearningModule, AnomalibModule):
     """FAPrompt as an anomalib model.
+
+    ``AnomalibModule`` is listed as a direct base because anomalib's ``get_model("FAPrompt")`` searches
+    only the direct subclasses of ``AnomalibModule``.
 
     Args:
         backbone: open_clip model name.
@@ -63,6 +66,7 @@ class FAPrompt(PromptLearningModule):
         local_score: ``"paper"`` or ``"released"`` local image score.
         temperature: Softmax temperature ``tau``.
         sigma: Gaussian blur sigma of the pixel map, in pixels at ``image_size``.
+        local_weight: Weight of ``L_local(M)``.
         dap_local_weight: Weight of ``L_local(M^)``.
         ce_weight: Weight of ``L_ce``.
         global_weight: Weight of ``L_global``.
@@ -95,6 +99,7 @@ class FAPrompt(PromptLearningModule):
         local_score: str = "paper",
         temperature: float = 0.07,
         sigma: float = 10.0,
+        local_weight: float = 1.0,
         dap_local_weight: float = 0.5,
         ce_weight: float = 1.0,
         global_weight: float = 1.0,
@@ -135,6 +140,7 @@ class FAPrompt(PromptLearningModule):
             sigma=sigma,
         )
         self.loss_weights = {
+            "local": local_weight,
             "dap_local": dap_local_weight,
             "ce": ce_weight,
             "global": global_weight,
@@ -165,17 +171,3 @@ class FAPrompt(PromptLearningModule):
             "orthogonality": orthogonality_loss(output.abnormal_text),
             "prior": prior_loss(output.prior, labels),
         }
-
-    def trainable_parameters(self) -> list[nn.Parameter]:
-        """The prompt parameters and the prior network."""
-        return [parameter for parameter in self.model.parameters() if parameter.requires_grad]
-
-    def training_step(self, batch: Batch, *args, **kwargs) -> torch.Tensor:  # noqa: ARG002
-        """One training step: every loss term, each logged, and their weighted sum."""
-        labels, masks = self.training_targets(batch)
-        losses = self.compute_losses(batch.image, labels, masks)
-        total = losses["local"] + sum(self.loss_weights[name] * losses[name] for name in self.loss_weights)
-        for name, value in losses.items():
-            self.log(f"train_loss_{name}", value, on_step=False, on_epoch=True, batch_size=labels.shape[0])
-        self.log("train_loss", total, on_step=True, on_epoch=True, prog_bar=True, batch_size=labels.shape[0])
-        return total
