@@ -1,15 +1,25 @@
 """Make anomalib resolve this package's models by their short names (``--model FAPrompt``).
 
 anomalib has no plugin registry: its CLI resolves ``--model NAME`` among classes already imported,
-and ``anomalib.models.get_model`` looks names up on ``anomalib.models``. The file
-``anomalib_faprompt_models.pth``, installed into site-packages, imports this module at interpreter
-start-up. It only installs an import finder (no other import): when ``anomalib.models`` is first
-imported, the finder lets it load as usual and then adds this package's models to it.
+and ``anomalib.models.get_model`` (used by ``anomalib benchmark``) looks names up on ``anomalib.models``.
+The file ``anomalib_faprompt_models.pth``, installed into site-packages, imports this module at
+interpreter start-up. It only installs an import finder (no other import): when ``anomalib.models`` is
+first imported, the finder lets it load as usual and then adds this package's models to it; when
+anomalib's benchmark job module is imported, it lets the results of different models (different
+configuration keys and metrics) be gathered into one table (see :mod:`anomalib_faprompt.benchmark`).
 """
 
 import sys
+from collections.abc import Callable
 
 MODEL_NAMES = ("FAPrompt", "AnomalyCLIP")
+BENCHMARK_JOB_MODULE = "anomalib.pipelines.benchmark.job"
+
+
+def _warn(what: str, error: Exception) -> None:
+    import warnings
+
+    warnings.warn(f"anomalib_faprompt: {what}: {error!r}", stacklevel=3)
 
 
 def _add_models(module: object) -> None:
@@ -17,21 +27,37 @@ def _add_models(module: object) -> None:
     try:
         from anomalib_faprompt import models
     except Exception as error:  # noqa: BLE001  (a broken plugin must never break anomalib itself)
-        import warnings
-
-        warnings.warn(f"anomalib_faprompt models not registered with anomalib: {error!r}", stacklevel=2)
+        _warn("models not registered with anomalib", error)
         return
     for name in MODEL_NAMES:
         if hasattr(models, name):
             setattr(module, name, getattr(models, name))
-            module.__all__ = [*getattr(module, "__all__", []), name]
+            if name not in getattr(module, "__all__", []):
+                module.__all__ = [*getattr(module, "__all__", []), name]
+
+
+def _gather_mixed_results(module: object) -> None:
+    """Let anomalib's benchmark gather rows of models with different configuration keys and metrics."""
+    try:
+        from anomalib_faprompt.benchmark import collect
+    except Exception as error:  # noqa: BLE001  (a broken plugin must never break anomalib itself)
+        _warn("benchmark results of different models cannot be gathered", error)
+        return
+    module.BenchmarkJob.collect = staticmethod(collect)
+
+
+HOOKS: dict[str, Callable[[object], None]] = {
+    "anomalib.models": _add_models,
+    BENCHMARK_JOB_MODULE: _gather_mixed_results,
+}
 
 
 class _Loader:
-    """Wraps the real loader of ``anomalib.models`` and registers the models after it ran."""
+    """Wraps the real loader of a module and runs a hook on the module after it ran."""
 
-    def __init__(self, loader: object) -> None:
+    def __init__(self, loader: object, hook: Callable[[object], None]) -> None:
         self._loader = loader
+        self._hook = hook
 
     def __getattr__(self, name: str) -> object:
         return getattr(self._loader, name)
@@ -41,32 +67,41 @@ class _Loader:
 
     def exec_module(self, module: object) -> None:
         self._loader.exec_module(module)
-        _add_models(module)
+        self._hook(module)
 
 
 class _Finder:
-    """One-shot meta-path finder for ``anomalib.models``."""
+    """Meta-path finder that wraps the loaders of the hooked modules, each once, then removes itself."""
+
+    def __init__(self, pending: dict[str, Callable[[object], None]]) -> None:
+        self._pending = pending
 
     def find_spec(self, fullname: str, path: object = None, target: object = None) -> object:
-        if fullname != "anomalib.models":
+        hook = self._pending.pop(fullname, None)
+        if hook is None:
             return None
-        sys.meta_path.remove(self)
+        if not self._pending:
+            sys.meta_path.remove(self)
         for finder in sys.meta_path:
-            find_spec = getattr(finder, "find_spec", None)
+            find_spec = getattr(finder, "find_spec", None) if finder is not self else None
             spec = find_spec(fullname, path, target) if find_spec else None
             if spec is not None:
                 if spec.loader is not None:
-                    spec.loader = _Loader(spec.loader)
+                    spec.loader = _Loader(spec.loader, hook)
                 return spec
         return None
 
 
 def install() -> None:
-    """Install the finder, unless ``anomalib.models`` is already imported (then register at once)."""
-    if "anomalib.models" in sys.modules:
-        _add_models(sys.modules["anomalib.models"])
-    elif not any(isinstance(finder, _Finder) for finder in sys.meta_path):
-        sys.meta_path.insert(0, _Finder())
+    """Run the hooks of modules already imported; install the finder for the others."""
+    pending = {}
+    for name, hook in HOOKS.items():
+        if name in sys.modules:
+            hook(sys.modules[name])
+        else:
+            pending[name] = hook
+    if pending and not any(isinstance(finder, _Finder) for finder in sys.meta_path):
+        sys.meta_path.insert(0, _Finder(pending))
 
 
 install()

@@ -9,7 +9,11 @@ images with masks.
 
 from __future__ import annotations
 
+import pickle
 from abc import abstractmethod
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F  # noqa: N812
@@ -19,9 +23,12 @@ from anomalib.metrics import AUPR, AUPRO, AUROC, Evaluator
 from anomalib.models.components import AnomalibModule
 from anomalib.post_processing import PostProcessor
 from anomalib.pre_processing import PreProcessor
+from anomalib.utils.serialization import anomalib_safe_globals
 from anomalib.visualization import Visualizer
 from torch import nn
 from torchvision.transforms.v2 import Compose, InterpolationMode, Normalize, Resize
+
+from anomalib_faprompt.components import plain_config
 
 __all__ = ["NO_DEFECTS_MESSAGE", "PromptLearningModule"]
 
@@ -39,7 +46,8 @@ NO_DEFECTS_MESSAGE = (
 class PromptLearningModule(AnomalibModule):
     """Base of the prompt-learning CLIP models (FAPrompt, AnomalyCLIP).
 
-    Subclasses set ``self.model`` (eval mode returns ``InferenceBatch``) and ``self.loss_weights`` (a
+    Subclasses set ``self.model`` (eval mode returns ``InferenceBatch``), then call
+    :meth:`load_trained_weights` with their ``weights`` argument, and set ``self.loss_weights`` (a
     weight for every loss term), and implement :meth:`compute_losses`.
 
     Args:
@@ -76,6 +84,7 @@ class PromptLearningModule(AnomalibModule):
         self.loss_weights: dict[str, float] = {}
         self._seen_anomalous = False
         self._check_batches = False
+        self.weights: str | None = None
 
     @abstractmethod
     def compute_losses(
@@ -138,8 +147,78 @@ class PromptLearningModule(AnomalibModule):
 
     @property
     def learning_type(self) -> LearningType:
-        """ONE_CLASS, so that anomalib's Engine runs the training loop (ZERO_SHOT would skip it)."""
-        return LearningType.ONE_CLASS
+        """ZERO_SHOT with trained ``weights`` (the Engine then never trains); else ONE_CLASS, so that it trains."""
+        return LearningType.ZERO_SHOT if self.weights else LearningType.ONE_CLASS
+
+    def load_trained_weights(self, weights: str | None) -> None:
+        """Start from the learned parameters of a trained checkpoint, and be zero-shot from then on.
+
+        Copies ``self.model``'s trainable parameters (prompts, prior network) from an anomalib checkpoint of
+        the same model and CLIP; the frozen CLIP itself comes from ``pretrained`` as usual. With weights the
+        model reports ``LearningType.ZERO_SHOT``, so ``Engine.fit`` only validates: anomalib's benchmark,
+        which calls ``fit`` and then ``test`` on the target dataset, never trains the model there.
+
+        Args:
+            weights: Path to a checkpoint written by training this model (``.../weights/lightning/model.ckpt``),
+                or ``None`` to keep the fresh initialisation (and train as usual).
+
+        Raises:
+            FileNotFoundError: The file does not exist.
+            ValueError: The file is no anomalib checkpoint, or holds another model or another CLIP.
+        """
+        self.weights = weights
+        if weights is None:
+            return
+        if not Path(weights).is_file():
+            msg = (
+                f"{self.name} checkpoint '{weights}' (argument `weights`) does not exist. Pass the checkpoint of a "
+                f"trained {self.name}, e.g. the `weights/lightning/model.ckpt` written by `anomalib train --model "
+                f"{self.name}`, or `weights=None` to train from scratch."
+            )
+            raise FileNotFoundError(msg)
+        try:
+            with anomalib_safe_globals(extra=self.checkpoint_safe_globals()):
+                checkpoint = torch.load(weights, map_location="cpu", weights_only=True)
+        except (pickle.UnpicklingError, RuntimeError, EOFError) as error:
+            reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+            msg = f"'{weights}' (argument `weights`) is not a readable anomalib checkpoint: {reason}"
+            raise ValueError(msg) from error
+        state = checkpoint.get("state_dict") if isinstance(checkpoint, dict) else None
+        if state is None:
+            msg = f"'{weights}' (argument `weights`) is not an anomalib checkpoint: it has no 'state_dict'."
+            raise ValueError(msg)
+        self._check_same_clip(weights, checkpoint.get("hyper_parameters") or {})
+        learned = {f"model.{name}": value for name, value in self.model.named_parameters() if value.requires_grad}
+        missing = [name for name in learned if name not in state]
+        if missing:
+            msg = (
+                f"'{weights}' (argument `weights`) is not a {self.name} checkpoint: it lacks the learned parameters "
+                f"{missing}. Pass a checkpoint written by training {self.name}."
+            )
+            raise ValueError(msg)
+        for name, value in learned.items():
+            if state[name].shape != value.shape:
+                msg = (
+                    f"'{weights}' (argument `weights`) was trained with other sizes: {name} is "
+                    f"{tuple(state[name].shape)} there and {tuple(value.shape)} here. Construct the model with the "
+                    f"hyperparameters it was trained with (n_ctx, prompt_depth, prompt_length, ...)."
+                )
+                raise ValueError(msg)
+        with torch.no_grad():
+            for name, value in learned.items():
+                value.copy_(state[name])
+        self.model.clear_text_cache()
+
+    def _check_same_clip(self, weights: str, trained: dict[str, Any]) -> None:
+        """Refuse a checkpoint trained on another CLIP (prompts do not transfer between CLIPs)."""
+        ours, theirs = _clip_architecture(self.hparams), _clip_architecture(trained)
+        if theirs is not None and ours != theirs:
+            msg = (
+                f"'{weights}' (argument `weights`) was trained with the CLIP {theirs}, this {self.name} uses {ours}: "
+                "learned prompts only work with the CLIP they were trained for. Pass the checkpoint's `backbone` "
+                "(and `backbone_config`)."
+            )
+            raise ValueError(msg)
 
     @property
     def trainer_arguments(self) -> dict:
@@ -188,3 +267,10 @@ class PromptLearningModule(AnomalibModule):
         """Predict scores and maps for a validation batch."""
         predictions = self.model(batch.image)
         return batch.update(**predictions._asdict())
+
+
+def _clip_architecture(hparams: Mapping[str, Any]) -> object:
+    """The CLIP a model's hyperparameters describe: its ``backbone_config``, else its ``backbone`` name."""
+    if hparams.get("backbone_config") is not None:
+        return plain_config(hparams["backbone_config"])
+    return hparams.get("backbone")
