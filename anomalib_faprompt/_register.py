@@ -5,8 +5,9 @@ and ``anomalib.models.get_model`` (used by ``anomalib benchmark``) looks names u
 The file ``anomalib_faprompt_models.pth``, installed into site-packages, imports this module at
 interpreter start-up. It only installs an import finder (no other import): when ``anomalib.models`` is
 first imported, the finder lets it load as usual and then adds this package's models to it; when
-anomalib's benchmark job module is imported, it lets the results of different models (different
-configuration keys and metrics) be gathered into one table (see :mod:`anomalib_faprompt.benchmark`).
+anomalib's benchmark job module is imported, it fixes two things there so that the benchmark runs
+zero-shot models and gathers the results of different models into one table
+(see :mod:`anomalib_faprompt.benchmark`).
 """
 
 import sys
@@ -36,19 +37,19 @@ def _add_models(module: object) -> None:
                 module.__all__ = [*getattr(module, "__all__", []), name]
 
 
-def _gather_mixed_results(module: object) -> None:
-    """Let anomalib's benchmark gather rows of models with different configuration keys and metrics."""
+def _patch_benchmark_job(module: object) -> None:
+    """Let anomalib's benchmark run zero-shot models and gather the rows of different models."""
     try:
-        from anomalib_faprompt.benchmark import collect
+        from anomalib_faprompt.benchmark import patch_benchmark_job
     except Exception as error:  # noqa: BLE001  (a broken plugin must never break anomalib itself)
-        _warn("benchmark results of different models cannot be gathered", error)
+        _warn("anomalib's benchmark is not patched for zero-shot models", error)
         return
-    module.BenchmarkJob.collect = staticmethod(collect)
+    patch_benchmark_job(module)
 
 
 HOOKS: dict[str, Callable[[object], None]] = {
     "anomalib.models": _add_models,
-    BENCHMARK_JOB_MODULE: _gather_mixed_results,
+    BENCHMARK_JOB_MODULE: _patch_benchmark_job,
 }
 
 

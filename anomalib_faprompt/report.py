@@ -162,6 +162,7 @@ def bar_chart(table: pd.DataFrame, metric: str, path: str | Path) -> Path:
     Returns:
         The written path.
     """
+    colors = {model: f"C{index}" for index, model in enumerate(table.index)}  # same colour in every chart
     table = table.dropna(how="all")
     groups = list(table.columns)
     n_models = len(table.index)
@@ -169,7 +170,7 @@ def bar_chart(table: pd.DataFrame, metric: str, path: str | Path) -> Path:
     figure, axes = plt.subplots(figsize=(max(6.0, 0.35 * len(groups) * n_models + 2.0), 4.5))
     for index, (model, row) in enumerate(table.iterrows()):
         offsets = [group + (index - (n_models - 1) / 2) * width for group in range(len(groups))]
-        axes.bar(offsets, (100 * row.fillna(0.0)).to_list(), width=width, label=str(model))
+        axes.bar(offsets, (100 * row.fillna(0.0)).to_list(), width=width, label=str(model), color=colors[model])
     axes.set_xticks(range(len(groups)), groups, rotation=30 if len(groups) > 6 else 0, ha="right")
     axes.axvline(len(groups) - 1.5, color="grey", linewidth=0.8, linestyle="--")
     axes.set_ylim(0, 100)

@@ -11,9 +11,7 @@ from __future__ import annotations
 
 import pickle
 from abc import abstractmethod
-from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
 
 import torch
 import torch.nn.functional as F  # noqa: N812
@@ -27,8 +25,6 @@ from anomalib.utils.serialization import anomalib_safe_globals
 from anomalib.visualization import Visualizer
 from torch import nn
 from torchvision.transforms.v2 import Compose, InterpolationMode, Normalize, Resize
-
-from anomalib_faprompt.components import plain_config
 
 __all__ = ["NO_DEFECTS_MESSAGE", "PromptLearningModule"]
 
@@ -153,12 +149,13 @@ class PromptLearningModule(AnomalibModule):
         return LearningType.ZERO_SHOT if self.weights else LearningType.ONE_CLASS
 
     def load_trained_weights(self, weights: str | None) -> None:
-        """Start from the learned parameters of a trained checkpoint, and be zero-shot from then on.
+        """Start from a trained checkpoint of this model, and be zero-shot from then on.
 
-        Copies ``self.model``'s trainable parameters (prompts, prior network) from an anomalib checkpoint of
-        the same model and CLIP; the frozen CLIP itself comes from ``pretrained`` as usual. With weights the
-        model reports ``LearningType.ZERO_SHOT``, so ``Engine.fit`` only validates: anomalib's benchmark,
-        which calls ``fit`` and then ``test`` on the target dataset, never trains the model there.
+        Loads what the checkpoint holds of ``self.model``: the learned parameters (prompts, prior network)
+        and, when it has them, the CLIP weights (a randomly initialised CLIP travels with the checkpoint;
+        pretrained CLIP weights come from ``pretrained`` and must be the ones the prompts were trained on).
+        With weights the model reports ``LearningType.ZERO_SHOT``, so ``Engine.fit`` only validates:
+        anomalib's benchmark, which calls ``fit`` and then ``test`` on the target dataset, never trains there.
 
         Args:
             weights: Path to a checkpoint written by training this model (``.../weights/lightning/model.ckpt``),
@@ -166,7 +163,8 @@ class PromptLearningModule(AnomalibModule):
 
         Raises:
             FileNotFoundError: The file does not exist.
-            ValueError: The file is no anomalib checkpoint, or holds another model or another CLIP.
+            ValueError: The file is no anomalib checkpoint, or holds another model, other sizes or prompts
+                trained on other CLIP weights.
         """
         self.weights = weights
         if weights is None:
@@ -189,38 +187,32 @@ class PromptLearningModule(AnomalibModule):
         if state is None:
             msg = f"'{weights}' (argument `weights`) is not an anomalib checkpoint: it has no 'state_dict'."
             raise ValueError(msg)
-        self._check_same_clip(weights, checkpoint.get("hyper_parameters") or {})
-        learned = {f"model.{name}": value for name, value in self.model.named_parameters() if value.requires_grad}
-        missing = [name for name in learned if name not in state]
-        if missing:
+        saved = {key.removeprefix("model."): value for key, value in state.items() if key.startswith("model.")}
+        ours = self.model.state_dict()
+        unexpected = sorted(set(saved) - set(ours))
+        missing = [name for name, value in self.model.named_parameters() if value.requires_grad and name not in saved]
+        if unexpected or missing:
+            found = f"lacks {missing}" if missing else f"has {unexpected[:5]}, unknown to {self.name}"
             msg = (
-                f"'{weights}' (argument `weights`) is not a {self.name} checkpoint: it lacks the learned parameters "
-                f"{missing}. Pass a checkpoint written by training {self.name}."
+                f"'{weights}' (argument `weights`) is not a {self.name} checkpoint: it {found}. "
+                f"Pass a checkpoint written by training {self.name}."
             )
             raise ValueError(msg)
-        for name, value in learned.items():
-            if state[name].shape != value.shape:
-                msg = (
-                    f"'{weights}' (argument `weights`) was trained with other sizes: {name} is "
-                    f"{tuple(state[name].shape)} there and {tuple(value.shape)} here. Construct the model with the "
-                    f"hyperparameters it was trained with (n_ctx, prompt_depth, prompt_length, ...)."
-                )
-                raise ValueError(msg)
-        with torch.no_grad():
-            for name, value in learned.items():
-                value.copy_(state[name])
-        self.model.clear_text_cache()
-
-    def _check_same_clip(self, weights: str, trained: dict[str, Any]) -> None:
-        """Refuse a checkpoint trained on another CLIP (prompts do not transfer between CLIPs)."""
-        ours, theirs = _clip_architecture(self.hparams), _clip_architecture(trained)
-        if theirs is not None and ours != theirs:
+        resized = [
+            f"{name} is {tuple(value.shape)} there, {tuple(ours[name].shape)} here"
+            for name, value in saved.items()
+            if value.shape != ours[name].shape
+        ]
+        if resized:
             msg = (
-                f"'{weights}' (argument `weights`) was trained with the CLIP {theirs}, this {self.name} uses {ours}: "
-                "learned prompts only work with the CLIP they were trained for. Pass the checkpoint's `backbone` "
-                "(and `backbone_config`)."
+                f"'{weights}' (argument `weights`) was trained with other sizes ({'; '.join(resized[:3])}). Construct "
+                f"the {self.name} with the hyperparameters it was trained with (backbone, backbone_config, image_size, "
+                "n_ctx, prompt_depth, prompt_length, ...)."
             )
             raise ValueError(msg)
+        if not any(key.startswith(BACKBONE_PREFIX) for key in state):
+            self._check_clip_weights(checkpoint)
+        self.model.load_state_dict(saved, strict=False)
 
     @property
     def trainer_arguments(self) -> dict:
@@ -251,18 +243,22 @@ class PromptLearningModule(AnomalibModule):
             del state[key]
         checkpoint["backbone_fingerprint"] = self._backbone_fingerprint()
 
+    def _check_clip_weights(self, checkpoint: dict) -> None:
+        """Refuse a checkpoint without CLIP weights whose prompts were trained on other CLIP weights."""
+        expected = checkpoint.get("backbone_fingerprint")
+        if expected is not None and abs(self._backbone_fingerprint() - expected) > 1e-6 * max(1.0, abs(expected)):
+            msg = (
+                f"The checkpoint's prompts were trained on other CLIP weights than this {self.name} loaded "
+                f"(backbone={self.hparams.get('backbone')!r}, pretrained={self.hparams.get('pretrained')!r}). "
+                "Build the model with the backbone and pretrained weights it was trained with."
+            )
+            raise ValueError(msg)
+
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         """Fill in the CLIP weights left out of the checkpoint, after checking they are the same weights."""
         state = checkpoint["state_dict"]
         if not any(key.startswith(BACKBONE_PREFIX) for key in state):
-            expected = checkpoint.get("backbone_fingerprint")
-            if expected is not None and abs(self._backbone_fingerprint() - expected) > 1e-6 * max(1.0, abs(expected)):
-                msg = (
-                    f"The checkpoint's prompts were trained on other CLIP weights than this {self.name} loaded "
-                    f"(backbone={self.hparams.get('backbone')!r}, pretrained={self.hparams.get('pretrained')!r}). "
-                    "Build the model with the backbone and pretrained weights it was trained with."
-                )
-                raise ValueError(msg)
+            self._check_clip_weights(checkpoint)
             state.update({key: value for key, value in self.state_dict().items() if key.startswith(BACKBONE_PREFIX)})
         super().on_load_checkpoint(checkpoint)
 
@@ -304,10 +300,3 @@ class PromptLearningModule(AnomalibModule):
         """Predict scores and maps for a validation batch."""
         predictions = self.model(batch.image)
         return batch.update(**predictions._asdict())
-
-
-def _clip_architecture(hparams: Mapping[str, Any]) -> object:
-    """The CLIP a model's hyperparameters describe: its ``backbone_config``, else its ``backbone`` name."""
-    if hparams.get("backbone_config") is not None:
-        return plain_config(hparams["backbone_config"])
-    return hparams.get("backbone")
