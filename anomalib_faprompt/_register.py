@@ -11,7 +11,6 @@ zero-shot models and gathers the results of different models into one table
 """
 
 import sys
-from collections.abc import Callable
 
 MODEL_NAMES = ("FAPrompt", "AnomalyCLIP")
 BENCHMARK_JOB_MODULE = "anomalib.pipelines.benchmark.job"
@@ -47,7 +46,7 @@ def _patch_benchmark_job(module: object) -> None:
     patch_benchmark_job(module)
 
 
-HOOKS: dict[str, Callable[[object], None]] = {
+HOOKS = {  # module name -> function run on the module after it loaded
     "anomalib.models": _add_models,
     BENCHMARK_JOB_MODULE: _patch_benchmark_job,
 }
@@ -56,7 +55,7 @@ HOOKS: dict[str, Callable[[object], None]] = {
 class _Loader:
     """Wraps the real loader of a module and runs a hook on the module after it ran."""
 
-    def __init__(self, loader: object, hook: Callable[[object], None]) -> None:
+    def __init__(self, loader: object, hook: object) -> None:
         self._loader = loader
         self._hook = hook
 
@@ -74,7 +73,7 @@ class _Loader:
 class _Finder:
     """Meta-path finder that wraps the loaders of the hooked modules, each once, then removes itself."""
 
-    def __init__(self, pending: dict[str, Callable[[object], None]]) -> None:
+    def __init__(self, pending: dict[str, object]) -> None:
         self._pending = pending
 
     def find_spec(self, fullname: str, path: object = None, target: object = None) -> object:
