@@ -27,6 +27,7 @@ from conftest import TINY_MODEL_ARGS
 from matplotlib.image import imread
 
 from anomalib_faprompt import AnomalyCLIP, FAPrompt, benchmark
+from anomalib_faprompt.components import load_open_clip
 from anomalib_faprompt.data import AuxiliaryDataModule, make_synthetic_dataset
 from anomalib_faprompt.report import main as report_main
 
@@ -105,6 +106,28 @@ def test_weights_errors_name_the_file_and_the_fix(checkpoints, tmp_path):
         FAPrompt(**args, weights=checkpoints["AnomalyCLIP"])
     with pytest.raises(ValueError, match=r"other sizes \(normal_ctx is \(12, 32\) there, \(5, 32\) here"):
         AnomalyCLIP(**args, n_ctx=5, weights=checkpoints["AnomalyCLIP"])
+
+
+def test_weights_with_pretrained_clip_load_the_prompts_and_check_the_clip(tmp_path):
+    clip_file, other_file = tmp_path / "clip.pt", tmp_path / "other.pt"
+    for seed, path in ((1, clip_file), (2, other_file)):
+        torch.manual_seed(seed)
+        torch.save(load_open_clip("tiny", None, TINY_MODEL_ARGS["backbone_config"]).state_dict(), path)
+    args = {**copy.deepcopy(TINY_MODEL_ARGS), "pretrained": str(clip_file)}
+    data = make_synthetic_dataset(tmp_path / "data", categories=("alpha",), n_good=2, n_defect=4)
+    engine = Engine(max_epochs=1, accelerator="cpu", default_root_dir=tmp_path, logger=False, enable_progress_bar=False)
+    trained = AnomalyCLIP(**args)
+    engine.fit(trained, datamodule=AuxiliaryDataModule(data, val_split_ratio=0.3, num_workers=0))
+    path = engine.trainer.checkpoint_callback.best_model_path
+    state = torch.load(path, map_location="cpu", weights_only=False)["state_dict"]
+    assert not any(key.startswith("model.backbone.clip.") for key in state)  # prompts only
+
+    loaded = AnomalyCLIP(**args, weights=path)  # CLIP comes from the file
+    assert _learned(loaded).keys() == _learned(trained).keys()
+    for name, value in _learned(trained).items():
+        assert torch.equal(_learned(loaded)[name], value), name
+    with pytest.raises(ValueError, match="other CLIP weights"):
+        AnomalyCLIP(**{**args, "pretrained": str(other_file)}, weights=path)
 
 
 # --- anomalib benchmark end to end ---------------------------------------------------------------------------------
