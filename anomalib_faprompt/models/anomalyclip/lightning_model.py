@@ -19,6 +19,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F  # noqa: N812
 from anomalib.metrics import Evaluator
+from anomalib.models.components import AnomalibModule
 from anomalib.visualization import Visualizer
 from torch import nn
 
@@ -30,8 +31,11 @@ from .torch_model import AnomalyCLIPModel
 __all__ = ["AnomalyCLIP"]
 
 
-class AnomalyCLIP(PromptLearningModule):
+class AnomalyCLIP(PromptLearningModule, AnomalibModule):
     """AnomalyCLIP as an anomalib model (spec section 8).
+
+    ``AnomalibModule`` is listed as a direct base because anomalib's ``get_model("AnomalyCLIP")`` searches
+    only the direct subclasses of ``AnomalibModule``.
 
     Args:
         backbone: open_clip model name.

@@ -22,6 +22,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F  # noqa: N812
 from anomalib.metrics import Evaluator
+from anomalib.models.components import AnomalibModule
 from anomalib.visualization import Visualizer
 from torch import nn
 
@@ -41,8 +42,11 @@ __all__ = ["FAPrompt"]
 GLOBAL_LOSS_INPUTS = ("probability", "logits")
 
 
-class FAPrompt(PromptLearningModule):
+class FAPrompt(PromptLearningModule, AnomalibModule):
     """FAPrompt as an anomalib model.
+
+    ``AnomalibModule`` is listed as a direct base because anomalib's ``get_model("FAPrompt")`` searches
+    only the direct subclasses of ``AnomalibModule``.
 
     Args:
         backbone: open_clip model name.
