@@ -100,9 +100,9 @@ def test_weights_errors_name_the_file_and_the_fix(checkpoints, tmp_path):
     text.write_text("not a checkpoint")
     with pytest.raises(ValueError, match="not a readable anomalib checkpoint"):
         AnomalyCLIP(**args, weights=str(text))
-    with pytest.raises(ValueError, match=r"not a AnomalyCLIP checkpoint: it has \['prior_net"):
+    with pytest.raises(ValueError, match=r"not a checkpoint of AnomalyCLIP: it has \['prior_net"):
         AnomalyCLIP(**args, weights=checkpoints["FAPrompt"])
-    with pytest.raises(ValueError, match=r"not a FAPrompt checkpoint: it lacks \['prior_net"):
+    with pytest.raises(ValueError, match=r"not a checkpoint of FAPrompt: it lacks \['prior_net"):
         FAPrompt(**args, weights=checkpoints["AnomalyCLIP"])
     with pytest.raises(ValueError, match=r"other sizes \(normal_ctx is \(12, 32\) there, \(5, 32\) here"):
         AnomalyCLIP(**args, n_ctx=5, weights=checkpoints["AnomalyCLIP"])
@@ -173,7 +173,10 @@ def benchmark_run(checkpoints, target_root, tmp_path_factory):
         AnomalibCLI(["benchmark", "--config", str(config_path)])  # serial runner: jobs run in this process
     log = workdir / "runs" / "pipeline.log"
     results = sorted((workdir / "runs" / "benchmark").glob("*/results.csv"))
-    assert len(results) == 1, log.read_text() if log.exists() else "no pipeline log"
+    failure = log.read_text() if log.exists() else "no pipeline log"
+    assert len(results) == 1, failure
+    rows = len(pd.read_csv(results[0])) if results[0].stat().st_size > 1 else 0  # all jobs failed: empty file
+    assert rows == 3 * len(TARGET_CATEGORIES), failure
     return results[0], created
 
 

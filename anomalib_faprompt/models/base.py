@@ -194,7 +194,7 @@ class PromptLearningModule(AnomalibModule):
         if unexpected or missing:
             found = f"lacks {missing}" if missing else f"has {unexpected[:5]}, unknown to {self.name}"
             msg = (
-                f"'{weights}' (argument `weights`) is not a {self.name} checkpoint: it {found}. "
+                f"'{weights}' (argument `weights`) is not a checkpoint of {self.name}: it {found}. "
                 f"Pass a checkpoint written by training {self.name}."
             )
             raise ValueError(msg)
