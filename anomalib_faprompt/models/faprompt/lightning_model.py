@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F  # noqa: N812
 from anomalib.data import Batch
 from anomalib.metrics import Evaluator
+from anomalib.models.components import AnomalibModule
 from anomalib.visualization import Visualizer
 from torch import nn
 
@@ -42,8 +43,11 @@ __all__ = ["FAPrompt"]
 GLOBAL_LOSS_INPUTS = ("probability", "logits")
 
 
-class FAPrompt(PromptLearningModule):
+class FAPrompt(PromptLearningModule, AnomalibModule):
     """FAPrompt as an anomalib model.
+
+    ``AnomalibModule`` is named as a direct base because ``anomalib.models.get_model("FAPrompt")`` and
+    ``list_models()`` look among ``AnomalibModule.__subclasses__()``, which holds direct subclasses only.
 
     Args:
         backbone: open_clip model name.
