@@ -3,12 +3,14 @@
 from .clip import CLIPBackbone, build_backbone, load_open_clip, resize_positional_embedding
 from .losses import binary_focal_loss, dice_loss, focal_loss, local_loss, orthogonality_loss, prior_loss
 from .maps import abnormal_probability, upsample_patches
+from .model import PromptedCLIPModel
 from .prompts import DeepPrompts, PromptTemplate, encode_prompts, init_learned
 
 __all__ = [
     "CLIPBackbone",
     "DeepPrompts",
     "PromptTemplate",
+    "PromptedCLIPModel",
     "abnormal_probability",
     "binary_focal_loss",
     "build_backbone",

@@ -1,5 +1,6 @@
 """Models of this package."""
 
+from .anomalyclip import AnomalyCLIP
 from .faprompt import FAPrompt
 
-__all__ = ["FAPrompt"]
+__all__ = ["AnomalyCLIP", "FAPrompt"]

@@ -39,8 +39,8 @@ NO_DEFECTS_MESSAGE = (
 class PromptLearningModule(AnomalibModule):
     """Base of the prompt-learning CLIP models (FAPrompt, AnomalyCLIP).
 
-    Subclasses set ``self.model`` (eval mode returns ``InferenceBatch``), and implement
-    :meth:`compute_losses` and :meth:`trainable_parameters`.
+    Subclasses set ``self.model`` (eval mode returns ``InferenceBatch``) and ``self.loss_weights`` (a
+    weight for every loss term), and implement :meth:`compute_losses`.
 
     Args:
         image_size: Working image side; the default pre-processor resizes to it.
@@ -73,6 +73,7 @@ class PromptLearningModule(AnomalibModule):
         self.image_size = image_size
         self.learning_rate = learning_rate
         self.betas = tuple(betas)
+        self.loss_weights: dict[str, float] = {}
         self._seen_anomalous = False
         self._check_batches = False
 
@@ -82,9 +83,20 @@ class PromptLearningModule(AnomalibModule):
     ) -> dict[str, torch.Tensor]:
         """Unweighted loss terms of one batch."""
 
-    @abstractmethod
     def trainable_parameters(self) -> list[nn.Parameter]:
-        """Parameters the optimiser updates."""
+        """Parameters the optimiser updates: everything but the frozen CLIP."""
+        return [parameter for parameter in self.model.parameters() if parameter.requires_grad]
+
+    def training_step(self, batch: Batch, *args, **kwargs) -> torch.Tensor:  # noqa: ARG002
+        """One training step: every loss term, each logged, and their weighted sum."""
+        labels, masks = self.training_targets(batch)
+        losses = self.compute_losses(batch.image, labels, masks)
+        total = sum(self.loss_weights[name] * value for name, value in losses.items())
+        batch_size = labels.shape[0]
+        for name, value in losses.items():
+            self.log(f"train_loss_{name}", value, on_step=False, on_epoch=True, batch_size=batch_size)
+        self.log("train_loss", total, on_step=True, on_epoch=True, prog_bar=True, batch_size=batch_size)
+        return total
 
     @classmethod
     def configure_pre_processor(cls, image_size: tuple[int, int] | None = None) -> PreProcessor:

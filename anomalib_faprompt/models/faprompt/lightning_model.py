@@ -21,7 +21,6 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F  # noqa: N812
-from anomalib.data import Batch
 from anomalib.metrics import Evaluator
 from anomalib.models.components import AnomalibModule
 from anomalib.visualization import Visualizer
@@ -67,6 +66,7 @@ class FAPrompt(PromptLearningModule, AnomalibModule):
         local_score: ``"paper"`` or ``"released"`` local image score.
         temperature: Softmax temperature ``tau``.
         sigma: Gaussian blur sigma of the pixel map, in pixels at ``image_size``.
+        local_weight: Weight of ``L_local(M)``.
         dap_local_weight: Weight of ``L_local(M^)``.
         ce_weight: Weight of ``L_ce``.
         global_weight: Weight of ``L_global``.
@@ -99,6 +99,7 @@ class FAPrompt(PromptLearningModule, AnomalibModule):
         local_score: str = "paper",
         temperature: float = 0.07,
         sigma: float = 10.0,
+        local_weight: float = 1.0,
         dap_local_weight: float = 0.5,
         ce_weight: float = 1.0,
         global_weight: float = 1.0,
@@ -139,6 +140,7 @@ class FAPrompt(PromptLearningModule, AnomalibModule):
             sigma=sigma,
         )
         self.loss_weights = {
+            "local": local_weight,
             "dap_local": dap_local_weight,
             "ce": ce_weight,
             "global": global_weight,
@@ -169,17 +171,3 @@ class FAPrompt(PromptLearningModule, AnomalibModule):
             "orthogonality": orthogonality_loss(output.abnormal_text),
             "prior": prior_loss(output.prior, labels),
         }
-
-    def trainable_parameters(self) -> list[nn.Parameter]:
-        """The prompt parameters and the prior network."""
-        return [parameter for parameter in self.model.parameters() if parameter.requires_grad]
-
-    def training_step(self, batch: Batch, *args, **kwargs) -> torch.Tensor:  # noqa: ARG002
-        """One training step: every loss term, each logged, and their weighted sum."""
-        labels, masks = self.training_targets(batch)
-        losses = self.compute_losses(batch.image, labels, masks)
-        total = losses["local"] + sum(self.loss_weights[name] * losses[name] for name in self.loss_weights)
-        for name, value in losses.items():
-            self.log(f"train_loss_{name}", value, on_step=False, on_epoch=True, batch_size=labels.shape[0])
-        self.log("train_loss", total, on_step=True, on_epoch=True, prog_bar=True, batch_size=labels.shape[0])
-        return total

@@ -7,17 +7,15 @@ from typing import NamedTuple
 import torch
 import torch.nn.functional as F  # noqa: N812
 from anomalib.data import InferenceBatch
-from anomalib.models.components import GaussianBlur2d
 from torch import nn
 
 from anomalib_faprompt.components import (
     CLIPBackbone,
-    DeepPrompts,
+    PromptedCLIPModel,
     PromptTemplate,
     abnormal_probability,
     encode_prompts,
     init_learned,
-    upsample_patches,
 )
 
 __all__ = ["FAPromptModel", "FAPromptTrainOutput"]
@@ -46,8 +44,8 @@ class FAPromptTrainOutput(NamedTuple):
     prior: torch.Tensor
 
 
-class FAPromptModel(nn.Module):
-    """FAPrompt on a frozen :class:`CLIPBackbone`.
+class FAPromptModel(PromptedCLIPModel):
+    """FAPrompt: the AnomalyCLIP scaffold plus compound (CAP) and data-dependent (DAP) abnormality prompts.
 
     Args:
         backbone: The frozen CLIP backbone.
@@ -79,51 +77,36 @@ class FAPromptModel(nn.Module):
         temperature: float = 0.07,
         sigma: float = 10.0,
     ) -> None:
-        super().__init__()
         if patch_selection not in PATCH_SELECTIONS:
             msg = f"patch_selection='{patch_selection}' must be one of {PATCH_SELECTIONS}."
             raise ValueError(msg)
         if local_score not in LOCAL_SCORES:
             msg = f"local_score='{local_score}' must be one of {LOCAL_SCORES}."
             raise ValueError(msg)
-        if not 1 <= prompt_depth <= backbone.text_depth:
-            msg = f"prompt_depth={prompt_depth} must be between 1 and the text depth ({backbone.text_depth})."
-            raise ValueError(msg)
         n_patches = backbone.grid**2
         if not 1 <= n_prior_patches <= n_patches:
             msg = f"n_prior_patches={n_prior_patches} must be between 1 and the number of patches ({n_patches})."
             raise ValueError(msg)
-        self.backbone = backbone
+        super().__init__(backbone, prompt_depth, prompt_length, temperature, sigma)
         self.n_prior_patches = n_prior_patches
         self.patch_selection = patch_selection
-        self.local_score = local_score
-        self.temperature = temperature
+        # Weight of max S^a in the local score; max S^_a gets the rest.
+        self.static_local_weight = 0.5 if local_score == "paper" else 2.0 / 3.0
 
         width, dim = backbone.text_width, backbone.embed_dim
+        # CAP: the normal prompt's tokens V are shared by all K abnormal prompts.
         self.normal_ctx = init_learned(n_ctx, width)
         self.abnormal_ctx = init_learned(n_abnormal_prompts, n_abnormal_ctx, width)
-        self.deep_prompts = DeepPrompts(prompt_depth, prompt_length, width)
         words = f"{abnormal_word} object." if abnormal_word else "object."
         self.normal_template = PromptTemplate(backbone, n_ctx, "object.")
         self.abnormal_template = PromptTemplate(backbone, n_ctx + n_abnormal_ctx, words)
+        # DAP: psi maps the M most abnormal patch embeddings to a shift of the abnormal tokens.
         hidden = n_prior_patches * dim // 16
         self.prior_net = nn.Sequential(
             nn.Linear(n_prior_patches * dim, hidden),
             nn.ReLU(),
             nn.Linear(hidden, width),
         )
-        self.blur = GaussianBlur2d(sigma=(sigma, sigma), channels=1)
-        self._text_cache: tuple[torch.Tensor, torch.Tensor] | None = None
-        self.register_load_state_dict_post_hook(lambda module, _: module.clear_text_cache())
-
-    def clear_text_cache(self) -> None:
-        """Forget the cached static text embeddings (after the prompts changed)."""
-        self._text_cache = None
-
-    def train(self, mode: bool = True) -> FAPromptModel:
-        """Switch mode and drop the eval-time text cache."""
-        self.clear_text_cache()
-        return super().train(mode)
 
     def _abnormal_learned(self, prior: torch.Tensor | None = None) -> torch.Tensor:
         """Learned vectors ``[V][A^i (+ Omega)]`` of the abnormal prompts: ``(K, E+E', C)`` or ``(B*K, E+E', C)``."""
@@ -165,17 +148,6 @@ class FAPromptModel(nn.Module):
             selected = patches[:, : self.n_prior_patches]
         return selected.flatten(1)
 
-    def _cached_static_text(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """Normalised ``F_n`` and ``F_a``: computed once per training step, cached in eval."""
-        if self.training or self._text_cache is None:
-            normal, abnormal = self.static_text()
-            texts = (F.normalize(normal, dim=-1), F.normalize(abnormal.mean(dim=0), dim=-1))
-            if self.training:
-                return (*texts, abnormal)
-            with torch.no_grad():
-                self._text_cache = tuple(text.detach() for text in texts)
-        return self._text_cache
-
     def forward(self, images: torch.Tensor) -> FAPromptTrainOutput | InferenceBatch:
         """Score images.
 
@@ -186,39 +158,28 @@ class FAPromptModel(nn.Module):
             :class:`FAPromptTrainOutput` in training mode; in eval mode :class:`InferenceBatch` with
             ``pred_score`` ``(B,)`` and ``anomaly_map`` ``(B, 1, S, S)``, both probabilities in [0, 1].
         """
-        texts = self._cached_static_text()
-        normal_text, abnormal_text = texts[0], texts[1]
-        global_embedding, patches = self.backbone.encode_image(images)
-        global_embedding = F.normalize(global_embedding, dim=-1)
-        patches = F.normalize(patches, dim=-1)
+        normal_text, abnormal_text, abnormal_raw = self.text_embeddings()
+        global_embedding, patches = self.encode_image(images)
 
         static_probs = abnormal_probability(patches, normal_text, abnormal_text, self.temperature)
         prior = self.prior_net(self.select_patches(patches, static_probs))
         dap_text = self.dap_text(prior)
         dap_probs = abnormal_probability(patches, normal_text, dap_text, self.temperature)
 
-        global_logits = (
-            torch.stack(
-                [global_embedding @ normal_text, (global_embedding * dap_text).sum(-1)],
-                dim=-1,
-            )
-            / self.temperature
-        )
+        global_logits = self.global_logits(global_embedding, normal_text, dap_text)
         global_score = global_logits.softmax(dim=-1)[:, 1]
-        static_max, dap_max = static_probs.amax(dim=1), dap_probs.amax(dim=1)
-        local = 0.5 * (static_max + dap_max) if self.local_score == "paper" else (2.0 * static_max + dap_max) / 3.0
+        weight = self.static_local_weight
+        local = weight * static_probs.amax(dim=1) + (1.0 - weight) * dap_probs.amax(dim=1)
         pred_score = 0.5 * (global_score + local)
 
-        size = self.backbone.image_size
         if self.training:
             return FAPromptTrainOutput(
                 global_logits=global_logits,
                 pred_score=pred_score,
-                abnormal_map=upsample_patches(static_probs, size),
-                dap_abnormal_map=upsample_patches(dap_probs, size),
-                abnormal_text=texts[2],
+                abnormal_map=self.upsample(static_probs),
+                dap_abnormal_map=self.upsample(dap_probs),
+                abnormal_text=abnormal_raw,
                 prior=prior,
             )
         # 0.25 (M^a + 1 - M^n + M^_a + 1 - M^_n) = 0.5 (M^a + M^_a): one upsampling of the mean.
-        anomaly_map = upsample_patches(0.5 * (static_probs + dap_probs), size).unsqueeze(1)
-        return InferenceBatch(pred_score=pred_score, anomaly_map=self.blur(anomaly_map))
+        return InferenceBatch(pred_score=pred_score, anomaly_map=self.pixel_map(0.5 * (static_probs + dap_probs)))
