@@ -279,6 +279,18 @@ def test_static_text_cached_in_eval_and_refreshed_after_train(images, monkeypatc
     assert model._text_cache is None
 
 
+def test_text_cache_follows_module_conversion(images):
+    """A cache built before `.to(...)` / `.double()` (e.g. a CPU check before Lightning moves the model) is dropped."""
+    model = _model().eval()
+    with torch.no_grad():
+        before = model(images)
+        model.double()
+        after = model(images.double())
+    assert after.pred_score.dtype == torch.float64
+    torch.testing.assert_close(after.pred_score, before.pred_score.double(), atol=1e-5, rtol=0)
+    torch.testing.assert_close(after.anomaly_map, before.anomaly_map.double(), atol=1e-5, rtol=0)
+
+
 # --- trainable parameters -----------------------------------------------------------------------------------------
 
 
