@@ -114,23 +114,28 @@ def _metrics(output: str) -> dict[str, float]:
     return {name: float(value) for name, value in found}
 
 
-def test_short_name_resolves_to_this_checkout(tmp_path):
-    """The start-up hook publishes FAPrompt on `anomalib.models`, for each way anomalib looks a name up."""
+def test_short_names_resolve_to_this_checkout(tmp_path):
+    """The start-up hook publishes the models on `anomalib.models`, for each way anomalib looks a name up."""
     code = f"""
 import inspect, json
 import anomalib.models as models
 args = {TINY_MODEL_ARGS!r}
-built = [type(models.get_model(spec, **args)) for spec in ("FAPrompt", "fa_prompt", {{"class_path": "FAPrompt"}})]
-print(json.dumps({{
-    "file": inspect.getfile(models.FAPrompt),
-    "listed": "FAPrompt" in models.list_models(case="pascal"),
-    "built": [cls is models.FAPrompt for cls in built],
-}}))
+result = {{}}
+for name, snake in (("FAPrompt", "fa_prompt"), ("AnomalyCLIP", "anomaly_clip")):
+    cls = getattr(models, name)
+    built = [type(models.get_model(spec, **args)) for spec in (name, snake, {{"class_path": name}})]
+    result[name] = {{
+        "file": inspect.getfile(cls),
+        "listed": name in models.list_models(case="pascal"),
+        "built": [kind is cls for kind in built],
+    }}
+print(json.dumps(result))
 """
     result = json.loads(_run([sys.executable, "-c", code], tmp_path).strip().splitlines()[-1])
-    assert Path(result["file"]).resolve().is_relative_to(REPO / "anomalib_faprompt")  # this checkout's code
-    assert result["listed"]
-    assert result["built"] == [True, True, True]
+    for name in ("FAPrompt", "AnomalyCLIP"):
+        assert Path(result[name]["file"]).resolve().is_relative_to(REPO / "anomalib_faprompt")  # this checkout
+        assert result[name]["listed"], name
+        assert result[name]["built"] == [True, True, True], name
 
 
 @pytest.fixture(scope="module")

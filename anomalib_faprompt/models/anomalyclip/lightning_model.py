@@ -19,6 +19,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F  # noqa: N812
 from anomalib.metrics import Evaluator
+from anomalib.models.components import AnomalibModule
 from anomalib.visualization import Visualizer
 from torch import nn
 
@@ -30,8 +31,11 @@ from .torch_model import AnomalyCLIPModel
 __all__ = ["AnomalyCLIP"]
 
 
-class AnomalyCLIP(PromptLearningModule):
+class AnomalyCLIP(PromptLearningModule, AnomalibModule):
     """AnomalyCLIP as an anomalib model (spec section 8).
+
+    ``AnomalibModule`` is a direct base so that ``anomalib.models.get_model("AnomalyCLIP")`` and
+    ``list_models()`` find it (they look among ``AnomalibModule.__subclasses__()``).
 
     Args:
         backbone: open_clip model name.
