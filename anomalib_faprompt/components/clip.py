@@ -57,7 +57,8 @@ def load_open_clip(
         pretrained: A pretrained tag (``"openai"``), a path to a local weights file, or ``None`` for
             random weights.
         model_config: Keyword arguments of :class:`open_clip.model.CLIP` (``embed_dim``, ``vision_cfg``,
-            ``text_cfg``, ``quick_gelu``): builds a randomly initialised model, e.g. a tiny test backbone.
+            ``text_cfg``, ``quick_gelu``): builds that model, e.g. a tiny test backbone, randomly initialised
+            or from a state-dict file given as ``pretrained``.
 
     A pretrained tag sets the activation (QuickGELU or GELU) as open_clip's table says. A local file is
     read with the activation of the architecture's ``openai`` weights (QuickGELU for OpenAI's ViTs),
@@ -70,14 +71,20 @@ def load_open_clip(
         FileNotFoundError: ``pretrained`` looks like a path and the file does not exist.
         RuntimeError: The weights cannot be downloaded or read; the message says how to supply them.
     """
-    if model_config is not None:
-        return CLIP(**model_config).eval()
     is_file = pretrained is not None and (os.sep in pretrained or Path(pretrained).suffix != "")
     if is_file and not Path(pretrained).is_file():
         msg = (
             f"CLIP weights file '{pretrained}' (argument `pretrained`) does not exist. Pass an existing file or a tag."
         )
         raise FileNotFoundError(msg)
+    if model_config is not None:
+        if pretrained is not None and not is_file:
+            msg = f"pretrained='{pretrained}' is a tag; with `backbone_config` pass a weights file path or None."
+            raise ValueError(msg)
+        model = CLIP(**model_config)
+        if is_file:
+            open_clip.load_checkpoint(model, pretrained)
+        return model.eval()
     quick_gelu = is_file and bool(open_clip.get_pretrained_cfg(model_name, "openai").get("quick_gelu", False))
     try:
         model = open_clip.create_model(model_name, pretrained=pretrained, force_quick_gelu=quick_gelu)

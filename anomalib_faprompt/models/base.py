@@ -25,6 +25,8 @@ from torchvision.transforms.v2 import Compose, InterpolationMode, Normalize, Res
 
 __all__ = ["NO_DEFECTS_MESSAGE", "PromptLearningModule"]
 
+BACKBONE_PREFIX = "model.backbone.clip."
+
 OPENAI_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
@@ -149,6 +151,41 @@ class PromptLearningModule(AnomalibModule):
     def configure_optimizers(self) -> torch.optim.Optimizer:
         """Adam over the prompt parameters (and the prior network)."""
         return torch.optim.Adam(self.trainable_parameters(), lr=self.learning_rate, betas=self.betas)
+
+    def _backbone_fingerprint(self) -> float:
+        """A float that changes with the frozen CLIP weights (sum of all their values)."""
+        with torch.no_grad():
+            return float(sum(parameter.double().sum() for parameter in self.model.backbone.clip.parameters()))
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        """Leave the frozen CLIP weights out of the checkpoint when they come from pretrained weights.
+
+        They are re-created from the ``pretrained`` weights on load, so a checkpoint holds only the learned
+        prompts (a few MB instead of the whole CLIP). A randomly initialised CLIP is kept, since it could
+        not be re-created.
+        """
+        super().on_save_checkpoint(checkpoint)
+        if self.hparams.get("pretrained") is None:
+            return
+        state = checkpoint["state_dict"]
+        for key in [key for key in state if key.startswith(BACKBONE_PREFIX)]:
+            del state[key]
+        checkpoint["backbone_fingerprint"] = self._backbone_fingerprint()
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        """Fill in the CLIP weights left out of the checkpoint, after checking they are the same weights."""
+        state = checkpoint["state_dict"]
+        if not any(key.startswith(BACKBONE_PREFIX) for key in state):
+            expected = checkpoint.get("backbone_fingerprint")
+            if expected is not None and abs(self._backbone_fingerprint() - expected) > 1e-6 * max(1.0, abs(expected)):
+                msg = (
+                    f"The checkpoint's prompts were trained on other CLIP weights than this {self.name} loaded "
+                    f"(backbone={self.hparams.get('backbone')!r}, pretrained={self.hparams.get('pretrained')!r}). "
+                    "Build the model with the backbone and pretrained weights it was trained with."
+                )
+                raise ValueError(msg)
+            state.update({key: value for key, value in self.state_dict().items() if key.startswith(BACKBONE_PREFIX)})
+        super().on_load_checkpoint(checkpoint)
 
     def on_train_start(self) -> None:
         """Stop before training when the training data visibly holds no anomalous image."""

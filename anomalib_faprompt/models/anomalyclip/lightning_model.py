@@ -34,8 +34,8 @@ __all__ = ["AnomalyCLIP"]
 class AnomalyCLIP(PromptLearningModule, AnomalibModule):
     """AnomalyCLIP as an anomalib model (spec section 8).
 
-    ``AnomalibModule`` is a direct base so that ``anomalib.models.get_model("AnomalyCLIP")`` and
-    ``list_models()`` find it (they look among ``AnomalibModule.__subclasses__()``).
+    ``AnomalibModule`` is listed as a direct base because anomalib's ``get_model("AnomalyCLIP")`` searches
+    only the direct subclasses of ``AnomalibModule``.
 
     Args:
         backbone: open_clip model name.

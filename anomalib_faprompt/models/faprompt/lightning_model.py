@@ -45,8 +45,8 @@ GLOBAL_LOSS_INPUTS = ("probability", "logits")
 class FAPrompt(PromptLearningModule, AnomalibModule):
     """FAPrompt as an anomalib model.
 
-    ``AnomalibModule`` is named as a direct base because ``anomalib.models.get_model("FAPrompt")`` and
-    ``list_models()`` look among ``AnomalibModule.__subclasses__()``, which holds direct subclasses only.
+    ``AnomalibModule`` is listed as a direct base because anomalib's ``get_model("FAPrompt")`` searches
+    only the direct subclasses of ``AnomalibModule``.
 
     Args:
         backbone: open_clip model name.
