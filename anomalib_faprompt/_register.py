@@ -4,7 +4,9 @@ anomalib has no plugin registry: its CLI resolves ``--model NAME`` among classes
 and ``anomalib.models.get_model`` looks names up on ``anomalib.models``. The file
 ``anomalib_faprompt_models.pth``, installed into site-packages, imports this module at interpreter
 start-up. It only installs an import finder (no other import): when ``anomalib.models`` is first
-imported, the finder lets it load as usual and then adds this package's models to it.
+imported, the finder lets it load as usual and then adds this package's models to it. When this package
+is what imports ``anomalib.models`` (``from anomalib_faprompt import FAPrompt`` first), its models are
+not importable yet; ``anomalib_faprompt.models`` then calls :func:`publish` when its import completes.
 """
 
 import sys
@@ -12,19 +14,36 @@ import sys
 MODEL_NAMES = ("FAPrompt", "AnomalyCLIP")
 
 
-def _add_models(module: object) -> None:
-    """Import this package's models and publish them on ``anomalib.models``."""
+def publish() -> None:
+    """Set this package's models on ``anomalib.models``, once both modules are imported."""
+    module = sys.modules.get("anomalib.models")
+    models = sys.modules.get("anomalib_faprompt.models")
+    if module is None or models is None:
+        return
+    for name in MODEL_NAMES:
+        if hasattr(models, name):
+            setattr(module, name, getattr(models, name))
+            if name not in getattr(module, "__all__", []):
+                module.__all__ = [*getattr(module, "__all__", []), name]
+
+
+def _add_models() -> None:
+    """Import this package's models and publish them on ``anomalib.models``.
+
+    When this package is itself being imported (it imports ``anomalib.models``), importing its models here
+    would be circular: they publish themselves at the end of ``anomalib_faprompt.models`` instead.
+    """
+    if "anomalib_faprompt.models" in sys.modules or "anomalib_faprompt.components" in sys.modules:
+        publish()
+        return
     try:
-        from anomalib_faprompt import models
+        from anomalib_faprompt import models  # noqa: F401  (publishes itself when its import completes)
     except Exception as error:  # noqa: BLE001  (a broken plugin must never break anomalib itself)
         import warnings
 
         warnings.warn(f"anomalib_faprompt models not registered with anomalib: {error!r}", stacklevel=2)
         return
-    for name in MODEL_NAMES:
-        if hasattr(models, name):
-            setattr(module, name, getattr(models, name))
-            module.__all__ = [*getattr(module, "__all__", []), name]
+    publish()
 
 
 class _Loader:
@@ -41,7 +60,7 @@ class _Loader:
 
     def exec_module(self, module: object) -> None:
         self._loader.exec_module(module)
-        _add_models(module)
+        _add_models()
 
 
 class _Finder:
@@ -64,7 +83,7 @@ class _Finder:
 def install() -> None:
     """Install the finder, unless ``anomalib.models`` is already imported (then register at once)."""
     if "anomalib.models" in sys.modules:
-        _add_models(sys.modules["anomalib.models"])
+        _add_models()
     elif not any(isinstance(finder, _Finder) for finder in sys.meta_path):
         sys.meta_path.insert(0, _Finder())
 

@@ -114,27 +114,38 @@ def _metrics(output: str) -> dict[str, float]:
     return {name: float(value) for name, value in found}
 
 
-def test_short_names_resolve_to_this_checkout(tmp_path):
-    """The start-up hook publishes the models on `anomalib.models`, for each way anomalib looks a name up."""
+@pytest.mark.parametrize(
+    "first_import",
+    ["from anomalib_faprompt import FAPrompt", "import anomalib_faprompt.components; import anomalib_faprompt.models"],
+)
+def test_short_names_after_importing_this_package_first(first_import, tmp_path):
+    """Importing this package before `anomalib.models` (it imports anomalib.models itself) still publishes the
+    models there, for each way anomalib looks a name up, with this checkout's code and no warning."""
     code = f"""
-import inspect, json
-import anomalib.models as models
+import inspect, json, warnings
+with warnings.catch_warnings(record=True) as caught:
+    warnings.simplefilter("always")
+    {first_import}
+    import anomalib.models as models
 args = {TINY_MODEL_ARGS!r}
-result = {{}}
+result = {{"warnings": [str(w.message) for w in caught if "anomalib_faprompt" in str(w.message)]}}
 for name, snake in (("FAPrompt", "fa_prompt"), ("AnomalyCLIP", "anomaly_clip")):
     cls = getattr(models, name)
     built = [type(models.get_model(spec, **args)) for spec in (name, snake, {{"class_path": name}})]
     result[name] = {{
         "file": inspect.getfile(cls),
         "listed": name in models.list_models(case="pascal"),
+        "in_all": models.__all__.count(name),
         "built": [kind is cls for kind in built],
     }}
 print(json.dumps(result))
 """
-    result = json.loads(_run([sys.executable, "-c", code], tmp_path).strip().splitlines()[-1])
+    result = json.loads(_run([sys.executable, "-W", "ignore::FutureWarning", "-c", code], tmp_path).splitlines()[-1])
+    assert result["warnings"] == []
     for name in ("FAPrompt", "AnomalyCLIP"):
         assert Path(result[name]["file"]).resolve().is_relative_to(REPO / "anomalib_faprompt")  # this checkout
         assert result[name]["listed"], name
+        assert result[name]["in_all"] == 1, name
         assert result[name]["built"] == [True, True, True], name
 
 
