@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import math
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -12,7 +13,7 @@ from conftest import TINY_MODEL_ARGS
 from torch import nn
 
 from anomalib_faprompt import FAPrompt
-from anomalib_faprompt.components import PromptTemplate, encode_prompts
+from anomalib_faprompt.components import PromptTemplate, binary_focal_loss, encode_prompts
 from anomalib_faprompt.models.faprompt.torch_model import FAPromptTrainOutput
 
 S = TINY_MODEL_ARGS["image_size"]
@@ -312,3 +313,53 @@ def test_trainable_parameters_are_prompts_and_psi():
     optimised = [p for group in optimizer.param_groups for p in group["params"]]
     assert sum(p.numel() for p in optimised) == expected
     assert {id(p) for p in optimised} == {id(p) for p in trainable.values()}
+
+
+# --- lightning module: targets and total loss (spec section 7) ---------------------------------------------------
+
+
+def _batch(images: torch.Tensor, mask_size: int) -> SimpleNamespace:
+    masks = torch.zeros(images.shape[0], 1, mask_size, mask_size)
+    masks[0, :, 3:9, 2:7] = 1.0
+    masks[2, :, :5, -4:] = 0.7
+    return SimpleNamespace(image=images, gt_label=torch.tensor([1, 0, 1]), gt_mask=masks)
+
+
+def test_training_targets_resize_and_binarise_masks(images):
+    module = FAPrompt(**copy.deepcopy(TINY_MODEL_ARGS))
+    batch = _batch(images, 16)
+    labels, masks = module.training_targets(batch)
+    expected = F.interpolate(batch.gt_mask, size=(S, S), mode="bilinear", align_corners=False)[:, 0] > 0.5
+    assert labels.tolist() == [1, 0, 1]
+    assert masks.shape == (3, S, S)
+    assert set(masks.unique().tolist()) == {0.0, 1.0}
+    torch.testing.assert_close(masks, expected.float(), rtol=0, atol=0)
+    with pytest.raises(ValueError, match="no masks"):
+        module.training_targets(SimpleNamespace(image=images, gt_label=batch.gt_label, gt_mask=None))
+
+
+@pytest.mark.parametrize("global_loss_input", ["probability", "logits"])
+def test_training_step_total_is_the_weighted_sum(global_loss_input, images):
+    module = FAPrompt(**copy.deepcopy(TINY_MODEL_ARGS), global_loss_input=global_loss_input)
+    module.train()
+    batch = _batch(images, S)
+    total = module.training_step(batch, 0)
+    labels, masks = module.training_targets(batch)
+    terms = module.compute_losses(images, labels, masks)
+    expected = (
+        terms["local"]
+        + 0.5 * terms["dap_local"]
+        + terms["ce"]
+        + terms["global"]
+        + 0.1 * terms["orthogonality"]
+        + terms["prior"]
+    )
+    torch.testing.assert_close(total, expected, atol=1e-5, rtol=0)
+    output = module.model(images)
+    quirk = global_loss_input == "logits"
+    torch.testing.assert_close(
+        terms["global"], binary_focal_loss(output.pred_score, labels, scores_are_logits=quirk), atol=1e-6, rtol=0
+    )
+    torch.testing.assert_close(terms["ce"], F.cross_entropy(output.global_logits, labels), atol=1e-6, rtol=0)
+    total.backward()
+    assert all(p.grad is not None for p in module.trainable_parameters())
