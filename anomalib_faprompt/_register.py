@@ -7,7 +7,9 @@ interpreter start-up. It only installs an import finder (no other import): when 
 first imported, the finder lets it load as usual and then adds this package's models to it; when
 anomalib's benchmark job module is imported, it fixes two things there so that the benchmark runs
 zero-shot models and gathers the results of different models into one table
-(see :mod:`anomalib_faprompt.benchmark`).
+(see :mod:`anomalib_faprompt.benchmark`). When this package is what imports ``anomalib.models``
+(``from anomalib_faprompt import FAPrompt`` first), its models are not importable yet;
+``anomalib_faprompt.models`` then calls :func:`publish` when its import completes.
 """
 
 import sys
@@ -22,18 +24,34 @@ def _warn(what: str, error: Exception) -> None:
     warnings.warn(f"anomalib_faprompt: {what}: {error!r}", stacklevel=3)
 
 
-def _add_models(module: object) -> None:
-    """Import this package's models and publish them on ``anomalib.models``."""
-    try:
-        from anomalib_faprompt import models
-    except Exception as error:  # noqa: BLE001  (a broken plugin must never break anomalib itself)
-        _warn("models not registered with anomalib", error)
+def publish() -> None:
+    """Set this package's models on ``anomalib.models``, once both modules are imported."""
+    module = sys.modules.get("anomalib.models")
+    models = sys.modules.get("anomalib_faprompt.models")
+    if module is None or models is None:
         return
     for name in MODEL_NAMES:
         if hasattr(models, name):
             setattr(module, name, getattr(models, name))
             if name not in getattr(module, "__all__", []):
                 module.__all__ = [*getattr(module, "__all__", []), name]
+
+
+def _add_models(module: object) -> None:  # noqa: ARG001  (hook signature; publish() finds the module)
+    """Import this package's models and publish them on ``anomalib.models``.
+
+    When this package is itself being imported (it imports ``anomalib.models``), importing its models here
+    would be circular: they publish themselves at the end of ``anomalib_faprompt.models`` instead.
+    """
+    if "anomalib_faprompt.models" in sys.modules or "anomalib_faprompt.components" in sys.modules:
+        publish()
+        return
+    try:
+        from anomalib_faprompt import models  # noqa: F401  (publishes itself when its import completes)
+    except Exception as error:  # noqa: BLE001  (a broken plugin must never break anomalib itself)
+        _warn("models not registered with anomalib", error)
+        return
+    publish()
 
 
 def _patch_benchmark_job(module: object) -> None:
