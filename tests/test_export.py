@@ -285,8 +285,11 @@ def test_openvino_inferencer_and_predict_on_a_folder(
     checkpoint: Path,
     exported: dict[str, Path],
     model_class: type[PromptLearningModule],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
 ):
     """``OpenVINOInferencer`` on the exported IR and ``Engine.predict`` on the checkpoint agree on a folder."""
+    monkeypatch.chdir(tmp_path)  # the inferencer writes an ``openvino_cache`` folder into the working directory
     folder = data_root / "beta" / "test" / "defect"
     files = sorted(folder.glob("*.png"))
     inferencer = OpenVINOInferencer(exported["openvino"], device="CPU", config=OV_FP32)

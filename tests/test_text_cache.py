@@ -67,3 +67,11 @@ def test_training_forward_recomputes_text_with_gradients(tiny_model_args):
     output.abnormal_map.sum().backward()
     assert model.normal_ctx.grad is not None
     assert model.normal_ctx.grad.abs().sum() > 0
+
+
+def test_conversion_recomputes_the_cache_in_the_new_dtype(tiny_model_args):
+    model = FAPrompt(**tiny_model_args).model.eval().double()
+    assert model.text_cache.normal.dtype == torch.float64
+    normal, abnormal = fresh_static_text(model)
+    assert torch.equal(model.text_cache.normal, normal)
+    assert torch.equal(model.text_cache.abnormal, abnormal)

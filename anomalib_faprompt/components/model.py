@@ -10,6 +10,7 @@ eager forward reads and that an exported graph holds as constants.
 from __future__ import annotations
 
 from abc import abstractmethod
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F  # noqa: N812
@@ -77,6 +78,15 @@ class PromptedCLIPModel(nn.Module):
         """Normalised ``F_n``, normalised ``F_a`` and the raw ``(K, D)`` abnormal embeddings, computed now."""
         normal, abnormal = self.static_text()
         return F.normalize(normal, dim=-1), F.normalize(abnormal.mean(dim=0), dim=-1), abnormal
+
+    def _apply(self, fn: Callable[[torch.Tensor], torch.Tensor], recurse: bool = True) -> PromptedCLIPModel:
+        """Convert the module (``to``/``cuda``/``double``/...), then recompute the text cache in its new form.
+
+        The buffers alone would only be cast; recomputing gives what the converted prompts give.
+        """
+        module = super()._apply(fn, recurse)
+        self.refresh_text_cache()
+        return module
 
     def text_embeddings(self) -> StaticText:
         """Normalised ``F_n`` ``(D,)``, normalised ``F_a`` (mean of the K raw embeddings) and the raw ``(K, D)``.

@@ -53,6 +53,8 @@ class AnomalyCLIP(PromptLearningModule, AnomalibModule):
         ce_weight: Weight of ``L_ce``.
         learning_rate: Adam learning rate.
         betas: Adam betas.
+        weights: Checkpoint of a trained model to start from; the model is then zero-shot (``Engine.fit``
+            only validates), e.g. in anomalib's benchmark on another dataset.
         pre_processor: Pre-processor, or ``True`` for the default (bicubic resize, CLIP mean/std).
         post_processor: Post-processor, or ``True`` for thresholding of the probabilities at 0.5.
         evaluator: Evaluator, or ``True`` for image AUROC/AUPR and pixel AUROC/AUPRO.
@@ -76,6 +78,7 @@ class AnomalyCLIP(PromptLearningModule, AnomalibModule):
         ce_weight: float = 1.0,
         learning_rate: float = 1e-3,
         betas: tuple[float, float] = (0.5, 0.999),
+        weights: str | None = None,
         pre_processor: nn.Module | bool = True,
         post_processor: nn.Module | bool = True,
         evaluator: Evaluator | bool = True,
@@ -99,6 +102,7 @@ class AnomalyCLIP(PromptLearningModule, AnomalibModule):
             temperature=temperature,
             sigma=sigma,
         )
+        self.load_trained_weights(weights)
         self.loss_weights = {"local": local_weight, "ce": ce_weight}
 
     def compute_losses(

@@ -75,6 +75,8 @@ class FAPrompt(PromptLearningModule, AnomalibModule):
         global_loss_input: ``"probability"`` or ``"logits"`` (released quirk) for ``L_global``.
         learning_rate: Adam learning rate.
         betas: Adam betas.
+        weights: Checkpoint of a trained model to start from; the model is then zero-shot (``Engine.fit``
+            only validates), e.g. in anomalib's benchmark on another dataset.
         pre_processor: Pre-processor, or ``True`` for the default (bicubic resize, CLIP mean/std).
         post_processor: Post-processor, or ``True`` for thresholding of the probabilities at 0.5.
         evaluator: Evaluator, or ``True`` for image AUROC/AUPR and pixel AUROC/AUPRO.
@@ -108,6 +110,7 @@ class FAPrompt(PromptLearningModule, AnomalibModule):
         global_loss_input: str = "probability",
         learning_rate: float = 1e-3,
         betas: tuple[float, float] = (0.5, 0.999),
+        weights: str | None = None,
         pre_processor: nn.Module | bool = True,
         post_processor: nn.Module | bool = True,
         evaluator: Evaluator | bool = True,
@@ -139,6 +142,7 @@ class FAPrompt(PromptLearningModule, AnomalibModule):
             temperature=temperature,
             sigma=sigma,
         )
+        self.load_trained_weights(weights)
         self.loss_weights = {
             "local": local_weight,
             "dap_local": dap_local_weight,
