@@ -23,7 +23,7 @@ from anomalib.models.components import AnomalibModule
 from anomalib.visualization import Visualizer
 from torch import nn
 
-from anomalib_faprompt.components import build_backbone, local_loss
+from anomalib_faprompt.components import build_backbone
 from anomalib_faprompt.models.base import PromptLearningModule
 
 from .torch_model import AnomalyCLIPModel
@@ -53,6 +53,7 @@ class AnomalyCLIP(PromptLearningModule, AnomalibModule):
         ce_weight: Weight of ``L_ce``.
         learning_rate: Adam learning rate.
         betas: Adam betas.
+        pixel_losses: Train with the local (pixel) losses; ``False``: image-level losses only (data without masks).
         pre_processor: Pre-processor, or ``True`` for the default (bicubic resize, CLIP mean/std).
         post_processor: Post-processor, or ``True`` for thresholding of the probabilities at 0.5.
         evaluator: Evaluator, or ``True`` for image AUROC/AUPR and pixel AUROC/AUPRO.
@@ -76,6 +77,7 @@ class AnomalyCLIP(PromptLearningModule, AnomalibModule):
         ce_weight: float = 1.0,
         learning_rate: float = 1e-3,
         betas: tuple[float, float] = (0.5, 0.999),
+        pixel_losses: bool = True,
         pre_processor: nn.Module | bool = True,
         post_processor: nn.Module | bool = True,
         evaluator: Evaluator | bool = True,
@@ -85,6 +87,7 @@ class AnomalyCLIP(PromptLearningModule, AnomalibModule):
             image_size=image_size,
             learning_rate=learning_rate,
             betas=betas,
+            pixel_losses=pixel_losses,
             pre_processor=pre_processor,
             post_processor=post_processor,
             evaluator=evaluator,
@@ -102,20 +105,20 @@ class AnomalyCLIP(PromptLearningModule, AnomalibModule):
         self.loss_weights = {"local": local_weight, "ce": ce_weight}
 
     def compute_losses(
-        self, images: torch.Tensor, labels: torch.Tensor, masks: torch.Tensor
+        self, images: torch.Tensor, labels: torch.Tensor, masks: torch.Tensor | None
     ) -> dict[str, torch.Tensor]:
         """``L_local(M)`` and ``L_ce``, unweighted.
 
         Args:
             images: ``(B, 3, S, S)`` normalised images.
             labels: ``(B,)`` image labels.
-            masks: ``(B, S, S)`` binary masks.
+            masks: ``(B, S, S)`` binary masks, or ``None`` for the image-level terms only.
 
         Returns:
             Loss terms by name.
         """
         output = self.model(images)
         return {
-            "local": local_loss(output.abnormal_map, masks),
+            **self.local_losses(masks, local=output.abnormal_map),
             "ce": F.cross_entropy(output.global_logits, labels.long()),
         }
