@@ -185,6 +185,12 @@ class AuxiliaryDataModule(AnomalibDataModule):
             ]
         )
         self.train_data, self.val_data = random_split(data, self.val_split_ratio, label_aware=True, seed=self.seed)
+        if not len(self.val_data):
+            msg = (
+                f"val_split_ratio={self.val_split_ratio} holds out no image of the {len(data)} training images "
+                f"(the split is per label, rounded down): raise it."
+            )
+            raise ValueError(msg)
         self.test_data = self.val_data
         if self.target_dataset:
             self.target_data = [
