@@ -22,7 +22,7 @@ from anomalib.metrics import AUPR, AUROC
 from anomalib.metrics import aupro as anomalib_aupro
 from sklearn.metrics import average_precision_score, roc_auc_score
 
-from anomalib_faprompt import FAPrompt
+from anomalib_faprompt import AnomalyCLIP, FAPrompt
 from anomalib_faprompt.data import AuxiliaryDataModule, make_synthetic_dataset
 from anomalib_faprompt.metrics import PerCategoryEvaluator
 
@@ -248,6 +248,19 @@ def test_auxiliary_data_sources_masks_and_categories(datasets, tmp_path):
     assert all(row.mask_path for row in combined if row.label_index == 1)
     assert both.name == "MVTecAD+Folder"
 
+    visa = tmp_path / "visa"  # anomalib's prepared VisA layout: <root>/visa_pytorch/<category>/...
+    make_synthetic_dataset(visa / "visa_pytorch", categories=("candle", "pcb1"), n_train=1, n_good=4, n_defect=4)
+    transfer = AuxiliaryDataModule(
+        root=source, val_split_ratio=0.25, target_dataset="Visa", target_root=visa, target_categories=["pcb1"]
+    )
+    transfer.prepare_data()
+    transfer.setup()
+    assert transfer.name == "MVTecAD_to_Visa"
+    assert transfer.test_categories == ["pcb1"]
+    (loader,) = transfer.test_dataloader()
+    assert len(loader.dataset) == 8
+    assert all("/visa_pytorch/pcb1/" in path for path in loader.dataset.samples.image_path)
+
 
 def test_missing_masks_raise_or_train_image_level_only(datasets, tmp_path):
     source, _ = datasets
@@ -275,8 +288,9 @@ def test_missing_masks_raise_or_train_image_level_only(datasets, tmp_path):
         FAPrompt(pretrained=None, **_tiny_args()).training_targets(next(iter(datamodule.train_dataloader())))
 
 
-def test_image_level_losses_are_the_pixel_free_subset(tiny_model_args):
-    model = FAPrompt(**tiny_model_args)
+@pytest.mark.parametrize(("model_class", "pixel_terms"), [(FAPrompt, {"local", "dap_local"}), (AnomalyCLIP, {"local"})])
+def test_image_level_losses_are_the_pixel_free_subset(model_class, pixel_terms, tiny_model_args):
+    model = model_class(**tiny_model_args)
     images, labels = torch.randn(2, 3, 64, 64), torch.tensor([0, 1])
     masks = torch.zeros(2, 64, 64)
     masks[1, 10:20, 10:20] = 1
@@ -284,7 +298,8 @@ def test_image_level_losses_are_the_pixel_free_subset(tiny_model_args):
     full = model.compute_losses(images, labels, masks)
     torch.manual_seed(0)
     image_level = model.compute_losses(images, labels, None)
-    assert set(full) - set(image_level) == {"local", "dap_local"}
+    assert set(full) - set(image_level) == pixel_terms
+    assert image_level
     for name, value in image_level.items():
         torch.testing.assert_close(value, full[name])
 

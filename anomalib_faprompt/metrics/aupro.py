@@ -10,7 +10,9 @@ limit, so this version:
 2. labels the connected regions of each mask (OpenCV, 8-connectivity, as anomalib) and keeps only
    the pixels scoring at or above ``t0`` (about ``fpr_limit`` of the background plus the
    well-detected defect pixels);
-3. sorts those and accumulates false positives and per-region overlaps in float64.
+3. packs each kept pixel into one int64 key (the score's order-preserving bits, then its global region
+   number, 0 for background), sorts the keys in place (no index array, no gathers), and accumulates
+   false positives as exact integer counts and per-region overlaps in float64.
 
 Every threshold on the truncated curve, and the first one beyond the limit (needed for the
 interpolation at the limit), is at or above ``t0``, and all pixels scoring at or above it are kept:
@@ -43,15 +45,10 @@ def _as_maps(tensor: torch.Tensor) -> np.ndarray:
     return tensor.detach().cpu().numpy()
 
 
-def _region_weights(mask: np.ndarray) -> tuple[np.ndarray, int]:
-    """Per-pixel ``1 / size`` of its connected region (0 on background) and the number of regions."""
-    count, labels = cv2.connectedComponents(mask.astype(np.uint8), connectivity=8)
-    if count <= 1:
-        return np.zeros(mask.shape, dtype=np.float64), 0
-    sizes = np.bincount(labels.ravel(), minlength=count).astype(np.float64)
-    inverse = np.zeros(count, dtype=np.float64)
-    inverse[1:] = 1.0 / sizes[1:]
-    return inverse[labels], count - 1
+def _ordered_bits(scores: np.ndarray) -> np.ndarray:
+    """int64 whose order is the order of the float32 ``scores`` (sign-magnitude bits to two's complement)."""
+    bits = np.ascontiguousarray(scores, dtype=np.float32).view(np.int32).astype(np.int64)
+    return np.where(bits < 0, bits ^ 0x7FFFFFFF, bits)
 
 
 def _candidate_threshold(batches: list[tuple[np.ndarray, np.ndarray]], num_bg: int, fpr_limit: float) -> float:
@@ -105,32 +102,35 @@ def pro_curve(
         return empty
     threshold = _candidate_threshold(batches, num_bg, fpr_limit)
 
-    scores, increments = [], []
-    num_regions = 0
+    keys, sizes = [], [np.ones(1)]
     for maps, background in batches:
         for score_map, background_map in zip(maps, background, strict=True):
             keep = score_map >= threshold
-            scores.append(score_map[keep])
-            if background_map.all():
-                increments.append(np.full(scores[-1].size, -1.0))
-                continue
-            weights, count = _region_weights(~background_map)
-            num_regions += count
-            weights[background_map] = -1.0
-            increments.append(weights[keep])
+            regions = np.zeros(score_map.shape, dtype=np.int64)
+            if not background_map.all():
+                count, labels = cv2.connectedComponents((~background_map).astype(np.uint8), connectivity=8)
+                offset = sum(len(size) for size in sizes) - 1
+                regions = np.where(labels > 0, labels + offset, 0)
+                sizes.append(np.bincount(labels.ravel(), minlength=count)[1:].astype(np.float64))
+            keys.append((_ordered_bits(score_map[keep]) << 32) | regions[keep])
     del batches
+    inverse_sizes = 1.0 / np.concatenate(sizes)
+    inverse_sizes[0] = 0.0  # background
+    num_regions = len(inverse_sizes) - 1
     if num_regions == 0:
         return empty
-    scores = torch.from_numpy(np.concatenate(scores))
-    increments = torch.from_numpy(np.concatenate(increments))
-    order = torch.argsort(scores, descending=True)
-    scores = scores[order]
-    increments = increments[order]
-    del order
-    fpr = (increments < 0).double().cumsum_(0).div_(num_bg).clamp_(max=1.0)
-    pro = increments.clamp_(min=0.0).cumsum_(0).div_(num_regions).clamp_(max=1.0)
-    last_of_ties = torch.ones_like(scores, dtype=torch.bool)
+    keys = np.concatenate(keys)
+    keys.sort()
+    keys = keys[::-1]
+    regions = keys & 0xFFFFFFFF
+    fpr = torch.from_numpy(np.cumsum(regions == 0) / num_bg).clamp_(max=1.0)
+    pro = torch.from_numpy(np.cumsum(inverse_sizes[regions]) / num_regions).clamp_(max=1.0)
+    del regions
+    scores = keys >> 32
+    last_of_ties = np.ones(scores.size, dtype=bool)
     last_of_ties[:-1] = scores[:-1] != scores[1:]
+    del keys, scores
+    last_of_ties = torch.from_numpy(last_of_ties)
     zero = torch.zeros(1, dtype=torch.float64)
     fpr = torch.cat([zero, fpr[last_of_ties]])
     pro = torch.cat([zero, pro[last_of_ties]])
