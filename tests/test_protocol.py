@@ -274,6 +274,7 @@ def test_missing_masks_raise_or_train_image_level_only(datasets, tmp_path):
     datamodule = AuxiliaryDataModule(root=root, masks=False, val_split_ratio=0.25, train_batch_size=4, num_workers=0)
     datamodule.setup()
     assert datamodule.train_data.task == "classification"
+    assert len(datamodule.train_data) + len(datamodule.val_data) == 12
     assert all(datamodule.train_data[index].gt_mask is None for index in range(3))
 
     model = FAPrompt(pretrained=None, **_tiny_args(), pixel_losses=False)

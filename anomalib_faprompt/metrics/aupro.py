@@ -123,9 +123,12 @@ def pro_curve(
     keys.sort()
     keys = keys[::-1]
     regions = keys & 0xFFFFFFFF
-    fpr = torch.from_numpy(np.cumsum(regions == 0) / num_bg).clamp_(max=1.0)
-    pro = torch.from_numpy(np.cumsum(inverse_sizes[regions]) / num_regions).clamp_(max=1.0)
+    false_positives = np.cumsum(regions == 0, dtype=np.float64)  # exact integer counts
+    overlaps = inverse_sizes[regions]
     del regions
+    np.cumsum(overlaps, out=overlaps)
+    fpr = torch.from_numpy(false_positives).div_(num_bg).clamp_(max=1.0)
+    pro = torch.from_numpy(overlaps).div_(num_regions).clamp_(max=1.0)
     scores = keys >> 32
     last_of_ties = np.ones(scores.size, dtype=bool)
     last_of_ties[:-1] = scores[:-1] != scores[1:]
