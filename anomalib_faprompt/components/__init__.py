@@ -1,6 +1,6 @@
 """Pieces shared by every model of this package: backbone, prompts, maps and losses."""
 
-from .clip import CLIPBackbone, build_backbone, load_open_clip, resize_positional_embedding
+from .clip import CLIPBackbone, build_backbone, load_open_clip, plain_config, resize_positional_embedding
 from .losses import binary_focal_loss, dice_loss, focal_loss, local_loss, orthogonality_loss, prior_loss
 from .maps import abnormal_probability, upsample_patches
 from .model import PromptedCLIPModel
@@ -19,6 +19,7 @@ __all__ = [
     "focal_loss",
     "init_learned",
     "load_open_clip",
+    "plain_config",
     "local_loss",
     "orthogonality_loss",
     "prior_loss",

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +28,7 @@ from torch import nn
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["CLIPBackbone", "load_open_clip", "resize_positional_embedding"]
+__all__ = ["CLIPBackbone", "load_open_clip", "plain_config", "resize_positional_embedding"]
 
 
 def _weights_error(model_name: str, pretrained: str, cause: Exception) -> RuntimeError:
@@ -45,6 +46,18 @@ def _weights_error(model_name: str, pretrained: str, cause: Exception) -> Runtim
     return RuntimeError(msg)
 
 
+def plain_config(value: object) -> object:
+    """Nested mappings and sequences (e.g. OmegaConf containers from a config file) as plain dicts and lists.
+
+    open_clip reads a sub-config (``vision_cfg``) as a dict only when it is a ``dict``.
+    """
+    if isinstance(value, Mapping):
+        return {key: plain_config(item) for key, item in value.items()}
+    if isinstance(value, Sequence) and not isinstance(value, str):
+        return [plain_config(item) for item in value]
+    return value
+
+
 def load_open_clip(
     model_name: str,
     pretrained: str | None,
@@ -57,8 +70,8 @@ def load_open_clip(
         pretrained: A pretrained tag (``"openai"``), a path to a local weights file, or ``None`` for
             random weights.
         model_config: Keyword arguments of :class:`open_clip.model.CLIP` (``embed_dim``, ``vision_cfg``,
-            ``text_cfg``, ``quick_gelu``): builds that model, e.g. a tiny test backbone, randomly initialised
-            or from a state-dict file given as ``pretrained``.
+            ``text_cfg``, ``quick_gelu``), a dict or an OmegaConf config: builds that model, e.g. a tiny test
+            backbone, randomly initialised or from a state-dict file given as ``pretrained``.
 
     A pretrained tag sets the activation (QuickGELU or GELU) as open_clip's table says. A local file is
     read with the activation of the architecture's ``openai`` weights (QuickGELU for OpenAI's ViTs),
@@ -81,7 +94,7 @@ def load_open_clip(
         if pretrained is not None and not is_file:
             msg = f"pretrained='{pretrained}' is a tag; with `backbone_config` pass a weights file path or None."
             raise ValueError(msg)
-        model = CLIP(**model_config)
+        model = CLIP(**plain_config(model_config))
         if is_file:
             open_clip.load_checkpoint(model, pretrained)
         return model.eval()

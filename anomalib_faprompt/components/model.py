@@ -9,6 +9,7 @@ training step, and cached in eval mode.
 from __future__ import annotations
 
 from abc import abstractmethod
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F  # noqa: N812
@@ -66,6 +67,11 @@ class PromptedCLIPModel(nn.Module):
         """Switch mode and drop the eval-time text cache."""
         self.clear_text_cache()
         return super().train(mode)
+
+    def _apply(self, fn: Callable[[torch.Tensor], torch.Tensor], recurse: bool = True) -> PromptedCLIPModel:
+        """Drop the text cache when ``to``/``cuda``/``double``/... convert the module: it is no buffer."""
+        self.clear_text_cache()
+        return super()._apply(fn, recurse)
 
     def text_embeddings(self) -> StaticText:
         """Normalised ``F_n`` ``(D,)``, normalised ``F_a`` (mean of the K raw embeddings) and the raw ``(K, D)``.

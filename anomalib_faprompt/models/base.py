@@ -9,7 +9,9 @@ images with masks.
 
 from __future__ import annotations
 
+import pickle
 from abc import abstractmethod
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F  # noqa: N812
@@ -19,6 +21,7 @@ from anomalib.metrics import AUPR, AUROC, Evaluator
 from anomalib.models.components import AnomalibModule
 from anomalib.post_processing import PostProcessor
 from anomalib.pre_processing import PreProcessor
+from anomalib.utils.serialization import anomalib_safe_globals
 from anomalib.visualization import Visualizer
 from torch import nn
 from torchvision.transforms.v2 import Compose, InterpolationMode, Normalize, Resize
@@ -44,7 +47,8 @@ NO_DEFECTS_MESSAGE = (
 class PromptLearningModule(AnomalibModule):
     """Base of the prompt-learning CLIP models (FAPrompt, AnomalyCLIP).
 
-    Subclasses set ``self.model`` (eval mode returns ``InferenceBatch``) and ``self.loss_weights`` (a
+    Subclasses set ``self.model`` (eval mode returns ``InferenceBatch``), then call
+    :meth:`load_trained_weights` with their ``weights`` argument, and set ``self.loss_weights`` (a
     weight for every loss term), and implement :meth:`compute_losses`.
 
     Args:
@@ -85,6 +89,7 @@ class PromptLearningModule(AnomalibModule):
         self.loss_weights: dict[str, float] = {}
         self._seen_anomalous = False
         self._check_batches = False
+        self.weights: str | None = None
 
     @abstractmethod
     def compute_losses(
@@ -158,8 +163,74 @@ class PromptLearningModule(AnomalibModule):
 
     @property
     def learning_type(self) -> LearningType:
-        """ONE_CLASS, so that anomalib's Engine runs the training loop (ZERO_SHOT would skip it)."""
-        return LearningType.ONE_CLASS
+        """ZERO_SHOT with trained ``weights`` (the Engine then never trains); else ONE_CLASS, so that it trains."""
+        return LearningType.ZERO_SHOT if self.weights else LearningType.ONE_CLASS
+
+    def load_trained_weights(self, weights: str | None) -> None:
+        """Start from a trained checkpoint of this model, and be zero-shot from then on.
+
+        Loads what the checkpoint holds of ``self.model``: the learned parameters (prompts, prior network)
+        and, when it has them, the CLIP weights (a randomly initialised CLIP travels with the checkpoint;
+        pretrained CLIP weights come from ``pretrained`` and must be the ones the prompts were trained on).
+        With weights the model reports ``LearningType.ZERO_SHOT``, so ``Engine.fit`` only validates:
+        anomalib's benchmark, which calls ``fit`` and then ``test`` on the target dataset, never trains there.
+
+        Args:
+            weights: Path to a checkpoint written by training this model (``.../weights/lightning/model.ckpt``),
+                or ``None`` to keep the fresh initialisation (and train as usual).
+
+        Raises:
+            FileNotFoundError: The file does not exist.
+            ValueError: The file is no anomalib checkpoint, or holds another model, other sizes or prompts
+                trained on other CLIP weights.
+        """
+        self.weights = weights
+        if weights is None:
+            return
+        if not Path(weights).is_file():
+            msg = (
+                f"{self.name} checkpoint '{weights}' (argument `weights`) does not exist. Pass the checkpoint of a "
+                f"trained {self.name}, e.g. the `weights/lightning/model.ckpt` written by `anomalib train --model "
+                f"{self.name}`, or `weights=None` to train from scratch."
+            )
+            raise FileNotFoundError(msg)
+        try:
+            with anomalib_safe_globals(extra=self.checkpoint_safe_globals()):
+                checkpoint = torch.load(weights, map_location="cpu", weights_only=True)
+        except (pickle.UnpicklingError, RuntimeError, EOFError) as error:
+            reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+            msg = f"'{weights}' (argument `weights`) is not a readable anomalib checkpoint: {reason}"
+            raise ValueError(msg) from error
+        state = checkpoint.get("state_dict") if isinstance(checkpoint, dict) else None
+        if state is None:
+            msg = f"'{weights}' (argument `weights`) is not an anomalib checkpoint: it has no 'state_dict'."
+            raise ValueError(msg)
+        saved = {key.removeprefix("model."): value for key, value in state.items() if key.startswith("model.")}
+        ours = self.model.state_dict()
+        unexpected = sorted(set(saved) - set(ours))
+        missing = [name for name, value in self.model.named_parameters() if value.requires_grad and name not in saved]
+        if unexpected or missing:
+            found = f"lacks {missing}" if missing else f"has {unexpected[:5]}, unknown to {self.name}"
+            msg = (
+                f"'{weights}' (argument `weights`) is not a checkpoint of {self.name}: it {found}. "
+                f"Pass a checkpoint written by training {self.name}."
+            )
+            raise ValueError(msg)
+        resized = [
+            f"{name} is {tuple(value.shape)} there, {tuple(ours[name].shape)} here"
+            for name, value in saved.items()
+            if value.shape != ours[name].shape
+        ]
+        if resized:
+            msg = (
+                f"'{weights}' (argument `weights`) was trained with other sizes ({'; '.join(resized[:3])}). Construct "
+                f"the {self.name} with the hyperparameters it was trained with (backbone, backbone_config, image_size, "
+                "n_ctx, prompt_depth, prompt_length, ...)."
+            )
+            raise ValueError(msg)
+        if not any(key.startswith(BACKBONE_PREFIX) for key in state):
+            self._check_clip_weights(checkpoint)
+        self.model.load_state_dict(saved, strict=False)
 
     @property
     def trainer_arguments(self) -> dict:
@@ -190,18 +261,22 @@ class PromptLearningModule(AnomalibModule):
             del state[key]
         checkpoint["backbone_fingerprint"] = self._backbone_fingerprint()
 
+    def _check_clip_weights(self, checkpoint: dict) -> None:
+        """Refuse a checkpoint without CLIP weights whose prompts were trained on other CLIP weights."""
+        expected = checkpoint.get("backbone_fingerprint")
+        if expected is not None and abs(self._backbone_fingerprint() - expected) > 1e-6 * max(1.0, abs(expected)):
+            msg = (
+                f"The checkpoint's prompts were trained on other CLIP weights than this {self.name} loaded "
+                f"(backbone={self.hparams.get('backbone')!r}, pretrained={self.hparams.get('pretrained')!r}). "
+                "Build the model with the backbone and pretrained weights it was trained with."
+            )
+            raise ValueError(msg)
+
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         """Fill in the CLIP weights left out of the checkpoint, after checking they are the same weights."""
         state = checkpoint["state_dict"]
         if not any(key.startswith(BACKBONE_PREFIX) for key in state):
-            expected = checkpoint.get("backbone_fingerprint")
-            if expected is not None and abs(self._backbone_fingerprint() - expected) > 1e-6 * max(1.0, abs(expected)):
-                msg = (
-                    f"The checkpoint's prompts were trained on other CLIP weights than this {self.name} loaded "
-                    f"(backbone={self.hparams.get('backbone')!r}, pretrained={self.hparams.get('pretrained')!r}). "
-                    "Build the model with the backbone and pretrained weights it was trained with."
-                )
-                raise ValueError(msg)
+            self._check_clip_weights(checkpoint)
             state.update({key: value for key, value in self.state_dict().items() if key.startswith(BACKBONE_PREFIX)})
         super().on_load_checkpoint(checkpoint)
 

@@ -75,6 +75,8 @@ class FAPrompt(PromptLearningModule, AnomalibModule):
         learning_rate: Adam learning rate.
         betas: Adam betas.
         pixel_losses: Train with the local (pixel) losses; ``False``: image-level losses only (data without masks).
+        weights: Checkpoint of a trained model to start from; the model is then zero-shot (``Engine.fit``
+            only validates), e.g. in anomalib's benchmark on another dataset.
         pre_processor: Pre-processor, or ``True`` for the default (bicubic resize, CLIP mean/std).
         post_processor: Post-processor, or ``True`` for thresholding of the probabilities at 0.5.
         evaluator: Evaluator, or ``True`` for image AUROC/AUPR and pixel AUROC/AUPRO.
@@ -109,6 +111,7 @@ class FAPrompt(PromptLearningModule, AnomalibModule):
         learning_rate: float = 1e-3,
         betas: tuple[float, float] = (0.5, 0.999),
         pixel_losses: bool = True,
+        weights: str | None = None,
         pre_processor: nn.Module | bool = True,
         post_processor: nn.Module | bool = True,
         evaluator: Evaluator | bool = True,
@@ -141,6 +144,7 @@ class FAPrompt(PromptLearningModule, AnomalibModule):
             temperature=temperature,
             sigma=sigma,
         )
+        self.load_trained_weights(weights)
         self.loss_weights = {
             "local": local_weight,
             "dap_local": dap_local_weight,

@@ -1,0 +1,220 @@
+"""AnomalyCLIP (spec section 8): prompts, outputs, score and map, loss, training through anomalib's Engine."""
+
+from __future__ import annotations
+
+import copy
+import inspect
+
+import pytest
+import torch
+import torch.nn.functional as F  # noqa: N812
+import torchvision.transforms.v2.functional as TF  # noqa: N812
+from anomalib.data import ImageBatch
+from anomalib.engine import Engine
+from conftest import TINY_MODEL_ARGS
+from lightning.pytorch import Callback
+
+from anomalib_faprompt import AnomalyCLIP
+from anomalib_faprompt.components import PromptedCLIPModel
+from anomalib_faprompt.data import AuxiliaryDataModule, make_synthetic_dataset
+from anomalib_faprompt.models.anomalyclip.torch_model import AnomalyCLIPTrainOutput
+
+S = TINY_MODEL_ARGS["image_size"]
+N = (S // 8) ** 2  # patch 8
+
+
+def _module(**kwargs) -> AnomalyCLIP:
+    torch.manual_seed(0)
+    return AnomalyCLIP(**{**copy.deepcopy(TINY_MODEL_ARGS), **kwargs})
+
+
+@pytest.fixture(scope="module")
+def module() -> AnomalyCLIP:
+    return _module()
+
+
+@pytest.fixture
+def images() -> torch.Tensor:
+    torch.manual_seed(1)
+    return torch.randn(3, 3, S, S)
+
+
+def test_defaults_follow_the_spec():
+    defaults = {name: p.default for name, p in inspect.signature(AnomalyCLIP).parameters.items()}
+    assert defaults["n_ctx"] == 12
+    assert defaults["abnormal_word"] == "damaged"
+    assert defaults["sigma"] == 4.0
+    assert defaults["local_weight"] == 4.0
+    assert defaults["ce_weight"] == 1.0
+    assert defaults["learning_rate"] == 1e-3
+    assert defaults["betas"] == (0.5, 0.999)
+    assert defaults["weights"] is None
+
+
+def test_shares_the_scaffold_with_faprompt(module):
+    assert isinstance(module.model, PromptedCLIPModel)
+
+
+# --- prompts -------------------------------------------------------------------------------------------------------
+
+
+def test_normal_and_abnormal_prompts_have_separate_contexts(module):
+    model = module.model
+    width = model.backbone.text_width
+    assert model.normal_ctx.shape == (12, width)
+    assert model.abnormal_ctx.shape == (12, width)
+    assert model.normal_ctx.data_ptr() != model.abnormal_ctx.data_ptr()
+    assert model.normal_template.text == " ".join(["X"] * 12 + ["object."])
+    assert model.abnormal_template.text == " ".join(["X"] * 12 + ["damaged object."])
+    learned = {name for name, parameter in model.named_parameters() if parameter.requires_grad}
+    assert learned == {"normal_ctx", "abnormal_ctx", "deep_prompts.prompts"}
+
+
+def test_each_context_moves_only_its_own_text_embedding():
+    model = _module().model.eval()
+    with torch.no_grad():
+        normal, abnormal = model.static_text()
+        model.abnormal_ctx.add_(torch.randn_like(model.abnormal_ctx))
+        normal_1, abnormal_1 = model.static_text()
+        model.normal_ctx.add_(torch.randn_like(model.normal_ctx))
+        normal_2, abnormal_2 = model.static_text()
+    assert abnormal.shape == (1, model.backbone.embed_dim)
+    torch.testing.assert_close(normal_1, normal, rtol=0, atol=1e-6)
+    assert not torch.allclose(abnormal_1, abnormal, atol=1e-3)
+    torch.testing.assert_close(abnormal_2, abnormal_1, rtol=0, atol=1e-6)
+    assert not torch.allclose(normal_2, normal_1, atol=1e-3)
+
+
+# --- eval outputs --------------------------------------------------------------------------------------------------
+
+
+def test_eval_outputs_are_probabilities(module, images):
+    model = module.model.eval()
+    with torch.no_grad():
+        output = model(images * 3.0)
+    assert output.pred_score.shape == (3,)
+    assert output.anomaly_map.shape == (3, 1, S, S)
+    for value in (output.pred_score, output.anomaly_map):
+        assert 0.0 <= float(value.min()) <= float(value.max()) <= 1.0
+
+
+def test_batched_eval_equals_per_image(module, images):
+    model = module.model.eval()
+    with torch.no_grad():
+        batched = model(images)
+        single = [model(image[None]) for image in images]
+    torch.testing.assert_close(batched.pred_score, torch.cat([s.pred_score for s in single]), atol=1e-5, rtol=0)
+    torch.testing.assert_close(batched.anomaly_map, torch.cat([s.anomaly_map for s in single]), atol=1e-5, rtol=0)
+
+
+def test_training_output_fields_and_shapes(images):
+    model = _module().model.train()
+    output = model(images)
+    assert isinstance(output, AnomalyCLIPTrainOutput)
+    assert output.global_logits.shape == (3, 2)
+    assert output.abnormal_map.shape == (3, S, S)
+    assert 0.0 <= float(output.abnormal_map.min()) <= float(output.abnormal_map.max()) <= 1.0
+    assert all(value.requires_grad for value in output)
+
+
+def test_score_is_global_only_and_map_is_patch_probability_blurred_with_sigma_4(images, monkeypatch):
+    model = _module(sigma=4.0).model.eval()
+    dim = model.backbone.embed_dim
+    torch.manual_seed(2)
+    normal_text, abnormal_text = torch.randn(dim), torch.randn(1, dim)
+    global_embedding, patches = torch.randn(3, dim), torch.randn(3, N, dim)
+    monkeypatch.setattr(model, "static_text", lambda: (normal_text, abnormal_text))
+    monkeypatch.setattr(model.backbone, "encode_image", lambda _: (global_embedding, patches))
+    with torch.no_grad():
+        output = model(images)
+
+    tau = 0.07
+    f_v, f_p = F.normalize(global_embedding, dim=-1), F.normalize(patches, dim=-1)
+    t_n, t_a = F.normalize(normal_text, dim=-1), F.normalize(abnormal_text[0], dim=-1)
+    s_n, s_a = (f_v @ t_n) / tau, (f_v @ t_a) / tau
+    expected_score = torch.exp(s_a) / (torch.exp(s_n) + torch.exp(s_a))
+    torch.testing.assert_close(output.pred_score, expected_score, atol=1e-5, rtol=0)
+
+    patch_probability = torch.exp(f_p @ t_a / tau) / (torch.exp(f_p @ t_n / tau) + torch.exp(f_p @ t_a / tau))
+    grid = S // 8
+    upsampled = F.interpolate(patch_probability.reshape(3, 1, grid, grid), size=(S, S), mode="bilinear")
+    expected_map = TF.gaussian_blur(upsampled, kernel_size=[33, 33], sigma=[4.0, 4.0])  # 2 * int(4 * 4 + 0.5) + 1
+    torch.testing.assert_close(output.anomaly_map, expected_map, atol=1e-5, rtol=0)
+
+    # The score ignores the patches: other patches change the map only.
+    monkeypatch.setattr(model.backbone, "encode_image", lambda _: (global_embedding, patches.flip(1)))
+    with torch.no_grad():
+        other = model(images)
+    torch.testing.assert_close(other.pred_score, output.pred_score, rtol=0, atol=0)
+    assert not torch.allclose(other.anomaly_map, output.anomaly_map, atol=1e-4)
+
+
+# --- loss ----------------------------------------------------------------------------------------------------------
+
+
+def _hand_local_loss(abnormal: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    eps = 1e-5
+    normal = 1.0 - abnormal
+    pt = torch.where(mask > 0, (1 - eps) * abnormal + eps * normal, eps * abnormal + (1 - eps) * normal) + eps
+    focal = (-((1 - pt) ** 2) * torch.log(pt)).mean()
+
+    def dice(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        per_image = [(2 * (a * b).sum() + 1) / (a.sum() + b.sum() + 1) for a, b in zip(x, y, strict=True)]
+        return 1 - torch.stack(per_image).mean()
+
+    return focal + dice(abnormal, mask) + dice(normal, 1 - mask)
+
+
+def test_loss_is_ce_plus_four_local_by_hand(images, monkeypatch):
+    module = _module()
+    module.train()
+    labels = torch.tensor([0, 1, 1])
+    masks = torch.zeros(3, S, S)
+    masks[1, 10:30, 20:40] = 1.0
+    masks[2, 40:60, 5:25] = 1.0
+    logged = {}
+    monkeypatch.setattr(module, "log", lambda name, value, **_: logged.__setitem__(name, value))
+
+    total = module.training_step(ImageBatch(image=images, gt_label=labels, gt_mask=masks.bool()))
+
+    with torch.no_grad():
+        output = module.model(images)
+        logits = output.global_logits
+        ce = (torch.logsumexp(logits, dim=1) - logits[torch.arange(3), labels]).mean()
+        local = _hand_local_loss(output.abnormal_map, masks)
+    torch.testing.assert_close(logged["train_loss_ce"].detach(), ce, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(logged["train_loss_local"].detach(), local, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(total.detach(), ce + 4.0 * local, atol=1e-5, rtol=1e-5)
+
+
+# --- training through anomalib's Engine ------------------------------------------------------------------------------
+
+
+class _StepLosses(Callback):
+    def __init__(self) -> None:
+        self.losses: list[float] = []
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        self.losses.append(float(outputs["loss"]))
+
+
+def test_training_through_engine_lowers_the_loss(tmp_path):
+    root = make_synthetic_dataset(tmp_path / "data", categories=("alpha",), n_good=4, n_defect=8)
+    datamodule = AuxiliaryDataModule(root=root, val_split_ratio=0.25, train_batch_size=9, num_workers=0)
+    module = _module(learning_rate=1e-2)
+    before = {name: value.detach().clone() for name, value in module.model.named_parameters()}
+    recorder = _StepLosses()
+    engine = Engine(
+        max_epochs=6,
+        accelerator="cpu",
+        default_root_dir=tmp_path,
+        logger=False,
+        enable_progress_bar=False,
+        callbacks=[recorder],
+    )
+    engine.fit(module, datamodule=datamodule)
+
+    assert len(recorder.losses) == 6  # one batch of 9 images per epoch
+    assert recorder.losses[-1] < 0.9 * recorder.losses[0]
+    for name, value in module.model.named_parameters():
+        assert torch.equal(value, before[name]) is not value.requires_grad, name  # only the prompts move

@@ -1,0 +1,237 @@
+"""The zero-shot benchmark: trained checkpoints as zero-shot models, ``anomalib benchmark`` end to end, report.
+
+The committed ``configs/benchmark_zero_shot.yaml`` runs with tiny random backbones: FAPrompt and AnomalyCLIP
+from checkpoints trained (a few steps) on one synthetic dataset, tested on the categories of another one in
+VisA's layout; WinClip with its open_clip weights swapped for a small random CLIP (in this test only).
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from pathlib import Path
+
+import open_clip
+import pandas as pd
+import pytest
+import torch
+import yaml
+from anomalib import LearningType
+from anomalib.cli.cli import AnomalibCLI
+from anomalib.data import Visa
+from anomalib.engine import Engine
+from anomalib.pipelines.benchmark import generator
+from anomalib.pipelines.benchmark import job as job_module
+from anomalib.pipelines.benchmark.job import BenchmarkJob
+from conftest import TINY_MODEL_ARGS
+from matplotlib.image import imread
+
+from anomalib_faprompt import AnomalyCLIP, FAPrompt, benchmark
+from anomalib_faprompt.components import load_open_clip
+from anomalib_faprompt.data import AuxiliaryDataModule, make_synthetic_dataset
+from anomalib_faprompt.report import main as report_main
+
+CONFIG = Path(__file__).parents[1] / "configs" / "benchmark_zero_shot.yaml"
+MODELS = {"FAPrompt": FAPrompt, "AnomalyCLIP": AnomalyCLIP}
+TARGET_CATEGORIES = ["gamma", "delta"]
+OUR_METRICS = ["image_AUROC", "image_AUPR", "pixel_AUROC", "pixel_AUPRO"]
+# WinClip's CLIP for the test: 240 px input (WinClip's fixed pre-processing), 5 x 5 patches of 48 px.
+WINCLIP_TINY_CLIP = {
+    "embed_dim": 32,
+    "vision_cfg": {"image_size": 240, "layers": 2, "width": 32, "patch_size": 48, "head_width": 16},
+    "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 2},
+}
+
+
+def _learned(model) -> dict[str, torch.Tensor]:
+    return {name: value.detach().clone() for name, value in model.model.named_parameters() if value.requires_grad}
+
+
+@pytest.fixture(scope="module")
+def checkpoints(tmp_path_factory) -> dict[str, str]:
+    """FAPrompt and AnomalyCLIP trained for one epoch on an auxiliary synthetic dataset."""
+    root = tmp_path_factory.mktemp("auxiliary")
+    data = make_synthetic_dataset(root / "data", n_good=4, n_defect=4)
+    paths = {}
+    for name, model_class in MODELS.items():
+        torch.manual_seed(0)
+        datamodule = AuxiliaryDataModule(data, val_split_ratio=0.25, train_batch_size=4, num_workers=0)
+        engine = Engine(
+            max_epochs=1, accelerator="cpu", default_root_dir=root / name, logger=False, enable_progress_bar=False
+        )
+        engine.fit(model_class(**copy.deepcopy(TINY_MODEL_ARGS)), datamodule=datamodule)
+        paths[name] = engine.trainer.checkpoint_callback.best_model_path
+    return paths
+
+
+@pytest.fixture(scope="module")
+def target_root(tmp_path_factory) -> Path:
+    """A synthetic target dataset in VisA's processed layout (``<root>/visa_pytorch/<category>``)."""
+    root = tmp_path_factory.mktemp("target")
+    categories = ("alpha", "beta", *TARGET_CATEGORIES)  # other textures than the auxiliary alpha and beta
+    make_synthetic_dataset(root / "visa_pytorch", categories=categories, n_good=4, n_defect=4, seed=1)
+    return root
+
+
+def _target(root: Path, category: str) -> Visa:
+    return Visa(root=root, category=category, train_batch_size=4, eval_batch_size=4, num_workers=0)
+
+
+# --- weights: a trained checkpoint makes a zero-shot model -----------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", list(MODELS))
+def test_weights_load_the_learned_parameters_and_make_the_model_zero_shot(name, checkpoints):
+    model_class = MODELS[name]
+    fresh = model_class(**copy.deepcopy(TINY_MODEL_ARGS))
+    assert fresh.learning_type == LearningType.ONE_CLASS
+    loaded = model_class(**copy.deepcopy(TINY_MODEL_ARGS), weights=checkpoints[name])
+    assert loaded.learning_type == LearningType.ZERO_SHOT
+    state = torch.load(checkpoints[name], map_location="cpu", weights_only=False)["state_dict"]
+    for key, value in loaded.model.state_dict().items():
+        assert torch.equal(value, state[f"model.{key}"]), key  # a random CLIP travels with the checkpoint
+
+
+def test_weights_errors_name_the_file_and_the_fix(checkpoints, tmp_path):
+    args = copy.deepcopy(TINY_MODEL_ARGS)
+    with pytest.raises(FileNotFoundError, match=r"missing\.ckpt.*argument `weights`.*anomalib train"):
+        AnomalyCLIP(**args, weights=str(tmp_path / "missing.ckpt"))
+    text = tmp_path / "notes.ckpt"
+    text.write_text("not a checkpoint")
+    with pytest.raises(ValueError, match="not a readable anomalib checkpoint"):
+        AnomalyCLIP(**args, weights=str(text))
+    with pytest.raises(ValueError, match=r"not a checkpoint of AnomalyCLIP: it has \['prior_net"):
+        AnomalyCLIP(**args, weights=checkpoints["FAPrompt"])
+    with pytest.raises(ValueError, match=r"not a checkpoint of FAPrompt: it lacks \['prior_net"):
+        FAPrompt(**args, weights=checkpoints["AnomalyCLIP"])
+    with pytest.raises(ValueError, match=r"other sizes \(normal_ctx is \(12, 32\) there, \(5, 32\) here"):
+        AnomalyCLIP(**args, n_ctx=5, weights=checkpoints["AnomalyCLIP"])
+
+
+def test_weights_with_pretrained_clip_load_the_prompts_and_check_the_clip(tmp_path):
+    clip_file, other_file = tmp_path / "clip.pt", tmp_path / "other.pt"
+    for seed, path in ((1, clip_file), (2, other_file)):
+        torch.manual_seed(seed)
+        torch.save(load_open_clip("tiny", None, TINY_MODEL_ARGS["backbone_config"]).state_dict(), path)
+    args = {**copy.deepcopy(TINY_MODEL_ARGS), "pretrained": str(clip_file)}
+    data = make_synthetic_dataset(tmp_path / "data", categories=("alpha",), n_good=2, n_defect=4)
+    engine = Engine(max_epochs=1, accelerator="cpu", default_root_dir=tmp_path, logger=False, enable_progress_bar=False)
+    trained = AnomalyCLIP(**args)
+    engine.fit(trained, datamodule=AuxiliaryDataModule(data, val_split_ratio=0.3, num_workers=0))
+    path = engine.trainer.checkpoint_callback.best_model_path
+    state = torch.load(path, map_location="cpu", weights_only=False)["state_dict"]
+    assert not any(key.startswith("model.backbone.clip.") for key in state)  # prompts only
+
+    loaded = AnomalyCLIP(**args, weights=path)  # CLIP comes from the file
+    assert _learned(loaded).keys() == _learned(trained).keys()
+    for name, value in _learned(trained).items():
+        assert torch.equal(_learned(loaded)[name], value), name
+    with pytest.raises(ValueError, match="other CLIP weights"):
+        AnomalyCLIP(**{**args, "pretrained": str(other_file)}, weights=path)
+
+
+# --- anomalib benchmark end to end ---------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def benchmark_run(checkpoints, target_root, tmp_path_factory):
+    """``anomalib benchmark --config`` on the committed config, with tiny backbones and the synthetic target."""
+    workdir = tmp_path_factory.mktemp("benchmark")
+    config = yaml.safe_load(CONFIG.read_text())
+    models = config["benchmark"]["model"]["grid"]
+    assert [model["class_path"] for model in models] == ["FAPrompt", "AnomalyCLIP", "WinClip"]
+    for model in models[:2]:
+        model["init_args"] = {**copy.deepcopy(TINY_MODEL_ARGS), "weights": checkpoints[model["class_path"]]}
+    data = config["benchmark"]["data"]
+    assert data["class_path"] == "Visa"
+    data["init_args"].update(
+        root=str(target_root),
+        train_batch_size=4,
+        eval_batch_size=4,
+        num_workers=0,
+        category={"grid": TARGET_CATEGORIES},
+    )
+    config["accelerator"] = "cpu"
+    config_path = workdir / "benchmark_tiny.yaml"
+    config_path.write_text(yaml.safe_dump(config))
+
+    created = []
+
+    def recording_get_model(model_config):
+        model = get_model(model_config)
+        created.append(model)
+        return model
+
+    def random_clip(*args, **kwargs):
+        return open_clip.CLIP(**copy.deepcopy(WINCLIP_TINY_CLIP)).eval(), None, None
+
+    get_model = generator.get_model
+    with pytest.MonkeyPatch.context() as patch:
+        patch.chdir(workdir)  # anomalib writes runs/benchmark/<time>/results.csv and runs/pipeline.log here
+        patch.setattr(generator, "get_model", recording_get_model)
+        patch.setattr(open_clip, "create_model_and_transforms", random_clip)
+        AnomalibCLI(["benchmark", "--config", str(config_path)])  # serial runner: jobs run in this process
+    log = workdir / "runs" / "pipeline.log"
+    results = sorted((workdir / "runs" / "benchmark").glob("*/results.csv"))
+    failure = log.read_text() if log.exists() else "no pipeline log"
+    assert len(results) == 1, failure
+    rows = len(pd.read_csv(results[0])) if results[0].stat().st_size > 1 else 0  # all jobs failed: empty file
+    assert rows == 3 * len(TARGET_CATEGORIES), failure
+    return results[0], created
+
+
+def test_benchmark_fixes_are_installed_by_the_start_up_hook():
+    assert BenchmarkJob.collect is benchmark.collect
+    assert job_module.Engine is benchmark.BenchmarkEngine
+
+
+def test_benchmark_writes_a_row_per_model_and_category(benchmark_run):
+    results, _ = benchmark_run
+    frame = pd.read_csv(results)
+    assert sorted(zip(frame["model.class_path"], frame["data.init_args.category"], strict=True)) == sorted(
+        (model, category) for model in ["FAPrompt", "AnomalyCLIP", "WinClip"] for category in TARGET_CATEGORIES
+    )
+    ours = frame[frame["model.class_path"] != "WinClip"]
+    winclip = frame[frame["model.class_path"] == "WinClip"]
+    for metric in OUR_METRICS:
+        assert ours[metric].between(0.0, 1.0).all(), metric
+    for metric in ("image_AUPR", "pixel_AUPRO"):  # WinClip's default evaluator has no such metric
+        assert winclip[metric].isna().all(), metric
+    for metric in ("image_AUROC", "pixel_AUROC", "image_F1Score", "pixel_F1Score"):
+        assert winclip[metric].between(0.0, 1.0).all(), metric
+    assert winclip["model.init_args.weights"].isna().all()
+
+
+def test_benchmark_never_trains_the_prompt_models(benchmark_run, checkpoints):
+    _, created = benchmark_run
+    ours = [model for model in created if isinstance(model, (FAPrompt, AnomalyCLIP))]
+    assert len(ours) == 2 * len(TARGET_CATEGORIES)
+    for model in ours:
+        expected = _learned(type(model)(**copy.deepcopy(TINY_MODEL_ARGS), weights=checkpoints[model.name]))
+        for name, value in _learned(model).items():
+            assert torch.equal(value, expected[name]), f"{model.name}.{name} changed during the benchmark"
+
+
+def test_benchmark_results_equal_a_plain_test_of_the_loaded_model(benchmark_run, checkpoints, target_root, tmp_path):
+    results, _ = benchmark_run
+    frame = pd.read_csv(results)
+    for (name, model_class), category in zip(MODELS.items(), TARGET_CATEGORIES, strict=True):
+        model = model_class(**copy.deepcopy(TINY_MODEL_ARGS), weights=checkpoints[name])
+        engine = Engine(accelerator="cpu", default_root_dir=tmp_path, logger=False, enable_progress_bar=False)
+        plain = engine.test(model, datamodule=_target(target_root, category), verbose=False)[0]
+        row = frame[(frame["model.class_path"] == name) & (frame["data.init_args.category"] == category)].iloc[0]
+        for metric in OUR_METRICS:
+            assert math.isclose(row[metric], plain[metric], abs_tol=1e-6), (name, category, metric)
+
+
+def test_report_of_the_benchmark_results(benchmark_run, tmp_path):
+    results, _ = benchmark_run
+    report_main([str(results), "--output", str(tmp_path)])
+    markdown = (tmp_path / "comparison.md").read_text()
+    for text in ["## image_AUROC", "## pixel_AUPRO", "| FAPrompt |", "| AnomalyCLIP |", "| WinClip |", "gamma"]:
+        assert text in markdown
+    for metric in [*OUR_METRICS, "image_F1Score", "pixel_F1Score"]:
+        image = imread(tmp_path / f"{metric}.png")
+        assert image.ndim == 3
+        assert image.shape[0] > 300
+        assert image.shape[1] > 500

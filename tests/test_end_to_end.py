@@ -1,0 +1,233 @@
+"""FAPrompt end to end on a synthetic MVTec-AD-layout dataset: anomalib's Engine and the `anomalib` command line."""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from anomalib.data import MVTecAD
+from anomalib.engine import Engine
+from conftest import TINY_MODEL_ARGS
+from lightning.pytorch import Callback
+
+from anomalib_faprompt import FAPrompt
+from anomalib_faprompt.data import AuxiliaryDataModule, make_synthetic_dataset
+
+REPO = Path(__file__).resolve().parents[1]
+CONFIG = REPO / "configs" / "faprompt_tiny.yaml"
+ANOMALIB = Path(sys.executable).parent / "anomalib"
+TEST_METRICS = ("image_AUROC", "image_AUPR", "pixel_AUROC", "pixel_AUPRO")
+
+
+@pytest.fixture(scope="session")
+def dataset_root(tmp_path_factory) -> Path:
+    """Two categories, each 6 normal and 6 defect test images (with masks) and 4 normal training images."""
+    return make_synthetic_dataset(tmp_path_factory.mktemp("synthetic"))
+
+
+class _LossRecorder(Callback):
+    """Training loss of every step, by epoch."""
+
+    def __init__(self) -> None:
+        self.losses: dict[int, list[float]] = {}
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        self.losses.setdefault(trainer.current_epoch, []).append(float(outputs["loss"]))
+
+
+def _engine(root: Path, **kwargs) -> Engine:
+    return Engine(
+        accelerator="cpu",
+        devices=1,
+        logger=False,
+        enable_progress_bar=False,
+        default_root_dir=root,
+        **kwargs,
+    )
+
+
+def test_engine_trains_loss_down_and_tests(dataset_root, tmp_path):
+    torch.manual_seed(0)
+    model = FAPrompt(**copy.deepcopy(TINY_MODEL_ARGS))
+    datamodule = AuxiliaryDataModule(root=dataset_root, val_split_ratio=0.25, num_workers=0)
+    recorder = _LossRecorder()
+    engine = _engine(tmp_path, max_epochs=3, callbacks=[recorder])
+    engine.fit(model, datamodule=datamodule)
+
+    assert sorted(recorder.losses) == [0, 1, 2]
+    means = [sum(values) / len(values) for _, values in sorted(recorder.losses.items())]
+    assert all(len(values) == 3 for values in recorder.losses.values())  # 18 training images, batch 8
+    assert means[-1] < means[0], means
+
+    (results,) = engine.test(model, datamodule=datamodule)
+    assert set(TEST_METRICS) <= set(results)
+    for name in TEST_METRICS:
+        assert 0.0 <= results[name] <= 1.0, (name, results[name])
+
+
+def test_normal_only_training_data_stops_with_clear_error(dataset_root, tmp_path):
+    torch.manual_seed(0)
+    model = FAPrompt(**copy.deepcopy(TINY_MODEL_ARGS))
+    datamodule = MVTecAD(root=dataset_root, category="alpha", num_workers=0)  # its train split is normal-only
+    with pytest.raises(
+        ValueError, match=r"FAPrompt learns from defect images.*no anomalous image.*AuxiliaryDataModule"
+    ):
+        _engine(tmp_path, max_epochs=1).fit(model, datamodule=datamodule)
+
+
+# --- the `anomalib` command line in a subprocess ---------------------------------------------------------------------
+
+
+def _env() -> dict[str, str]:
+    """The environment of the subprocesses: this checkout's package first on the path."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([str(REPO), *filter(None, [env.get("PYTHONPATH")])])
+    env["COLUMNS"] = "200"
+    return env
+
+
+def _run(args: list[str], cwd: Path) -> str:
+    process = subprocess.run(  # noqa: S603
+        args,
+        cwd=cwd,
+        env=_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert process.returncode == 0, process.stdout[-5000:]
+    return process.stdout
+
+
+def _metrics(output: str) -> dict[str, float]:
+    """The test metrics of anomalib's result table."""
+    found = re.findall(r"(image_AUROC|image_AUPR|pixel_AUROC|pixel_AUPRO)\W+([0-9][0-9.eE+-]*)", output)
+    return {name: float(value) for name, value in found}
+
+
+@pytest.mark.parametrize(
+    "first_import",
+    ["from anomalib_faprompt import FAPrompt", "import anomalib_faprompt.components; import anomalib_faprompt.models"],
+)
+def test_short_names_after_importing_this_package_first(first_import, tmp_path):
+    """Importing this package before `anomalib.models` (it imports anomalib.models itself) still publishes the
+    models there, for each way anomalib looks a name up, with this checkout's code and no warning."""
+    code = f"""
+import inspect, json, warnings
+with warnings.catch_warnings(record=True) as caught:
+    warnings.simplefilter("always")
+    {first_import}
+    import anomalib.models as models
+args = {TINY_MODEL_ARGS!r}
+result = {{"warnings": [str(w.message) for w in caught if "anomalib_faprompt" in str(w.message)]}}
+for name, snake in (("FAPrompt", "fa_prompt"), ("AnomalyCLIP", "anomaly_clip")):
+    cls = getattr(models, name)
+    built = [type(models.get_model(spec, **args)) for spec in (name, snake, {{"class_path": name}})]
+    result[name] = {{
+        "file": inspect.getfile(cls),
+        "listed": name in models.list_models(case="pascal"),
+        "in_all": models.__all__.count(name),
+        "built": [kind is cls for kind in built],
+    }}
+print(json.dumps(result))
+"""
+    result = json.loads(_run([sys.executable, "-W", "ignore::FutureWarning", "-c", code], tmp_path).splitlines()[-1])
+    assert result["warnings"] == []
+    for name in ("FAPrompt", "AnomalyCLIP"):
+        assert Path(result[name]["file"]).resolve().is_relative_to(REPO / "anomalib_faprompt")  # this checkout
+        assert result[name]["listed"], name
+        assert result[name]["in_all"] == 1, name
+        assert result[name]["built"] == [True, True, True], name
+
+
+@pytest.fixture(scope="module")
+def cli_train(dataset_root, tmp_path_factory) -> tuple[str, Path]:
+    """`anomalib train --model FAPrompt --config configs/faprompt_tiny.yaml` on the synthetic data."""
+    results = tmp_path_factory.mktemp("cli_train")
+    output = _run(
+        [
+            str(ANOMALIB),
+            "train",
+            "--model",
+            "FAPrompt",
+            "--config",
+            str(CONFIG),
+            "--data.root",
+            str(dataset_root),
+            "--default_root_dir",
+            str(results),
+        ],
+        results,
+    )
+    return output, results
+
+
+def test_cli_train_with_short_name(cli_train):
+    output, results = cli_train
+    metrics = _metrics(output)
+    assert set(metrics) == set(TEST_METRICS), output[-3000:]
+    assert all(0.0 <= value <= 1.0 for value in metrics.values())
+    assert "max_epochs=2" in output
+    assert len(list(results.rglob("*.ckpt"))) == 1
+
+
+def test_cli_test_with_class_path_reproduces_metrics(cli_train, dataset_root, tmp_path):
+    train_output, results = cli_train
+    (checkpoint,) = results.rglob("*.ckpt")
+    output = _run(
+        [
+            str(ANOMALIB),
+            "test",
+            "--model",
+            "anomalib_faprompt.FAPrompt",
+            "--config",
+            str(CONFIG),
+            "--data.root",
+            str(dataset_root),
+            "--default_root_dir",
+            str(tmp_path),
+            "--ckpt_path",
+            str(checkpoint),
+        ],
+        tmp_path,
+    )
+    metrics, trained = _metrics(output), _metrics(train_output)
+    assert set(metrics) == set(TEST_METRICS), output[-3000:]
+    for name in TEST_METRICS:
+        assert metrics[name] == pytest.approx(trained[name], abs=1e-6), name
+
+
+def test_cli_predict_from_checkpoint(cli_train, dataset_root, tmp_path):
+    _, results = cli_train
+    (checkpoint,) = results.rglob("*.ckpt")
+    images = dataset_root / "alpha" / "test" / "defect"
+    _run(
+        [
+            str(ANOMALIB),
+            "predict",
+            "--model",
+            "FAPrompt",
+            "--config",
+            str(CONFIG),
+            "--data",
+            str(images),
+            "--default_root_dir",
+            str(tmp_path),
+            "--ckpt_path",
+            str(checkpoint),
+            "--return_predictions",
+            "false",
+        ],
+        tmp_path,
+    )
+    written = sorted(path.name for path in tmp_path.rglob("*.png"))
+    assert written == sorted(path.name for path in images.glob("*.png"))
