@@ -309,7 +309,7 @@ class PromptLearningModule(AnomalibModule):
             return labels, None
         if batch.gt_mask is None:
             msg = (
-                f"{self.name} trains its pixel losses on defect masks, and the training batch has none. Use a "
+                f"{self.name} trains its pixel losses on defect masks, and the training batch has no masks. Use a "
                 f"datamodule that loads masks, or train with image-level losses only (`pixel_losses=False`)."
             )
             raise ValueError(msg)
