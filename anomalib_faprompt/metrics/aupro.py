@@ -122,21 +122,24 @@ def pro_curve(
     keys = np.concatenate(keys)
     keys.sort()
     keys = keys[::-1]
+    # Curve points after each pixel, with the origin in front: cumulative sums written in place.
     regions = keys & 0xFFFFFFFF
-    false_positives = np.cumsum(regions == 0, dtype=np.float64)  # exact integer counts
-    overlaps = inverse_sizes[regions]
+    fpr = np.zeros(keys.size + 1)
+    np.cumsum(regions == 0, dtype=np.float64, out=fpr[1:])  # exact integer counts
+    pro = np.zeros(keys.size + 1)
+    np.take(inverse_sizes, regions, out=pro[1:])
     del regions
-    np.cumsum(overlaps, out=overlaps)
-    fpr = torch.from_numpy(false_positives).div_(num_bg).clamp_(max=1.0)
-    pro = torch.from_numpy(overlaps).div_(num_regions).clamp_(max=1.0)
+    np.cumsum(pro[1:], out=pro[1:])
+    fpr /= num_bg
+    pro /= num_regions
     scores = keys >> 32
-    last_of_ties = np.ones(scores.size, dtype=bool)
-    last_of_ties[:-1] = scores[:-1] != scores[1:]
+    last_of_ties = np.ones(keys.size + 1, dtype=bool)
+    last_of_ties[1:-1] = scores[:-1] != scores[1:]
     del keys, scores
-    last_of_ties = torch.from_numpy(last_of_ties)
-    zero = torch.zeros(1, dtype=torch.float64)
-    fpr = torch.cat([zero, fpr[last_of_ties]])
-    pro = torch.cat([zero, pro[last_of_ties]])
+    if not last_of_ties.all():
+        fpr, pro = fpr[last_of_ties], pro[last_of_ties]
+    fpr = torch.from_numpy(fpr).clamp_(max=1.0)
+    pro = torch.from_numpy(pro).clamp_(max=1.0)
 
     last = int((fpr <= fpr_limit).nonzero()[-1])
     if fpr[last] < fpr_limit and last + 1 < fpr.numel():
