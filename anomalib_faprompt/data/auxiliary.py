@@ -1,42 +1,90 @@
-"""Training on the test split of an auxiliary dataset: defect images with masks plus normal images."""
+"""Training on the test split of auxiliary datasets; optionally testing zero-shot on every category of a target.
+
+This is the zero-shot transfer protocol of FAPrompt and AnomalyCLIP: train once on the defect images
+(with masks) and normal images of one dataset's test split, all categories together, then evaluate
+with no further training on each category of datasets never seen.
+"""
 
 from __future__ import annotations
 
-from functools import reduce
-from operator import add
+import copy
 from pathlib import Path
 
+import pandas as pd
 from anomalib.data import AnomalibDataModule
-from anomalib.data.datasets import MVTecADDataset
+from anomalib.data.datasets import AnomalibDataset
 from anomalib.data.utils import random_split
+from anomalib.utils.attrs import get_nested_attr
+from torch.utils.data import DataLoader
 from torchvision.transforms.v2 import Transform
 
-__all__ = ["AuxiliaryDataModule"]
+from .sources import DATASETS, available_categories, category_dataset, prepare_category
+
+__all__ = ["AuxiliaryDataModule", "concatenate"]
+
+
+def concatenate(datasets: list[AnomalibDataset]) -> AnomalibDataset:
+    """One dataset with the samples of all (of any anomalib dataset types), in order."""
+    combined = copy.deepcopy(datasets[0])
+    samples = pd.concat([data.samples for data in datasets], ignore_index=True)
+    samples.attrs["task"] = datasets[0].samples.attrs.get("task", "segmentation")
+    combined.samples = samples
+    return combined
+
+
+def _as_list(value: str | Path | list[str | Path]) -> list:
+    return list(value) if isinstance(value, list | tuple) else [value]
 
 
 class AuxiliaryDataModule(AnomalibDataModule):
-    """All categories of an MVTec-AD-layout dataset's test split, for training FAPrompt and AnomalyCLIP.
+    """Trains on the test split of one or more datasets; tests on a held-out part, or zero-shot on a target.
 
-    The test split holds defect images with masks and normal images: the models train on it, with a
-    label-aware validation portion held out (also used as the test set). Nothing is written into
-    the dataset folder.
+    The training data is the test split of every selected category of every source (defect images with
+    masks and normal images), concatenated. A label-aware portion is held out for validation. With a
+    ``target_dataset``, the test stage runs one dataloader per target category (each category is
+    evaluated on its own by :class:`anomalib_faprompt.metrics.PerCategoryEvaluator`); without, the test
+    set is the held-out portion. Nothing is written into the dataset folders (a missing MVTecAD or Visa
+    is downloaded and prepared by anomalib's own datamodules, as ``anomalib train --data Visa`` would).
 
     Args:
-        root: Dataset root with one folder per category (``<category>/test``, ``<category>/ground_truth``).
-        categories: Categories to use; ``None`` for every folder of ``root`` that has a ``test`` split.
-        val_split_ratio: Fraction held out for validation.
+        root: Root of the auxiliary dataset, or one root per entry of ``dataset``.
+        dataset: ``"MVTecAD"``, ``"Visa"`` (anomalib's layouts) or ``"Folder"`` (custom data: ``root`` holds
+            ``normal_dir``, ``abnormal_dir`` and ``mask_dir``), or a list of them (one per root).
+        categories: Categories to train on (in any source that has them); ``None`` for all.
+        masks: Load defect masks (required by the pixel losses). ``False`` trains with image labels only (set
+            ``pixel_losses=False`` on the model too); with ``True``, a defect image without a mask is an error.
+        normal_dir: ``Folder`` only: sub-folder of normal images.
+        abnormal_dir: ``Folder`` only: sub-folder of defect images.
+        mask_dir: ``Folder`` only: sub-folder of defect masks.
+        val_split_ratio: Fraction of the training data held out for validation.
+        target_dataset: ``"MVTecAD"`` or ``"Visa"`` to test zero-shot on; ``None`` tests on the held-out part.
+        target_root: Root of the target dataset.
+        target_categories: Target categories to test on; ``None`` for all.
         train_batch_size: Training batch size.
         eval_batch_size: Validation and test batch size.
         num_workers: Data loader workers.
-        augmentations: Augmentations applied to every subset.
+        augmentations: Augmentations of the training data.
         seed: Seed of the validation split.
+
+    Example:
+        >>> datamodule = AuxiliaryDataModule(  # doctest: +SKIP
+        ...     root="./datasets/MVTecAD", target_dataset="Visa", target_root="./datasets/visa"
+        ... )
     """
 
     def __init__(
         self,
-        root: str | Path = "./datasets/MVTecAD",
+        root: str | Path | list[str | Path] = "./datasets/MVTecAD",
+        dataset: str | list[str] = "MVTecAD",
         categories: list[str] | None = None,
+        masks: bool = True,
+        normal_dir: str = "good",
+        abnormal_dir: str = "defect",
+        mask_dir: str = "ground_truth",
         val_split_ratio: float = 0.1,
+        target_dataset: str | None = None,
+        target_root: str | Path | None = None,
+        target_categories: list[str] | None = None,
         train_batch_size: int = 8,
         eval_batch_size: int = 8,
         num_workers: int = 8,
@@ -47,40 +95,129 @@ class AuxiliaryDataModule(AnomalibDataModule):
             train_batch_size=train_batch_size,
             eval_batch_size=eval_batch_size,
             num_workers=num_workers,
-            augmentations=augmentations,
+            train_augmentations=augmentations,
             val_split_mode="from_dir",
             test_split_mode="from_dir",
             seed=seed,
         )
-        self.root = Path(root)
+        roots, datasets = [Path(path) for path in _as_list(root)], _as_list(dataset)
+        if len(datasets) == 1 and len(roots) > 1:
+            datasets = datasets * len(roots)
+        if len(datasets) != len(roots):
+            msg = f"`dataset` ({len(datasets)} entries) and `root` ({len(roots)} entries) must pair up one to one."
+            raise ValueError(msg)
+        for name in [*datasets, *([target_dataset] if target_dataset else [])]:
+            if name not in DATASETS:
+                msg = f"Unknown dataset '{name}': use one of {DATASETS}."
+                raise ValueError(msg)
+        if target_dataset == "Folder":
+            msg = "`target_dataset` must be 'MVTecAD' or 'Visa'; test a folder with `anomalib test --data Folder`."
+            raise ValueError(msg)
+        if target_dataset and target_root is None:
+            msg = f"`target_root` is required with `target_dataset='{target_dataset}'`."
+            raise ValueError(msg)
+        self.sources = list(zip(datasets, roots, strict=True))
         self.categories = list(categories) if categories else None
+        self.masks = masks
+        self.folder_dirs = {"normal_dir": normal_dir, "abnormal_dir": abnormal_dir, "mask_dir": mask_dir}
         self.val_split_ratio = val_split_ratio
+        self.target_dataset = target_dataset
+        self.target_root = Path(target_root) if target_root is not None else None
+        self.target_categories = list(target_categories) if target_categories else None
+        self.target_data: list[AnomalibDataset] = []
+
+    @property
+    def name(self) -> str:
+        """Source datasets, and the target after ``_to_``."""
+        source = "+".join(dict.fromkeys(dataset for dataset, _ in self.sources))
+        return f"{source}_to_{self.target_dataset}" if self.target_dataset else source
 
     @property
     def category(self) -> str:
-        """All categories trained on, joined by '+'."""
-        return "+".join(self._categories())
+        """``all``, or the trained categories joined by '+'."""
+        return "+".join(self.categories) if self.categories else "all"
 
     @category.setter
     def category(self, category: str) -> None:
-        self.categories = category.split("+")
+        self.categories = None if category == "all" else category.split("+")
 
-    def _categories(self) -> list[str]:
-        if self.categories:
-            return self.categories
-        if not self.root.is_dir():
-            msg = (
-                f"Auxiliary dataset root '{self.root}' (argument `root`) does not exist. Place the dataset "
-                f"there in the MVTec AD layout (<category>/test/..., <category>/ground_truth/...)."
-            )
-            raise FileNotFoundError(msg)
-        return sorted(path.name for path in self.root.iterdir() if (path / "test").is_dir())
+    def training_categories(self) -> list[tuple[str, Path, str]]:
+        """``(dataset, root, category)`` of every category trained on."""
+        selected = [
+            (dataset, root, name)
+            for dataset, root in self.sources
+            for name in available_categories(dataset, root)
+            if dataset == "Folder" or self.categories is None or name in self.categories
+        ]
+        unknown = set(self.categories or []) - {name for *_, name in selected}
+        if unknown:
+            msg = f"Categories {sorted(unknown)} (argument `categories`) are in none of the sources {self.sources}."
+            raise ValueError(msg)
+        return selected
+
+    @property
+    def test_categories(self) -> list[str]:
+        """Names of the test dataloaders: the target's categories, or the held-out part."""
+        if not self.target_dataset:
+            return [f"{self.name}_held_out"]
+        available = available_categories(self.target_dataset, self.target_root)
+        if self.target_categories is None:
+            return available
+        unknown = set(self.target_categories) - set(available)
+        if unknown:
+            msg = f"Target categories {sorted(unknown)} (argument `target_categories`) are not in {self.target_root}."
+            raise ValueError(msg)
+        return list(self.target_categories)
+
+    def prepare_data(self) -> None:
+        """Download or prepare (with anomalib's datamodules) whatever category is missing; else fail clearly."""
+        for dataset, root, name in self.training_categories():
+            prepare_category(dataset, root, name)
+        if self.target_dataset:
+            for name in self.test_categories:
+                prepare_category(self.target_dataset, self.target_root, name)
 
     def _setup(self, _stage: str | None = None) -> None:
-        categories = self._categories()
-        if not categories:
-            msg = f"No category folder with a 'test' split under '{self.root}' (argument `root`)."
-            raise FileNotFoundError(msg)
-        data = reduce(add, [MVTecADDataset(root=self.root, category=name, split="test") for name in categories])
+        data = concatenate(
+            [
+                category_dataset(dataset, root, name, masks=self.masks, **self.folder_dirs)
+                for dataset, root, name in self.training_categories()
+            ]
+        )
         self.train_data, self.val_data = random_split(data, self.val_split_ratio, label_aware=True, seed=self.seed)
+        if not len(self.val_data):
+            msg = (
+                f"val_split_ratio={self.val_split_ratio} holds out no image of the {len(data)} training images "
+                f"(the split is per label, rounded down): raise it."
+            )
+            raise ValueError(msg)
         self.test_data = self.val_data
+        if self.target_dataset:
+            self.target_data = [
+                category_dataset(self.target_dataset, self.target_root, name) for name in self.test_categories
+            ]
+
+    def _update_augmentations(self) -> None:
+        """Also give the target datasets the model's resize (as anomalib does for the test subset)."""
+        super()._update_augmentations()
+        model_transform = get_nested_attr(self, "trainer.model.pre_processor.transform", None)
+        for data in self.target_data:
+            if model_transform:
+                self._update_subset_augmentations(data, self.test_augmentations, model_transform)
+            else:
+                data.augmentations = self.test_augmentations
+
+    def test_dataloader(self) -> DataLoader | list[DataLoader]:
+        """The held-out part, or one dataloader per target category (in ``test_categories`` order)."""
+        if not self.target_dataset:
+            return super().test_dataloader()
+        return [
+            DataLoader(
+                data,
+                shuffle=False,
+                batch_size=self.eval_batch_size,
+                num_workers=self.num_workers,
+                collate_fn=data.collate_fn,
+            )
+            for data in self.target_data
+        ]

@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F  # noqa: N812
 from anomalib import LearningType
 from anomalib.data import Batch
-from anomalib.metrics import AUPR, AUPRO, AUROC, Evaluator
+from anomalib.metrics import AUPR, AUROC, Evaluator
 from anomalib.models.components import AnomalibModule
 from anomalib.post_processing import PostProcessor
 from anomalib.pre_processing import PreProcessor
@@ -26,6 +26,9 @@ from anomalib.utils.serialization import anomalib_safe_globals
 from anomalib.visualization import Visualizer
 from torch import nn
 from torchvision.transforms.v2 import Compose, InterpolationMode, Normalize, Resize
+
+from anomalib_faprompt.components import local_loss
+from anomalib_faprompt.metrics import AUPRO, PerCategoryEvaluator
 
 __all__ = ["NO_DEFECTS_MESSAGE", "PromptLearningModule"]
 
@@ -53,6 +56,8 @@ class PromptLearningModule(AnomalibModule):
         image_size: Working image side; the default pre-processor resizes to it.
         learning_rate: Adam learning rate.
         betas: Adam betas.
+        pixel_losses: Train with the pixel (local) losses, which need a mask for every defect image.
+            ``False`` trains with the image-level losses only, for data without masks.
         pre_processor: Pre-processor or ``True`` for the default.
         post_processor: Post-processor or ``True`` for the default.
         evaluator: Evaluator or ``True`` for the default.
@@ -64,6 +69,7 @@ class PromptLearningModule(AnomalibModule):
         image_size: int,
         learning_rate: float,
         betas: tuple[float, float],
+        pixel_losses: bool = True,
         pre_processor: nn.Module | bool = True,
         post_processor: nn.Module | bool = True,
         evaluator: Evaluator | bool = True,
@@ -80,6 +86,7 @@ class PromptLearningModule(AnomalibModule):
         self.image_size = image_size
         self.learning_rate = learning_rate
         self.betas = tuple(betas)
+        self.pixel_losses = pixel_losses
         self.loss_weights: dict[str, float] = {}
         self._seen_anomalous = False
         self._check_batches = False
@@ -87,9 +94,16 @@ class PromptLearningModule(AnomalibModule):
 
     @abstractmethod
     def compute_losses(
-        self, images: torch.Tensor, labels: torch.Tensor, masks: torch.Tensor
+        self, images: torch.Tensor, labels: torch.Tensor, masks: torch.Tensor | None
     ) -> dict[str, torch.Tensor]:
-        """Unweighted loss terms of one batch."""
+        """Unweighted loss terms of one batch (``masks`` is ``None``: image-level terms only)."""
+
+    @staticmethod
+    def local_losses(masks: torch.Tensor | None, **abnormal_maps: torch.Tensor) -> dict[str, torch.Tensor]:
+        """``L_local`` of each named abnormal map against the masks; none when training image-level only."""
+        if masks is None:
+            return {}
+        return {name: local_loss(abnormal_map, masks) for name, abnormal_map in abnormal_maps.items()}
 
     def trainable_parameters(self) -> list[nn.Parameter]:
         """Parameters the optimiser updates: everything but the frozen CLIP."""
@@ -130,8 +144,12 @@ class PromptLearningModule(AnomalibModule):
         return PostProcessor(enable_normalization=False)
 
     @staticmethod
-    def configure_evaluator() -> Evaluator:
-        """Image AUROC and AUPR, pixel AUROC and AUPRO (validation: image and pixel AUROC)."""
+    def configure_evaluator() -> PerCategoryEvaluator:
+        """Image AUROC and AUPR, pixel AUROC and AUPRO, per test category and averaged (validation: AUROCs).
+
+        With one test dataloader this logs what anomalib's ``Evaluator`` logs; with one dataloader per
+        category (the zero-shot protocol) it logs each category and the mean over categories.
+        """
         val_metrics = [
             AUROC(fields=["pred_score", "gt_label"], prefix="image_"),
             AUROC(fields=["anomaly_map", "gt_mask"], prefix="pixel_", strict=False),
@@ -142,7 +160,7 @@ class PromptLearningModule(AnomalibModule):
             AUROC(fields=["anomaly_map", "gt_mask"], prefix="pixel_", strict=False),
             AUPRO(fields=["anomaly_map", "gt_mask"], prefix="pixel_", strict=False),
         ]
-        return Evaluator(val_metrics=val_metrics, test_metrics=test_metrics)
+        return PerCategoryEvaluator(val_metrics=val_metrics, test_metrics=test_metrics)
 
     @property
     def learning_type(self) -> LearningType:
@@ -276,26 +294,47 @@ class PromptLearningModule(AnomalibModule):
         if self._check_batches and not self._seen_anomalous:
             raise ValueError(NO_DEFECTS_MESSAGE.format(model=self.name))
 
-    def training_targets(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
-        """Image labels ``(B,)`` and binary masks ``(B, S, S)`` of a training batch.
+    def training_targets(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Image labels ``(B,)`` and binary masks ``(B, S, S)`` of a training batch (``None``: image-level only).
 
-        Masks of another size are resized bilinearly to ``S`` and binarised at 0.5.
+        Masks of another size are resized bilinearly to ``S`` and binarised at 0.5. With ``pixel_losses``,
+        a defect image whose sample has no mask file is an error (never an empty mask taken as ground truth).
         """
-        if batch.gt_label is None or batch.gt_mask is None:
-            msg = (
-                f"{self.name} trains on images with labels and defect masks; the training batch has "
-                f"{'no labels' if batch.gt_label is None else 'no masks'}. Use a datamodule that loads masks."
-            )
+        if batch.gt_label is None:
+            msg = f"{self.name} trains on labelled images; the training batch has no labels."
             raise ValueError(msg)
         labels = batch.gt_label.long()
         if self._check_batches and not self._seen_anomalous:
             self._seen_anomalous = bool((labels == 1).any())
+        if not self.pixel_losses:
+            return labels, None
+        if batch.gt_mask is None:
+            msg = (
+                f"{self.name} trains its pixel losses on defect masks, and the training batch has no masks. Use a "
+                f"datamodule that loads masks, or train with image-level losses only (`pixel_losses=False`)."
+            )
+            raise ValueError(msg)
+        self._check_mask_files(batch, labels)
         masks = batch.gt_mask.float()
         if masks.dim() == 4:
             masks = masks[:, 0]
         if masks.shape[-2:] != (self.image_size, self.image_size):
             masks = F.interpolate(masks.unsqueeze(1), size=(self.image_size,) * 2, mode="bilinear")[:, 0]
         return labels, (masks > 0.5).float()
+
+    def _check_mask_files(self, batch: Batch, labels: torch.Tensor) -> None:
+        """Raise when a defect image of the batch has no mask file."""
+        mask_paths = getattr(batch, "mask_path", None)
+        if mask_paths is None:
+            return
+        for index in (labels == 1).nonzero().flatten().tolist():
+            if not mask_paths[index]:
+                image = batch.image_path[index] if batch.image_path is not None else f"item {index}"
+                msg = (
+                    f"Defect image '{image}' has no mask file, and {self.name} trains its pixel losses on masks. "
+                    f"Add its mask, or train with image-level losses only (`pixel_losses=False`)."
+                )
+                raise ValueError(msg)
 
     def validation_step(self, batch: Batch, *args, **kwargs) -> Batch:  # noqa: ARG002
         """Predict scores and maps for a validation batch."""

@@ -23,7 +23,7 @@ from anomalib.models.components import AnomalibModule
 from anomalib.visualization import Visualizer
 from torch import nn
 
-from anomalib_faprompt.components import build_backbone, local_loss
+from anomalib_faprompt.components import build_backbone
 from anomalib_faprompt.models.base import PromptLearningModule
 
 from .torch_model import AnomalyCLIPModel
@@ -53,6 +53,7 @@ class AnomalyCLIP(PromptLearningModule, AnomalibModule):
         ce_weight: Weight of ``L_ce``.
         learning_rate: Adam learning rate.
         betas: Adam betas.
+        pixel_losses: Train with the local (pixel) losses; ``False``: image-level losses only (data without masks).
         weights: Checkpoint of a trained model to start from; the model is then zero-shot (``Engine.fit``
             only validates), e.g. in anomalib's benchmark on another dataset.
         pre_processor: Pre-processor, or ``True`` for the default (bicubic resize, CLIP mean/std).
@@ -78,6 +79,7 @@ class AnomalyCLIP(PromptLearningModule, AnomalibModule):
         ce_weight: float = 1.0,
         learning_rate: float = 1e-3,
         betas: tuple[float, float] = (0.5, 0.999),
+        pixel_losses: bool = True,
         weights: str | None = None,
         pre_processor: nn.Module | bool = True,
         post_processor: nn.Module | bool = True,
@@ -88,6 +90,7 @@ class AnomalyCLIP(PromptLearningModule, AnomalibModule):
             image_size=image_size,
             learning_rate=learning_rate,
             betas=betas,
+            pixel_losses=pixel_losses,
             pre_processor=pre_processor,
             post_processor=post_processor,
             evaluator=evaluator,
@@ -106,20 +109,20 @@ class AnomalyCLIP(PromptLearningModule, AnomalibModule):
         self.loss_weights = {"local": local_weight, "ce": ce_weight}
 
     def compute_losses(
-        self, images: torch.Tensor, labels: torch.Tensor, masks: torch.Tensor
+        self, images: torch.Tensor, labels: torch.Tensor, masks: torch.Tensor | None
     ) -> dict[str, torch.Tensor]:
         """``L_local(M)`` and ``L_ce``, unweighted.
 
         Args:
             images: ``(B, 3, S, S)`` normalised images.
             labels: ``(B,)`` image labels.
-            masks: ``(B, S, S)`` binary masks.
+            masks: ``(B, S, S)`` binary masks, or ``None`` for the image-level terms only.
 
         Returns:
             Loss terms by name.
         """
         output = self.model(images)
         return {
-            "local": local_loss(output.abnormal_map, masks),
+            **self.local_losses(masks, local=output.abnormal_map),
             "ce": F.cross_entropy(output.global_logits, labels.long()),
         }

@@ -29,7 +29,6 @@ from torch import nn
 from anomalib_faprompt.components import (
     binary_focal_loss,
     build_backbone,
-    local_loss,
     orthogonality_loss,
     prior_loss,
 )
@@ -75,6 +74,7 @@ class FAPrompt(PromptLearningModule, AnomalibModule):
         global_loss_input: ``"probability"`` or ``"logits"`` (released quirk) for ``L_global``.
         learning_rate: Adam learning rate.
         betas: Adam betas.
+        pixel_losses: Train with the local (pixel) losses; ``False``: image-level losses only (data without masks).
         weights: Checkpoint of a trained model to start from; the model is then zero-shot (``Engine.fit``
             only validates), e.g. in anomalib's benchmark on another dataset.
         pre_processor: Pre-processor, or ``True`` for the default (bicubic resize, CLIP mean/std).
@@ -110,6 +110,7 @@ class FAPrompt(PromptLearningModule, AnomalibModule):
         global_loss_input: str = "probability",
         learning_rate: float = 1e-3,
         betas: tuple[float, float] = (0.5, 0.999),
+        pixel_losses: bool = True,
         weights: str | None = None,
         pre_processor: nn.Module | bool = True,
         post_processor: nn.Module | bool = True,
@@ -123,6 +124,7 @@ class FAPrompt(PromptLearningModule, AnomalibModule):
             image_size=image_size,
             learning_rate=learning_rate,
             betas=betas,
+            pixel_losses=pixel_losses,
             pre_processor=pre_processor,
             post_processor=post_processor,
             evaluator=evaluator,
@@ -154,22 +156,21 @@ class FAPrompt(PromptLearningModule, AnomalibModule):
         self.global_scores_are_logits = global_loss_input == "logits"
 
     def compute_losses(
-        self, images: torch.Tensor, labels: torch.Tensor, masks: torch.Tensor
+        self, images: torch.Tensor, labels: torch.Tensor, masks: torch.Tensor | None
     ) -> dict[str, torch.Tensor]:
         """Every loss term of the spec (section 7), unweighted.
 
         Args:
             images: ``(B, 3, S, S)`` normalised images.
             labels: ``(B,)`` image labels.
-            masks: ``(B, S, S)`` binary masks.
+            masks: ``(B, S, S)`` binary masks, or ``None`` for the image-level terms only.
 
         Returns:
             Loss terms by name.
         """
         output = self.model(images)
         return {
-            "local": local_loss(output.abnormal_map, masks),
-            "dap_local": local_loss(output.dap_abnormal_map, masks),
+            **self.local_losses(masks, local=output.abnormal_map, dap_local=output.dap_abnormal_map),
             "ce": F.cross_entropy(output.global_logits, labels.long()),
             "global": binary_focal_loss(output.pred_score, labels, scores_are_logits=self.global_scores_are_logits),
             "orthogonality": orthogonality_loss(output.abnormal_text),
