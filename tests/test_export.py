@@ -72,7 +72,9 @@ def checkpoint(workdir: Path, data_root: Path, model_class: type[PromptLearningM
         limit_val_batches=0,
         **QUIET,
     )
-    datamodule = AuxiliaryDataModule(root=data_root, train_batch_size=4, eval_batch_size=4, num_workers=0)
+    datamodule = AuxiliaryDataModule(
+        root=data_root, val_split_ratio=0.25, train_batch_size=4, eval_batch_size=4, num_workers=0
+    )
     engine.fit(model_class(**tiny_args()), datamodule=datamodule)
     path = workdir / "tiny.ckpt"
     engine.trainer.save_checkpoint(path)
