@@ -62,6 +62,6 @@ def test_tiny_run_prints_every_row() -> None:
 
 
 def test_bad_argument_is_named() -> None:
-    result = run_script("--warmup", "0")
+    result = run_script("--warmup", "-1")
     assert result.returncode == 2
-    assert "--warmup must be at least 1" in result.stderr
+    assert "--warmup and --train-batch-size must be >= 0" in result.stderr
