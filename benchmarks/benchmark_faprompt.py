@@ -6,11 +6,14 @@ model. Prints a Markdown table:
 * FAPrompt inference (``FAPromptModel`` in eval mode under ``torch.inference_mode``, static text
   cache warm) in seconds per batch and images per second;
 * the bare image encoder ``clip.visual(images)`` of the same backbone at the same image size (after
-  the positional-embedding resize), and the ratio FAPrompt / bare encoder;
+  the positional-embedding resize), and the ratio FAPrompt / bare encoder; with ``--sdpa-floor``
+  also that encoder with ``nn.MultiheadAttention``'s fused fast path off, so that its attention runs
+  by SDPA like FAPrompt's (on CPU the fast path materialises the attention matrix and is slower);
 * one training step (forward, every loss of ``FAPrompt.compute_losses`` weighted as in
   ``training_step``, backward, Adam step) on synthetic images and masks, half of them anomalous;
 * peak memory of each phase: on CUDA ``torch.cuda.max_memory_allocated``; on CPU the process's
-  peak resident set size (``VmHWM``, reset before each phase where Linux allows, else ``ru_maxrss``).
+  peak resident set size (``VmHWM``, reset before each phase where Linux allows, else ``ru_maxrss``),
+  the model's weights included.
 
 FAPrompt and bare-encoder repeats alternate so that a change of machine load hits both alike;
 the table shows the median of the timed repeats. A batch-1 call fills FAPrompt's static text cache
