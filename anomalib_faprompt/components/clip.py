@@ -129,15 +129,6 @@ def _merge_heads(x: torch.Tensor) -> torch.Tensor:
     return x.transpose(1, 2).reshape(batch, length, heads * dim)
 
 
-def _attention(block: ResidualAttentionBlock, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-    """The block's multi-head attention of per-head q, k, v (B, H, L, d), output projection included: (B, Lq, W).
-
-    Runs by SDPA in every block rather than through ``nn.MultiheadAttention``, whose fused inference
-    path materialises the attention matrix on CPU (several times slower at 518 pixels).
-    """
-    return block.attn.out_proj(_merge_heads(F.scaled_dot_product_attention(q, k, v)))
-
-
 class CLIPBackbone(nn.Module):
     """Frozen CLIP with the value-value image path and the deep-prompt text encoder.
 
@@ -213,17 +204,21 @@ class CLIPBackbone(nn.Module):
         visual = self.clip.visual
         x = visual._embeds(images)  # noqa: SLF001
         blocks = visual.transformer.resblocks
+        for block in blocks[: self.vv_start]:
+            x = block(x)
+        x_vv = x
         last = len(blocks) - 1
-        for index, block in enumerate(blocks):
-            if index == self.vv_start:
-                x_vv = x
+        for index in range(self.vv_start, len(blocks)):
+            block = blocks[index]
             q, k, v = _qkv(block, block.ln_1(x))
-            if index >= self.vv_start:
-                x_vv = x_vv + block.ls_1(_attention(block, v, v, v))
+            out = block.attn.out_proj
+            a_vv = out(_merge_heads(F.scaled_dot_product_attention(v, v, v)))
+            x_vv = x_vv + block.ls_1(a_vv)
             if index == last:
                 # Only the class token of the ordinary stream is used after the last block.
                 q, x = q[:, :, :1], x[:, :1]
-            x = x + block.ls_1(_attention(block, q, k, v))
+            a_ori = out(_merge_heads(F.scaled_dot_product_attention(q, k, v)))
+            x = x + block.ls_1(a_ori)
             x = x + block.ls_2(block.mlp(block.ln_2(x)))
         global_embedding = x[:, 0] @ visual.proj
         patch_embeddings = visual.ln_post(x_vv[:, 1:]) @ visual.proj
