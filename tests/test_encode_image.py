@@ -1,0 +1,49 @@
+"""CLIPBackbone.encode_image against open_clip's own blocks and a hand-written value-value path."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import TINY_CLIP
+
+from anomalib_faprompt.components import build_backbone
+
+
+@pytest.fixture(scope="module")
+def backbone_and_images() -> tuple:
+    torch.manual_seed(0)
+    backbone = build_backbone("tiny", None, TINY_CLIP, image_size=64, vv_layers=2)
+    return backbone, torch.randn(2, 3, 64, 64)
+
+
+def value_value_attention(block: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """softmax(v v^T / sqrt(d)) v per head, with explicit matrices, then the output projection."""
+    attn = block.attn
+    width = x.shape[-1]
+    heads, dim = attn.num_heads, width // attn.num_heads
+    h = block.ln_1(x)
+    v = h @ attn.in_proj_weight[2 * width :].T + attn.in_proj_bias[2 * width :]
+    v = v.reshape(*v.shape[:2], heads, dim).transpose(1, 2)
+    weights = torch.softmax(v @ v.transpose(-1, -2) / dim**0.5, dim=-1)
+    merged = (weights @ v).transpose(1, 2).reshape(x.shape)
+    return attn.out_proj(merged)
+
+
+def test_encode_image_matches_reference(backbone_and_images: tuple) -> None:
+    backbone, images = backbone_and_images
+    visual = backbone.clip.visual
+    with torch.no_grad():
+        global_embedding, patches = backbone.encode_image(images)
+        x = visual._embeds(images)
+        x_vv = None
+        for index, block in enumerate(visual.transformer.resblocks):
+            if index == backbone.vv_start:
+                x_vv = x
+            if x_vv is not None:
+                x_vv = x_vv + block.ls_1(value_value_attention(block, x))
+            x = block(x)
+        expected_global = x[:, 0] @ visual.proj
+        expected_patches = visual.ln_post(x_vv[:, 1:]) @ visual.proj
+    assert patches.shape == (2, backbone.grid**2, backbone.embed_dim)
+    torch.testing.assert_close(global_embedding, expected_global, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(patches, expected_patches, rtol=1e-5, atol=1e-5)
