@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
@@ -53,3 +54,15 @@ def test_hook_registers_when_anomalib_models_was_imported_first():
         "print(hasattr(m, 'FAPrompt'), before, finders(), job.Engine.__name__)",
     )
     assert out == "True 1 0 BenchmarkEngine"
+
+
+def test_hook_can_be_switched_off():
+    env = {**os.environ, "ANOMALIB_FAPROMPT_NO_HOOK": "1"}
+    result = subprocess.run(
+        [sys.executable, "-c", "import sys; print('anomalib_faprompt._register' in sys.modules)"],
+        capture_output=True,
+        text=True,
+        check=True,
+        env=env,
+    )
+    assert result.stdout.strip() == "False"
