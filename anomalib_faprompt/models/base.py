@@ -30,6 +30,8 @@ from torchvision.transforms.v2 import Compose, InterpolationMode, Normalize, Res
 from anomalib_faprompt.components import local_loss
 from anomalib_faprompt.metrics import AUPRO, PerCategoryEvaluator
 
+from .pre_processor import CLIPPreProcessor
+
 __all__ = ["NO_DEFECTS_MESSAGE", "PromptLearningModule"]
 
 BACKBONE_PREFIX = "model.backbone.clip."
@@ -137,7 +139,7 @@ class PromptLearningModule(AnomalibModule):
                 Normalize(mean=OPENAI_CLIP_MEAN, std=OPENAI_CLIP_STD),
             ]
         )
-        return PreProcessor(transform=transform)
+        return CLIPPreProcessor(transform=transform)
 
     def configure_post_processor(self) -> PostProcessor:
         """Threshold the probabilities at 0.5; no normalisation with statistics of the training data."""
