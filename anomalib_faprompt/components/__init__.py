@@ -2,7 +2,7 @@
 
 from .clip import CLIPBackbone, build_backbone, load_open_clip, plain_config, resize_positional_embedding
 from .losses import binary_focal_loss, dice_loss, focal_loss, local_loss, orthogonality_loss, prior_loss
-from .maps import abnormal_probability, upsample_patches
+from .maps import abnormal_probability, binarise_masks, upsample_patches
 from .model import PromptedCLIPModel
 from .prompts import DeepPrompts, PromptTemplate, encode_prompts, init_learned
 from .text_cache import StaticTextCache
@@ -14,6 +14,7 @@ __all__ = [
     "PromptedCLIPModel",
     "StaticTextCache",
     "abnormal_probability",
+    "binarise_masks",
     "binary_focal_loss",
     "build_backbone",
     "dice_loss",

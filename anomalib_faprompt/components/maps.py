@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F  # noqa: N812
 
-__all__ = ["abnormal_probability", "upsample_patches"]
+__all__ = ["abnormal_probability", "binarise_masks", "upsample_patches"]
 
 
 def abnormal_probability(
@@ -38,3 +38,11 @@ def upsample_patches(patch_values: torch.Tensor, image_size: int) -> torch.Tenso
     grid_map = patch_values.reshape(-1, 1, grid, grid)
     upsampled = F.interpolate(grid_map, size=(image_size, image_size), mode="bilinear", align_corners=False)
     return upsampled[:, 0]
+
+
+def binarise_masks(masks: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Masks ``(B, [1,] H, W)`` resized bilinearly to ``size``, binarised at 0.5: ``(B, *size)`` bool."""
+    masks = masks.reshape(-1, 1, *masks.shape[-2:]).float()
+    if masks.shape[-2:] != size:
+        masks = F.interpolate(masks, size=size, mode="bilinear", align_corners=False)
+    return masks[:, 0] > 0.5

@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F  # noqa: N812
 from anomalib import LearningType
 from anomalib.data import Batch
 from anomalib.metrics import AUPR, AUROC, Evaluator
@@ -27,7 +26,7 @@ from anomalib.visualization import Visualizer
 from torch import nn
 from torchvision.transforms.v2 import Compose, InterpolationMode, Normalize, Resize
 
-from anomalib_faprompt.components import local_loss
+from anomalib_faprompt.components import binarise_masks, local_loss
 from anomalib_faprompt.metrics import AUPRO, PerCategoryEvaluator
 
 from .pre_processor import CLIPPreProcessor
@@ -317,12 +316,7 @@ class PromptLearningModule(AnomalibModule):
             )
             raise ValueError(msg)
         self._check_mask_files(batch, labels)
-        masks = batch.gt_mask.float()
-        if masks.dim() == 4:
-            masks = masks[:, 0]
-        if masks.shape[-2:] != (self.image_size, self.image_size):
-            masks = F.interpolate(masks.unsqueeze(1), size=(self.image_size,) * 2, mode="bilinear")[:, 0]
-        return labels, (masks > 0.5).float()
+        return labels, binarise_masks(batch.gt_mask, (self.image_size, self.image_size)).float()
 
     def _check_mask_files(self, batch: Batch, labels: torch.Tensor) -> None:
         """Raise when a defect image of the batch has no mask file."""

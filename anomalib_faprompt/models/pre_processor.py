@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-import torch.nn.functional as F  # noqa: N812
 from anomalib.data import Batch
 from anomalib.pre_processing import PreProcessor
 from lightning.pytorch import LightningModule, Trainer
 from torchvision.tv_tensors import Mask
+
+from anomalib_faprompt.components import binarise_masks
 
 __all__ = ["CLIPPreProcessor"]
 
@@ -23,54 +24,26 @@ class CLIPPreProcessor(PreProcessor):
         if not self.transform:
             return
         batch.image = self.transform(batch.image)
-        mask = batch.gt_mask
-        if mask is None or mask.shape[-2:] == batch.image.shape[-2:]:
-            return
-        resized = F.interpolate(
-            mask.reshape(-1, 1, *mask.shape[-2:]).float(),
-            size=batch.image.shape[-2:],
-            mode="bilinear",
-            align_corners=False,
-        )
-        batch.gt_mask = Mask(resized[:, 0] > 0.5)
+        if batch.gt_mask is not None:
+            batch.gt_mask = Mask(binarise_masks(batch.gt_mask, tuple(batch.image.shape[-2:])))
 
-    def on_train_batch_start(self, trainer: Trainer, pl_module: LightningModule, batch: Batch, batch_idx: int) -> None:
+    # Lightning passes (trainer, pl_module, batch, batch_idx[, dataloader_idx]) positionally.
+    def on_train_batch_start(self, trainer: Trainer, pl_module: LightningModule, batch: Batch, *_: int) -> None:
         """Transform a training batch."""
-        del trainer, pl_module, batch_idx
+        del trainer, pl_module
         self._transform_batch(batch)
 
-    def on_validation_batch_start(
-        self,
-        trainer: Trainer,
-        pl_module: LightningModule,
-        batch: Batch,
-        batch_idx: int,
-        dataloader_idx: int = 0,
-    ) -> None:
+    def on_validation_batch_start(self, trainer: Trainer, pl_module: LightningModule, batch: Batch, *_: int) -> None:
         """Transform a validation batch."""
-        del trainer, pl_module, batch_idx, dataloader_idx
+        del trainer, pl_module
         self._transform_batch(batch)
 
-    def on_test_batch_start(
-        self,
-        trainer: Trainer,
-        pl_module: LightningModule,
-        batch: Batch,
-        batch_idx: int,
-        dataloader_idx: int = 0,
-    ) -> None:
+    def on_test_batch_start(self, trainer: Trainer, pl_module: LightningModule, batch: Batch, *_: int) -> None:
         """Transform a test batch."""
-        del trainer, pl_module, batch_idx, dataloader_idx
+        del trainer, pl_module
         self._transform_batch(batch)
 
-    def on_predict_batch_start(
-        self,
-        trainer: Trainer,
-        pl_module: LightningModule,
-        batch: Batch,
-        batch_idx: int,
-        dataloader_idx: int = 0,
-    ) -> None:
+    def on_predict_batch_start(self, trainer: Trainer, pl_module: LightningModule, batch: Batch, *_: int) -> None:
         """Transform a prediction batch."""
-        del trainer, pl_module, batch_idx, dataloader_idx
+        del trainer, pl_module
         self._transform_batch(batch)
