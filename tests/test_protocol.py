@@ -105,7 +105,7 @@ def test_cli_protocol_writes_per_category_tables(cli_run):
         values = [cli_run["rows"][category][name] for category in TARGET_CATEGORIES]
         assert cli_run["rows"]["mean"][name] == pytest.approx(np.mean(values), abs=1e-9)
     markdown = cli_run["table"].with_suffix(".md").read_text().splitlines()
-    assert markdown[0] == "| Category | Image AUROC | Image AP | Pixel AUROC | Pixel AUPRO |"
+    assert markdown[0] == "| Category | Image AUROC | Image AUPR | Pixel AUROC | Pixel AUPRO |"
     assert [line.split("|")[1].strip() for line in markdown[2:]] == [*TARGET_CATEGORIES, "**mean**"]
     gamma = cli_run["rows"]["gamma"]
     assert markdown[-2] == "| gamma | " + " | ".join(f"{100 * gamma[name]:.1f}" for name in METRICS) + " |"

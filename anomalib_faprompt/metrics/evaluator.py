@@ -24,7 +24,7 @@ from anomalib.metrics import Evaluator
 from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.utilities.types import STEP_OUTPUT
 
-from .report import results_rows, write_tables
+from ..tables import results_rows, write_tables
 
 __all__ = ["PerCategoryEvaluator", "category_names"]
 
