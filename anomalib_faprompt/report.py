@@ -4,18 +4,23 @@ Usage::
 
     python -m anomalib_faprompt.report runs/benchmark/<time>/results.csv --output reports/zero_shot
 
-writes ``comparison.md`` (for every metric, a table of models x categories plus their mean, in percent,
-the best value of each column in bold) and ``<metric>.png`` (grouped bars, one group per category and
-one for the mean). Metrics are the result columns named ``image_*`` and ``pixel_*``; a model is named by
-its class, with the ``init_args`` that tell its rows apart when one class appears in several
-configurations. Repeated rows of one model and category (e.g. a grid over seeds) are averaged. A mean
-over categories is left empty when a model lacks one of them (a failed job).
+writes ``comparison.md`` (for every metric, a table of models x categories plus their mean, in percent)
+and ``<metric>.png`` (grouped bars with their values, one group per category and one for the mean; a
+dashed line at 50% for an AUROC). Metrics are the result columns named ``image_*`` and ``pixel_*``; a
+model is named by its class, with the ``init_args`` that tell its rows apart when one class appears in
+several configurations. Repeated rows of one model and category (e.g. a grid over seeds) are averaged.
+
+The tables follow :mod:`anomalib_faprompt.tables`: a missing result shows as ``–`` (never as 0), a mean
+skips missing categories and says so in a footnote, and a column's best value is bold only when at least
+two models have one. A metric that only one model reports gets no chart (there is nothing to compare);
+the Markdown says so. Notes below the title say how models that are not this package's post-process
+their scores (WinClip and AnomalyVFM normalise with statistics of the target data, at their own input
+size).
 """
 
 from __future__ import annotations
 
 import argparse
-import math
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -25,44 +30,21 @@ mpl.use("Agg")
 
 import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
 
-__all__ = ["bar_chart", "load_results", "main", "markdown_report", "metric_table", "write_report"]
+from anomalib_faprompt.tables import MEAN, MISSING, comparison_markdown, format_percent, metric_table  # noqa: E402
+
+__all__ = ["NORMALISING_MODELS", "bar_chart", "load_results", "main", "markdown_report", "metric_table", "write_report"]
 
 MODEL_COLUMN = "model.class_path"
 CATEGORY_COLUMN = "data.init_args.category"
 METRIC_PREFIXES = ("image_", "pixel_")
-MEAN = "mean"
-MISSING = "–"
 
+NORMALISING_MODELS = {"WinClip": 240, "AnomalyVFM": 768}
+"""anomalib models whose default post-processor min-max normalises with statistics of the data, and the
+side of the square their default pre-processor resizes images to."""
 
-def load_results(path: str | Path) -> pd.DataFrame:
-    """Read a benchmark results CSV as rows of ``model``, ``category`` and the metric columns.
-
-    Args:
-        path: ``results.csv`` written by ``anomalib benchmark``.
-
-    Returns:
-        The results with a ``model`` label and a ``category`` column.
-
-    Raises:
-        FileNotFoundError: The file does not exist.
-        ValueError: The file lacks the model column or has no metric column.
-    """
-    path = Path(path)
-    if not path.is_file():
-        msg = f"Results file '{path}' does not exist. Pass the results.csv that `anomalib benchmark` wrote."
-        raise FileNotFoundError(msg)
-    frame = pd.read_csv(path)
-    if MODEL_COLUMN not in frame.columns:
-        msg = f"'{path}' has no '{MODEL_COLUMN}' column: it is not a results.csv of `anomalib benchmark`."
-        raise ValueError(msg)
-    if not metric_columns(frame):
-        msg = f"'{path}' has no metric column (named {' or '.join(p + '*' for p in METRIC_PREFIXES)}): no job finished."
-        raise ValueError(msg)
-    frame = frame.copy()
-    frame["model"] = _model_labels(frame)
-    frame["category"] = frame[CATEGORY_COLUMN].astype(str) if CATEGORY_COLUMN in frame.columns else "all"
-    return frame
+_OUR_MODELS = ("FAPrompt", "AnomalyCLIP")
 
 
 def metric_columns(frame: pd.DataFrame) -> list[str]:
@@ -70,9 +52,79 @@ def metric_columns(frame: pd.DataFrame) -> list[str]:
     return [column for column in frame.columns if column.startswith(METRIC_PREFIXES)]
 
 
+def _read_csv(path: Path) -> pd.DataFrame:
+    """Read the file, with every problem reported as one line naming it."""
+    if not path.is_file():
+        problem = "does not exist" if not path.exists() else "is not a file"
+        msg = f"Results file '{path}' {problem}. Pass the results.csv that `anomalib benchmark` wrote."
+        raise FileNotFoundError(msg)
+    try:
+        # blank lines are kept (as empty rows, dropped below) so that row i is line i + 2 of the file
+        frame = pd.read_csv(path, skip_blank_lines=False)
+    except pd.errors.EmptyDataError:
+        msg = f"'{path}' is empty. Pass the results.csv that `anomalib benchmark` wrote after a job finished."
+        raise ValueError(msg) from None
+    except (pd.errors.ParserError, UnicodeDecodeError) as error:
+        first_line = str(error).strip().splitlines()[0]
+        msg = f"'{path}' is not a readable CSV file ({first_line}). Pass the results.csv of `anomalib benchmark`."
+        raise ValueError(msg) from None
+    return frame
+
+
+def _check_numbers(frame: pd.DataFrame, path: Path) -> pd.DataFrame:
+    """The metric columns as floats; a cell that is not a number is an error naming its line and column."""
+    frame = frame.copy()
+    for column in metric_columns(frame):
+        numbers = pd.to_numeric(frame[column], errors="coerce")
+        bad = frame[column].notna() & numbers.isna()
+        if bad.any():
+            row = bad.idxmax()
+            msg = (
+                f"'{path}', line {row + 2}, column '{column}': {frame[column][row]!r} is not a number. "
+                "Correct it (metrics are fractions in [0, 1]) or leave the cell empty where there is no result."
+            )
+            raise ValueError(msg)
+        frame[column] = numbers.astype(float)
+    return frame
+
+
+def load_results(path: str | Path) -> pd.DataFrame:
+    """Read a benchmark results CSV as rows of ``model``, ``model_class``, ``category`` and the metrics.
+
+    Args:
+        path: ``results.csv`` written by ``anomalib benchmark``.
+
+    Returns:
+        The results with a ``model`` label, its ``model_class`` and a ``category`` column; metrics as
+        floats, NaN where a cell is empty.
+
+    Raises:
+        FileNotFoundError: The file does not exist.
+        ValueError: The file is empty or not a CSV, lacks the model column, has no metric column or no
+            row, or a metric cell is not a number (the message names the line and column).
+    """
+    path = Path(path)
+    frame = _read_csv(path)
+    if MODEL_COLUMN not in frame.columns:
+        msg = f"'{path}' has no '{MODEL_COLUMN}' column: it is not a results.csv of `anomalib benchmark`."
+        raise ValueError(msg)
+    if not metric_columns(frame):
+        msg = f"'{path}' has no metric column (named {' or '.join(p + '*' for p in METRIC_PREFIXES)}): no job finished."
+        raise ValueError(msg)
+    frame = _check_numbers(frame, path).dropna(how="all")
+    if frame.empty:
+        msg = f"'{path}' has a header but no rows: no job finished. anomalib's benchmark log says why."
+        raise ValueError(msg)
+    frame = frame.reset_index(drop=True)
+    frame["model_class"] = frame[MODEL_COLUMN].astype(str).str.split(".").str[-1]
+    frame["model"] = _model_labels(frame)
+    frame["category"] = frame[CATEGORY_COLUMN].astype(str) if CATEGORY_COLUMN in frame.columns else "all"
+    return frame
+
+
 def _model_labels(frame: pd.DataFrame) -> pd.Series:
     """Class name of each row, plus the ``init_args`` that differ between rows of the same class."""
-    names = frame[MODEL_COLUMN].astype(str).str.split(".").str[-1]
+    names = frame["model_class"]
     init_args = [column for column in frame.columns if column.startswith("model.init_args.")]
     labels = names.copy()
     for name in names.unique():
@@ -93,42 +145,36 @@ def _model_labels(frame: pd.DataFrame) -> pd.Series:
     return labels
 
 
-def metric_table(frame: pd.DataFrame, metric: str) -> pd.DataFrame:
-    """Models x categories of one metric, plus the mean over categories (empty if a category is missing).
+def model_notes(classes: Sequence[str]) -> list[str]:
+    """How the given model classes post-process their scores and which image size they use."""
+    notes = []
+    ours = [name for name in _OUR_MODELS if name in classes]
+    if ours:
+        notes.append(
+            f"{' and '.join(ours)} output probabilities thresholded at 0.5: no statistic of the target data "
+            "enters their scores; images at the models' `image_size`."
+        )
+    normalising = {name: side for name, side in NORMALISING_MODELS.items() if name in classes}
+    if normalising:
+        names = " and ".join(normalising)
+        sizes = " and ".join(f"{side} x {side} ({name})" for name, side in normalising.items())
+        notes.append(
+            f"{names} keep{'s' if len(normalising) == 1 else ''} anomalib's default post-processor: it min-max "
+            "normalises scores and maps with statistics of the target's validation split (by default the test "
+            "split itself for MVTec AD and VisA) and picks the F1 thresholds with that split's labels, so F1 "
+            "scores are not zero-shot; AUROCs depend on the ranking only and do not change with the default "
+            f"split. Images at {sizes}."
+        )
+    return notes
 
-    Args:
-        frame: Results from :func:`load_results`.
-        metric: A metric column.
 
-    Returns:
-        The table; rows in order of first appearance, categories sorted, ``mean`` last.
-    """
-    table = frame.pivot_table(index="model", columns="category", values=metric, aggfunc="mean", dropna=False)
-    table = table.reindex(index=list(dict.fromkeys(frame["model"])), columns=sorted(frame["category"].unique()))
-    table[MEAN] = table.mean(axis=1, skipna=False)
-    return table
-
-
-def _format(value: float, best: bool) -> str:
-    if value is None or math.isnan(value):
-        return MISSING
-    text = f"{100 * value:.1f}"
-    return f"**{text}**" if best else text
-
-
-def markdown_table(table: pd.DataFrame) -> str:
-    """One table in Markdown, values in percent, the best of each column in bold."""
-    header = ["model", *table.columns]
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join([":--", *["--:"] * len(table.columns)]) + "|"]
-    best = table.max(axis=0)
-    for model, row in table.iterrows():
-        cells = [_format(row[column], row[column] == best[column]) for column in table.columns]
-        lines.append("| " + " | ".join([str(model), *cells]) + " |")
-    return "\n".join(lines)
+def _charted(table: pd.DataFrame) -> pd.DataFrame:
+    """The models with at least one value."""
+    return table.dropna(how="all")
 
 
 def markdown_report(frame: pd.DataFrame, source: str) -> str:
-    """The whole comparison: one section per metric.
+    """The whole comparison: notes on the models, then one section per metric.
 
     Args:
         frame: Results from :func:`load_results`.
@@ -141,52 +187,81 @@ def markdown_report(frame: pd.DataFrame, source: str) -> str:
     parts = [
         "# Zero-shot comparison",
         "",
-        f"Results of `anomalib benchmark` ({source}), dataset {datasets}, in percent; best per column in bold, "
-        f"{MISSING} where a model has no such result.",
+        f"Results of `anomalib benchmark` ({source}), dataset {datasets}, in percent. {MISSING}: no result; "
+        "bold: the best of a column where at least two models have a value; \\*: a mean over fewer categories.",
     ]
+    notes = model_notes(list(dict.fromkeys(frame["model_class"])))
+    if notes:
+        parts += ["", *(f"- {note}" for note in notes)]
     for metric in metric_columns(frame):
-        parts += ["", f"## {metric}", "", markdown_table(metric_table(frame, metric))]
+        table = metric_table(frame, metric)
+        parts += ["", f"## {metric}", "", comparison_markdown(table)]
+        charted = _charted(table)
+        if len(charted) < 2:  # noqa: PLR2004
+            who = f"only {charted.index[0]} reports it" if len(charted) else "no model reports it"
+            parts += ["", f"No chart: {who}."]
     return "\n".join(parts) + "\n"
 
 
-def bar_chart(table: pd.DataFrame, metric: str, path: str | Path) -> Path:
-    """Grouped bar chart of one metric: a group per category and one for the mean, a bar per model.
+def bar_chart(table: pd.DataFrame, metric: str) -> Figure:
+    """Grouped bars of one metric: a group per category and one for the mean, a bar per model.
 
-    Models without any value of the metric are left out; a missing single value draws no bar.
+    Every bar carries its value; a missing value draws no bar and the label ``–`` (a 0.0 draws a bar of
+    height 0 labelled ``0.0``); a mean over fewer categories is hatched and labelled with ``*``. An AUROC
+    gets a dashed line at 50% (chance). Models without any value of the metric are left out.
 
     Args:
-        table: Table from :func:`metric_table`.
+        table: Table from :func:`~anomalib_faprompt.tables.metric_table`.
         metric: Metric name (the title).
-        path: PNG file to write.
 
     Returns:
-        The written path.
+        The figure (close it with ``matplotlib.pyplot.close``).
     """
     colors = {model: f"C{index}" for index, model in enumerate(table.index)}  # same colour in every chart
-    table = table.dropna(how="all")
+    table = _charted(table)
     groups = list(table.columns)
+    counts = table.drop(columns=MEAN).notna().sum(axis=1)
     n_models = len(table.index)
     width = 0.8 / max(n_models, 1)
-    figure, axes = plt.subplots(figsize=(max(6.0, 0.35 * len(groups) * n_models + 2.0), 4.5))
+    crowded = len(groups) * n_models > 16  # noqa: PLR2004
+    figure, axes = plt.subplots(figsize=(max(6.0, 0.35 * len(groups) * n_models + 2.0), 4.8))
     for index, (model, row) in enumerate(table.iterrows()):
         offsets = [group + (index - (n_models - 1) / 2) * width for group in range(len(groups))]
-        axes.bar(offsets, (100 * row.fillna(0.0)).to_list(), width=width, label=str(model), color=colors[model])
-    axes.set_xticks(range(len(groups)), groups, rotation=30 if len(groups) > 6 else 0, ha="right")
-    axes.axvline(len(groups) - 1.5, color="grey", linewidth=0.8, linestyle="--")
-    axes.set_ylim(0, 100)
+        partial = 0 < counts[model] < len(groups) - 1
+        bars = axes.bar(offsets, (100 * row).fillna(0.0).to_list(), width=width, label=str(model), color=colors[model])
+        labels = []
+        for bar, column in zip(bars, groups, strict=True):
+            value = row[column]
+            label = format_percent(value)
+            if pd.isna(value):  # no bar; the marker stands upright on the axis where the bar would be
+                bar.set_visible(False)
+                axes.text(bar.get_x() + bar.get_width() / 2, 1.0, label, ha="center", va="bottom", fontsize=9)
+                label = ""
+            elif column == MEAN and partial:
+                bar.set_hatch("//")
+                label += "*"
+            labels.append(label)
+        axes.bar_label(bars, labels=labels, padding=2, fontsize=7, rotation=90 if crowded else 0)
+    if "AUROC" in metric:
+        axes.axhline(50, color="black", linewidth=1.0, linestyle="--", label="50% (chance)")
+    axes.set_xticks(range(len(groups)), groups, rotation=30 if len(groups) > 6 else 0, ha="right")  # noqa: PLR2004
+    axes.axvline(len(groups) - 1.5, color="grey", linewidth=0.8, linestyle=":")
+    axes.set_ylim(0, 115 if crowded else 108)
+    axes.set_yticks(range(0, 101, 20))
     axes.set_ylabel(f"{metric} (%)")
     axes.set_title(metric)
     axes.grid(axis="y", alpha=0.3)
-    axes.legend(loc="upper center", bbox_to_anchor=(0.5, -0.18 if len(groups) > 6 else -0.1), ncol=n_models)
+    axes.legend(
+        loc="upper center",
+        bbox_to_anchor=(0.5, -0.18 if len(groups) > 6 else -0.1),  # noqa: PLR2004
+        ncol=n_models + 1,
+    )
     figure.tight_layout()
-    path = Path(path)
-    figure.savefig(path, dpi=120)
-    plt.close(figure)
-    return path
+    return figure
 
 
 def write_report(results: str | Path, output: str | Path) -> list[Path]:
-    """Write ``comparison.md`` and one ``<metric>.png`` per metric into ``output``.
+    """Write ``comparison.md`` and a ``<metric>.png`` per metric that two models or more report.
 
     Args:
         results: ``results.csv`` of ``anomalib benchmark``.
@@ -200,10 +275,17 @@ def write_report(results: str | Path, output: str | Path) -> list[Path]:
     output.mkdir(parents=True, exist_ok=True)
     markdown = output / "comparison.md"
     markdown.write_text(markdown_report(frame, str(results)), encoding="utf-8")
-    charts = [
-        bar_chart(metric_table(frame, metric), metric, output / f"{metric}.png") for metric in metric_columns(frame)
-    ]
-    return [markdown, *charts]
+    written = [markdown]
+    for metric in metric_columns(frame):
+        table = metric_table(frame, metric)
+        if len(_charted(table)) < 2:  # noqa: PLR2004
+            continue
+        figure = bar_chart(table, metric)
+        path = output / f"{metric}.png"
+        figure.savefig(path, dpi=120)
+        plt.close(figure)
+        written.append(path)
+    return written
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -212,7 +294,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("results", help="results.csv written by `anomalib benchmark`")
     parser.add_argument("--output", default="reports/zero_shot", help="output folder (default: %(default)s)")
     args = parser.parse_args(argv)
-    for path in write_report(args.results, args.output):
+    try:
+        written = write_report(args.results, args.output)
+    except (FileNotFoundError, ValueError) as error:
+        parser.exit(1, f"{parser.prog}: error: {error}\n")
+    for path in written:
         print(path)
 
 

@@ -230,8 +230,10 @@ def test_report_of_the_benchmark_results(benchmark_run, tmp_path):
     markdown = (tmp_path / "comparison.md").read_text()
     for text in ["## image_AUROC", "## pixel_AUPRO", "| FAPrompt |", "| AnomalyCLIP |", "| WinClip |", "gamma"]:
         assert text in markdown
-    for metric in [*OUR_METRICS, "image_F1Score", "pixel_F1Score"]:
+    for metric in OUR_METRICS:
         image = imread(tmp_path / f"{metric}.png")
         assert image.ndim == 3
         assert image.shape[0] > 300
         assert image.shape[1] > 500
+    for metric in ["image_F1Score", "pixel_F1Score"]:  # WinClip's alone: nothing to compare
+        assert not (tmp_path / f"{metric}.png").exists()

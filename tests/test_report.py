@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 import math
+import re
+import subprocess
+import sys
 
+import matplotlib.pyplot as plt
 import pandas as pd
 import pytest
 from matplotlib.image import imread
 
 from anomalib_faprompt.benchmark import collect
-from anomalib_faprompt.report import load_results, main, metric_table
+from anomalib_faprompt.report import NORMALISING_MODELS, bar_chart, load_results, main, markdown_report, metric_table
+from anomalib_faprompt.tables import MISSING, comparison_notes
 
 
 def _row(model: str, category: str, **metrics: float) -> dict:
@@ -29,7 +34,7 @@ def results(tmp_path):
         _row("AnomalyCLIP", "pcb1", image_AUROC=0.7, pixel_AUPRO=0.6),  # candle failed
     ]
     path = tmp_path / "results.csv"
-    collect(rows).to_csv(path, index=False)
+    pd.DataFrame(rows).to_csv(path, index=False)
     return path
 
 
@@ -41,7 +46,7 @@ def test_collect_takes_the_union_of_keys():
     assert math.isnan(frame["c"][0])
 
 
-def test_metric_table_is_models_by_categories_with_a_mean(results):
+def test_metric_table_is_models_by_categories_with_a_mean_over_the_present_ones(results):
     frame = load_results(results)
     table = metric_table(frame, "image_AUROC")
     assert list(table.index) == ["FAPrompt", "WinClip", "AnomalyCLIP"]
@@ -50,21 +55,102 @@ def test_metric_table_is_models_by_categories_with_a_mean(results):
     assert table.loc["FAPrompt", "mean"] == pytest.approx(0.85)
     assert table.loc["WinClip", "mean"] == pytest.approx(0.775)
     assert math.isnan(table.loc["AnomalyCLIP", "candle"])
-    assert math.isnan(table.loc["AnomalyCLIP", "mean"])  # no mean over an incomplete set of categories
+    assert table.loc["AnomalyCLIP", "mean"] == pytest.approx(0.7)  # pcb1 alone, footnoted
+    assert comparison_notes(table) == ["AnomalyCLIP: mean over 1 of 2 categories (no result for candle)."]
+    assert math.isnan(metric_table(frame, "pixel_AUPRO").loc["WinClip", "mean"])
 
 
-def test_report_writes_markdown_and_a_chart_per_metric(results, tmp_path):
+def test_report_tables_bold_only_where_models_compete(results, tmp_path):
     output = tmp_path / "report"
     main([str(results), "--output", str(output)])
-    markdown = (output / "comparison.md").read_text()
-    assert "| model | candle | pcb1 | mean |" in markdown
-    assert "| FAPrompt | 80.0 | **90.0** | **85.0** |" in markdown  # image_AUROC, best per column in bold
-    assert "| WinClip | **95.0** | 60.0 | 77.5 |" in markdown
-    assert "| AnomalyCLIP | – | 70.0 | – |" in markdown
-    assert "| WinClip | – | – | – |" in markdown  # pixel_AUPRO: WinClip has none
-    for metric in ["image_AUROC", "pixel_AUPRO", "image_F1Score"]:
-        assert f"## {metric}" in markdown
+    sections = (output / "comparison.md").read_text().split("\n## ")
+    assert sections[1].splitlines() == [
+        "image_AUROC",
+        "",
+        "| model | candle | pcb1 | mean |",
+        "|:--|--:|--:|--:|",
+        "| FAPrompt | 80.0 | **90.0** | **85.0** |",
+        "| WinClip | **95.0** | 60.0 | 77.5 |",
+        f"| AnomalyCLIP | {MISSING} | 70.0 | 70.0\\* |",  # a partial mean does not compete
+        "",
+        "- \\* AnomalyCLIP: mean over 1 of 2 categories (no result for candle).",
+    ]
+    assert sections[2].splitlines()[4:7] == [
+        "| FAPrompt | 70.0 | 50.0 | 60.0 |",  # the only value of candle and the only complete mean: not bold
+        f"| WinClip | {MISSING} | {MISSING} | {MISSING} |",
+        f"| AnomalyCLIP | {MISSING} | **60.0** | 60.0\\* |",
+    ]
+    assert sections[3].splitlines()[4:] == [
+        f"| FAPrompt | {MISSING} | {MISSING} | {MISSING} |",
+        "| WinClip | 30.0 | 40.0 | 35.0 |",
+        f"| AnomalyCLIP | {MISSING} | {MISSING} | {MISSING} |",
+        "",
+        "No chart: only WinClip reports it.",
+    ]
+    for metric in ["image_AUROC", "pixel_AUPRO"]:
         assert imread(output / f"{metric}.png").ndim == 3
+    assert not (output / "image_F1Score.png").exists()
+
+
+def test_report_notes_say_how_each_model_normalises(results):
+    frame = load_results(results)
+    header = markdown_report(frame, "r.csv").split("\n## ")[0]
+    assert "FAPrompt and AnomalyCLIP output probabilities thresholded at 0.5" in header
+    assert "WinClip keeps anomalib's default post-processor: it min-max normalises" in header
+    assert "Images at 240 x 240 (WinClip)." in header
+    assert "AnomalyVFM" not in header
+    frame.loc[frame["model_class"] == "FAPrompt", "model_class"] = "AnomalyVFM"
+    header = markdown_report(frame, "r.csv").split("\n## ")[0]
+    assert "WinClip and AnomalyVFM keep anomalib's default post-processor" in header
+    assert "Images at 240 x 240 (WinClip) and 768 x 768 (AnomalyVFM)." in header
+    assert "AnomalyCLIP output probabilities" in header
+
+
+def test_normalising_models_are_described_as_installed_anomalib_builds_them():
+    import anomalib.models
+    from torchvision.transforms.v2 import Resize
+
+    for name, side in NORMALISING_MODELS.items():
+        model_class = getattr(anomalib.models, name)
+        assert model_class.configure_post_processor().enable_normalization, name
+        resizes = [t for t in model_class.configure_pre_processor().transform.transforms if isinstance(t, Resize)]
+        assert [list(t.size) for t in resizes] == [[side, side]], name
+
+
+def _bar_labels(axes):
+    return [text.get_text() for text in axes.texts]
+
+
+def test_chart_labels_every_bar_and_marks_chance_for_an_auroc(results):
+    frame = load_results(results)
+    figure = bar_chart(metric_table(frame, "image_AUROC"), "image_AUROC")
+    axes = figure.axes[0]
+    assert _bar_labels(axes) == ["80.0", "90.0", "85.0", "95.0", "60.0", "77.5", MISSING, "", "70.0", "70.0*"]
+    bars = axes.patches
+    visible = [(round(bar.get_height(), 6), bar.get_hatch()) for bar in bars if bar.get_visible()]
+    assert visible == [(80, None), (90, None), (85, None), (95, None), (60, None), (77.5, None), (70, None), (70, "//")]
+    assert not bars[6].get_visible()  # AnomalyCLIP, candle: its marker stands where the bar would be
+    assert axes.texts[6].get_position()[0] == pytest.approx(bars[6].get_x() + bars[6].get_width() / 2)
+    chance = [line for line in axes.get_lines() if list(line.get_ydata()) == [50, 50]]
+    assert len(chance) == 1
+    assert chance[0].get_linestyle() == "--"
+    plt.close(figure)
+    figure = bar_chart(metric_table(frame, "pixel_AUPRO"), "pixel_AUPRO")
+    assert not [line for line in figure.axes[0].get_lines() if list(line.get_ydata()) == [50, 50]]
+    assert len(figure.axes[0].patches) == 6  # WinClip has no pixel_AUPRO: no bars
+    plt.close(figure)
+
+
+def test_chart_draws_zero_as_a_value_and_missing_as_missing(tmp_path):
+    rows = [_row("FAPrompt", "a", image_AUROC=0.0), _row("FAPrompt", "b", image_AUROC=0.5)]
+    rows += [_row("AnomalyCLIP", "a", image_AUROC=0.25), _row("AnomalyCLIP", "b")]
+    path = tmp_path / "results.csv"
+    pd.DataFrame(rows).to_csv(path, index=False)
+    figure = bar_chart(metric_table(load_results(path), "image_AUROC"), "image_AUROC")
+    axes = figure.axes[0]
+    assert _bar_labels(axes) == ["0.0", "50.0", "25.0", MISSING, "25.0", "", "25.0*"]
+    assert [bar.get_visible() for bar in axes.patches] == [True, True, True, True, False, True]
+    plt.close(figure)
 
 
 def test_models_of_one_class_in_several_configurations_get_their_init_args(tmp_path):
@@ -78,7 +164,49 @@ def test_models_of_one_class_in_several_configurations_get_their_init_args(tmp_p
 def test_bad_results_files_are_named(tmp_path):
     with pytest.raises(FileNotFoundError, match=r"missing\.csv"):
         load_results(tmp_path / "missing.csv")
+    with pytest.raises(FileNotFoundError, match="is not a file"):
+        load_results(tmp_path)
     path = tmp_path / "other.csv"
     pd.DataFrame({"model.class_path": ["FAPrompt"], "job_duration": [1.0]}).to_csv(path, index=False)
     with pytest.raises(ValueError, match="no metric column"):
         load_results(path)
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("", r"'.*results\.csv' is empty\. Pass the results\.csv that `anomalib benchmark` wrote"),
+        ("model.class_path,image_AUROC\n", r"'.*results\.csv' has a header but no rows: no job finished"),
+        (
+            "model.class_path,image_AUROC\nFAPrompt,0.5\n\nWinClip,abc\n",
+            r"'.*results\.csv', line 4, column 'image_AUROC': 'abc' is not a number\. Correct it",
+        ),
+        ('model.class_path,image_AUROC\nFAPrompt,0.5\n"x\n', r"'.*results\.csv' is not a readable CSV file"),
+    ],
+    ids=["empty", "header-only", "non-numeric", "broken"],
+)
+def test_cli_names_the_file_and_what_to_do_in_one_line(tmp_path, capsys, text, message):
+    path = tmp_path / "results.csv"
+    path.write_text(text)
+    with pytest.raises(SystemExit) as exit_info:
+        main([str(path), "--output", str(tmp_path / "out")])
+    assert exit_info.value.code == 1
+    error = capsys.readouterr().err
+    assert error.count("\n") == 1
+    assert error.startswith("anomalib-faprompt-report: error: ")
+    assert re.search(message, error), error
+    assert not (tmp_path / "out").exists()
+
+
+def test_module_command_on_an_empty_csv(tmp_path):
+    path = tmp_path / "results.csv"
+    path.write_text("")
+    result = subprocess.run(
+        [sys.executable, "-m", "anomalib_faprompt.report", str(path)], capture_output=True, text=True, check=False
+    )
+    assert result.returncode == 1
+    assert result.stdout == ""
+    assert result.stderr.strip().splitlines() == [
+        f"anomalib-faprompt-report: error: '{path}' is empty. "
+        "Pass the results.csv that `anomalib benchmark` wrote after a job finished."
+    ]
