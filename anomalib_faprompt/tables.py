@@ -31,6 +31,7 @@ __all__ = [
     "comparison_markdown",
     "comparison_notes",
     "format_percent",
+    "is_missing",
     "markdown_table",
     "mean_notes",
     "mean_of_present",
@@ -78,7 +79,7 @@ def short_title(name: str) -> str:
 def mean_of_present(values: Iterable[float]) -> tuple[float, int]:
     """Mean of the values that are not missing, and how many there were (NaN and 0 when none)."""
     present = [value for value in values if not is_missing(value)]
-    return (math.fsum(present) / len(present) if present else math.nan), len(present)
+    return (sum(present) / len(present) if present else math.nan), len(present)
 
 
 def results_rows(results: dict[str, dict[str, float]]) -> tuple[list[str], list[tuple[str, list[float]]]]:
