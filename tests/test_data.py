@@ -207,17 +207,21 @@ def test_truncated_image_is_named_or_skipped_and_listed(tmp_path):
     with pytest.raises(UnreadableFileError, match=r"001\.png.*truncated.*skip_unreadable"):
         read_image(damaged)
 
-    strict = AuxiliaryDataModule(root=root, val_split_ratio=0, train_batch_size=1, num_workers=0)
-    strict.setup()
-    with pytest.raises(OSError, match=r"001\.png"):
-        list(strict.train_dataloader())
+    for workers in (0, 1):
+        strict = AuxiliaryDataModule(root=root, val_split_ratio=0, train_batch_size=1, num_workers=workers)
+        strict.setup()
+        with pytest.raises(UnreadableFileError, match=r"Cannot read '.*001\.png' \(OSError: image file is truncated"):
+            list(strict.train_dataloader())
 
     datamodule = AuxiliaryDataModule(
         root=root, val_split_ratio=0.5, skip_unreadable=True, train_batch_size=1, eval_batch_size=1, num_workers=0
     )
     datamodule.setup()
     paths = [path for batch in datamodule.train_dataloader() for path in batch.image_path]
-    paths += [path for batch in datamodule.val_dataloader() for path in batch.image_path]
+    held_out = [path for batch in datamodule.val_dataloader() for path in batch.image_path]
+    assert [path for batch in datamodule.test_dataloader() for path in batch.image_path] == held_out
+    assert datamodule.test_data.skip_unreadable
+    paths += held_out
     assert sorted(paths) == sorted(str(path) for path in root.rglob("test/*/*.png") if path != damaged)
     assert list(datamodule.skipped_files) == [str(damaged)]
     assert "truncated" in datamodule.skipped_files[str(damaged)]

@@ -245,7 +245,7 @@ class AuxiliaryDataModule(AnomalibDataModule):
                     "their place among the test dataloaders, with no batches.",
                     stacklevel=2,
                 )
-        for part in [self.train_data, self.val_data, *self.target_data]:
+        for part in [self.train_data, self.val_data, self.test_data, *self.target_data]:
             part.skip_unreadable = self.skip_unreadable
 
     def _create_test_split(self) -> None:

@@ -23,15 +23,24 @@ _SIXTEEN_BIT_MAX = 65535
 
 
 class UnreadableFileError(OSError):
-    """An image or mask file that cannot be decoded (truncated, damaged or not an image)."""
+    """An image or mask file that cannot be decoded (truncated, damaged or not an image).
 
-    def __init__(self, path: str | Path, error: BaseException) -> None:
-        self.path = str(path)
-        self.reason = f"{type(error).__name__}: {error}"
-        super().__init__(
-            f"Cannot read '{self.path}' ({self.reason}). Replace or remove the file, or set `skip_unreadable: true` "
-            "on the data module to skip unreadable files and list them at the end."
+    Built with :meth:`of`; it takes one message argument, so that a ``DataLoader`` worker can re-raise it.
+    """
+
+    path: str = ""
+    reason: str = ""
+
+    @classmethod
+    def of(cls, path: str | Path, error: BaseException) -> UnreadableFileError:
+        """The error for ``path``, which failed with ``error``."""
+        reason = f"{type(error).__name__}: {error}"
+        unreadable = cls(
+            f"Cannot read '{path}' ({reason}). Replace or remove the file, or set `skip_unreadable: true` on the "
+            "data module to skip unreadable files and list them at the end."
         )
+        unreadable.path, unreadable.reason = str(path), reason
+        return unreadable
 
 
 def _open(path: str | Path) -> PILImage.Image:
@@ -41,7 +50,7 @@ def _open(path: str | Path) -> PILImage.Image:
             image.load()
             return image
     except (OSError, SyntaxError, ValueError) as error:
-        raise UnreadableFileError(path, error) from error
+        raise UnreadableFileError.of(path, error) from error
 
 
 def _sixteen_bit(image: PILImage.Image, path: str | Path) -> np.ndarray:
