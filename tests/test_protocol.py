@@ -222,7 +222,7 @@ def test_auxiliary_data_sources_masks_and_categories(datasets, tmp_path):
     assert set(datamodule.val_data.samples.label_index) == {0, 1}
     item = next(datamodule.train_data[index] for index in range(len(samples)) if samples.label_index[index] == 1)
     assert set(item.gt_mask.unique().tolist()) == {0, 1}
-    assert datamodule.name == "MVTecAD"
+    assert datamodule.name == "source"  # MVTec AD's layout, not its categories: named after the folder
     assert datamodule.category == "all"
 
     only_alpha = AuxiliaryDataModule(root=source, categories=["alpha"], val_split_ratio=0.25, num_workers=0)
@@ -246,7 +246,7 @@ def test_auxiliary_data_sources_masks_and_categories(datasets, tmp_path):
     combined = [*both.train_data.samples.itertuples(), *both.val_data.samples.itertuples()]
     assert len(combined) == 12 + 12
     assert all(row.mask_path for row in combined if row.label_index == 1)
-    assert both.name == "MVTecAD+Folder"
+    assert both.name == "source+custom"
 
     visa = tmp_path / "visa"  # anomalib's prepared VisA layout: <root>/visa_pytorch/<category>/...
     make_synthetic_dataset(visa / "visa_pytorch", categories=("candle", "pcb1"), n_train=1, n_good=4, n_defect=4)
@@ -255,7 +255,7 @@ def test_auxiliary_data_sources_masks_and_categories(datasets, tmp_path):
     )
     transfer.prepare_data()
     transfer.setup()
-    assert transfer.name == "MVTecAD_to_Visa"
+    assert transfer.name == "source_to_Visa"
     assert transfer.test_categories == ["pcb1"]
     (loader,) = transfer.test_dataloader()
     assert len(loader.dataset) == 8

@@ -8,6 +8,7 @@ with no further training on each category of datasets never seen.
 from __future__ import annotations
 
 import copy
+import warnings
 from pathlib import Path
 
 import pandas as pd
@@ -18,13 +19,14 @@ from anomalib.utils.attrs import get_nested_attr
 from torch.utils.data import DataLoader
 from torchvision.transforms.v2 import Transform
 
-from .sources import DATASETS, available_categories, category_dataset, prepare_category
+from .dataset import SkippingDataLoader
+from .sources import DATASETS, available_categories, category_dataset, check_root, prepare_category, source_name
 
 __all__ = ["AuxiliaryDataModule", "concatenate"]
 
 
 def concatenate(datasets: list[AnomalibDataset]) -> AnomalibDataset:
-    """One dataset with the samples of all (of any anomalib dataset types), in order."""
+    """One dataset with the samples of all (of any anomalib dataset types), sorted by image path."""
     combined = copy.deepcopy(datasets[0])
     samples = pd.concat([data.samples for data in datasets], ignore_index=True)
     samples.attrs["task"] = datasets[0].samples.attrs.get("task", "segmentation")
@@ -40,11 +42,20 @@ class AuxiliaryDataModule(AnomalibDataModule):
     """Trains on the test split of one or more datasets; tests on a held-out part, or zero-shot on a target.
 
     The training data is the test split of every selected category of every source (defect images with
-    masks and normal images), concatenated. A label-aware portion is held out for validation. With a
-    ``target_dataset``, the test stage runs one dataloader per target category (each category is
-    evaluated on its own by :class:`anomalib_faprompt.metrics.PerCategoryEvaluator`); without, the test
-    set is the held-out portion. Nothing is written into the dataset folders (a missing MVTecAD or Visa
-    is downloaded and prepared by anomalib's own datamodules, as ``anomalib train --data Visa`` would).
+    masks and normal images), concatenated. A label-aware portion is held out for validation, or none with
+    ``val_split_ratio=0`` (the papers' protocol: training on the whole test split; there is then no
+    validation dataloader and Lightning skips validation). With a ``target_dataset``, the test stage runs
+    one dataloader per target category, in ``test_categories`` order (each category is evaluated on its
+    own by :class:`anomalib_faprompt.metrics.PerCategoryEvaluator`); a category with no images keeps its
+    place with an empty dataloader. Without a target, the test set is the held-out portion (one dataloader,
+    named ``held_out``). Nothing is written into the dataset folders (a missing MVTecAD or Visa in
+    anomalib's default folder, ``MVTecAD`` or ``visa``, is downloaded and prepared by anomalib's own
+    datamodules, as ``anomalib train --data Visa`` would; any other missing folder is an error).
+
+    Images and masks are read with :class:`anomalib_faprompt.data.dataset.CheckedImageDataset`: 16-bit
+    files are scaled correctly, an unreadable file is named in the error, and a defect image's mask of
+    another size than the image, or with no defect pixel, is an error naming the mask (in training and in
+    test data).
 
     Args:
         root: Root of the auxiliary dataset, or one root per entry of ``dataset``.
@@ -56,7 +67,7 @@ class AuxiliaryDataModule(AnomalibDataModule):
         normal_dir: ``Folder`` only: sub-folder of normal images.
         abnormal_dir: ``Folder`` only: sub-folder of defect images.
         mask_dir: ``Folder`` only: sub-folder of defect masks.
-        val_split_ratio: Fraction of the training data held out for validation.
+        val_split_ratio: Fraction of the training data held out for validation, in [0, 1); 0 trains on all of it.
         target_dataset: ``"MVTecAD"`` or ``"Visa"`` to test zero-shot on; ``None`` tests on the held-out part.
         target_root: Root of the target dataset.
         target_categories: Target categories to test on; ``None`` for all.
@@ -65,6 +76,12 @@ class AuxiliaryDataModule(AnomalibDataModule):
         num_workers: Data loader workers.
         augmentations: Augmentations of the training data.
         seed: Seed of the validation split.
+        name: Name of the data in the results path (``<model>/<name>/<category>/``); by default the sources'
+            names, ``_to_`` and the target's: a dataset's name (``MVTecAD``, ``Visa``) when the folder holds
+            that dataset's categories, else the root folder's name (``synthetic_source_to_synthetic_target``).
+        skip_unreadable: Leave out image or mask files that cannot be decoded (truncated, damaged) instead
+            of stopping; the skipped files are listed in ``skipped_files`` and in a warning at the end of
+            the stage. Off by default: an unreadable file is an error naming it.
 
     Example:
         >>> datamodule = AuxiliaryDataModule(  # doctest: +SKIP
@@ -90,6 +107,8 @@ class AuxiliaryDataModule(AnomalibDataModule):
         num_workers: int = 8,
         augmentations: Transform | None = None,
         seed: int = 111,
+        name: str | None = None,
+        skip_unreadable: bool = False,
     ) -> None:
         super().__init__(
             train_batch_size=train_batch_size,
@@ -106,9 +125,9 @@ class AuxiliaryDataModule(AnomalibDataModule):
         if len(datasets) != len(roots):
             msg = f"`dataset` ({len(datasets)} entries) and `root` ({len(roots)} entries) must pair up one to one."
             raise ValueError(msg)
-        for name in [*datasets, *([target_dataset] if target_dataset else [])]:
-            if name not in DATASETS:
-                msg = f"Unknown dataset '{name}': use one of {DATASETS}."
+        for dataset_name in [*datasets, *([target_dataset] if target_dataset else [])]:
+            if dataset_name not in DATASETS:
+                msg = f"Unknown dataset '{dataset_name}': use one of {DATASETS}."
                 raise ValueError(msg)
         if target_dataset == "Folder":
             msg = "`target_dataset` must be 'MVTecAD' or 'Visa'; test a folder with `anomalib test --data Folder`."
@@ -116,6 +135,13 @@ class AuxiliaryDataModule(AnomalibDataModule):
         if target_dataset and target_root is None:
             msg = f"`target_root` is required with `target_dataset='{target_dataset}'`."
             raise ValueError(msg)
+        if not 0 <= val_split_ratio < 1:
+            msg = f"`val_split_ratio` must be in [0, 1) (0: train on all images, no validation), got {val_split_ratio}."
+            raise ValueError(msg)
+        for dataset_name, path in zip(datasets, roots, strict=True):
+            check_root(dataset_name, path, "root")
+        if target_dataset:
+            check_root(target_dataset, target_root, "target_root")
         self.sources = list(zip(datasets, roots, strict=True))
         self.categories = list(categories) if categories else None
         self.masks = masks
@@ -125,12 +151,20 @@ class AuxiliaryDataModule(AnomalibDataModule):
         self.target_root = Path(target_root) if target_root is not None else None
         self.target_categories = list(target_categories) if target_categories else None
         self.target_data: list[AnomalibDataset] = []
+        self._name = name
+        self.skip_unreadable = skip_unreadable
+        self.skipped_files: dict[str, str] = {}
+        self._reported: set[str] = set()
 
     @property
     def name(self) -> str:
-        """Source datasets, and the target after ``_to_``."""
-        source = "+".join(dict.fromkeys(dataset for dataset, _ in self.sources))
-        return f"{source}_to_{self.target_dataset}" if self.target_dataset else source
+        """The ``name`` argument, or the sources' names joined by '+', and the target's after ``_to_``."""
+        if self._name:
+            return self._name
+        source = "+".join(dict.fromkeys(source_name(dataset, root) for dataset, root in self.sources))
+        if not self.target_dataset:
+            return source
+        return f"{source}_to_{source_name(self.target_dataset, self.target_root)}"
 
     @property
     def category(self) -> str:
@@ -157,9 +191,9 @@ class AuxiliaryDataModule(AnomalibDataModule):
 
     @property
     def test_categories(self) -> list[str]:
-        """Names of the test dataloaders: the target's categories, or the held-out part."""
+        """Names of the test dataloaders: the target's categories, or ``held_out`` (the held-out part)."""
         if not self.target_dataset:
-            return [f"{self.name}_held_out"]
+            return ["held_out"]
         available = available_categories(self.target_dataset, self.target_root)
         if self.target_categories is None:
             return available
@@ -178,24 +212,44 @@ class AuxiliaryDataModule(AnomalibDataModule):
                 prepare_category(self.target_dataset, self.target_root, name)
 
     def _setup(self, _stage: str | None = None) -> None:
-        data = concatenate(
-            [
-                category_dataset(dataset, root, name, masks=self.masks, **self.folder_dirs)
-                for dataset, root, name in self.training_categories()
-            ]
-        )
-        self.train_data, self.val_data = random_split(data, self.val_split_ratio, label_aware=True, seed=self.seed)
-        if not len(self.val_data):
-            msg = (
-                f"val_split_ratio={self.val_split_ratio} holds out no image of the {len(data)} training images "
-                f"(the split is per label, rounded down): raise it."
-            )
+        parts = [
+            category_dataset(dataset, root, name, masks=self.masks, **self.folder_dirs)
+            for dataset, root, name in self.training_categories()
+        ]
+        empty = [f"{part.category} ({part.name})" for part in parts if not len(part)]
+        if len(empty) == len(parts):
+            msg = f"No training images in {self.sources} (arguments `root`, `dataset`, `categories`)."
             raise ValueError(msg)
-        self.test_data = self.val_data
+        if empty:
+            warnings.warn(f"Training categories with no images: {', '.join(empty)}.", stacklevel=2)
+        data = concatenate(parts)
+        if self.val_split_ratio:
+            self.train_data, self.val_data = random_split(data, self.val_split_ratio, label_aware=True, seed=self.seed)
+            if not len(self.val_data):
+                msg = (
+                    f"val_split_ratio={self.val_split_ratio} holds out no image of the {len(data)} training images "
+                    f"(the split is per label, rounded down): raise it, or set it to 0 to train on all of them."
+                )
+                raise ValueError(msg)
+        else:
+            self.train_data, self.val_data = data, data.subsample([])
+        self.test_data = copy.deepcopy(self.val_data)
         if self.target_dataset:
             self.target_data = [
                 category_dataset(self.target_dataset, self.target_root, name) for name in self.test_categories
             ]
+            empty = [name for name, part in zip(self.test_categories, self.target_data, strict=True) if not len(part)]
+            if empty:
+                warnings.warn(
+                    f"Target categories with no images under '{self.target_root}': {', '.join(empty)}. They keep "
+                    "their place among the test dataloaders, with no batches.",
+                    stacklevel=2,
+                )
+        for part in [self.train_data, self.val_data, self.test_data, *self.target_data]:
+            part.skip_unreadable = self.skip_unreadable
+
+    def _create_test_split(self) -> None:
+        """Nothing: ``_setup`` sets the test data (anomalib's split would move training images into an empty one)."""
 
     def _update_augmentations(self) -> None:
         """Also give the target datasets the model's resize (as anomalib does for the test subset)."""
@@ -207,17 +261,48 @@ class AuxiliaryDataModule(AnomalibDataModule):
             else:
                 data.augmentations = self.test_augmentations
 
+    def _loader(self, data: AnomalibDataset, train: bool = False) -> SkippingDataLoader:
+        return SkippingDataLoader(
+            data,
+            skipped=self.skipped_files,
+            shuffle=train,
+            batch_size=self.train_batch_size if train else self.eval_batch_size,
+            num_workers=self.num_workers,
+            collate_fn=self.external_collate_fn or data.collate_fn,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        """The training data, shuffled."""
+        return self._loader(self.train_data, train=True)
+
+    def val_dataloader(self) -> DataLoader | list:
+        """The held-out part; none (an empty list, so that Lightning skips validation) with ``val_split_ratio=0``."""
+        return self._loader(self.val_data) if len(self.val_data) else []
+
     def test_dataloader(self) -> DataLoader | list[DataLoader]:
-        """The held-out part, or one dataloader per target category (in ``test_categories`` order)."""
+        """The held-out part, or one dataloader per target category (in ``test_categories`` order).
+
+        Raises:
+            ValueError: There is nothing to test on (``val_split_ratio=0`` without a target, or every target
+                category is empty).
+        """
         if not self.target_dataset:
-            return super().test_dataloader()
-        return [
-            DataLoader(
-                data,
-                shuffle=False,
-                batch_size=self.eval_batch_size,
-                num_workers=self.num_workers,
-                collate_fn=data.collate_fn,
-            )
-            for data in self.target_data
-        ]
+            if not len(self.test_data):
+                msg = (
+                    "Nothing to test on: `val_split_ratio` is 0 (every image trains) and there is no "
+                    "`target_dataset`. Set `target_dataset` and `target_root`, or a `val_split_ratio` above 0."
+                )
+                raise ValueError(msg)
+            return self._loader(self.test_data)
+        if not any(len(data) for data in self.target_data):
+            msg = f"No images in any target category {self.test_categories} under '{self.target_root}'."
+            raise ValueError(msg)
+        return [self._loader(data) for data in self.target_data]
+
+    def teardown(self, stage: str | None = None) -> None:
+        """Warn, by name, about the files skipped as unreadable (``skip_unreadable``) and not reported yet."""
+        new = {path: reason for path, reason in self.skipped_files.items() if path not in self._reported}
+        if new:
+            files = "; ".join(f"{path} ({reason})" for path, reason in new.items())
+            warnings.warn(f"Skipped {len(new)} unreadable file(s) in stage '{stage}': {files}", stacklevel=2)
+            self._reported |= set(new)

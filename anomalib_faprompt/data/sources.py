@@ -1,30 +1,46 @@
 """The test splits of anomalib's image datasets, one category at a time, as training or evaluation data.
 
 A *source* is a dataset name (``"MVTecAD"``, ``"Visa"`` or ``"Folder"``) and a root folder. MVTecAD
-and Visa are read with anomalib's own datasets; missing data is downloaded and prepared with
-anomalib's own datamodules (``prepare_data``: Visa's raw download is split into the
-``visa_pytorch`` layout next to it, as anomalib does). ``Folder`` is custom data: a folder of normal
-images, a folder of defect images and a folder of their masks.
+and Visa data are read in anomalib's MVTec AD layout (Visa's prepared ``visa_pytorch`` folder); missing
+data is downloaded and prepared with anomalib's own datamodules (``prepare_data``: Visa's raw download is
+split into the ``visa_pytorch`` layout next to it, as anomalib does). ``Folder`` is custom data: a folder
+of normal images, a folder of defect images and a folder of their masks.
 
 A defect image's mask is the file in the mask folder named like the image (``000.png``) or with a
-``_mask`` suffix (``000_mask.png``), as in anomalib's MVTec AD and Folder layouts.
+``_mask`` suffix (``000_mask.png``), with any image suffix (PNG, JPEG, BMP, TIFF), as in anomalib's
+MVTec AD and Folder layouts. Images and masks are paired by name, not by position.
 """
 
 from __future__ import annotations
 
+import shutil
+import warnings
 from pathlib import Path
 
+import pandas as pd
 from anomalib.data import MVTecAD, Visa
-from anomalib.data.datasets import AnomalibDataset, FolderDataset, MVTecADDataset, VisaDataset
 from anomalib.data.datasets.image.mvtecad import CATEGORIES as MVTECAD_CATEGORIES
 from anomalib.data.datasets.image.visa import CATEGORIES as VISA_CATEGORIES
 
-__all__ = ["DATASETS", "available_categories", "category_dataset", "missing_masks", "prepare_category"]
+from .dataset import CheckedImageDataset
+
+__all__ = [
+    "DATASETS",
+    "available_categories",
+    "category_dataset",
+    "check_root",
+    "missing_masks",
+    "prepare_category",
+    "source_name",
+]
 
 DATASETS = ("MVTecAD", "Visa", "Folder")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 _DATAMODULES = {"MVTecAD": MVTecAD, "Visa": Visa}
 _KNOWN_CATEGORIES = {"MVTecAD": MVTECAD_CATEGORIES, "Visa": VISA_CATEGORIES}
+# The folder names of anomalib's default roots (``./datasets/MVTecAD``, ``./datasets/visa``): a missing root
+# of that name is downloaded into; any other missing root is reported instead.
+_DOWNLOAD_FOLDERS = {"MVTecAD": "MVTecAD", "Visa": "visa"}
 _DOWNLOADS = {
     "MVTecAD": "https://www.mvtec.com/company/research/datasets/mvtec-ad",
     "Visa": "https://github.com/amazon-science/spot-diff",
@@ -55,14 +71,64 @@ def available_categories(dataset: str, root: str | Path) -> list[str]:
     _check_dataset(dataset)
     root = Path(root)
     if dataset == "Folder":
-        return [root.name]
+        return [root.resolve().name]
     layout = layout_root(dataset, root)
     found = sorted(path.name for path in layout.iterdir() if (path / "test").is_dir()) if layout.is_dir() else []
     return found or list(_KNOWN_CATEGORIES[dataset])
 
 
+def source_name(dataset: str, root: str | Path) -> str:
+    """A readable name of a source: the dataset's name if it holds that dataset's categories, else its folder's.
+
+    ``MVTecAD`` data with MVTec AD's categories is ``"MVTecAD"``; data in the MVTec AD layout with other
+    categories (a synthetic or custom dataset) and ``Folder`` data are named after their root folder.
+    """
+    _check_dataset(dataset)
+    if dataset != "Folder" and set(available_categories(dataset, root)) <= set(_KNOWN_CATEGORIES[dataset]):
+        return dataset
+    return Path(root).resolve().name
+
+
+def check_root(dataset: str, root: str | Path, argument: str = "root") -> None:
+    """Fail in one line, before any download, when a dataset folder is missing and is not a download location.
+
+    A missing root named like anomalib's default download folder (``MVTecAD``, ``visa``) is left to
+    :func:`prepare_category` to download into; any other missing root is most likely a typo or a dataset
+    not written yet.
+
+    Raises:
+        FileNotFoundError: The folder does not exist; the message says how to create it.
+    """
+    _check_dataset(dataset)
+    root = Path(root)
+    if root.is_dir():
+        return
+    if dataset == "Folder":
+        msg = f"Custom dataset folder '{root}' (argument `{argument}`) does not exist."
+        raise FileNotFoundError(msg)
+    if root.name == _DOWNLOAD_FOLDERS[dataset]:
+        return
+    msg = (
+        f"Dataset folder '{root}' (argument `{argument}`) does not exist. Write a synthetic dataset there with "
+        f"`python -m anomalib_faprompt.data.synthetic {root}`, point `{argument}` at your {dataset} data, or create "
+        f"the folder (`mkdir -p {root}`) to let anomalib download {dataset} into it."
+    )
+    raise FileNotFoundError(msg)
+
+
+def _missing_parents(path: Path) -> list[Path]:
+    """``path`` and those of its parents that do not exist, deepest first."""
+    missing = []
+    while not path.exists() and path != path.parent:
+        missing.append(path)
+        path = path.parent
+    return missing
+
+
 def prepare_category(dataset: str, root: str | Path, category: str) -> None:
     """Make sure a category is on disk, downloading or preparing it with anomalib's datamodule if needed.
+
+    When the download fails, the folders it created are removed again.
 
     Raises:
         FileNotFoundError: The data is missing and could not be downloaded; the message says where to place it.
@@ -70,15 +136,20 @@ def prepare_category(dataset: str, root: str | Path, category: str) -> None:
     _check_dataset(dataset)
     root = Path(root)
     if dataset == "Folder":
-        if not root.is_dir():
-            msg = f"Custom dataset folder '{root}' (argument `root`) does not exist."
-            raise FileNotFoundError(msg)
+        check_root(dataset, root)
         return
     if (layout_root(dataset, root) / category / "test").is_dir():
         return
+    check_root(dataset, root)
+    created = _missing_parents(root.resolve())
     try:
         _DATAMODULES[dataset](root=root, category=category).prepare_data()
     except Exception as error:
+        if created:
+            shutil.rmtree(created[0], ignore_errors=True)
+            for folder in created[1:]:
+                if folder.is_dir() and not any(folder.iterdir()):
+                    folder.rmdir()
         layout = "<root>/<category>/{test,ground_truth}/..." if dataset == "MVTecAD" else "<root>/<category>/Data/..."
         msg = (
             f"{dataset} category '{category}' is not under '{root}' and could not be downloaded ({error!r}). "
@@ -92,22 +163,48 @@ def prepare_category(dataset: str, root: str | Path, category: str) -> None:
 def _images(folder: Path) -> list[Path]:
     if not folder.is_dir():
         return []
-    return sorted(path for path in folder.iterdir() if path.suffix.lower() in IMAGE_SUFFIXES)
+    return sorted(path for path in folder.iterdir() if path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES)
+
+
+def _pair_masks(images: list[Path], mask_dir: Path) -> tuple[dict[Path, Path], list[Path], list[Path]]:
+    """Each image's mask by name; the images without a mask; the mask files of no image.
+
+    Raises:
+        ValueError: An image has two mask files (e.g. ``000.png`` and ``000_mask.png``).
+    """
+    masks: dict[str, list[Path]] = {}
+    for mask in _images(mask_dir):
+        masks.setdefault(mask.stem, []).append(mask)
+    paired, missing = {}, []
+    for image in images:
+        candidates = masks.get(image.stem, []) + masks.get(f"{image.stem}_mask", [])
+        if len(candidates) > 1:
+            files = ", ".join(map(str, candidates))
+            msg = f"Defect image '{image}' has {len(candidates)} mask files ({files}): keep one."
+            raise ValueError(msg)
+        if candidates:
+            paired[image] = candidates[0]
+        else:
+            missing.append(image)
+    unused = sorted({mask for found in masks.values() for mask in found} - set(paired.values()))
+    return paired, missing, unused
 
 
 def missing_masks(abnormal_dirs: list[Path], mask_dirs: list[Path]) -> list[Path]:
     """Defect images with no mask file (same name, or name + ``_mask``, in the matching mask folder)."""
-    missing = []
-    for abnormal_dir, mask_dir in zip(abnormal_dirs, mask_dirs, strict=True):
-        stems = {path.stem for path in _images(mask_dir)}
-        missing += [image for image in _images(abnormal_dir) if not {image.stem, f"{image.stem}_mask"} & stems]
-    return missing
+    return [
+        image
+        for abnormal_dir, mask_dir in zip(abnormal_dirs, mask_dirs, strict=True)
+        for image in _pair_masks(_images(abnormal_dir), mask_dir)[1]
+    ]
 
 
 def _defect_dirs(category_root: Path) -> tuple[list[Path], list[Path]]:
-    test = category_root / "test"
-    defects = sorted(path.name for path in test.iterdir() if path.is_dir() and path.name != "good")
-    return [test / name for name in defects], [category_root / "ground_truth" / name for name in defects]
+    """The defect folders of a category in the MVTec AD layout and their mask folders (also those of no image)."""
+    test, truth = category_root / "test", category_root / "ground_truth"
+    names = {path.name for path in test.iterdir() if path.is_dir() and path.name != "good"} if test.is_dir() else set()
+    names |= {path.name for path in truth.iterdir() if path.is_dir()} if truth.is_dir() else set()
+    return [test / name for name in sorted(names)], [truth / name for name in sorted(names)]
 
 
 MISSING_MASKS_MESSAGE = (
@@ -118,14 +215,30 @@ MISSING_MASKS_MESSAGE = (
 )
 
 
-def _raise_on_missing(abnormal_dirs: list[Path], mask_dirs: list[Path], where: Path) -> None:
-    missing = missing_masks(abnormal_dirs, mask_dirs)
+def _samples(
+    normal: list[Path], defects: list[tuple[list[Path], Path]], masks: bool, where: Path
+) -> tuple[pd.DataFrame, list[Path]]:
+    """The samples table of normal images and (defect images, mask folder) pairs, and the unused mask files.
+
+    Raises:
+        ValueError: ``masks`` is set and a defect image has no mask.
+    """
+    rows = [(str(path), "good", 0, "") for path in normal]
+    missing, unused = [], []
+    for images, mask_dir in defects:
+        paired, without, extra = _pair_masks(images, mask_dir) if masks else ({}, [], [])
+        missing += without
+        unused += extra
+        rows += [(str(path), path.parent.name, 1, str(paired.get(path, ""))) for path in images]
     if missing:
         examples = ", ".join(str(path) for path in missing[:3])
-        names = ", ".join(f"'{path}'" for path in sorted(set(mask_dirs)))
-        raise ValueError(
-            MISSING_MASKS_MESSAGE.format(count=len(missing), where=where, examples=examples, mask_dirs=names)
-        )
+        names = ", ".join(f"'{path}'" for path in sorted({mask_dir for _, mask_dir in defects}))
+        msg = MISSING_MASKS_MESSAGE.format(count=len(missing), where=where, examples=examples, mask_dirs=names)
+        raise ValueError(msg)
+    samples = pd.DataFrame(rows, columns=["image_path", "label", "label_index", "mask_path"])
+    samples["split"] = "test"
+    samples.attrs["task"] = "segmentation" if masks else "classification"
+    return samples, unused
 
 
 def category_dataset(
@@ -136,12 +249,12 @@ def category_dataset(
     normal_dir: str = "good",
     abnormal_dir: str = "defect",
     mask_dir: str = "ground_truth",
-) -> AnomalibDataset:
-    """The test split of one category (for ``Folder``: every image of the folder).
+) -> CheckedImageDataset:
+    """The test split of one category (for ``Folder``: every image of the folder); empty if it has no images.
 
     Args:
         dataset: ``"MVTecAD"``, ``"Visa"`` or ``"Folder"``.
-        root: Dataset root.
+        root: Dataset root (relative to the working directory, or absolute).
         category: Category name (ignored for ``Folder``).
         masks: Load defect masks; with ``False`` the dataset is image-level only (no ``gt_mask``).
         normal_dir: ``Folder`` only: sub-folder of normal images.
@@ -149,45 +262,34 @@ def category_dataset(
         mask_dir: ``Folder`` only: sub-folder of masks.
 
     Returns:
-        An anomalib dataset whose anomalous samples all have a mask file when ``masks`` is set.
+        A dataset whose anomalous samples all have a mask file when ``masks`` is set. Mask files that belong
+        to no image are ignored with a warning that names them.
 
     Raises:
-        ValueError: ``masks`` is set and a defect image has no mask.
+        ValueError: ``masks`` is set and a defect image has no mask, or has two.
+        FileNotFoundError: A ``Folder`` sub-folder does not exist.
     """
     _check_dataset(dataset)
-    root = Path(root)
+    root = Path(root).resolve()
     if dataset == "Folder":
-        normal, abnormal, mask = root / normal_dir, root / abnormal_dir, root / mask_dir
+        normal, abnormal = root / normal_dir, root / abnormal_dir
         for folder, argument in ((normal, "normal_dir"), (abnormal, "abnormal_dir")):
             if not folder.is_dir():
                 msg = f"Folder '{folder}' (argument `{argument}`, under `root`) does not exist."
                 raise FileNotFoundError(msg)
-        if masks:
-            _raise_on_missing([abnormal], [mask], abnormal)
-        data = FolderDataset(
-            name=root.name, root=root, normal_dir=normal, abnormal_dir=abnormal, mask_dir=mask if masks else None
-        )
+        name, category, where = root.name, root.name, abnormal
+        samples, unused = _samples(_images(normal), [(_images(abnormal), root / mask_dir)], masks, where)
     else:
         category_root = layout_root(dataset, root) / category
         abnormal_dirs, mask_dirs = _defect_dirs(category_root)
-        if masks:
-            _raise_on_missing(abnormal_dirs, mask_dirs, category_root / "test")
-            dataset_class = MVTecADDataset if dataset == "MVTecAD" else VisaDataset
-            data = dataset_class(root=layout_root(dataset, root), category=category, split="test")
-        else:
-            data = FolderDataset(
-                name=category,
-                root=category_root,
-                normal_dir=category_root / "test" / "good",
-                abnormal_dir=abnormal_dirs,
-            )
-    if masks:
-        samples = data.samples
-        unmasked = samples[(samples.label_index == 1) & (samples.mask_path.fillna("") == "")]
-        if len(unmasked):
-            raise ValueError(
-                MISSING_MASKS_MESSAGE.format(
-                    count=len(unmasked), where=root, examples=", ".join(unmasked.image_path[:3]), mask_dirs=root
-                )
-            )
-    return data
+        name, where = dataset, category_root / "test"
+        defects = [(_images(folder), truth) for folder, truth in zip(abnormal_dirs, mask_dirs, strict=True)]
+        samples, unused = _samples(_images(where / "good"), defects, masks, where)
+    if unused:
+        warnings.warn(
+            f"{len(unused)} mask file(s) under '{root}' belong to no defect image and are ignored: "
+            + ", ".join(str(path) for path in unused[:5])
+            + (", ..." if len(unused) > 5 else ""),
+            stacklevel=2,
+        )
+    return CheckedImageDataset(samples, name=name, category=category)

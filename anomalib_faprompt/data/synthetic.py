@@ -8,12 +8,14 @@ masks mark exactly the changed pixels::
     root/<category>/test/defect/000.png
     root/<category>/ground_truth/defect/000_mask.png
 
-Run ``python -m anomalib_faprompt.data.synthetic ROOT`` to write one.
+Run ``python -m anomalib_faprompt.data.synthetic ROOT`` to write one. A ``ROOT`` that exists and is not
+empty is refused unless ``--overwrite`` is given.
 """
 
 from __future__ import annotations
 
 import argparse
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -57,25 +59,39 @@ def make_synthetic_dataset(
     n_good: int = 6,
     n_defect: int = 6,
     seed: int = 0,
+    overwrite: bool = False,
 ) -> Path:
     """Write a synthetic dataset in the MVTec AD layout.
 
     Args:
-        root: Folder to write into (created if missing; existing files of the same names are replaced).
+        root: Folder to write into (created if missing); it must be empty unless ``overwrite`` is set.
         categories: Category names; each gets its own texture.
         image_size: Image side in pixels.
         n_train: Normal training images per category.
         n_good: Normal test images per category.
         n_defect: Defect test images (with masks) per category.
         seed: Random seed.
+        overwrite: Write into a non-empty ``root``: the folders of ``categories`` are replaced, anything else
+            in ``root`` is kept.
 
     Returns:
         The root folder.
+
+    Raises:
+        FileExistsError: ``root`` is not empty and ``overwrite`` is not set.
     """
     root = Path(root)
+    if root.is_dir() and any(root.iterdir()) and not overwrite:
+        msg = (
+            f"'{root}' is not empty; the synthetic dataset is not written over it. Choose another folder, or "
+            "overwrite (`--overwrite`, `overwrite=True`) to replace its category folders."
+        )
+        raise FileExistsError(msg)
     rng = np.random.default_rng(seed)
     for index, category in enumerate(categories):
         folder = root / category
+        if folder.exists():
+            shutil.rmtree(folder)
         for split, count in (("train", n_train), ("test", n_good)):
             for number in range(count):
                 _save(_texture(rng, image_size, index), folder / split / "good" / f"{number:03d}.png")
@@ -91,14 +107,29 @@ def make_synthetic_dataset(
 
 def main() -> None:
     """Command line: write a synthetic dataset."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m anomalib_faprompt.data.synthetic", description=__doc__.splitlines()[0]
+    )
     parser.add_argument("root", type=Path, help="folder to write the dataset into")
     parser.add_argument("--categories", nargs="+", default=["alpha", "beta"])
     parser.add_argument("--image-size", type=int, default=64)
     parser.add_argument("--n-defect", type=int, default=6)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--overwrite", action="store_true", help="write into a non-empty folder, replacing the categories' folders"
+    )
     args = parser.parse_args()
-    make_synthetic_dataset(args.root, tuple(args.categories), args.image_size, n_defect=args.n_defect, seed=args.seed)
+    try:
+        make_synthetic_dataset(
+            args.root,
+            tuple(args.categories),
+            args.image_size,
+            n_defect=args.n_defect,
+            seed=args.seed,
+            overwrite=args.overwrite,
+        )
+    except FileExistsError as error:
+        parser.error(str(error))
     print(f"wrote {args.root}")  # noqa: T201
 
 

@@ -1,0 +1,451 @@
+"""The data layer: reading (16-bit, damaged, JPEG files), mask checks, splits, names, empty categories, generator."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+import urllib.error
+from pathlib import Path
+
+import lightning.pytorch as pl
+import numpy as np
+import pytest
+import torch
+import yaml
+from anomalib.data.datamodules.image import mvtecad as mvtecad_module
+from anomalib.data.datasets import MVTecADDataset
+from anomalib.data.utils import read_image as anomalib_read_image
+from anomalib.data.utils import read_mask as anomalib_read_mask
+from anomalib.engine import Engine
+from lightning.pytorch.callbacks import Callback
+from PIL import Image
+
+from anomalib_faprompt import FAPrompt
+from anomalib_faprompt.data import AuxiliaryDataModule, make_synthetic_dataset
+from anomalib_faprompt.data.images import UnreadableFileError, read_image, read_mask
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _small(root: Path, categories: tuple[str, ...] = ("alpha",), seed: int = 0) -> Path:
+    return make_synthetic_dataset(root, categories=categories, n_train=1, n_good=2, n_defect=2, seed=seed)
+
+
+def _truncate(path: Path) -> None:
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+
+
+class _Recorder(pl.LightningModule):
+    """Records what Lightning's test and predict loops hand to the model."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.layer = torch.nn.Linear(1, 1)
+        self.seen: list[tuple[int, str]] = []
+
+    def test_step(self, batch, batch_idx, dataloader_idx=0) -> None:  # noqa: ANN001
+        del batch_idx
+        self.seen += [(dataloader_idx, path) for path in batch.image_path]
+
+    def predict_step(self, batch, batch_idx, dataloader_idx=0) -> list[str]:  # noqa: ANN001
+        del batch_idx, dataloader_idx
+        return list(batch.image_path)
+
+
+def _trainer() -> pl.Trainer:
+    return pl.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, enable_checkpointing=False)
+
+
+# --- reading -------------------------------------------------------------------------------------------------------
+
+
+def test_sixteen_bit_grayscale_images_and_masks_read_like_their_eight_bit_versions(tmp_path):
+    rng = np.random.default_rng(0)
+    gray = rng.integers(0, 256, (24, 40), dtype=np.uint8)
+    Image.fromarray(gray).save(tmp_path / "image8.png")
+    Image.fromarray(gray.astype(np.uint16) * 257).save(tmp_path / "image16.png")
+    assert Image.open(tmp_path / "image16.png").mode.startswith("I;16")
+
+    eight, sixteen = read_image(tmp_path / "image8.png"), read_image(tmp_path / "image16.png")
+    assert sixteen.shape == (3, 24, 40)
+    torch.testing.assert_close(sixteen, eight, rtol=0, atol=1e-6)
+    expected = torch.from_numpy(gray / 255.0).float().expand(3, -1, -1)
+    torch.testing.assert_close(sixteen, expected, rtol=0, atol=1e-6)
+    assert torch.equal(eight, anomalib_read_image(tmp_path / "image8.png", as_tensor=True))  # 8-bit: anomalib's values
+    clipped = anomalib_read_image(tmp_path / "image16.png", as_tensor=True)  # anomalib: every non-zero pixel white
+    assert torch.equal(clipped, (torch.from_numpy(gray) > 0).float().expand(3, -1, -1))
+
+    mask = np.zeros((24, 40), dtype=np.uint8)
+    mask[5:15, 10:30] = 255
+    Image.fromarray(mask).save(tmp_path / "mask8.png")
+    Image.fromarray(mask.astype(np.uint16) * 257).save(tmp_path / "mask16.png")
+    assert torch.equal(read_mask(tmp_path / "mask16.png"), read_mask(tmp_path / "mask8.png"))
+    assert torch.equal(read_mask(tmp_path / "mask8.png"), anomalib_read_mask(tmp_path / "mask8.png", as_tensor=True))
+    assert int(read_mask(tmp_path / "mask16.png").sum()) == 10 * 20
+
+
+def test_sixteen_bit_dataset_gives_the_items_of_its_eight_bit_copy(tmp_path):
+    eight = _small(tmp_path / "eight")
+    sixteen = tmp_path / "sixteen"
+    shutil.copytree(eight, sixteen)
+    for path in sixteen.rglob("*.png"):
+        gray = np.asarray(Image.open(path).convert("L"))
+        Image.fromarray(gray.astype(np.uint16) * 257).save(path)
+        Image.fromarray(gray).save(eight / path.relative_to(sixteen))  # the same image, in 8 bits
+    items = []
+    for root in (eight, sixteen):
+        datamodule = AuxiliaryDataModule(root=root, val_split_ratio=0, num_workers=0)
+        datamodule.setup()
+        items.append([datamodule.train_data[index] for index in range(len(datamodule.train_data))])
+    assert len(items[0]) == len(items[1]) == 4
+    for item8, item16 in zip(*items, strict=True):
+        torch.testing.assert_close(item16.image, item8.image, rtol=0, atol=1e-6)
+        assert torch.equal(item16.gt_mask, item8.gt_mask)
+    assert any(item.gt_mask.any() for item in items[1])
+
+
+def test_items_equal_anomalib_mvtecad_dataset(tmp_path):
+    """Valid 8-bit data reads exactly as anomalib's own MVTecADDataset, in the same order."""
+    root = make_synthetic_dataset(tmp_path / "data", categories=("alpha", "beta"), n_train=1, n_good=3, n_defect=3)
+    datamodule = AuxiliaryDataModule(root=root, categories=["beta"], val_split_ratio=0, num_workers=0)
+    datamodule.setup()
+    ours = datamodule.train_data
+    reference = MVTecADDataset(root=root, category="beta", split="test")
+    assert list(ours.samples.image_path) == list(reference.samples.image_path)
+    for index in range(len(reference)):
+        mine, theirs = ours[index], reference[index]
+        assert torch.equal(mine.image, theirs.image)
+        assert torch.equal(mine.gt_mask, theirs.gt_mask)
+        assert int(mine.gt_label) == int(theirs.gt_label)
+
+
+# --- val_split_ratio 0 ---------------------------------------------------------------------------------------------
+
+
+def test_val_split_ratio_zero_trains_on_the_whole_split(tmp_path):
+    root = _small(tmp_path / "source", categories=("alpha", "beta"))
+    datamodule = AuxiliaryDataModule(root=root, val_split_ratio=0, num_workers=0)
+    datamodule.setup()
+    assert len(datamodule.train_data) == 2 * 4
+    assert sorted(datamodule.train_data.samples.image_path) == sorted(str(path) for path in root.rglob("test/*/*.png"))
+    assert datamodule.val_dataloader() == []
+    with pytest.raises(ValueError, match=r"Nothing to test on.*target_dataset"):
+        datamodule.test_dataloader()
+    for ratio in (1.0, -0.1):
+        with pytest.raises(ValueError, match=r"val_split_ratio.*\[0, 1\)"):
+            AuxiliaryDataModule(root=root, val_split_ratio=ratio)
+    for config in ("faprompt_mvtec_to_visa.yaml", "faprompt_visa_to_mvtec.yaml"):
+        data = yaml.safe_load((REPO / "configs" / config).read_text())["data"]["init_args"]
+        assert data["val_split_ratio"] == 0, config
+
+
+class _ValidationCounter(Callback):
+    def __init__(self) -> None:
+        self.batches = 0
+
+    def on_validation_batch_end(self, *args, **kwargs) -> None:  # noqa: ANN002, ANN003
+        del args, kwargs
+        self.batches += 1
+
+
+def test_engine_train_with_no_validation_set_fits_and_tests(tmp_path, tiny_model_args):
+    """``anomalib train`` is ``Engine.train``: fit (no validation runs) then test on the target."""
+    source = _small(tmp_path / "synthetic_source")
+    target = _small(tmp_path / "synthetic_target", categories=("gamma", "delta"), seed=1)
+    datamodule = AuxiliaryDataModule(
+        root=source, val_split_ratio=0, target_dataset="MVTecAD", target_root=target, train_batch_size=1, num_workers=0
+    )
+    model = FAPrompt(**tiny_model_args)
+    before = {name: value.clone() for name, value in model.named_parameters() if value.requires_grad}
+    counter = _ValidationCounter()
+    engine = Engine(
+        accelerator="cpu", max_epochs=1, default_root_dir=tmp_path / "results", logger=False, callbacks=[counter]
+    )
+    engine.train(model=model, datamodule=datamodule)
+    assert counter.batches == 0
+    assert engine.trainer.global_step == 4  # batch 1: one step per image, all 4 of the source's test split
+    assert any(not torch.equal(value, before[name]) for name, value in model.named_parameters() if name in before)
+    (table,) = (tmp_path / "results").rglob("per_category_results.csv")
+    assert [line.split(",")[0] for line in table.read_text().splitlines()[1:3]] == ["delta", "gamma"]
+    assert table.parts[-4] == "synthetic_source_to_synthetic_target"
+    assert len(list((tmp_path / "results").rglob("*.ckpt"))) == 1
+
+
+# --- relative roots ------------------------------------------------------------------------------------------------
+
+
+def test_relative_root_with_folder_and_without_masks(tmp_path, monkeypatch):
+    source = _small(tmp_path / "src" / "data")
+    folder = tmp_path / "src" / "a"
+    shutil.copytree(source / "alpha" / "test" / "good", folder / "good")
+    shutil.copytree(source / "alpha" / "test" / "defect", folder / "defect")
+    monkeypatch.chdir(tmp_path)
+    for masks in (False, True):
+        if masks:
+            shutil.copytree(source / "alpha" / "ground_truth" / "defect", folder / "ground_truth")
+        datamodule = AuxiliaryDataModule(root="src/a", dataset="Folder", masks=masks, val_split_ratio=0, num_workers=0)
+        datamodule.setup()
+        paths = sorted(datamodule.train_data.samples.image_path)
+        assert paths == sorted(str(path) for path in folder.rglob("*/0*.png") if path.parent.name != "ground_truth")
+        assert datamodule.name == "a"
+        assert datamodule.train_data[0].image.shape == (3, 64, 64)
+    mvtec = AuxiliaryDataModule(root="src/data", masks=False, val_split_ratio=0, num_workers=0)
+    mvtec.setup()
+    assert len(mvtec.train_data) == 4
+    assert all(Path(path).is_file() for path in mvtec.train_data.samples.image_path)
+
+
+# --- damaged files, JPEG files, extra masks ------------------------------------------------------------------------
+
+
+def test_truncated_image_is_named_or_skipped_and_listed(tmp_path):
+    root = _small(tmp_path / "data", categories=("alpha",))
+    damaged = root / "alpha" / "test" / "good" / "001.png"
+    _truncate(damaged)
+    with pytest.raises(UnreadableFileError, match=r"001\.png.*truncated.*skip_unreadable"):
+        read_image(damaged)
+
+    for workers in (0, 1):
+        strict = AuxiliaryDataModule(root=root, val_split_ratio=0, train_batch_size=1, num_workers=workers)
+        strict.setup()
+        with pytest.raises(UnreadableFileError, match=r"Cannot read '.*001\.png' \(OSError: image file is truncated"):
+            list(strict.train_dataloader())
+
+    datamodule = AuxiliaryDataModule(
+        root=root, val_split_ratio=0.5, skip_unreadable=True, train_batch_size=1, eval_batch_size=1, num_workers=0
+    )
+    datamodule.setup()
+    paths = [path for batch in datamodule.train_dataloader() for path in batch.image_path]
+    held_out = [path for batch in datamodule.val_dataloader() for path in batch.image_path]
+    assert [path for batch in datamodule.test_dataloader() for path in batch.image_path] == held_out
+    assert datamodule.test_data.skip_unreadable
+    paths += held_out
+    assert sorted(paths) == sorted(str(path) for path in root.rglob("test/*/*.png") if path != damaged)
+    assert list(datamodule.skipped_files) == [str(damaged)]
+    assert "truncated" in datamodule.skipped_files[str(damaged)]
+    with pytest.warns(UserWarning, match=r"Skipped 1 unreadable file.*001\.png"):
+        datamodule.teardown("fit")
+
+
+def test_skip_unreadable_in_lightning_test_and_predict_with_workers(tmp_path):
+    source = _small(tmp_path / "source")
+    target = _small(tmp_path / "target", categories=("gamma", "delta"), seed=1)
+    damaged = target / "gamma" / "test" / "defect" / "000.png"
+    _truncate(damaged)
+    datamodule = AuxiliaryDataModule(
+        root=source,
+        val_split_ratio=0,
+        target_dataset="MVTecAD",
+        target_root=target,
+        skip_unreadable=True,
+        eval_batch_size=1,
+        num_workers=1,
+    )
+    model = _Recorder()
+    with pytest.warns(UserWarning, match=r"Skipped 1 unreadable file.*gamma/test/defect/000\.png"):
+        _trainer().test(model, datamodule=datamodule, verbose=False)
+    expected = [
+        (index, str(path))
+        for index, category in enumerate(["delta", "gamma"])
+        for path in sorted((target / category / "test").rglob("*.png"))
+        if path != damaged
+    ]
+    assert model.seen == expected
+    assert list(datamodule.skipped_files) == [str(damaged)]
+
+    predicted = _trainer().predict(model, datamodule=datamodule)  # Lightning re-creates the loaders here
+    assert [path for loader in predicted for batch in loader for path in batch] == [path for _, path in expected]
+
+
+def test_jpeg_images_and_masks_in_the_mvtec_layout(tmp_path):
+    root = tmp_path / "jpeg"
+    for folder in ("test/good", "test/defect", "ground_truth/defect"):
+        (root / "parts" / folder).mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    masks = {}
+    for number in range(3):
+        image = rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)
+        Image.fromarray(image).save(root / "parts" / "test" / "good" / f"{number:03d}.jpg")
+        Image.fromarray(image).save(root / "parts" / "test" / "defect" / f"{number:03d}.JPG")
+        mask = np.zeros((64, 64), dtype=np.uint8)
+        mask[8 * number + 3 : 8 * number + 21, 13:37] = 255
+        masks[f"{number:03d}"] = mask
+        Image.fromarray(mask).save(root / "parts" / "ground_truth" / "defect" / f"{number:03d}_mask.jpg", quality=75)
+    artefacts = np.asarray(Image.open(root / "parts" / "ground_truth" / "defect" / "000_mask.jpg"))
+    assert ((artefacts > 0) != (masks["000"] > 0)).any()  # JPEG noise: anomalib's `> 0` would grow the mask
+
+    datamodule = AuxiliaryDataModule(root=root, val_split_ratio=0, num_workers=0)
+    datamodule.setup()
+    data = datamodule.train_data
+    assert len(data) == 6
+    for index in range(len(data)):
+        item = data[index]
+        if int(item.gt_label) == 1:
+            assert torch.equal(item.gt_mask.bool(), torch.from_numpy(masks[Path(item.image_path).stem] > 0))
+        else:
+            assert not item.gt_mask.any()
+
+
+def test_extra_mask_in_a_folder_dataset_is_ignored_with_a_warning(tmp_path):
+    source = _small(tmp_path / "data")
+    folder = tmp_path / "custom"
+    shutil.copytree(source / "alpha" / "test" / "good", folder / "good")
+    shutil.copytree(source / "alpha" / "test" / "defect", folder / "defect")
+    shutil.copytree(source / "alpha" / "ground_truth" / "defect", folder / "ground_truth")
+    shutil.copy(folder / "ground_truth" / "000_mask.png", folder / "ground_truth" / "007_mask.png")
+    datamodule = AuxiliaryDataModule(root=folder, dataset="Folder", val_split_ratio=0, num_workers=0)
+    with pytest.warns(UserWarning, match=r"1 mask file.*belong to no defect image.*007_mask\.png"):
+        datamodule.setup()
+    samples = datamodule.train_data.samples
+    defects = samples[samples.label_index == 1]
+    assert [Path(path).name for path in defects.mask_path] == ["000_mask.png", "001_mask.png"]
+    assert [Path(path).name for path in defects.image_path] == ["000.png", "001.png"]
+
+
+# --- mask checks ---------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("where", ["training", "target"])
+def test_mask_of_another_size_or_with_no_defect_is_an_error_naming_it(tmp_path, where):
+    source = _small(tmp_path / "source")
+    target = _small(tmp_path / "target", categories=("gamma",), seed=1)
+    data = source / "alpha" if where == "training" else target / "gamma"
+    mask = data / "ground_truth" / "defect" / "001_mask.png"
+    datamodule = AuxiliaryDataModule(
+        root=source, val_split_ratio=0, target_dataset="MVTecAD", target_root=target, num_workers=0
+    )
+    datamodule.setup()
+    dataset = datamodule.train_data if where == "training" else datamodule.target_data[0]
+    index = list(dataset.samples.mask_path).index(str(mask))
+    assert dataset[index].gt_mask.shape == (64, 64)
+
+    Image.fromarray(np.full((32, 128), 255, dtype=np.uint8)).save(mask)
+    with pytest.raises(ValueError, match=r"001_mask\.png' is 128x32 pixels but its image .*001\.png' is 64x64"):
+        dataset[index]
+    Image.fromarray(np.zeros((64, 64), dtype=np.uint8)).save(mask)
+    with pytest.raises(ValueError, match=r"001_mask\.png' of the defect image .*001\.png' marks no defect pixel"):
+        dataset[index]
+
+
+# --- empty target categories ---------------------------------------------------------------------------------------
+
+
+def test_empty_target_category_keeps_its_place_among_the_test_dataloaders(tmp_path):
+    source = _small(tmp_path / "source")
+    target = _small(tmp_path / "target", categories=("alpha", "gamma"), seed=1)
+    for folder in ("test/good", "test/defect", "ground_truth/defect"):
+        (target / "beta" / folder).mkdir(parents=True)  # folders, no images
+    datamodule = AuxiliaryDataModule(
+        root=source, val_split_ratio=0, target_dataset="MVTecAD", target_root=target, num_workers=0
+    )
+    assert datamodule.test_categories == ["alpha", "beta", "gamma"]
+    model = _Recorder()
+    trainer = _trainer()
+    with pytest.warns(UserWarning, match=r"Target categories with no images .*: beta"):
+        trainer.test(model, datamodule=datamodule, verbose=False)
+    assert [len(loader.dataset) for loader in trainer.test_dataloaders] == [4, 0, 4]
+    assert [loader.dataset.samples.image_path[0].split("/")[-4] for loader in trainer.test_dataloaders[::2]] == [
+        "alpha",
+        "gamma",
+    ]
+    assert sorted({index for index, _ in model.seen}) == [0, 2]  # gamma keeps index 2: names and indices line up
+    assert all(f"/{['alpha', 'beta', 'gamma'][index]}/" in path for index, path in model.seen)
+
+    for category in ("alpha", "gamma"):
+        shutil.rmtree(target / category / "test")
+        (target / category / "test" / "good").mkdir(parents=True)
+    with pytest.raises(ValueError, match="No images in any target category"):
+        _trainer().test(
+            _Recorder(),
+            datamodule=AuxiliaryDataModule(
+                root=source, val_split_ratio=0, target_dataset="MVTecAD", target_root=target, num_workers=0
+            ),
+            verbose=False,
+        )
+
+
+# --- names and missing folders -------------------------------------------------------------------------------------
+
+
+def test_names_say_what_the_data_is(tmp_path):
+    source = _small(tmp_path / "synthetic_source")
+    target = _small(tmp_path / "synthetic_target", categories=("gamma",), seed=1)
+    assert AuxiliaryDataModule(root=source).name == "synthetic_source"
+    assert AuxiliaryDataModule(root=source).test_categories == ["held_out"]
+    pair = AuxiliaryDataModule(root=source, target_dataset="MVTecAD", target_root=target)
+    assert pair.name == "synthetic_source_to_synthetic_target"
+    mvtec = _small(tmp_path / "mvtec_copy", categories=("bottle", "cable"))  # MVTec AD's categories
+    assert (
+        AuxiliaryDataModule(root=mvtec, target_dataset="MVTecAD", target_root=target).name
+        == "MVTecAD_to_synthetic_target"
+    )
+    assert AuxiliaryDataModule(root=source, name="toy").name == "toy"
+
+
+def test_missing_dataset_folder_fails_in_one_line_before_any_download(tmp_path, monkeypatch):
+    def no_download(*_args, **_kwargs):
+        pytest.fail("a download was tried")
+
+    monkeypatch.setattr(mvtecad_module, "download_and_extract", no_download)
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(FileNotFoundError) as error:
+        AuxiliaryDataModule(root="datasets/synthetic")
+    message = str(error.value)
+    assert "\n" not in message
+    assert "'datasets/synthetic' (argument `root`) does not exist" in message
+    assert "python -m anomalib_faprompt.data.synthetic datasets/synthetic" in message
+    source = _small(tmp_path / "source")
+    with pytest.raises(FileNotFoundError, match=r"'datasets/target' \(argument `target_root`\)"):
+        AuxiliaryDataModule(root=source, target_dataset="Visa", target_root="datasets/target")
+    assert list(tmp_path.iterdir()) == [source]
+
+
+def test_failed_download_into_the_default_folder_leaves_nothing_behind(tmp_path, monkeypatch):
+    def offline(*_args, **_kwargs):
+        raise urllib.error.URLError("no network")
+
+    monkeypatch.setattr(mvtecad_module, "download_and_extract", offline)
+    monkeypatch.chdir(tmp_path)
+    datamodule = AuxiliaryDataModule(root="datasets/MVTecAD", categories=["bottle"])
+    with pytest.raises(FileNotFoundError, match=r"MVTecAD category 'bottle' is not under 'datasets/MVTecAD'"):
+        datamodule.prepare_data()
+    assert list(tmp_path.iterdir()) == []
+
+
+# --- the synthetic generator ---------------------------------------------------------------------------------------
+
+
+def test_generator_refuses_a_non_empty_folder_unless_told_to_overwrite(tmp_path):
+    root = _small(tmp_path / "data", categories=("alpha", "beta"))
+    own = root / "notes.txt"
+    own.write_text("mine")
+    before = (root / "alpha" / "test" / "good" / "000.png").read_bytes()
+    with pytest.raises(FileExistsError, match=r"is not empty.*overwrite"):
+        make_synthetic_dataset(root, categories=("alpha",), seed=5)
+    assert (root / "alpha" / "test" / "good" / "000.png").read_bytes() == before
+
+    command = [sys.executable, "-W", "error::RuntimeWarning", "-m", "anomalib_faprompt.data.synthetic", str(root)]
+    refused = subprocess.run([*command, "--categories", "alpha"], capture_output=True, text=True, check=False)
+    assert refused.returncode == 2
+    assert refused.stderr.strip().splitlines()[-1].endswith("to replace its category folders.")
+    assert str(root) in refused.stderr
+    assert (root / "alpha" / "test" / "good" / "000.png").read_bytes() == before
+
+    done = subprocess.run(
+        [*command, "--categories", "alpha", "--seed", "5", "--n-defect", "1", "--overwrite"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "RuntimeWarning" not in done.stderr
+    assert (root / "alpha" / "test" / "good" / "000.png").read_bytes() != before
+    assert len(list((root / "alpha" / "test" / "defect").iterdir())) == 1  # the folder was replaced, not merged
+    assert own.read_text() == "mine"
+    assert (root / "beta").is_dir()
+
+    fresh = subprocess.run([*command[:-1], str(tmp_path / "new")], capture_output=True, text=True, check=False)
+    assert fresh.returncode == 0, fresh.stderr
+    assert fresh.stderr == ""
