@@ -232,7 +232,7 @@ def test_vv_layers_out_of_range(tiny_clip_config):
 
 
 def test_image_size_not_multiple_of_patch(tiny_clip_config):
-    with pytest.raises(ValueError, match=r"image_size=60 must be a multiple of the backbone patch size 8"):
+    with pytest.raises(ValueError, match=r"image_size=60 must be a positive multiple of the backbone patch size 8"):
         _backbone(tiny_clip_config, image_size=60)
 
 

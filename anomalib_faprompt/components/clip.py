@@ -13,7 +13,6 @@ positional embedding to the working image size, and exposes two encoders:
 
 from __future__ import annotations
 
-import logging
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -25,8 +24,6 @@ import torch.nn.functional as F  # noqa: N812
 from open_clip.model import CLIP
 from open_clip.transformer import ResidualAttentionBlock
 from torch import nn
-
-logger = logging.getLogger(__name__)
 
 __all__ = ["CLIPBackbone", "load_open_clip", "plain_config", "resize_positional_embedding"]
 
@@ -174,8 +171,8 @@ class CLIPBackbone(nn.Module):
             msg = f"vv_layers={vv_layers} must be between 1 and the image tower depth ({depth})."
             raise ValueError(msg)
         patch = visual.patch_size[0]
-        if image_size % patch:
-            msg = f"image_size={image_size} must be a multiple of the backbone patch size {patch}."
+        if isinstance(image_size, bool) or not isinstance(image_size, int) or image_size < patch or image_size % patch:
+            msg = f"image_size={image_size!r} must be a positive multiple of the backbone patch size {patch}."
             raise ValueError(msg)
 
         self.grid = image_size // patch
@@ -201,6 +198,11 @@ class CLIPBackbone(nn.Module):
         return self.clip.token_embedding.weight.shape[1]
 
     @property
+    def context_length(self) -> int:
+        """Number of text token positions."""
+        return self.clip.positional_embedding.shape[0]
+
+    @property
     def text_depth(self) -> int:
         """Number of text transformer blocks."""
         return len(self.clip.transformer.resblocks)
@@ -211,6 +213,21 @@ class CLIPBackbone(nn.Module):
         self.clip.eval()
         return self
 
+    @property
+    def depth(self) -> int:
+        """Number of image transformer blocks."""
+        return len(self.clip.visual.transformer.resblocks)
+
+    def check_patch_layers(self, layers: Sequence[int]) -> None:
+        """Raise a ``ValueError`` unless every layer (1-based block number) has the value-value path."""
+        first = self.vv_start + 1
+        if not layers or any(not first <= layer <= self.depth for layer in layers):
+            msg = (
+                f"feature_layers={list(layers)} must be block numbers with the value-value path, between {first} "
+                f"and {self.depth} (the last vv_layers={self.depth - self.vv_start} of {self.depth} blocks, from 1)."
+            )
+            raise ValueError(msg)
+
     def encode_image(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Encode normalised images with the value-value dual path.
 
@@ -219,7 +236,24 @@ class CLIPBackbone(nn.Module):
 
         Returns:
             Global embedding ``(B, D)`` (class token of the ordinary stream, without ``ln_post``) and
-            patch embeddings ``(B, N, D)`` (``ln_post`` of the V-V stream), both unnormalised.
+            patch embeddings ``(B, N, D)`` (``ln_post`` of the V-V stream after the last block), both
+            unnormalised.
+        """
+        global_embedding, (patches,) = self.encode_image_layers(images, (self.depth,))
+        return global_embedding, patches
+
+    def encode_image_layers(
+        self, images: torch.Tensor, layers: Sequence[int]
+    ) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
+        """:meth:`encode_image` with the V-V patch embeddings taken after each of several blocks.
+
+        Args:
+            images: ``(B, 3, S, S)`` images, CLIP-normalised.
+            layers: Block numbers (from 1) with the value-value path, see :meth:`check_patch_layers`.
+
+        Returns:
+            Global embedding ``(B, D)`` and one ``(B, N, D)`` patch embedding per layer (``ln_post`` and
+            the projection applied to the V-V stream after that block), both unnormalised.
         """
         visual = self.clip.visual
         x = visual._embeds(images)  # noqa: SLF001
@@ -228,12 +262,15 @@ class CLIPBackbone(nn.Module):
             x = block(x)
         x_vv = x
         last = len(blocks) - 1
+        taken = {}
         for index in range(self.vv_start, len(blocks)):
             block = blocks[index]
             q, k, v = _qkv(block, block.ln_1(x))
             out = block.attn.out_proj
             a_vv = out(_merge_heads(F.scaled_dot_product_attention(v, v, v)))
             x_vv = x_vv + block.ls_1(a_vv)
+            if index + 1 in layers:
+                taken[index + 1] = visual.ln_post(x_vv[:, 1:]) @ visual.proj
             if index == last:
                 # Only the class token of the ordinary stream is used after the last block.
                 q, x = q[:, :, :1], x[:, :1]
@@ -241,8 +278,7 @@ class CLIPBackbone(nn.Module):
             x = x + block.ls_1(a_ori)
             x = x + block.ls_2(block.mlp(block.ln_2(x)))
         global_embedding = x[:, 0] @ visual.proj
-        patch_embeddings = visual.ln_post(x_vv[:, 1:]) @ visual.proj
-        return global_embedding, patch_embeddings
+        return global_embedding, tuple(taken[layer] for layer in layers)
 
     def tokenize(self, texts: list[str]) -> torch.Tensor:
         """Tokenize prompt texts to ``(P, context_length)`` token ids."""
