@@ -35,7 +35,7 @@ from anomalib_faprompt.components import PromptedCLIPModel, build_backbone, loca
 from anomalib_faprompt.components.options import check_count
 from anomalib_faprompt.metrics import AUPRO, PerCategoryEvaluator
 
-from .checkpoint import check_checkpoint, read_checkpoint, restore_frozen, strip_frozen
+from .checkpoint import check_checkpoint, guard_checkpoint_io, read_checkpoint, restore_frozen, strip_frozen
 from .pre_processor import CLIPPreProcessor
 from .targets import TrainingTargets
 
@@ -48,7 +48,7 @@ OPENAI_CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 def _check_hyperparameters(hparams: Any, loss_terms: tuple[str, ...]) -> None:  # noqa: ANN401
     """Checks of the numbers that need no backbone, so that a bad value fails before CLIP is loaded."""
     check_count("image_size", hparams.image_size)
-    for name in ("vv_layers", "prompt_depth", "prompt_length"):
+    for name in ("vv_layers", "prompt_depth", "prompt_length", *(key for key in hparams if key.startswith("n_"))):
         check_count(name, hparams[name])
     for name in ("temperature", "sigma", "learning_rate"):
         value = hparams[name]
@@ -274,12 +274,9 @@ class PromptLearningModule(AnomalibModule):
         self.zero_shot = True
 
     def setup(self, stage: str) -> None:
-        """Check a ``--ckpt_path`` checkpoint before Lightning reads it, so that a wrong file gets a clear error."""
+        """Have a missing or damaged ``ckpt_path`` file named in the error (see :func:`guard_checkpoint_io`)."""
         super().setup(stage)
-        path = self.trainer.ckpt_path if self._trainer is not None else None
-        if path:
-            checkpoint = read_checkpoint(self, path, "`ckpt_path`")
-            check_checkpoint(self, checkpoint, f"'{path}' (`ckpt_path`)")
+        guard_checkpoint_io(self, self.trainer)
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         """Save a checkpoint that stands on its own, without pretrained CLIP weights (see :mod:`.checkpoint`)."""

@@ -23,9 +23,11 @@ from anomalib.utils.serialization import anomalib_safe_globals
 from anomalib_faprompt.components import plain_config
 
 if TYPE_CHECKING:
+    from lightning.pytorch import Trainer
+
     from .base import PromptLearningModule
 
-__all__ = ["check_checkpoint", "read_checkpoint", "restore_frozen", "strip_frozen"]
+__all__ = ["check_checkpoint", "guard_checkpoint_io", "read_checkpoint", "restore_frozen", "strip_frozen"]
 
 MODEL_KEY = "anomalib_faprompt_model"
 FINGERPRINT_KEY = "backbone_fingerprint"
@@ -71,6 +73,27 @@ def read_checkpoint(module: PromptLearningModule, path: str | Path, source: str)
         msg = f"'{path}' ({source}) is not an anomalib checkpoint: it has no 'state_dict'."
         raise ValueError(msg)
     return checkpoint
+
+
+def guard_checkpoint_io(module: PromptLearningModule, trainer: Trainer) -> None:
+    """Make the trainer read a ``ckpt_path`` through :func:`read_checkpoint` first, for its clear errors.
+
+    Lightning reads ``trainer.test(..., ckpt_path=...)`` files with the strategy's checkpoint IO after the
+    module's ``setup`` hook and before any hook that sees the path, so a damaged file would surface as a
+    raw zip-reader error. Only this trainer's IO object is wrapped, once; the file's content is then
+    checked in ``on_load_checkpoint``.
+    """
+    io = trainer.strategy.checkpoint_io
+    if getattr(io.load_checkpoint, "checks_for", None) is module:
+        return
+    load = type(io).load_checkpoint.__get__(io)
+
+    def load_checkpoint(path: str | Path, *args: Any, **kwargs: Any) -> dict[str, Any]:  # noqa: ANN401
+        read_checkpoint(module, path, "`ckpt_path`")
+        return load(path, *args, **kwargs)
+
+    load_checkpoint.checks_for = module
+    io.load_checkpoint = load_checkpoint
 
 
 def _structure_differences(module: PromptLearningModule, saved: dict[str, Any]) -> list[str]:

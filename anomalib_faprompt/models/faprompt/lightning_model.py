@@ -141,6 +141,8 @@ class FAPrompt(PromptLearningModule, AnomalibModule):
         evaluator: Evaluator | bool = True,
         visualizer: Visualizer | bool = True,
     ) -> None:
+        check_choice("patch_selection", patch_selection, PatchSelection)
+        check_choice("local_score", local_score, LocalScore)
         check_choice("global_loss_input", global_loss_input, GlobalLossInput)
         super().__init__(
             pre_processor=pre_processor,
