@@ -115,7 +115,8 @@ def test_training_output_fields_and_shapes(images):
     assert output.abnormal_maps[0].shape == (3, S, S)
     assert 0.0 <= float(output.abnormal_maps[0].min()) <= float(output.abnormal_maps[0].max()) <= 1.0
     assert len(output.abnormal_maps) == 1
-    assert output.global_logits.requires_grad and output.abnormal_maps[0].requires_grad
+    assert output.global_logits.requires_grad
+    assert output.abnormal_maps[0].requires_grad
 
 
 def test_score_is_global_only_and_map_is_patch_probability_blurred_with_sigma_4(images, monkeypatch):
