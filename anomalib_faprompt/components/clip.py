@@ -14,9 +14,11 @@ positional embedding to the working image size, and exposes two encoders:
 from __future__ import annotations
 
 import os
+import socket
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlparse
 
 import open_clip
 import torch
@@ -29,7 +31,7 @@ __all__ = ["CLIPBackbone", "load_open_clip", "plain_config", "resize_positional_
 
 
 def _weights_error(model_name: str, pretrained: str, cause: Exception) -> RuntimeError:
-    """Build the error raised when CLIP weights can be neither downloaded nor read."""
+    """Build the error raised when the CLIP weights of a pretrained tag can be neither downloaded nor read."""
     cfg = open_clip.get_pretrained_cfg(model_name, pretrained)
     source = cfg.get("url") or (f"https://huggingface.co/{cfg['hf_hub']}" if cfg.get("hf_hub") else "")
     where = f" from {source}" if source else ""
@@ -41,6 +43,50 @@ def _weights_error(model_name: str, pretrained: str, cause: Exception) -> Runtim
         f"open_clip also reads its cache at ~/.cache/clip and the Hugging Face cache."
     )
     return RuntimeError(msg)
+
+
+def _file_error(model_name: str, path: str, cause: Exception) -> ValueError:
+    """Build the error raised when a local weights file cannot be read as weights of ``model_name``."""
+    reason = str(cause).splitlines()[0] if str(cause) else type(cause).__name__
+    msg = (
+        f"CLIP weights file '{path}' (argument `pretrained`) could not be read as weights of '{model_name}' "
+        f"({type(cause).__name__}: {reason}). Pass the weights file of that architecture (e.g. OpenAI's "
+        "ViT-L-14-336px.pt for ViT-L-14-336), or the backbone it belongs to."
+    )
+    return ValueError(msg)
+
+
+def _is_cached(cfg: dict[str, Any]) -> bool:
+    """Whether the weights of a pretrained config are in open_clip's or the Hugging Face cache already."""
+    if cfg.get("hf_hub"):
+        from huggingface_hub import try_to_load_from_cache
+
+        repo, _, folder = cfg["hf_hub"].partition("/")
+        repo_id = f"{repo}/{folder.strip('/').split('/')[0]}" if folder else repo
+        names = [cfg.get("file")] if cfg.get("file") else ["open_clip_model.safetensors", "open_clip_pytorch_model.bin"]
+        return any(isinstance(try_to_load_from_cache(repo_id, name), str) for name in names)
+    url = cfg.get("url", "")
+    return bool(url) and (Path.home() / ".cache" / "clip" / Path(urlparse(url).path).name).is_file()
+
+
+def _check_reachable(model_name: str, pretrained: str) -> None:
+    """Fail at once, with the package's message, when uncached weights cannot be downloaded.
+
+    Without this, a machine without network access spends about a minute in the download's retries
+    before it fails. One connection attempt to the weights' host (a few seconds at most) decides.
+    """
+    cfg = open_clip.get_pretrained_cfg(model_name, pretrained)
+    if not cfg or _is_cached(cfg):
+        return
+    if os.environ.get("HF_HUB_OFFLINE", "0").lower() in {"1", "true", "yes"}:
+        raise _weights_error(model_name, pretrained, OSError("HF_HUB_OFFLINE is set"))
+    host = "huggingface.co" if cfg.get("hf_hub") else urlparse(cfg.get("url", "")).hostname
+    if not host:
+        return
+    try:
+        socket.create_connection((host, 443), timeout=5).close()
+    except OSError as error:
+        raise _weights_error(model_name, pretrained, error) from error
 
 
 def plain_config(value: object) -> object:
@@ -79,13 +125,14 @@ def load_open_clip(
 
     Raises:
         FileNotFoundError: ``pretrained`` looks like a path and the file does not exist.
-        RuntimeError: The weights cannot be downloaded or read; the message says how to supply them.
+        ValueError: ``pretrained`` is a file that holds no weights of this architecture.
+        RuntimeError: The weights of a tag cannot be downloaded (checked with one connection attempt before
+            the download, so that an offline machine fails at once) or read; the message says how to supply them.
     """
     is_file = pretrained is not None and (os.sep in pretrained or Path(pretrained).suffix != "")
     if is_file and not Path(pretrained).is_file():
-        msg = (
-            f"CLIP weights file '{pretrained}' (argument `pretrained`) does not exist. Pass an existing file or a tag."
-        )
+        what = "is a directory" if Path(pretrained).is_dir() else "does not exist"
+        msg = f"CLIP weights file '{pretrained}' (argument `pretrained`) {what}. Pass a weights file or a tag."
         raise FileNotFoundError(msg)
     if model_config is not None:
         if pretrained is not None and not is_file:
@@ -93,15 +140,24 @@ def load_open_clip(
             raise ValueError(msg)
         model = CLIP(**plain_config(model_config))
         if is_file:
-            open_clip.load_checkpoint(model, pretrained)
+            try:
+                open_clip.load_checkpoint(model, pretrained)
+            except Exception as error:  # noqa: BLE001  (open_clip raises KeyError, AssertionError, ... on a bad file)
+                raise _file_error("the given backbone_config", pretrained, error) from error
         return model.eval()
     quick_gelu = is_file and bool(open_clip.get_pretrained_cfg(model_name, "openai").get("quick_gelu", False))
+    if pretrained is not None and not is_file:
+        _check_reachable(model_name, pretrained)
     try:
         model = open_clip.create_model(model_name, pretrained=pretrained, force_quick_gelu=quick_gelu)
-    except (OSError, RuntimeError) as error:
+    except Exception as error:  # noqa: BLE001  (open_clip raises KeyError, AssertionError, ... on a bad file)
         if pretrained is None:
             raise
-        raise _weights_error(model_name, pretrained, error) from error
+        if is_file:
+            raise _file_error(model_name, pretrained, error) from error
+        if isinstance(error, OSError | RuntimeError):
+            raise _weights_error(model_name, pretrained, error) from error
+        raise
     return model.eval()
 
 
