@@ -112,9 +112,11 @@ def test_training_output_fields_and_shapes(images):
     output = model(images)
     assert isinstance(output, AnomalyCLIPTrainOutput)
     assert output.global_logits.shape == (3, 2)
-    assert output.abnormal_map.shape == (3, S, S)
-    assert 0.0 <= float(output.abnormal_map.min()) <= float(output.abnormal_map.max()) <= 1.0
-    assert all(value.requires_grad for value in output)
+    assert output.abnormal_maps[0].shape == (3, S, S)
+    assert 0.0 <= float(output.abnormal_maps[0].min()) <= float(output.abnormal_maps[0].max()) <= 1.0
+    assert len(output.abnormal_maps) == 1
+    assert output.global_logits.requires_grad
+    assert output.abnormal_maps[0].requires_grad
 
 
 def test_score_is_global_only_and_map_is_patch_probability_blurred_with_sigma_4(images, monkeypatch):
@@ -124,8 +126,8 @@ def test_score_is_global_only_and_map_is_patch_probability_blurred_with_sigma_4(
     normal_text, abnormal_text = torch.randn(dim), torch.randn(1, dim)
     global_embedding, patches = torch.randn(3, dim), torch.randn(3, N, dim)
     monkeypatch.setattr(model, "static_text", lambda: (normal_text, abnormal_text))
-    monkeypatch.setattr(model.backbone, "encode_image", lambda _: (global_embedding, patches))
-    model.refresh_text_cache()  # eval mode filled the cache from the real prompts
+    monkeypatch.setattr(model.backbone, "encode_image_layers", lambda _, __: (global_embedding, (patches,)))
+    model.text_cache.invalidate()  # the cache holds what the real prompts gave
     with torch.no_grad():
         output = model(images)
 
@@ -143,7 +145,7 @@ def test_score_is_global_only_and_map_is_patch_probability_blurred_with_sigma_4(
     torch.testing.assert_close(output.anomaly_map, expected_map, atol=1e-5, rtol=0)
 
     # The score ignores the patches: other patches change the map only.
-    monkeypatch.setattr(model.backbone, "encode_image", lambda _: (global_embedding, patches.flip(1)))
+    monkeypatch.setattr(model.backbone, "encode_image_layers", lambda _, __: (global_embedding, (patches.flip(1),)))
     with torch.no_grad():
         other = model(images)
     torch.testing.assert_close(other.pred_score, output.pred_score, rtol=0, atol=0)
@@ -182,7 +184,7 @@ def test_loss_is_ce_plus_four_local_by_hand(images, monkeypatch):
         output = module.model(images)
         logits = output.global_logits
         ce = (torch.logsumexp(logits, dim=1) - logits[torch.arange(3), labels]).mean()
-        local = _hand_local_loss(output.abnormal_map, masks)
+        local = _hand_local_loss(output.abnormal_maps[0], masks)
     torch.testing.assert_close(logged["train_loss_ce"].detach(), ce, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(logged["train_loss_local"].detach(), local, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(total.detach(), ce + 4.0 * local, atol=1e-5, rtol=1e-5)
@@ -219,3 +221,45 @@ def test_training_through_engine_lowers_the_loss(tmp_path):
     assert recorder.losses[-1] < 0.9 * recorder.losses[0]
     for name, value in module.model.named_parameters():
         assert torch.equal(value, before[name]) is not value.requires_grad, name  # only the prompts move
+
+
+# --- feature layers: several V-V blocks, as the authors' train.py/test.py default ----------------------------------
+
+
+def test_feature_layers_sum_the_local_losses_and_average_the_maps(images):
+    """Two layers against a direct computation from the backbone's per-layer patch tokens."""
+    module = _module(feature_layers=[2, 3])
+    model = module.model.eval()
+    with torch.no_grad():
+        output = model(images)
+        normal, abnormal, _ = model.text_embeddings()
+        global_embedding, layer_patches = model.backbone.encode_image_layers(images, (2, 3))
+        tau = 0.07
+        probabilities = []
+        for patches in layer_patches:
+            f_p = F.normalize(patches, dim=-1)
+            s_n, s_a = f_p @ normal / tau, f_p @ abnormal / tau
+            probabilities.append(torch.exp(s_a) / (torch.exp(s_n) + torch.exp(s_a)))
+        expected_map = model.pixel_map((probabilities[0] + probabilities[1]) / 2)
+        f_v = F.normalize(global_embedding, dim=-1)
+        expected_score = torch.sigmoid((f_v @ abnormal - f_v @ normal) / tau)
+    torch.testing.assert_close(output.anomaly_map, expected_map, atol=1e-6, rtol=0)
+    torch.testing.assert_close(output.pred_score, expected_score, atol=1e-6, rtol=0)
+
+    model.train()
+    masks = torch.zeros(3, S, S)
+    masks[0, 5:20, 10:30] = 1.0
+    losses = module.compute_losses(images, torch.tensor([1, 0, 0]), masks)
+    train_output = model(images)
+    assert len(train_output.abnormal_maps) == 2
+    expected_local = sum(_hand_local_loss(layer, masks) for layer in train_output.abnormal_maps)
+    torch.testing.assert_close(losses["local"], expected_local, atol=1e-5, rtol=1e-5)
+
+
+def test_default_feature_layer_is_the_last_block(images):
+    last = _module(feature_layers=[3]).model.eval()  # the tiny image tower has 3 blocks
+    default = _module().model.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(last(images).anomaly_map, default(images).anomaly_map, rtol=0, atol=0)
+    with pytest.raises(ValueError, match=r"feature_layers=\[1\] must be block numbers with the value-value path"):
+        _module(feature_layers=[1])

@@ -232,7 +232,7 @@ def test_vv_layers_out_of_range(tiny_clip_config):
 
 
 def test_image_size_not_multiple_of_patch(tiny_clip_config):
-    with pytest.raises(ValueError, match=r"image_size=60 must be a multiple of the backbone patch size 8"):
+    with pytest.raises(ValueError, match=r"image_size=60 must be a positive multiple of the backbone patch size 8"):
         _backbone(tiny_clip_config, image_size=60)
 
 
@@ -254,3 +254,41 @@ def test_offline_pretrained_tag_error(monkeypatch):
     assert "pretrained" in message
     assert "/path/to/weights.pt" in message
     assert isinstance(info.value.__cause__, OSError)
+
+
+def test_offline_tag_fails_at_once_before_the_download(monkeypatch, tmp_path):
+    """Uncached weights and no connection: the package's message at once, not a minute of download retries."""
+    from anomalib_faprompt.components import clip
+
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf"))
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.setattr(clip, "_is_cached", lambda _cfg: False)
+    hosts = []
+
+    def unreachable(address, timeout):
+        hosts.append((address, timeout))
+        raise OSError("Name or service not known")
+
+    def no_download(*_args, **_kwargs):
+        raise AssertionError("the download was attempted")
+
+    monkeypatch.setattr(clip.socket, "create_connection", unreachable)
+    monkeypatch.setattr(open_clip, "create_model", no_download)
+    with pytest.raises(RuntimeError, match=r"model 'ViT-L-14-336' with pretrained tag 'openai' .*Name or service"):
+        load_open_clip("ViT-L-14-336", "openai")
+    assert hosts == [(("huggingface.co", 443), 5)]
+
+
+def test_unreadable_or_foreign_weights_files_are_named(tiny_clip_config, tmp_path):
+    text = tmp_path / "notes.pt"
+    text.write_text("not weights")
+    with pytest.raises(ValueError, match=r"'.*notes\.pt' \(argument `pretrained`\) could not be read as weights"):
+        load_open_clip("tiny", str(text), tiny_clip_config)
+    other = copy.deepcopy(tiny_clip_config)
+    other["text_cfg"]["width"] = 48
+    foreign = tmp_path / "foreign.pt"
+    torch.save(load_open_clip("tiny", None, other).state_dict(), foreign)
+    with pytest.raises(ValueError, match=r"foreign\.pt' \(argument `pretrained`\) could not be read as weights"):
+        load_open_clip("tiny", str(foreign), tiny_clip_config)
+    with pytest.raises(FileNotFoundError, match=r"'.*' \(argument `pretrained`\) is a directory"):
+        load_open_clip("tiny", str(tmp_path) + "/", tiny_clip_config)

@@ -104,8 +104,14 @@ def test_weights_errors_name_the_file_and_the_fix(checkpoints, tmp_path):
         AnomalyCLIP(**args, weights=checkpoints["FAPrompt"])
     with pytest.raises(ValueError, match=r"not a checkpoint of FAPrompt: it lacks \['prior_net"):
         FAPrompt(**args, weights=checkpoints["AnomalyCLIP"])
-    with pytest.raises(ValueError, match=r"other sizes \(normal_ctx is \(12, 32\) there, \(5, 32\) here"):
+    with pytest.raises(ValueError, match=r"trained with other hyperparameters: n_ctx=12 \(here: 5\)"):
         AnomalyCLIP(**args, n_ctx=5, weights=checkpoints["AnomalyCLIP"])
+    checkpoint = torch.load(checkpoints["AnomalyCLIP"], weights_only=False)
+    del checkpoint["hyper_parameters"]  # a checkpoint that does not say: its tensors' sizes still do
+    bare = tmp_path / "bare.ckpt"
+    torch.save(checkpoint, bare)
+    with pytest.raises(ValueError, match=r"other sizes \(normal_ctx is \(12, 32\) there, \(5, 32\) here"):
+        AnomalyCLIP(**args, n_ctx=5, weights=str(bare))
 
 
 def test_weights_with_pretrained_clip_load_the_prompts_and_check_the_clip(tmp_path):

@@ -47,3 +47,33 @@ def test_encode_image_matches_reference(backbone_and_images: tuple) -> None:
     assert patches.shape == (2, backbone.grid**2, backbone.embed_dim)
     torch.testing.assert_close(global_embedding, expected_global, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(patches, expected_patches, rtol=1e-5, atol=1e-5)
+
+
+def test_patch_tokens_of_every_value_value_block_match_reference(backbone_and_images: tuple) -> None:
+    """encode_image_layers takes the V-V stream after each asked block (numbered from 1), as the reference does."""
+    backbone, images = backbone_and_images
+    visual = backbone.clip.visual
+    layers = tuple(range(backbone.vv_start + 1, backbone.depth + 1))
+    with torch.no_grad():
+        global_embedding, taken = backbone.encode_image_layers(images, layers)
+        x = visual._embeds(images)
+        x_vv, expected = None, []
+        for index, block in enumerate(visual.transformer.resblocks):
+            if index == backbone.vv_start:
+                x_vv = x
+            if x_vv is not None:
+                x_vv = x_vv + block.ls_1(value_value_attention(block, x))
+                expected.append(visual.ln_post(x_vv[:, 1:]) @ visual.proj)
+            x = block(x)
+    assert len(taken) == len(layers) == len(expected) == 2
+    for actual, reference in zip(taken, expected, strict=True):
+        torch.testing.assert_close(actual, reference, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(global_embedding, backbone.encode_image(images)[0], rtol=0, atol=0)
+    assert not torch.allclose(taken[0], taken[1])
+
+
+@pytest.mark.parametrize("layers", [(), (1,), (4,)])
+def test_patch_layers_outside_the_value_value_blocks_are_refused(backbone_and_images: tuple, layers: tuple) -> None:
+    backbone, _ = backbone_and_images
+    with pytest.raises(ValueError, match=r"feature_layers=.* between 2 and 3"):
+        backbone.check_patch_layers(layers)

@@ -194,7 +194,7 @@ def test_fusion_on_hand_made_example(local_score, monkeypatch):
     monkeypatch.setattr(model.backbone, "encode_image", lambda images: (2.0 * global_embedding, 3.0 * patches))
     monkeypatch.setattr(model, "static_text", lambda: (normal_text, abnormal_text[None]))
     monkeypatch.setattr(model, "dap_text", lambda prior: dap_text.expand(prior.shape[0], -1))
-    model.refresh_text_cache()  # eval mode filled the cache from the real prompts
+    model.text_cache.invalidate()  # the cache holds what the real prompts gave
     model.blur = nn.Identity()
 
     with torch.no_grad():
@@ -262,7 +262,6 @@ def test_static_text_cached_in_eval_and_refreshed_after_train(images, monkeypatc
     torch.testing.assert_close(first.pred_score, second.pred_score, rtol=0, atol=0)
 
     model.train()
-    assert not model.text_cache.valid
     with torch.no_grad():
         model.normal_ctx.add_(0.5 * torch.randn_like(model.normal_ctx))
     calls.clear()
@@ -273,14 +272,16 @@ def test_static_text_cached_in_eval_and_refreshed_after_train(images, monkeypatc
     model.eval()
     with torch.no_grad():
         third = model(images)
-    assert calls == [1 + k, batch * k]  # cache rebuilt from the new prompts (on entering eval mode)
+    assert calls == [1 + k, batch * k]  # cache rebuilt: the prompts changed since it was filled
     assert not torch.allclose(first.pred_score, third.pred_score, atol=1e-5)
 
-    # load_state_dict in eval mode refills the cache from the loaded prompts.
+    # load_state_dict writes the prompts in place: the next eval forward recomputes the cache, once.
     calls.clear()
     model.load_state_dict(model.state_dict())
-    assert calls == [1 + k]
-    assert model.text_cache.valid
+    with torch.no_grad():
+        model(images)
+        model(images)
+    assert calls == [1 + k, batch * k, batch * k]
 
 
 def test_text_cache_follows_module_conversion(images):
@@ -331,14 +332,14 @@ def _batch(images: torch.Tensor, mask_size: int) -> SimpleNamespace:
 def test_training_targets_resize_and_binarise_masks(images):
     module = FAPrompt(**copy.deepcopy(TINY_MODEL_ARGS))
     batch = _batch(images, 16)
-    labels, masks = module.training_targets(batch)
+    labels, masks = module.targets(batch)
     expected = F.interpolate(batch.gt_mask, size=(S, S), mode="bilinear", align_corners=False)[:, 0] > 0.5
     assert labels.tolist() == [1, 0, 1]
     assert masks.shape == (3, S, S)
     assert set(masks.unique().tolist()) == {0.0, 1.0}
     torch.testing.assert_close(masks, expected.float(), rtol=0, atol=0)
     with pytest.raises(ValueError, match="no masks"):
-        module.training_targets(SimpleNamespace(image=images, gt_label=batch.gt_label, gt_mask=None))
+        module.targets(SimpleNamespace(image=images, gt_label=batch.gt_label, gt_mask=None))
 
 
 @pytest.mark.parametrize("global_loss_input", ["probability", "logits"])
@@ -347,7 +348,7 @@ def test_training_step_total_is_the_weighted_sum(global_loss_input, images):
     module.train()
     batch = _batch(images, S)
     total = module.training_step(batch, 0)
-    labels, masks = module.training_targets(batch)
+    labels, masks = module.targets(batch)
     terms = module.compute_losses(images, labels, masks)
     expected = (
         terms["local"]
@@ -365,4 +366,4 @@ def test_training_step_total_is_the_weighted_sum(global_loss_input, images):
     )
     torch.testing.assert_close(terms["ce"], F.cross_entropy(output.global_logits, labels), atol=1e-6, rtol=0)
     total.backward()
-    assert all(p.grad is not None for p in module.trainable_parameters())
+    assert all(p.grad is not None for p in module.model.learned_parameters())

@@ -286,7 +286,7 @@ def test_missing_masks_raise_or_train_image_level_only(datasets, tmp_path):
     assert "train_loss_dap_local" not in logged
 
     with pytest.raises(ValueError, match="pixel_losses=False"):
-        FAPrompt(pretrained=None, **_tiny_args()).training_targets(next(iter(datamodule.train_dataloader())))
+        FAPrompt(pretrained=None, **_tiny_args()).targets(next(iter(datamodule.train_dataloader())))
 
 
 @pytest.mark.parametrize(("model_class", "pixel_terms"), [(FAPrompt, {"local", "dap_local"}), (AnomalyCLIP, {"local"})])

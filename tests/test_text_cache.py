@@ -1,4 +1,4 @@
-"""The eval-time text cache: buffers filled on entering eval mode, refreshed on load, stale in training."""
+"""The eval-time text cache: buffers recomputed exactly when the learned parameters they come from change."""
 
 from __future__ import annotations
 
@@ -18,36 +18,31 @@ def fresh_static_text(model) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 @MODELS
-def test_eval_fills_buffers_that_are_not_checkpointed(model_class, tiny_model_args):
-    model = model_class(**tiny_model_args).model
-    assert not model.text_cache.valid
-    model.eval()
-    assert model.text_cache.valid
-    normal, abnormal = fresh_static_text(model)
-    assert torch.equal(model.text_cache.normal, normal)
-    assert torch.equal(model.text_cache.abnormal, abnormal)
+def test_eval_read_fills_buffers_that_are_not_checkpointed(model_class, tiny_model_args):
+    model = model_class(**tiny_model_args).model.eval()
+    assert model.text_cache.normal.numel() == 0
+    normal, abnormal, raw = model.text_embeddings()
+    assert raw is None  # eval reads only the normalised pair
+    expected_normal, expected_abnormal = fresh_static_text(model)
+    assert torch.equal(normal, expected_normal)
+    assert torch.equal(abnormal, expected_abnormal)
     buffers = dict(model.named_buffers())
     assert buffers["text_cache.normal"] is model.text_cache.normal
     assert not any(key.startswith("text_cache") for key in model.state_dict())
+    assert set(model.text_cache.state_dict(keep_vars=True)) == set()
 
 
 @MODELS
-def test_load_state_dict_in_eval_refreshes_and_train_marks_stale(model_class, tiny_model_args):
+def test_loaded_prompts_are_read_after_load_state_dict(model_class, tiny_model_args):
     model = model_class(**tiny_model_args).model.eval()
-    before = model.text_cache.abnormal.clone()
+    before = model.text_embeddings().abnormal.clone()
     state = model.state_dict()
     for key in ("normal_ctx", "abnormal_ctx"):
         state[key] = torch.randn_like(state[key])  # not a constant shift: the layer norms remove those
     model.load_state_dict(state)
-    assert model.text_cache.valid
-    assert not torch.allclose(model.text_cache.abnormal, before)
-    assert torch.equal(model.text_cache.abnormal, fresh_static_text(model)[1])
-    assert model.text_cache.abnormal_prompts.shape == (
-        model.abnormal_ctx.shape[0] if model_class is FAPrompt else 1,
-        32,
-    )
-    model.train()
-    assert not model.text_cache.valid
+    after = model.text_embeddings().abnormal
+    assert not torch.allclose(after, before)
+    assert torch.equal(after, fresh_static_text(model)[1])
 
 
 def test_eval_forward_reads_the_buffers(tiny_model_args):
@@ -70,8 +65,22 @@ def test_training_forward_recomputes_text_with_gradients(tiny_model_args):
 
 
 def test_conversion_recomputes_the_cache_in_the_new_dtype(tiny_model_args):
-    model = FAPrompt(**tiny_model_args).model.eval().double()
-    assert model.text_cache.normal.dtype == torch.float64
-    normal, abnormal = fresh_static_text(model)
-    assert torch.equal(model.text_cache.normal, normal)
-    assert torch.equal(model.text_cache.abnormal, abnormal)
+    model = FAPrompt(**tiny_model_args).model.eval()
+    model.text_embeddings()
+    model.double()
+    normal, abnormal, _ = model.text_embeddings()
+    assert normal.dtype == torch.float64
+    expected_normal, expected_abnormal = fresh_static_text(model)
+    assert torch.equal(normal, expected_normal)
+    assert torch.equal(abnormal, expected_abnormal)
+
+
+def test_data_assignment_needs_invalidate(tiny_model_args):
+    """Assigning ``.data`` by hand bumps no version counter: ``invalidate()`` is the documented way."""
+    model = FAPrompt(**tiny_model_args).model.eval()
+    before = model.text_embeddings().normal.clone()
+    model.normal_ctx.data = torch.randn_like(model.normal_ctx)
+    model.text_cache.invalidate()
+    after = model.text_embeddings().normal
+    assert not torch.allclose(after, before)
+    assert torch.equal(after, fresh_static_text(model)[0])

@@ -13,11 +13,12 @@ positional embedding to the working image size, and exposes two encoders:
 
 from __future__ import annotations
 
-import logging
 import os
+import socket
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlparse
 
 import open_clip
 import torch
@@ -26,13 +27,11 @@ from open_clip.model import CLIP
 from open_clip.transformer import ResidualAttentionBlock
 from torch import nn
 
-logger = logging.getLogger(__name__)
-
 __all__ = ["CLIPBackbone", "load_open_clip", "plain_config", "resize_positional_embedding"]
 
 
 def _weights_error(model_name: str, pretrained: str, cause: Exception) -> RuntimeError:
-    """Build the error raised when CLIP weights can be neither downloaded nor read."""
+    """Build the error raised when the CLIP weights of a pretrained tag can be neither downloaded nor read."""
     cfg = open_clip.get_pretrained_cfg(model_name, pretrained)
     source = cfg.get("url") or (f"https://huggingface.co/{cfg['hf_hub']}" if cfg.get("hf_hub") else "")
     where = f" from {source}" if source else ""
@@ -44,6 +43,50 @@ def _weights_error(model_name: str, pretrained: str, cause: Exception) -> Runtim
         f"open_clip also reads its cache at ~/.cache/clip and the Hugging Face cache."
     )
     return RuntimeError(msg)
+
+
+def _file_error(model_name: str, path: str, cause: Exception) -> ValueError:
+    """Build the error raised when a local weights file cannot be read as weights of ``model_name``."""
+    reason = str(cause).splitlines()[0] if str(cause) else type(cause).__name__
+    msg = (
+        f"CLIP weights file '{path}' (argument `pretrained`) could not be read as weights of '{model_name}' "
+        f"({type(cause).__name__}: {reason}). Pass the weights file of that architecture (e.g. OpenAI's "
+        "ViT-L-14-336px.pt for ViT-L-14-336), or the backbone it belongs to."
+    )
+    return ValueError(msg)
+
+
+def _is_cached(cfg: dict[str, Any]) -> bool:
+    """Whether the weights of a pretrained config are in open_clip's or the Hugging Face cache already."""
+    if cfg.get("hf_hub"):
+        from huggingface_hub import try_to_load_from_cache
+
+        repo, _, folder = cfg["hf_hub"].partition("/")
+        repo_id = f"{repo}/{folder.strip('/').split('/')[0]}" if folder else repo
+        names = [cfg.get("file")] if cfg.get("file") else ["open_clip_model.safetensors", "open_clip_pytorch_model.bin"]
+        return any(isinstance(try_to_load_from_cache(repo_id, name), str) for name in names)
+    url = cfg.get("url", "")
+    return bool(url) and (Path.home() / ".cache" / "clip" / Path(urlparse(url).path).name).is_file()
+
+
+def _check_reachable(model_name: str, pretrained: str) -> None:
+    """Fail at once, with the package's message, when uncached weights cannot be downloaded.
+
+    Without this, a machine without network access spends about a minute in the download's retries
+    before it fails. One connection attempt to the weights' host (a few seconds at most) decides.
+    """
+    cfg = open_clip.get_pretrained_cfg(model_name, pretrained)
+    if not cfg or _is_cached(cfg):
+        return
+    if os.environ.get("HF_HUB_OFFLINE", "0").lower() in {"1", "true", "yes"}:
+        raise _weights_error(model_name, pretrained, OSError("HF_HUB_OFFLINE is set"))
+    host = "huggingface.co" if cfg.get("hf_hub") else urlparse(cfg.get("url", "")).hostname
+    if not host:
+        return
+    try:
+        socket.create_connection((host, 443), timeout=5).close()
+    except OSError as error:
+        raise _weights_error(model_name, pretrained, error) from error
 
 
 def plain_config(value: object) -> object:
@@ -82,13 +125,14 @@ def load_open_clip(
 
     Raises:
         FileNotFoundError: ``pretrained`` looks like a path and the file does not exist.
-        RuntimeError: The weights cannot be downloaded or read; the message says how to supply them.
+        ValueError: ``pretrained`` is a file that holds no weights of this architecture.
+        RuntimeError: The weights of a tag cannot be downloaded (checked with one connection attempt before
+            the download, so that an offline machine fails at once) or read; the message says how to supply them.
     """
     is_file = pretrained is not None and (os.sep in pretrained or Path(pretrained).suffix != "")
     if is_file and not Path(pretrained).is_file():
-        msg = (
-            f"CLIP weights file '{pretrained}' (argument `pretrained`) does not exist. Pass an existing file or a tag."
-        )
+        what = "is a directory" if Path(pretrained).is_dir() else "does not exist"
+        msg = f"CLIP weights file '{pretrained}' (argument `pretrained`) {what}. Pass a weights file or a tag."
         raise FileNotFoundError(msg)
     if model_config is not None:
         if pretrained is not None and not is_file:
@@ -96,15 +140,24 @@ def load_open_clip(
             raise ValueError(msg)
         model = CLIP(**plain_config(model_config))
         if is_file:
-            open_clip.load_checkpoint(model, pretrained)
+            try:
+                open_clip.load_checkpoint(model, pretrained)
+            except Exception as error:  # noqa: BLE001  (open_clip raises KeyError, AssertionError, ... on a bad file)
+                raise _file_error("the given backbone_config", pretrained, error) from error
         return model.eval()
     quick_gelu = is_file and bool(open_clip.get_pretrained_cfg(model_name, "openai").get("quick_gelu", False))
+    if pretrained is not None and not is_file:
+        _check_reachable(model_name, pretrained)
     try:
         model = open_clip.create_model(model_name, pretrained=pretrained, force_quick_gelu=quick_gelu)
-    except (OSError, RuntimeError) as error:
+    except Exception as error:  # noqa: BLE001  (open_clip raises KeyError, AssertionError, ... on a bad file)
         if pretrained is None:
             raise
-        raise _weights_error(model_name, pretrained, error) from error
+        if is_file:
+            raise _file_error(model_name, pretrained, error) from error
+        if isinstance(error, OSError | RuntimeError):
+            raise _weights_error(model_name, pretrained, error) from error
+        raise
     return model.eval()
 
 
@@ -174,8 +227,8 @@ class CLIPBackbone(nn.Module):
             msg = f"vv_layers={vv_layers} must be between 1 and the image tower depth ({depth})."
             raise ValueError(msg)
         patch = visual.patch_size[0]
-        if image_size % patch:
-            msg = f"image_size={image_size} must be a multiple of the backbone patch size {patch}."
+        if isinstance(image_size, bool) or not isinstance(image_size, int) or image_size < patch or image_size % patch:
+            msg = f"image_size={image_size!r} must be a positive multiple of the backbone patch size {patch}."
             raise ValueError(msg)
 
         self.grid = image_size // patch
@@ -201,6 +254,11 @@ class CLIPBackbone(nn.Module):
         return self.clip.token_embedding.weight.shape[1]
 
     @property
+    def context_length(self) -> int:
+        """Number of text token positions."""
+        return self.clip.positional_embedding.shape[0]
+
+    @property
     def text_depth(self) -> int:
         """Number of text transformer blocks."""
         return len(self.clip.transformer.resblocks)
@@ -211,6 +269,21 @@ class CLIPBackbone(nn.Module):
         self.clip.eval()
         return self
 
+    @property
+    def depth(self) -> int:
+        """Number of image transformer blocks."""
+        return len(self.clip.visual.transformer.resblocks)
+
+    def check_patch_layers(self, layers: Sequence[int]) -> None:
+        """Raise a ``ValueError`` unless every layer (1-based block number) has the value-value path."""
+        first = self.vv_start + 1
+        if not layers or any(not first <= layer <= self.depth for layer in layers):
+            msg = (
+                f"feature_layers={list(layers)} must be block numbers with the value-value path, between {first} "
+                f"and {self.depth} (the last vv_layers={self.depth - self.vv_start} of {self.depth} blocks, from 1)."
+            )
+            raise ValueError(msg)
+
     def encode_image(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Encode normalised images with the value-value dual path.
 
@@ -219,7 +292,24 @@ class CLIPBackbone(nn.Module):
 
         Returns:
             Global embedding ``(B, D)`` (class token of the ordinary stream, without ``ln_post``) and
-            patch embeddings ``(B, N, D)`` (``ln_post`` of the V-V stream), both unnormalised.
+            patch embeddings ``(B, N, D)`` (``ln_post`` of the V-V stream after the last block), both
+            unnormalised.
+        """
+        global_embedding, (patches,) = self.encode_image_layers(images, (self.depth,))
+        return global_embedding, patches
+
+    def encode_image_layers(
+        self, images: torch.Tensor, layers: Sequence[int]
+    ) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
+        """:meth:`encode_image` with the V-V patch embeddings taken after each of several blocks.
+
+        Args:
+            images: ``(B, 3, S, S)`` images, CLIP-normalised.
+            layers: Block numbers (from 1) with the value-value path, see :meth:`check_patch_layers`.
+
+        Returns:
+            Global embedding ``(B, D)`` and one ``(B, N, D)`` patch embedding per layer (``ln_post`` and
+            the projection applied to the V-V stream after that block), both unnormalised.
         """
         visual = self.clip.visual
         x = visual._embeds(images)  # noqa: SLF001
@@ -228,12 +318,15 @@ class CLIPBackbone(nn.Module):
             x = block(x)
         x_vv = x
         last = len(blocks) - 1
+        taken = {}
         for index in range(self.vv_start, len(blocks)):
             block = blocks[index]
             q, k, v = _qkv(block, block.ln_1(x))
             out = block.attn.out_proj
             a_vv = out(_merge_heads(F.scaled_dot_product_attention(v, v, v)))
             x_vv = x_vv + block.ls_1(a_vv)
+            if index + 1 in layers:
+                taken[index + 1] = visual.ln_post(x_vv[:, 1:]) @ visual.proj
             if index == last:
                 # Only the class token of the ordinary stream is used after the last block.
                 q, x = q[:, :, :1], x[:, :1]
@@ -241,8 +334,7 @@ class CLIPBackbone(nn.Module):
             x = x + block.ls_1(a_ori)
             x = x + block.ls_2(block.mlp(block.ln_2(x)))
         global_embedding = x[:, 0] @ visual.proj
-        patch_embeddings = visual.ln_post(x_vv[:, 1:]) @ visual.proj
-        return global_embedding, patch_embeddings
+        return global_embedding, tuple(taken[layer] for layer in layers)
 
     def tokenize(self, texts: list[str]) -> torch.Tensor:
         """Tokenize prompt texts to ``(P, context_length)`` token ids."""

@@ -2,15 +2,15 @@
 
 Both learn text prompts (with deep prompts) for a frozen :class:`CLIPBackbone`, compare normalised
 image embeddings with a normal and an abnormal text embedding, and turn patch probabilities into a
-blurred pixel map. The static text embeddings do not depend on the image: they are computed once per
-training step, and in eval mode once, on entering it, into buffers (:class:`StaticTextCache`) that the
-eager forward reads and that an exported graph holds as constants.
+blurred pixel map. The static text embeddings do not depend on the image: in training mode they are
+computed on every forward pass (with gradients); in eval mode they are read from buffers
+(:class:`StaticTextCache`) that are recomputed only when the prompts changed, and that an exported graph
+holds as constants.
 """
 
 from __future__ import annotations
 
-from abc import abstractmethod
-from collections.abc import Callable
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F  # noqa: N812
@@ -24,19 +24,43 @@ from .text_cache import StaticTextCache
 
 __all__ = ["PromptedCLIPModel", "StaticText"]
 
-StaticText = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
+
+class StaticText(NamedTuple):
+    """The text embeddings that do not depend on the image.
+
+    Attributes:
+        normal: ``(D,)`` normalised normal embedding ``F_n``.
+        abnormal: ``(D,)`` normalised abnormal embedding ``F_a`` (mean of the raw abnormal embeddings).
+        abnormal_raw: ``(K, D)`` raw abnormal embeddings in training mode (FAPrompt's ``L_oc`` needs them);
+            ``None`` in eval mode.
+    """
+
+    normal: torch.Tensor
+    abnormal: torch.Tensor
+    abnormal_raw: torch.Tensor | None
+
+
+def _normalise(normal: torch.Tensor, abnormal: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``F_n`` and ``F_a``: the normal embedding and the mean of the ``(K, D)`` abnormal ones, L2-normalised."""
+    return F.normalize(normal, dim=-1), F.normalize(abnormal.mean(dim=0), dim=-1)
 
 
 class PromptedCLIPModel(nn.Module):
     """Frozen CLIP with learned prompts: text cache, image encoding, global logits and pixel maps.
 
+    Subclasses implement :meth:`static_text`. The frozen CLIP weights are the state-dict entries under
+    :attr:`frozen_prefix`; everything else is learned.
+
     Args:
         backbone: The frozen CLIP backbone.
         prompt_depth: Deep-prompt depth (text blocks ``2..depth`` get deep prompts).
         prompt_length: Deep-prompt length ``t``.
-        temperature: Softmax temperature ``tau``.
-        sigma: Gaussian blur sigma of the pixel map, in pixels of the working image.
+        temperature: Softmax temperature ``tau`` (positive).
+        sigma: Gaussian blur sigma of the pixel map, in pixels of the working image (positive; the blur's
+            radius ``int(4 sigma + 0.5)`` must be smaller than the image side).
     """
+
+    frozen_prefix = "backbone.clip."
 
     def __init__(
         self,
@@ -50,56 +74,42 @@ class PromptedCLIPModel(nn.Module):
         if not 1 <= prompt_depth <= backbone.text_depth:
             msg = f"prompt_depth={prompt_depth} must be between 1 and the text depth ({backbone.text_depth})."
             raise ValueError(msg)
+        if not 1 <= prompt_length < backbone.context_length:
+            msg = (
+                f"prompt_length={prompt_length} must be between 1 and {backbone.context_length - 1} (the text "
+                "context length less the start token)."
+            )
+            raise ValueError(msg)
+        if not temperature > 0:
+            msg = f"temperature={temperature} must be positive (the papers use 0.07)."
+            raise ValueError(msg)
+        if not (sigma > 0 and int(4 * sigma + 0.5) < backbone.image_size):
+            msg = (
+                f"sigma={sigma} must be positive, with a blur radius int(4 * sigma + 0.5) smaller than image_size="
+                f"{backbone.image_size} (sigma below {backbone.image_size / 4:g})."
+            )
+            raise ValueError(msg)
         self.backbone = backbone
         self.temperature = temperature
         self.deep_prompts = DeepPrompts(prompt_depth, prompt_length, backbone.text_width)
         self.blur = GaussianBlur2d(sigma=(sigma, sigma), channels=1)
         self.text_cache = StaticTextCache()
-        self.register_load_state_dict_post_hook(lambda module, _: module.refresh_text_cache())
 
-    @abstractmethod
     def static_text(self) -> tuple[torch.Tensor, torch.Tensor]:
         """Raw normal embedding ``(D,)`` and raw static abnormal embeddings ``(K, D)`` (``K >= 1``)."""
+        raise NotImplementedError
 
-    def refresh_text_cache(self) -> None:
-        """Recompute the cached text embeddings in eval mode; mark them stale in training mode."""
-        self.text_cache.clear()
-        if not self.training:
-            with torch.no_grad():
-                self.text_cache.fill(*self._compute_text_embeddings())
-
-    def train(self, mode: bool = True) -> PromptedCLIPModel:
-        """Switch mode; entering eval mode fills the text cache, training mode marks it stale."""
-        super().train(mode)
-        self.refresh_text_cache()
-        return self
-
-    def _compute_text_embeddings(self) -> StaticText:
-        """Normalised ``F_n``, normalised ``F_a`` and the raw ``(K, D)`` abnormal embeddings, computed now."""
-        normal, abnormal = self.static_text()
-        return F.normalize(normal, dim=-1), F.normalize(abnormal.mean(dim=0), dim=-1), abnormal
-
-    def _apply(self, fn: Callable[[torch.Tensor], torch.Tensor], recurse: bool = True) -> PromptedCLIPModel:
-        """Convert the module (``to``/``cuda``/``double``/...), then recompute the text cache in its new form.
-
-        The buffers alone would only be cast; recomputing gives what the converted prompts give.
-        """
-        module = super()._apply(fn, recurse)
-        self.refresh_text_cache()
-        return module
+    def learned_parameters(self) -> list[nn.Parameter]:
+        """The parameters that training updates (everything but the frozen CLIP)."""
+        return [parameter for parameter in self.parameters() if parameter.requires_grad]
 
     def text_embeddings(self) -> StaticText:
-        """Normalised ``F_n`` ``(D,)``, normalised ``F_a`` (mean of the K raw embeddings) and the raw ``(K, D)``.
-
-        Computed on every call in training mode; in eval mode the cached buffers (filled on entering eval
-        mode or loading a state dict), so that an exported graph holds them as constants.
-        """
+        """The static text embeddings: computed with gradients in training mode, cached in eval mode."""
         if self.training:
-            return self._compute_text_embeddings()
-        if not self.text_cache.valid:
-            self.refresh_text_cache()
-        cache = self.text_cache
-        return cache.normal, cache.abnormal, cache.abnormal_prompts
+            normal, abnormal = self.static_text()
+            return StaticText(*_normalise(normal, abnormal), abnormal)
+        cached = self.text_cache.read(lambda: _normalise(*self.static_text()), self.learned_parameters())
+        return StaticText(*cached, None)
 
     def encode_image(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """L2-normalised global ``(B, D)`` and patch ``(B, N, D)`` embeddings."""

@@ -101,7 +101,8 @@ def encode_prompts(
     Returns:
         One ``(P_i, D)`` tensor of unnormalised text embeddings per pair.
     """
-    length = max(template.length for template, _ in prompts)
+    # Truncated after the longest prompt's EOS, but never before the deep prompts' last position.
+    length = max(*(template.length for template, _ in prompts), 1 + deep_prompts.shape[1])
     embeddings = torch.cat([template.embed(backbone, learned, length) for template, learned in prompts])
     device = embeddings.device
     eos = torch.cat(

@@ -23,7 +23,6 @@ from anomalib.models.components import AnomalibModule
 from anomalib.visualization import Visualizer
 from torch import nn
 
-from anomalib_faprompt.components import build_backbone
 from anomalib_faprompt.models.base import PromptLearningModule
 
 from .torch_model import AnomalyCLIPModel
@@ -32,7 +31,7 @@ __all__ = ["AnomalyCLIP"]
 
 
 class AnomalyCLIP(PromptLearningModule, AnomalibModule):
-    """AnomalyCLIP as an anomalib model (spec section 8).
+    """AnomalyCLIP as an anomalib model (docs/faprompt.md, section 8).
 
     ``AnomalibModule`` is listed as a direct base because anomalib's ``get_model("AnomalyCLIP")`` searches
     only the direct subclasses of ``AnomalibModule``.
@@ -49,6 +48,10 @@ class AnomalyCLIP(PromptLearningModule, AnomalibModule):
         abnormal_word: Word before "object" in the abnormal prompt.
         temperature: Softmax temperature ``tau``.
         sigma: Gaussian blur sigma of the pixel map, in pixels at ``image_size``.
+        feature_layers: Image blocks (numbered from 1, each with the value-value path) whose patch tokens give
+            abnormal maps: the local loss sums over them and the pixel map is their mean. ``None``: the last block
+            (``[24]`` for ViT-L, as the authors' train.sh/test.sh); ``[6, 12, 18, 24]`` reproduces the default of
+            their train.py/test.py (the released test sums the maps; the mean is that sum divided by their number).
         local_weight: Weight of ``L_local(M)``.
         ce_weight: Weight of ``L_ce``.
         learning_rate: Adam learning rate.
@@ -61,6 +64,21 @@ class AnomalyCLIP(PromptLearningModule, AnomalibModule):
         evaluator: Evaluator, or ``True`` for image AUROC/AUPR and pixel AUROC/AUPRO.
         visualizer: Visualizer, or ``True`` for anomalib's default.
     """
+
+    LOSS_TERMS = ("local", "ce")
+    STRUCTURAL_HPARAMS = (
+        "backbone",
+        "backbone_config",
+        "image_size",
+        "vv_layers",
+        "n_ctx",
+        "prompt_depth",
+        "prompt_length",
+        "abnormal_word",
+        "temperature",
+        "sigma",
+        "feature_layers",
+    )
 
     def __init__(
         self,
@@ -75,6 +93,7 @@ class AnomalyCLIP(PromptLearningModule, AnomalibModule):
         abnormal_word: str = "damaged",
         temperature: float = 0.07,
         sigma: float = 4.0,
+        feature_layers: list[int] | None = None,
         local_weight: float = 4.0,
         ce_weight: float = 1.0,
         learning_rate: float = 1e-3,
@@ -87,31 +106,30 @@ class AnomalyCLIP(PromptLearningModule, AnomalibModule):
         visualizer: Visualizer | bool = True,
     ) -> None:
         super().__init__(
-            image_size=image_size,
-            learning_rate=learning_rate,
-            betas=betas,
-            pixel_losses=pixel_losses,
             pre_processor=pre_processor,
             post_processor=post_processor,
             evaluator=evaluator,
             visualizer=visualizer,
         )
-        self.model = AnomalyCLIPModel(
-            build_backbone(backbone, pretrained, backbone_config, image_size, vv_layers),
-            n_ctx=n_ctx,
-            prompt_depth=prompt_depth,
-            prompt_length=prompt_length,
-            abnormal_word=abnormal_word,
-            temperature=temperature,
-            sigma=sigma,
+
+    def build_model(self) -> AnomalyCLIPModel:
+        """The torch model of the hyperparameters."""
+        hparams = self.hparams
+        return AnomalyCLIPModel(
+            self.build_backbone(),
+            n_ctx=hparams.n_ctx,
+            prompt_depth=hparams.prompt_depth,
+            prompt_length=hparams.prompt_length,
+            abnormal_word=hparams.abnormal_word,
+            temperature=hparams.temperature,
+            sigma=hparams.sigma,
+            feature_layers=hparams.feature_layers,
         )
-        self.load_trained_weights(weights)
-        self.loss_weights = {"local": local_weight, "ce": ce_weight}
 
     def compute_losses(
         self, images: torch.Tensor, labels: torch.Tensor, masks: torch.Tensor | None
     ) -> dict[str, torch.Tensor]:
-        """``L_local(M)`` and ``L_ce``, unweighted.
+        """``L_local(M)`` (summed over the feature layers) and ``L_ce``, unweighted.
 
         Args:
             images: ``(B, 3, S, S)`` normalised images.
@@ -123,6 +141,6 @@ class AnomalyCLIP(PromptLearningModule, AnomalibModule):
         """
         output = self.model(images)
         return {
-            **self.local_losses(masks, local=output.abnormal_map),
+            **self.local_losses(masks, local=output.abnormal_maps),
             "ce": F.cross_entropy(output.global_logits, labels.long()),
         }

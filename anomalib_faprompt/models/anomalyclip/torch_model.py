@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import NamedTuple
 
 import torch
+import torch.nn.functional as F  # noqa: N812
 from anomalib.data import InferenceBatch
 
 from anomalib_faprompt.components import (
@@ -15,6 +17,7 @@ from anomalib_faprompt.components import (
     encode_prompts,
     init_learned,
 )
+from anomalib_faprompt.components.options import check_count
 
 __all__ = ["AnomalyCLIPModel", "AnomalyCLIPTrainOutput"]
 
@@ -24,15 +27,17 @@ class AnomalyCLIPTrainOutput(NamedTuple):
 
     Attributes:
         global_logits: ``(B, 2)`` ``[f_v.F_n, f_v.F_a] / tau``.
-        abnormal_map: ``(B, S, S)`` abnormal map ``M^a``.
+        abnormal_maps: One ``(B, S, S)`` abnormal map ``M^a`` per feature layer.
     """
 
     global_logits: torch.Tensor
-    abnormal_map: torch.Tensor
+    abnormal_maps: tuple[torch.Tensor, ...]
 
 
 class AnomalyCLIPModel(PromptedCLIPModel):
     """AnomalyCLIP: ``[X x n] object .`` and ``[X x n] damaged object .`` with separate learned contexts.
+
+    Every argument is required: the defaults live in :class:`anomalib_faprompt.AnomalyCLIP`.
 
     Args:
         backbone: The frozen CLIP backbone.
@@ -42,19 +47,27 @@ class AnomalyCLIPModel(PromptedCLIPModel):
         abnormal_word: Word before "object" in the abnormal prompt.
         temperature: Softmax temperature ``tau``.
         sigma: Gaussian blur sigma of the pixel map, in pixels of the working image.
+        feature_layers: Image blocks (numbered from 1) whose V-V patch tokens give abnormal maps: the local
+            loss sums over them, the pixel map is their mean. ``None``: the last block only.
     """
 
     def __init__(
         self,
         backbone: CLIPBackbone,
-        n_ctx: int = 12,
-        prompt_depth: int = 9,
-        prompt_length: int = 4,
-        abnormal_word: str = "damaged",
-        temperature: float = 0.07,
-        sigma: float = 4.0,
+        *,
+        n_ctx: int,
+        prompt_depth: int,
+        prompt_length: int,
+        abnormal_word: str,
+        temperature: float,
+        sigma: float,
+        feature_layers: Sequence[int] | None,
     ) -> None:
+        check_count("n_ctx", n_ctx)
+        feature_layers = tuple(feature_layers) if feature_layers is not None else (backbone.depth,)
+        backbone.check_patch_layers(feature_layers)
         super().__init__(backbone, prompt_depth, prompt_length, temperature, sigma)
+        self.feature_layers = feature_layers
         width = backbone.text_width
         self.normal_ctx = init_learned(n_ctx, width)
         self.abnormal_ctx = init_learned(n_ctx, width)
@@ -81,12 +94,24 @@ class AnomalyCLIPModel(PromptedCLIPModel):
 
         Returns:
             :class:`AnomalyCLIPTrainOutput` in training mode; in eval mode :class:`InferenceBatch` with the
-            global abnormal probability as ``pred_score`` and the blurred ``M^a`` as ``anomaly_map``.
+            global abnormal probability as ``pred_score`` and the blurred ``M^a`` (the mean over the feature
+            layers) as ``anomaly_map``.
         """
         normal_text, abnormal_text, _ = self.text_embeddings()
-        global_embedding, patches = self.encode_image(images)
-        probabilities = abnormal_probability(patches, normal_text, abnormal_text, self.temperature)
+        global_embedding, layer_patches = self.backbone.encode_image_layers(images, self.feature_layers)
+        global_embedding = F.normalize(global_embedding, dim=-1)
+        probabilities = [
+            abnormal_probability(F.normalize(patches, dim=-1), normal_text, abnormal_text, self.temperature)
+            for patches in layer_patches
+        ]
         global_logits = self.global_logits(global_embedding, normal_text, abnormal_text)
         if self.training:
-            return AnomalyCLIPTrainOutput(global_logits=global_logits, abnormal_map=self.upsample(probabilities))
-        return InferenceBatch(pred_score=global_logits.softmax(dim=-1)[:, 1], anomaly_map=self.pixel_map(probabilities))
+            return AnomalyCLIPTrainOutput(
+                global_logits=global_logits,
+                abnormal_maps=tuple(self.upsample(layer) for layer in probabilities),
+            )
+        mean_probabilities = probabilities[0] if len(probabilities) == 1 else torch.stack(probabilities).mean(dim=0)
+        return InferenceBatch(
+            pred_score=global_logits.softmax(dim=-1)[:, 1],
+            anomaly_map=self.pixel_map(mean_probabilities),
+        )

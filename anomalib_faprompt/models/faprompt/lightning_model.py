@@ -26,23 +26,28 @@ from anomalib.models.components import AnomalibModule
 from anomalib.visualization import Visualizer
 from torch import nn
 
-from anomalib_faprompt.components import (
-    binary_focal_loss,
-    build_backbone,
-    orthogonality_loss,
-    prior_loss,
-)
+from anomalib_faprompt.components import binary_focal_loss, orthogonality_loss, prior_loss
+from anomalib_faprompt.components.options import GlobalLossInput, LocalScore, PatchSelection, check_choice
 from anomalib_faprompt.models.base import PromptLearningModule
 
 from .torch_model import FAPromptModel
 
-__all__ = ["FAPrompt"]
+__all__ = ["RELEASED_CODE", "FAPrompt"]
 
-GLOBAL_LOSS_INPUTS = ("probability", "logits")
+RELEASED_CODE: dict[str, Any] = {
+    "abnormal_word": "damaged",
+    "patch_selection": "first_k",
+    "local_score": "released",
+    "global_loss_input": "logits",
+}
+"""The arguments that reproduce the authors' released code where it differs from the paper."""
 
 
 class FAPrompt(PromptLearningModule, AnomalibModule):
     """FAPrompt as an anomalib model.
+
+    The defaults are the paper's, except ``abnormal_word`` (the released code's "damaged");
+    :meth:`released_code` (or ``configs/faprompt_released_code.yaml``) reproduces the released code.
 
     ``AnomalibModule`` is listed as a direct base because anomalib's ``get_model("FAPrompt")`` searches
     only the direct subclasses of ``AnomalibModule``.
@@ -83,6 +88,25 @@ class FAPrompt(PromptLearningModule, AnomalibModule):
         visualizer: Visualizer, or ``True`` for anomalib's default.
     """
 
+    LOSS_TERMS = ("local", "dap_local", "ce", "global", "orthogonality", "prior")
+    STRUCTURAL_HPARAMS = (
+        "backbone",
+        "backbone_config",
+        "image_size",
+        "vv_layers",
+        "n_ctx",
+        "n_abnormal_ctx",
+        "n_abnormal_prompts",
+        "n_prior_patches",
+        "prompt_depth",
+        "prompt_length",
+        "abnormal_word",
+        "patch_selection",
+        "local_score",
+        "temperature",
+        "sigma",
+    )
+
     def __init__(
         self,
         backbone: str = "ViT-L-14-336",
@@ -97,8 +121,8 @@ class FAPrompt(PromptLearningModule, AnomalibModule):
         prompt_depth: int = 9,
         prompt_length: int = 4,
         abnormal_word: str = "damaged",
-        patch_selection: str = "topk",
-        local_score: str = "paper",
+        patch_selection: PatchSelection = "topk",
+        local_score: LocalScore = "paper",
         temperature: float = 0.07,
         sigma: float = 10.0,
         local_weight: float = 1.0,
@@ -107,7 +131,7 @@ class FAPrompt(PromptLearningModule, AnomalibModule):
         global_weight: float = 1.0,
         orthogonality_weight: float = 0.1,
         prior_weight: float = 1.0,
-        global_loss_input: str = "probability",
+        global_loss_input: GlobalLossInput = "probability",
         learning_rate: float = 1e-3,
         betas: tuple[float, float] = (0.5, 0.999),
         pixel_losses: bool = True,
@@ -117,48 +141,43 @@ class FAPrompt(PromptLearningModule, AnomalibModule):
         evaluator: Evaluator | bool = True,
         visualizer: Visualizer | bool = True,
     ) -> None:
-        if global_loss_input not in GLOBAL_LOSS_INPUTS:
-            msg = f"global_loss_input='{global_loss_input}' must be one of {GLOBAL_LOSS_INPUTS}."
-            raise ValueError(msg)
+        check_choice("patch_selection", patch_selection, PatchSelection)
+        check_choice("local_score", local_score, LocalScore)
+        check_choice("global_loss_input", global_loss_input, GlobalLossInput)
         super().__init__(
-            image_size=image_size,
-            learning_rate=learning_rate,
-            betas=betas,
-            pixel_losses=pixel_losses,
             pre_processor=pre_processor,
             post_processor=post_processor,
             evaluator=evaluator,
             visualizer=visualizer,
         )
-        self.model = FAPromptModel(
-            build_backbone(backbone, pretrained, backbone_config, image_size, vv_layers),
-            n_ctx=n_ctx,
-            n_abnormal_ctx=n_abnormal_ctx,
-            n_abnormal_prompts=n_abnormal_prompts,
-            n_prior_patches=n_prior_patches,
-            prompt_depth=prompt_depth,
-            prompt_length=prompt_length,
-            abnormal_word=abnormal_word,
-            patch_selection=patch_selection,
-            local_score=local_score,
-            temperature=temperature,
-            sigma=sigma,
+
+    @classmethod
+    def released_code(cls, **kwargs: Any) -> FAPrompt:  # noqa: ANN401
+        """FAPrompt as the authors' released code computes it (:data:`RELEASED_CODE`), other arguments as given."""
+        return cls(**{**RELEASED_CODE, **kwargs})
+
+    def build_model(self) -> FAPromptModel:
+        """The torch model of the hyperparameters."""
+        hparams = self.hparams
+        return FAPromptModel(
+            self.build_backbone(),
+            n_ctx=hparams.n_ctx,
+            n_abnormal_ctx=hparams.n_abnormal_ctx,
+            n_abnormal_prompts=hparams.n_abnormal_prompts,
+            n_prior_patches=hparams.n_prior_patches,
+            prompt_depth=hparams.prompt_depth,
+            prompt_length=hparams.prompt_length,
+            abnormal_word=hparams.abnormal_word,
+            patch_selection=hparams.patch_selection,
+            local_score=hparams.local_score,
+            temperature=hparams.temperature,
+            sigma=hparams.sigma,
         )
-        self.load_trained_weights(weights)
-        self.loss_weights = {
-            "local": local_weight,
-            "dap_local": dap_local_weight,
-            "ce": ce_weight,
-            "global": global_weight,
-            "orthogonality": orthogonality_weight,
-            "prior": prior_weight,
-        }
-        self.global_scores_are_logits = global_loss_input == "logits"
 
     def compute_losses(
         self, images: torch.Tensor, labels: torch.Tensor, masks: torch.Tensor | None
     ) -> dict[str, torch.Tensor]:
-        """Every loss term of the spec (section 7), unweighted.
+        """Every loss term of FAPrompt (docs/faprompt.md, section 7), unweighted.
 
         Args:
             images: ``(B, 3, S, S)`` normalised images.
@@ -172,7 +191,9 @@ class FAPrompt(PromptLearningModule, AnomalibModule):
         return {
             **self.local_losses(masks, local=output.abnormal_map, dap_local=output.dap_abnormal_map),
             "ce": F.cross_entropy(output.global_logits, labels.long()),
-            "global": binary_focal_loss(output.pred_score, labels, scores_are_logits=self.global_scores_are_logits),
+            "global": binary_focal_loss(
+                output.pred_score, labels, scores_are_logits=self.hparams.global_loss_input == "logits"
+            ),
             "orthogonality": orthogonality_loss(output.abnormal_text),
             "prior": prior_loss(output.prior, labels),
         }

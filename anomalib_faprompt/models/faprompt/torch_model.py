@@ -17,11 +17,9 @@ from anomalib_faprompt.components import (
     encode_prompts,
     init_learned,
 )
+from anomalib_faprompt.components.options import LocalScore, PatchSelection, check_choice, check_count
 
-__all__ = ["FAPromptModel", "FAPromptTrainOutput"]
-
-PATCH_SELECTIONS = ("topk", "first_k")
-LOCAL_SCORES = ("paper", "released")
+__all__ = ["FAPromptModel", "FAPromptTrainOutput", "PriorNetwork"]
 
 
 class FAPromptTrainOutput(NamedTuple):
@@ -44,8 +42,38 @@ class FAPromptTrainOutput(NamedTuple):
     prior: torch.Tensor
 
 
+class PriorNetwork(nn.Module):
+    """DAP's ``psi``: the flattened embeddings of the M most abnormal patches to a shift of the abnormal tokens.
+
+    Two linear layers with a ReLU between them; the hidden width is the input width divided by
+    :attr:`HIDDEN_REDUCTION`, as in the released code.
+
+    Args:
+        n_patches: Number ``M`` of selected patches.
+        embed_dim: Patch embedding width ``D``.
+        text_width: Text token width ``C`` (the output).
+    """
+
+    HIDDEN_REDUCTION = 16
+
+    def __init__(self, n_patches: int, embed_dim: int, text_width: int) -> None:
+        super().__init__()
+        hidden = n_patches * embed_dim // self.HIDDEN_REDUCTION
+        self.layers = nn.Sequential(
+            nn.Linear(n_patches * embed_dim, hidden),
+            nn.ReLU(),
+            nn.Linear(hidden, text_width),
+        )
+
+    def forward(self, selected: torch.Tensor) -> torch.Tensor:
+        """Prior ``Omega_x`` ``(B, C)`` of the selected patch embeddings ``(B, M*D)``."""
+        return self.layers(selected)
+
+
 class FAPromptModel(PromptedCLIPModel):
     """FAPrompt: the AnomalyCLIP scaffold plus compound (CAP) and data-dependent (DAP) abnormality prompts.
+
+    Every argument is required: the defaults live in :class:`anomalib_faprompt.FAPrompt`.
 
     Args:
         backbone: The frozen CLIP backbone.
@@ -65,35 +93,32 @@ class FAPromptModel(PromptedCLIPModel):
     def __init__(
         self,
         backbone: CLIPBackbone,
-        n_ctx: int = 5,
-        n_abnormal_ctx: int = 2,
-        n_abnormal_prompts: int = 10,
-        n_prior_patches: int = 10,
-        prompt_depth: int = 9,
-        prompt_length: int = 4,
-        abnormal_word: str = "damaged",
-        patch_selection: str = "topk",
-        local_score: str = "paper",
-        temperature: float = 0.07,
-        sigma: float = 10.0,
+        *,
+        n_ctx: int,
+        n_abnormal_ctx: int,
+        n_abnormal_prompts: int,
+        n_prior_patches: int,
+        prompt_depth: int,
+        prompt_length: int,
+        abnormal_word: str,
+        patch_selection: PatchSelection,
+        local_score: LocalScore,
+        temperature: float,
+        sigma: float,
     ) -> None:
-        if patch_selection not in PATCH_SELECTIONS:
-            msg = f"patch_selection='{patch_selection}' must be one of {PATCH_SELECTIONS}."
-            raise ValueError(msg)
-        if local_score not in LOCAL_SCORES:
-            msg = f"local_score='{local_score}' must be one of {LOCAL_SCORES}."
-            raise ValueError(msg)
-        n_patches = backbone.grid**2
-        if not 1 <= n_prior_patches <= n_patches:
-            msg = f"n_prior_patches={n_prior_patches} must be between 1 and the number of patches ({n_patches})."
-            raise ValueError(msg)
+        check_choice("patch_selection", patch_selection, PatchSelection)
+        check_choice("local_score", local_score, LocalScore)
+        check_count("n_ctx", n_ctx)
+        check_count("n_abnormal_ctx", n_abnormal_ctx)
+        check_count("n_abnormal_prompts", n_abnormal_prompts)
+        check_count("n_prior_patches", n_prior_patches, maximum=backbone.grid**2, why="the number of patches")
         super().__init__(backbone, prompt_depth, prompt_length, temperature, sigma)
         self.n_prior_patches = n_prior_patches
         self.patch_selection = patch_selection
         # Weight of max S^a in the local score; max S^_a gets the rest.
         self.static_local_weight = 0.5 if local_score == "paper" else 2.0 / 3.0
 
-        width, dim = backbone.text_width, backbone.embed_dim
+        width = backbone.text_width
         # CAP: the normal prompt's tokens V are shared by all K abnormal prompts.
         self.normal_ctx = init_learned(n_ctx, width)
         self.abnormal_ctx = init_learned(n_abnormal_prompts, n_abnormal_ctx, width)
@@ -101,12 +126,7 @@ class FAPromptModel(PromptedCLIPModel):
         self.normal_template = PromptTemplate(backbone, n_ctx, "object.")
         self.abnormal_template = PromptTemplate(backbone, n_ctx + n_abnormal_ctx, words)
         # DAP: psi maps the M most abnormal patch embeddings to a shift of the abnormal tokens.
-        hidden = n_prior_patches * dim // 16
-        self.prior_net = nn.Sequential(
-            nn.Linear(n_prior_patches * dim, hidden),
-            nn.ReLU(),
-            nn.Linear(hidden, width),
-        )
+        self.prior_net = PriorNetwork(n_prior_patches, backbone.embed_dim, width)
 
     def _abnormal_learned(self, prior: torch.Tensor | None = None) -> torch.Tensor:
         """Learned vectors ``[V][A^i (+ Omega)]`` of the abnormal prompts: ``(K, E+E', C)`` or ``(B*K, E+E', C)``."""

@@ -1,0 +1,201 @@
+"""Checkpoints of the prompt-learning models: reading, checking, and leaving the frozen CLIP out.
+
+One set of checks serves every way a checkpoint reaches a model: ``weights=`` at construction,
+``--ckpt_path`` of anomalib's ``test``/``predict``/``fit`` (checked in ``setup``, before Lightning reads
+the file) and ``load_from_checkpoint``. A checkpoint is refused, with a message naming it, when it is not
+a readable anomalib checkpoint, holds another model, was trained with other structural hyperparameters or
+other sizes, or (when it holds only the prompts) was trained on other CLIP weights.
+
+A model built from pretrained CLIP weights saves only what it learned (the prompts and FAPrompt's prior
+network, a few MB) and a fingerprint of the CLIP weights; on load, CLIP comes from ``pretrained`` and must
+match the fingerprint. A randomly initialised CLIP is saved whole, since it could not be re-created.
+"""
+
+from __future__ import annotations
+
+import pickle
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+from anomalib.utils.serialization import anomalib_safe_globals
+
+from anomalib_faprompt.components import plain_config
+
+if TYPE_CHECKING:
+    from lightning.pytorch import Trainer
+
+    from .base import PromptLearningModule
+
+__all__ = ["check_checkpoint", "guard_checkpoint_io", "read_checkpoint", "restore_frozen", "strip_frozen"]
+
+MODEL_KEY = "anomalib_faprompt_model"
+FINGERPRINT_KEY = "backbone_fingerprint"
+ZERO_SHOT_KEY = "anomalib_faprompt_zero_shot"
+
+
+def _frozen_prefix(module: PromptLearningModule) -> str:
+    """State-dict prefix of the frozen CLIP weights inside the anomalib module."""
+    return f"model.{module.model.frozen_prefix}"
+
+
+def read_checkpoint(module: PromptLearningModule, path: str | Path, source: str) -> dict[str, Any]:
+    """Read a checkpoint file (CPU, memory-mapped), or raise an error that names it.
+
+    Args:
+        module: The model the checkpoint is for.
+        path: The file.
+        source: How the user passed it, for messages (e.g. "argument `weights`").
+
+    Returns:
+        The checkpoint dict.
+
+    Raises:
+        FileNotFoundError: The file does not exist.
+        ValueError: The file is no readable anomalib checkpoint.
+    """
+    path = Path(path)
+    if not path.is_file():
+        what = "is a directory" if path.is_dir() else "does not exist"
+        msg = (
+            f"{module.name} checkpoint '{path}' ({source}) {what}. Pass the checkpoint file of a trained "
+            f"{module.name}, e.g. the `weights/lightning/model.ckpt` written by `anomalib train --model {module.name}`."
+        )
+        raise FileNotFoundError(msg)
+    try:
+        with anomalib_safe_globals(extra=module.checkpoint_safe_globals()):
+            checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError) as error:
+        reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+        msg = f"'{path}' ({source}) is not a readable anomalib checkpoint: {reason}"
+        raise ValueError(msg) from error
+    if not isinstance(checkpoint, dict) or not isinstance(checkpoint.get("state_dict"), dict):
+        msg = f"'{path}' ({source}) is not an anomalib checkpoint: it has no 'state_dict'."
+        raise ValueError(msg)
+    return checkpoint
+
+
+def guard_checkpoint_io(module: PromptLearningModule, trainer: Trainer) -> None:
+    """Make the trainer read a ``ckpt_path`` through :func:`read_checkpoint` first, for its clear errors.
+
+    Lightning reads ``trainer.test(..., ckpt_path=...)`` files with the strategy's checkpoint IO after the
+    module's ``setup`` hook and before any hook that sees the path, so a damaged file would surface as a
+    raw zip-reader error. Only this trainer's IO object is wrapped, once; the file's content is then
+    checked in ``on_load_checkpoint``.
+    """
+    io = trainer.strategy.checkpoint_io
+    if getattr(io.load_checkpoint, "checks_for", None) is module:
+        return
+    load = type(io).load_checkpoint.__get__(io)
+
+    def load_checkpoint(path: str | Path, *args: Any, **kwargs: Any) -> dict[str, Any]:  # noqa: ANN401
+        read_checkpoint(module, path, "`ckpt_path`")
+        return load(path, *args, **kwargs)
+
+    load_checkpoint.checks_for = module
+    io.load_checkpoint = load_checkpoint
+
+
+def _structure_differences(module: PromptLearningModule, saved: dict[str, Any]) -> list[str]:
+    """``name=saved (here: ours)`` for every structural hyperparameter that differs from the checkpoint's."""
+    differences = []
+    for name in module.STRUCTURAL_HPARAMS:
+        if name not in saved:
+            continue
+        theirs, ours = plain_config(saved[name]), plain_config(module.hparams.get(name))
+        if isinstance(theirs, list | tuple) and isinstance(ours, list | tuple):
+            theirs, ours = list(theirs), list(ours)
+        if theirs != ours:
+            differences.append(f"{name}={theirs!r} (here: {ours!r})")
+    return differences
+
+
+def check_checkpoint(module: PromptLearningModule, checkpoint: dict[str, Any], where: str) -> None:
+    """Refuse a checkpoint of another model, structure, size or CLIP; the message names ``where`` it came from.
+
+    Args:
+        module: The model the checkpoint is for.
+        checkpoint: The checkpoint dict.
+        where: The checkpoint's description for messages, e.g. "'run/model.ckpt' (argument `weights`)".
+
+    Raises:
+        ValueError: The checkpoint does not fit the model.
+    """
+    state = checkpoint["state_dict"]
+    saved = {key.removeprefix("model."): value for key, value in state.items() if key.startswith("model.")}
+    ours = module.model.state_dict()
+    unexpected = sorted(set(saved) - set(ours))
+    missing = [name for name, value in module.model.named_parameters() if value.requires_grad and name not in saved]
+    if unexpected or missing:
+        found = f"lacks {missing[:5]}" if missing else f"has {unexpected[:5]}, unknown to {module.name}"
+        msg = f"{where} is not a checkpoint of {module.name}: it {found}. Pass a checkpoint written by training it."
+        raise ValueError(msg)
+    differences = _structure_differences(module, checkpoint.get("hyper_parameters") or {})
+    if differences:
+        msg = (
+            f"{where} was trained with other hyperparameters: {', '.join(differences)}. Build the {module.name} with "
+            "the checkpoint's values (e.g. the `--config` it was trained with)."
+        )
+        raise ValueError(msg)
+    resized = [
+        f"{name} is {tuple(value.shape)} there, {tuple(ours[name].shape)} here"
+        for name, value in saved.items()
+        if value.shape != ours[name].shape
+    ]
+    if resized:
+        msg = (
+            f"{where} was trained with other sizes ({'; '.join(resized[:3])}). Build the {module.name} with the "
+            "hyperparameters it was trained with (backbone, backbone_config, image_size, n_ctx, prompt_length, ...)."
+        )
+        raise ValueError(msg)
+    prefix = _frozen_prefix(module)
+    if not any(key.startswith(prefix) for key in state):
+        _check_fingerprint(module, checkpoint, where)
+
+
+def _fingerprint(module: PromptLearningModule) -> float:
+    """A float that changes with the frozen CLIP weights (sum of all their values)."""
+    with torch.no_grad():
+        return float(sum(parameter.double().sum() for parameter in module.model.backbone.clip.parameters()))
+
+
+def _check_fingerprint(module: PromptLearningModule, checkpoint: dict[str, Any], where: str) -> None:
+    """Refuse a checkpoint without CLIP weights whose prompts were trained on other CLIP weights."""
+    expected = checkpoint.get(FINGERPRINT_KEY)
+    if expected is not None and abs(_fingerprint(module) - expected) > 1e-6 * max(1.0, abs(expected)):
+        msg = (
+            f"The prompts of {where} were trained on other CLIP weights than this {module.name} loaded "
+            f"(backbone={module.hparams.get('backbone')!r}, pretrained={module.hparams.get('pretrained')!r}). "
+            "Build the model with the backbone and pretrained weights it was trained with."
+        )
+        raise ValueError(msg)
+
+
+def strip_frozen(module: PromptLearningModule, checkpoint: dict[str, Any]) -> None:
+    """Make a checkpoint stand on its own, and leave pretrained CLIP weights out of it.
+
+    The ``weights`` file a model was started from is not needed to load the checkpoint (its prompts are in
+    it), so the hyperparameter is cleared and the zero-shot flag stored instead. With pretrained CLIP
+    weights, only the learned parameters and a fingerprint of CLIP are kept.
+    """
+    hparams = checkpoint.get("hyper_parameters")
+    if hparams is not None and "weights" in hparams:
+        hparams["weights"] = None
+    checkpoint[MODEL_KEY] = module.name
+    checkpoint[ZERO_SHOT_KEY] = module.zero_shot
+    if module.hparams.get("pretrained") is None:
+        return
+    prefix = _frozen_prefix(module)
+    state = checkpoint["state_dict"]
+    for key in [key for key in state if key.startswith(prefix)]:
+        del state[key]
+    checkpoint[FINGERPRINT_KEY] = _fingerprint(module)
+
+
+def restore_frozen(module: PromptLearningModule, checkpoint: dict[str, Any]) -> None:
+    """Fill in the CLIP weights a checkpoint left out (after the checks), and take over its zero-shot flag."""
+    prefix = _frozen_prefix(module)
+    state = checkpoint["state_dict"]
+    if not any(key.startswith(prefix) for key in state):
+        state.update({key: value for key, value in module.state_dict().items() if key.startswith(prefix)})
+    module.zero_shot = module.zero_shot or bool(checkpoint.get(ZERO_SHOT_KEY, False))

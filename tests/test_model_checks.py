@@ -1,0 +1,165 @@
+"""Construction checks, the subclass contract, and checkpoints that fit (or are refused with a clear error)."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from anomalib.engine import Engine
+from conftest import TINY_MODEL_ARGS
+from lightning.pytorch import Trainer
+
+from anomalib_faprompt import AnomalyCLIP, FAPrompt
+from anomalib_faprompt.data import AuxiliaryDataModule, make_synthetic_dataset
+from anomalib_faprompt.models import base
+from anomalib_faprompt.models.faprompt.lightning_model import RELEASED_CODE
+
+
+def _args(**kwargs) -> dict:
+    return {**copy.deepcopy(TINY_MODEL_ARGS), **kwargs}
+
+
+def _save(model, path) -> str:
+    """Write the model's checkpoint as Lightning does, without training."""
+    trainer = Trainer(accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False)
+    trainer.strategy.connect(model)
+    trainer.save_checkpoint(path)
+    return str(path)
+
+
+# --- every number is checked before CLIP is loaded ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("model_class", "argument", "value", "message"),
+    [
+        (FAPrompt, "n_abnormal_prompts", 0, r"n_abnormal_prompts=0 must be an integer of at least 1"),
+        (FAPrompt, "n_prior_patches", -3, r"n_prior_patches=-3 must be"),
+        (AnomalyCLIP, "n_ctx", 0, r"n_ctx=0 must be"),
+        (FAPrompt, "temperature", 0, r"temperature=0 must be a positive number"),
+        (FAPrompt, "temperature", -0.07, r"temperature=-0.07 must be a positive number"),
+        (AnomalyCLIP, "sigma", 0.0, r"sigma=0.0 must be a positive number"),
+        (FAPrompt, "sigma", 1000.0, r"sigma=1000.0 is too large for image_size=64"),
+        (FAPrompt, "image_size", 0, r"image_size=0 must be an integer of at least 1"),
+        (FAPrompt, "image_size", -64, r"image_size=-64 must be"),
+        (FAPrompt, "learning_rate", 0.0, r"learning_rate=0.0 must be a positive number"),
+        (FAPrompt, "betas", (0.5, 1.5), r"betas=\[0.5, 1.5\] must be two numbers in \[0, 1\)"),
+        (FAPrompt, "prior_weight", -1.0, r"prior_weight=-1.0 must be a number of at least 0"),
+        (FAPrompt, "patch_selection", "top", r"patch_selection='top' must be one of 'topk', 'first_k'"),
+        (FAPrompt, "weights", "/nonexistent/model.ckpt", r"'/nonexistent/model.ckpt' \(argument `weights`\) does not"),
+    ],
+)
+def test_bad_arguments_fail_before_clip_is_loaded(model_class, argument, value, message, monkeypatch):
+    def no_clip(*_args, **_kwargs):
+        raise AssertionError("CLIP was loaded before the arguments were checked")
+
+    monkeypatch.setattr(base, "build_backbone", no_clip)
+    with pytest.raises((ValueError, FileNotFoundError), match=message):
+        model_class(**_args(**{argument: value}))
+
+
+@pytest.mark.parametrize(
+    ("argument", "value", "message"),
+    [
+        ("prompt_length", 100, r"prompt_length=100 must be between 1 and 76"),
+        ("n_prior_patches", 65, r"n_prior_patches=65 must be between 1 and 64 \(the number of patches\)"),
+        ("vv_layers", 4, r"vv_layers=4 must be between 1 and the image tower depth \(3\)"),
+        ("prompt_depth", 9, r"prompt_depth=9 must be between 1 and the text depth \(3\)"),
+    ],
+)
+def test_arguments_bounded_by_the_backbone_are_checked_at_construction(argument, value, message):
+    with pytest.raises(ValueError, match=message):
+        FAPrompt(**_args(**{argument: value}))
+
+
+def test_long_deep_prompts_are_exact_under_truncation():
+    """Deep prompts longer than the prompts themselves: the truncated text context still covers them."""
+    torch.manual_seed(0)
+    model = FAPrompt(**_args(prompt_length=20)).model.eval()
+    with torch.no_grad():
+        normal, abnormal = model.static_text()
+        full = model.backbone.encode_text
+        eos = torch.tensor([model.normal_template.eos_index])
+        tokens = model.normal_template.embed(model.backbone, model.normal_ctx.unsqueeze(0), 77)
+        expected = full(tokens, eos, model.deep_prompts())
+    torch.testing.assert_close(normal, expected[0], rtol=1e-5, atol=1e-6)
+
+
+# --- the subclass contract --------------------------------------------------------------------------------------------
+
+
+def test_a_subclass_without_build_model_or_loss_weights_is_refused_at_construction():
+    class NoBuild(AnomalyCLIP):
+        build_model = base.PromptLearningModule.build_model
+
+    class NoWeight(AnomalyCLIP):
+        LOSS_TERMS = ("local", "ce", "extra")
+
+    with pytest.raises(TypeError, match=r"NoBuild must set LOSS_TERMS.*implement compute_losses and build_model"):
+        NoBuild(**_args())
+    with pytest.raises(TypeError, match=r"NoWeight must .* \(missing: \['extra_weight'\]\)"):
+        NoWeight(**_args())
+
+
+def test_released_code_preset_matches_its_config():
+    import yaml
+
+    config = yaml.safe_load(open("configs/faprompt_released_code.yaml"))["model"]["init_args"]  # noqa: SIM115
+    assert {key: config[key] for key in RELEASED_CODE} == RELEASED_CODE
+    model = FAPrompt.released_code(**_args())
+    assert {key: model.hparams[key] for key in RELEASED_CODE} == RELEASED_CODE
+    assert model.model.patch_selection == "first_k"
+
+
+# --- checkpoints ------------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory) -> str:
+    torch.manual_seed(3)
+    return _save(FAPrompt(**_args()), tmp_path_factory.mktemp("ckpt") / "faprompt.ckpt")
+
+
+def test_a_checkpoint_does_not_need_the_weights_file_it_started_from(checkpoint, tmp_path):
+    started = tmp_path / "started.ckpt"
+    started.write_bytes(open(checkpoint, "rb").read())  # noqa: SIM115
+    model = FAPrompt(**_args(weights=str(started)))
+    saved = _save(model, tmp_path / "saved.ckpt")
+    started.unlink()
+    loaded = FAPrompt.load_from_checkpoint(saved)
+    assert loaded.learning_type == model.learning_type
+    assert loaded.hparams.weights is None
+    images = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded.model.eval()(images).anomaly_map, model.model.eval()(images).anomaly_map)
+
+
+@pytest.fixture(scope="module")
+def datamodule(tmp_path_factory) -> AuxiliaryDataModule:
+    root = make_synthetic_dataset(tmp_path_factory.mktemp("data"), n_defect=2, n_good=2)
+    return AuxiliaryDataModule(root=root, val_split_ratio=0.5, train_batch_size=4, eval_batch_size=4, num_workers=0)
+
+
+@pytest.mark.parametrize(
+    ("model_factory", "message"),
+    [
+        (lambda: FAPrompt(**_args(vv_layers=1, abnormal_word="")), r"other hyperparameters: vv_layers=2 \(here: 1\), "),
+        (lambda: FAPrompt(**_args(patch_selection="first_k")), r"patch_selection='topk' \(here: 'first_k'\)"),
+        (lambda: AnomalyCLIP(**_args()), r"is not a checkpoint of AnomalyCLIP: it has \['prior_net"),
+    ],
+)
+def test_ckpt_path_that_does_not_fit_is_refused_before_lightning_reads_it(
+    model_factory, message, checkpoint, datamodule, tmp_path
+):
+    engine = Engine(default_root_dir=tmp_path, accelerator="cpu", logger=False, enable_progress_bar=False)
+    with pytest.raises(ValueError, match=message):
+        engine.test(model_factory(), datamodule=datamodule, ckpt_path=checkpoint)
+
+
+def test_damaged_ckpt_path_is_named(checkpoint, datamodule, tmp_path):
+    damaged = tmp_path / "damaged.ckpt"
+    damaged.write_bytes(open(checkpoint, "rb").read()[:500])  # noqa: SIM115
+    engine = Engine(default_root_dir=tmp_path, accelerator="cpu", logger=False, enable_progress_bar=False)
+    with pytest.raises(ValueError, match=r"damaged\.ckpt' \(`ckpt_path`\) is not a readable anomalib checkpoint"):
+        engine.test(FAPrompt(**_args()), datamodule=datamodule, ckpt_path=str(damaged))
