@@ -27,7 +27,9 @@ from torch import nn
 from torchvision.transforms.v2 import Compose, InterpolationMode, Normalize, Resize
 
 from anomalib_faprompt.components import binarise_masks, local_loss
+from anomalib_faprompt.integration.predictions import PredictionScoresWriter
 from anomalib_faprompt.metrics import AUPRO, PerCategoryEvaluator
+from anomalib_faprompt.visualization import CategoryImageVisualizer
 
 from .pre_processor import CLIPPreProcessor
 
@@ -62,7 +64,7 @@ class PromptLearningModule(AnomalibModule):
         pre_processor: Pre-processor or ``True`` for the default.
         post_processor: Post-processor or ``True`` for the default.
         evaluator: Evaluator or ``True`` for the default.
-        visualizer: Visualizer or ``True`` for the default.
+        visualizer: Visualizer or ``True`` for the default (:class:`CategoryImageVisualizer`).
     """
 
     def __init__(
@@ -76,6 +78,9 @@ class PromptLearningModule(AnomalibModule):
         evaluator: Evaluator | bool = True,
         visualizer: Visualizer | bool = True,
     ) -> None:
+        from anomalib_faprompt.integration.workspace import patch_engine  # noqa: PLC0415 (imports anomalib's Engine)
+
+        patch_engine(PromptLearningModule)
         if pre_processor is True:
             pre_processor = self.configure_pre_processor((image_size, image_size))
         super().__init__(
@@ -162,6 +167,15 @@ class PromptLearningModule(AnomalibModule):
             AUPRO(fields=["anomaly_map", "gt_mask"], prefix="pixel_", strict=False),
         ]
         return PerCategoryEvaluator(val_metrics=val_metrics, test_metrics=test_metrics)
+
+    @classmethod
+    def configure_visualizer(cls) -> CategoryImageVisualizer:
+        """Image visualiser of anomalib, writing ``images/<category>/<path in the category>`` once per image."""
+        return CategoryImageVisualizer()
+
+    def configure_callbacks(self) -> list:
+        """The components of anomalib, and the writer of ``predictions.csv`` (file, score, label) for ``predict``."""
+        return [*super().configure_callbacks(), PredictionScoresWriter()]
 
     @property
     def learning_type(self) -> LearningType:
