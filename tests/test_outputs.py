@@ -147,7 +147,8 @@ def test_predict_with_weights_writes_the_scores(target, trained, tmp_path, caplo
     model = FAPrompt(**copy.deepcopy(TINY_MODEL_ARGS), weights=str(trained), visualizer=visualizer)
     folder = target / "gamma" / "test"
     with caplog.at_level("INFO"):
-        predictions = _engine(tmp_path).predict(model, data_path=folder)  # zero-shot: no validation data needed
+        engine = _engine(tmp_path)
+        predictions = engine.predict(model, data_path=folder)  # zero-shot: no validation data needed
 
     run = tmp_path / "FAPrompt" / "v0"
     rows = _read_scores(run / "predictions.csv")
@@ -163,6 +164,9 @@ def test_predict_with_weights_writes_the_scores(target, trained, tmp_path, caplo
     assert all(label == (score > 0.5) for score, label in returned.values())
     assert str(run / "predictions.csv") in caplog.text
     assert "ckpt_path is not provided" not in caplog.text
+    if not visualizer:  # a second predict on the same engine writes into the same folder, replacing nothing
+        engine.predict(model, data_path=folder)
+        assert (run / "predictions_1.csv").read_bytes() == (run / "predictions.csv").read_bytes()
     images = _files(run / "images") if (run / "images").exists() else {}
     assert sorted(images) == (sorted(f"{p.parent.name}/{p.name}" for p in folder.glob("*/*.png")) if visualizer else [])
 

@@ -26,7 +26,8 @@ PREDICTIONS_COLUMNS = ("file", "score", "label")
 class PredictionScoresWriter(Callback):
     """Writes ``<default_root_dir>/<file_name>`` during ``predict``: ``file,score,label``, one row per image.
 
-    With several processes, each writes its own share to ``<stem>.rank<R>.csv``.
+    With several processes, each writes its own share to ``<stem>.rank<R>.csv``. A second ``predict`` into the
+    same folder (the same ``Engine``) writes ``<stem>_1.csv``, and so on: no file is replaced.
 
     Args:
         file_name: Name of the CSV file in the run's folder.
@@ -39,10 +40,15 @@ class PredictionScoresWriter(Callback):
         self.rows = 0
 
     def _path(self, trainer: Trainer) -> Path:
+        """``<stem>[.rank<R>].csv`` in the run's folder; ``<stem>_<N>...`` when an earlier predict wrote that one."""
         name = Path(self.file_name)
-        if trainer.world_size > 1:
-            name = name.with_name(f"{name.stem}.rank{trainer.global_rank}{name.suffix}")
-        return Path(trainer.default_root_dir) / name
+        rank = f".rank{trainer.global_rank}" if trainer.world_size > 1 else ""
+        path = Path(trainer.default_root_dir) / f"{name.stem}{rank}{name.suffix}"
+        number = 0
+        while path.exists():
+            number += 1
+            path = path.with_name(f"{name.stem}_{number}{rank}{name.suffix}")
+        return path
 
     def on_predict_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         """Start the file with its header."""
