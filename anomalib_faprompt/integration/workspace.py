@@ -31,7 +31,6 @@ import sys
 from functools import wraps
 from pathlib import Path
 from typing import Any
-from unittest import mock
 
 import anomalib
 from anomalib.engine import Engine, engine
@@ -91,8 +90,12 @@ def _setup_workspace(original: Any) -> Any:  # noqa: ANN401
                 relative_latest_link(Path(self._cache.args["default_root_dir"]))
             return
         # test or predict on a fresh engine: anomalib's root for this model and data, then a new version folder
-        with mock.patch.object(engine, "resolve_versioned_path", Path):
+        resolve = engine.resolve_versioned_path
+        engine.resolve_versioned_path = Path  # leaves <root>/latest as it is, unresolved
+        try:
             original(self, model, *args, versioned_dir=False, **kwargs)
+        finally:
+            engine.resolve_versioned_path = resolve
         root = Path(self._cache.args["default_root_dir"]).parent.resolve()
         run_dir = new_version_dir(root)
         self._cache.args["default_root_dir"] = run_dir
@@ -158,7 +161,8 @@ def patch_engine(model_class: type) -> None:
     if getattr(Engine, "_faprompt_patched", False):
         return
     methods = ("_setup_workspace", "_should_run_validation", "predict")
-    if not anomalib.__version__.startswith(SUPPORTED_ANOMALIB) or not all(hasattr(Engine, name) for name in methods):
+    supported = anomalib.__version__.startswith(SUPPORTED_ANOMALIB) and hasattr(engine, "resolve_versioned_path")
+    if not supported or not all(hasattr(Engine, name) for name in methods):
         return
     Engine._setup_workspace = _setup_workspace(Engine._setup_workspace)  # noqa: SLF001
     Engine._should_run_validation = _should_run_validation(Engine._should_run_validation)  # noqa: SLF001
