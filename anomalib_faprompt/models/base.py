@@ -34,6 +34,8 @@ from torchvision.transforms.v2 import Compose, InterpolationMode, Normalize, Res
 from anomalib_faprompt.components import PromptedCLIPModel, build_backbone, local_loss
 from anomalib_faprompt.components.options import check_count
 from anomalib_faprompt.metrics import AUPRO, PerCategoryEvaluator
+from anomalib_faprompt.predictions import PredictionScoresWriter
+from anomalib_faprompt.visualization import CategoryImageVisualizer
 
 from .checkpoint import check_checkpoint, guard_checkpoint_io, read_checkpoint, restore_frozen, strip_frozen
 from .pre_processor import CLIPPreProcessor
@@ -87,7 +89,7 @@ class PromptLearningModule(AnomalibModule):
         pre_processor: Pre-processor or ``True`` for the default.
         post_processor: Post-processor or ``True`` for the default.
         evaluator: Evaluator or ``True`` for the default.
-        visualizer: Visualizer or ``True`` for the default.
+        visualizer: Visualizer or ``True`` for the default (:class:`CategoryImageVisualizer`).
 
     Raises:
         TypeError: The subclass does not follow the contract above.
@@ -117,6 +119,9 @@ class PromptLearningModule(AnomalibModule):
                 f"{missing}) and implement compute_losses and build_model."
             )
             raise TypeError(msg)
+        from anomalib_faprompt.integration.workspace import patch_engine  # noqa: PLC0415 (imports anomalib's Engine)
+
+        patch_engine(PromptLearningModule)
         super().__init__(
             pre_processor=pre_processor,
             post_processor=post_processor,
@@ -236,6 +241,15 @@ class PromptLearningModule(AnomalibModule):
             AUPRO(fields=["anomaly_map", "gt_mask"], prefix="pixel_", strict=False),
         ]
         return PerCategoryEvaluator(val_metrics=val_metrics, test_metrics=test_metrics)
+
+    @classmethod
+    def configure_visualizer(cls) -> CategoryImageVisualizer:
+        """Image visualiser of anomalib, writing ``images/<category>/<path in the category>`` once per image."""
+        return CategoryImageVisualizer()
+
+    def configure_callbacks(self) -> list:
+        """The components of anomalib, and the writer of ``predictions.csv`` (file, score, label) for ``predict``."""
+        return [*super().configure_callbacks(), PredictionScoresWriter()]
 
     @property
     def learning_type(self) -> LearningType:

@@ -1,0 +1,84 @@
+"""The scores of ``predict``, as a CSV file in the run's folder, whether or not the visualiser is on.
+
+anomalib's ``predict`` keeps its results in memory (the return value of ``Engine.predict``) and, with a
+visualiser, in images; with the visualiser off, a command-line user gets nothing to read.
+:class:`PredictionScoresWriter` (one of the models' callbacks) writes ``predictions.csv`` into the run's
+folder (``default_root_dir``): one row per image with its file, its score and its predicted label (1:
+anomalous, 0: normal, as the post-processor decided), and says where in one log line.
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+from pathlib import Path
+from typing import Any
+
+from lightning.pytorch import Callback, LightningModule, Trainer
+
+__all__ = ["PREDICTIONS_COLUMNS", "PredictionScoresWriter"]
+
+logger = logging.getLogger(__name__)
+
+PREDICTIONS_COLUMNS = ("file", "score", "label")
+
+
+class PredictionScoresWriter(Callback):
+    """Writes ``<default_root_dir>/<file_name>`` during ``predict``: ``file,score,label``, one row per image.
+
+    With several processes, each writes its own share to ``<stem>.rank<R>.csv``. A second ``predict`` into the
+    same folder (the same ``Engine``) writes ``<stem>_1.csv``, and so on: no file is replaced.
+
+    Args:
+        file_name: Name of the CSV file in the run's folder.
+    """
+
+    def __init__(self, file_name: str = "predictions.csv") -> None:
+        super().__init__()
+        self.file_name = file_name
+        self.path: Path | None = None
+        self.rows = 0
+
+    def _path(self, trainer: Trainer) -> Path:
+        """``<stem>[.rank<R>].csv`` in the run's folder; ``<stem>_<N>...`` when an earlier predict wrote that one."""
+        name = Path(self.file_name)
+        rank = f".rank{trainer.global_rank}" if trainer.world_size > 1 else ""
+        path = Path(trainer.default_root_dir) / f"{name.stem}{rank}{name.suffix}"
+        number = 0
+        while path.exists():
+            number += 1
+            path = path.with_name(f"{name.stem}_{number}{rank}{name.suffix}")
+        return path
+
+    def on_predict_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        """Start the file with its header."""
+        del pl_module
+        self.path, self.rows = self._path(trainer), 0
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with self.path.open("w", newline="") as file:
+            csv.writer(file).writerow(PREDICTIONS_COLUMNS)
+
+    def on_predict_batch_end(
+        self,
+        trainer: Trainer,
+        pl_module: LightningModule,
+        outputs: Any,  # noqa: ANN401
+        batch: Any,  # noqa: ANN401
+        batch_idx: int,
+        dataloader_idx: int = 0,
+    ) -> None:
+        """Append a row per image of the batch (its score and label after post-processing)."""
+        del trainer, pl_module, batch, batch_idx, dataloader_idx
+        scores = outputs.pred_score.flatten().tolist() if outputs.pred_score is not None else []
+        labels = outputs.pred_label.flatten().int().tolist() if outputs.pred_label is not None else [""] * len(scores)
+        files = list(outputs.image_path) if outputs.image_path is not None else [""] * len(scores)
+        with self.path.open("a", newline="") as file:
+            csv.writer(file).writerows(zip(files, map(repr, scores), labels, strict=True))
+        self.rows += len(scores)
+
+    def on_predict_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        """Say where the scores are, in one line."""
+        del trainer, pl_module
+        logger.info(
+            "Scores of %d images (%s; label 1: anomalous): %s", self.rows, ", ".join(PREDICTIONS_COLUMNS), self.path
+        )

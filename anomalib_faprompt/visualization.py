@@ -1,0 +1,153 @@
+"""The models' default visualiser: anomalib's ``ImageVisualizer``, writing one file per image, per category.
+
+anomalib's ``ImageVisualizer`` names each file after the part of the image path below the datamodule's
+``name`` and ``category`` folders, and else after the image's folder and file name only. A test over several
+categories (one dataloader per category, the zero-shot protocol) therefore writes ``images/good/000.png``
+once per category, each replacing the last. :class:`CategoryImageVisualizer` draws the same panels (the
+image, its mask, the anomaly map overlaid on the image and the predicted mask's contour on it) and writes
+them to ``images/<category>/<path below the dataloader's images' common folder>``, e.g.
+``images/bottle/broken_large/000.png`` for MVTec AD: the image's own file name, once per image.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+from anomalib.data import ImageBatch
+from anomalib.models import AnomalibModule
+from anomalib.visualization import ImageVisualizer
+from lightning.pytorch import Trainer
+
+__all__ = ["CategoryImageVisualizer", "dataloader_category"]
+
+logger = logging.getLogger(__name__)
+
+
+def _dataloaders(trainer: Trainer) -> list:
+    """The running stage's dataloaders (test or predict), as a list."""
+    loaders = trainer.test_dataloaders if trainer.testing else trainer.predict_dataloaders
+    if loaders is None:
+        return []
+    return list(loaders) if isinstance(loaders, list | tuple) else [loaders]
+
+
+def dataloader_category(trainer: Trainer, dataloader_idx: int) -> str | None:
+    """Category of a test or predict dataloader.
+
+    The datamodule's ``test_categories[dataloader_idx]`` when it names one per dataloader (e.g.
+    :class:`anomalib_faprompt.data.AuxiliaryDataModule` on a target dataset), else its ``category`` (anomalib's
+    datamodules), else ``None`` (images or dataloaders passed without a datamodule).
+    """
+    datamodule = getattr(trainer, "datamodule", None)
+    if datamodule is None:
+        return None
+    names = getattr(datamodule, "test_categories", None)
+    if names is not None and len(names) == len(_dataloaders(trainer)):
+        return str(names[dataloader_idx])
+    category = getattr(datamodule, "category", None)
+    return str(category) if category else None
+
+
+def _image_paths(dataset: Any) -> list[str]:  # noqa: ANN401
+    """Paths of the images of an anomalib dataset or ``PredictDataset`` (empty when it does not list them)."""
+    samples = getattr(dataset, "samples", None)
+    if samples is not None and "image_path" in samples:
+        return [str(path) for path in samples["image_path"]]
+    return [str(path) for path in getattr(dataset, "image_filenames", [])]
+
+
+class CategoryImageVisualizer(ImageVisualizer):
+    """anomalib's ``ImageVisualizer``, writing ``<output_dir>/<category>/<path in the category>`` once per image.
+
+    The panels and their options are anomalib's (every argument of ``ImageVisualizer``). Only the file names
+    differ: each image's path relative to the common folder of its dataloader's images, under a folder named
+    after the dataloader's category (:func:`dataloader_category`). ``output_dir`` defaults to the run's
+    ``images`` folder (``<default_root_dir>/images``), looked up anew for every run.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:  # noqa: ANN401
+        super().__init__(*args, **kwargs)
+        self._roots: dict[int, Path | None] = {}
+        self._written: set[Path] = set()
+
+    def _image_root(self, trainer: Trainer, dataloader_idx: int) -> Path | None:
+        """Common folder of the images of a dataloader (``None`` when its dataset does not list them)."""
+        if dataloader_idx not in self._roots:
+            loaders = _dataloaders(trainer)
+            dataset = getattr(loaders[dataloader_idx], "dataset", None) if dataloader_idx < len(loaders) else None
+            paths = [os.path.abspath(path) for path in _image_paths(dataset)]
+            root = Path(os.path.commonpath(paths)) if paths else None
+            self._roots[dataloader_idx] = root.parent if root is not None and len(set(paths)) == 1 else root
+        return self._roots[dataloader_idx]
+
+    def images_dir(self, trainer: Trainer) -> Path:
+        """``output_dir``, or the run's ``images`` folder."""
+        return Path(self.output_dir) if self.output_dir is not None else Path(trainer.default_root_dir) / "images"
+
+    def output_path(self, trainer: Trainer, image_path: str, dataloader_idx: int) -> Path:
+        """File of an image's visualisation: ``<output_dir>/<category>/<image path below the common folder>``."""
+        category = dataloader_category(trainer, dataloader_idx)
+        folder = self.images_dir(trainer) / category if category else self.images_dir(trainer)
+        path = Path(os.path.abspath(image_path))
+        root = self._image_root(trainer, dataloader_idx)
+        if root is not None and path.is_relative_to(root):
+            return folder / path.relative_to(root)
+        return folder / path.parent.name / path.name
+
+    def on_test_start(self, trainer: Trainer, pl_module: AnomalibModule) -> None:
+        """Forget the dataloaders and files of an earlier run."""
+        del trainer, pl_module
+        self._roots, self._written = {}, set()
+
+    def on_predict_start(self, trainer: Trainer, pl_module: AnomalibModule) -> None:
+        """Forget the dataloaders and files of an earlier run."""
+        self.on_test_start(trainer, pl_module)
+
+    def on_test_batch_end(
+        self,
+        trainer: Trainer,
+        pl_module: AnomalibModule,
+        outputs: ImageBatch,
+        batch: ImageBatch,
+        batch_idx: int,
+        dataloader_idx: int = 0,
+    ) -> None:
+        """Draw every image of the batch and save it under its category and own file name."""
+        del pl_module, outputs
+        for index, item in enumerate(batch):
+            image = self.visualize(item)
+            if image is None:
+                continue
+            if item.image_path:
+                filename = self.output_path(trainer, item.image_path, dataloader_idx)
+            else:
+                category = dataloader_category(trainer, dataloader_idx) or ""
+                filename = self.images_dir(trainer) / category / f"batch{batch_idx:05d}_{index:03d}.png"
+            filename.parent.mkdir(parents=True, exist_ok=True)
+            image.save(filename)
+            self._written.add(filename)
+
+    def on_predict_batch_end(
+        self,
+        trainer: Trainer,
+        pl_module: AnomalibModule,
+        outputs: ImageBatch,
+        batch: ImageBatch,
+        batch_idx: int,
+        dataloader_idx: int = 0,
+    ) -> None:
+        """As for a test batch."""
+        self.on_test_batch_end(trainer, pl_module, outputs, batch, batch_idx, dataloader_idx)
+
+    def on_test_end(self, trainer: Trainer, pl_module: AnomalibModule) -> None:
+        """Say where the images went, in one line."""
+        del pl_module
+        if self._written and trainer.is_global_zero:
+            logger.info("Heat-maps of %d images: %s", len(self._written), self.images_dir(trainer))
+
+    def on_predict_end(self, trainer: Trainer, pl_module: AnomalibModule) -> None:
+        """Say where the images went, in one line."""
+        self.on_test_end(trainer, pl_module)

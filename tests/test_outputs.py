@@ -1,0 +1,298 @@
+"""What a run leaves behind: heat-maps per category, the scores of `predict`, and no training run overwritten."""
+
+from __future__ import annotations
+
+import copy
+import csv
+import hashlib
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from anomalib.data import MVTecAD
+from anomalib.data.utils import read_image
+from anomalib.engine import Engine
+from conftest import TINY_MODEL_ARGS
+from PIL import Image
+
+from anomalib_faprompt import FAPrompt
+from anomalib_faprompt.data import AuxiliaryDataModule, make_synthetic_dataset
+
+REPO = Path(__file__).resolve().parents[1]
+ANOMALIB = Path(sys.executable).parent / "anomalib"
+TARGETS = ("gamma", "delta")
+FIELD = 256  # anomalib's ImageVisualizer draws each panel at 256 x 256
+
+
+@pytest.fixture(scope="module")
+def source(tmp_path_factory) -> Path:
+    return make_synthetic_dataset(tmp_path_factory.mktemp("source"), ("alpha", "beta"), n_train=1, n_good=4, n_defect=4)
+
+
+@pytest.fixture(scope="module")
+def target(tmp_path_factory) -> Path:
+    """Two categories whose images share their file names (000.png, ... in good/ and in defect/)."""
+    return make_synthetic_dataset(tmp_path_factory.mktemp("target"), TARGETS, n_train=1, n_good=3, n_defect=3, seed=1)
+
+
+def _engine(root: Path, **kwargs) -> Engine:
+    return Engine(
+        accelerator="cpu", devices=1, logger=False, enable_progress_bar=False, default_root_dir=root, **kwargs
+    )
+
+
+def _datamodule(source: Path, target: Path, **kwargs) -> AuxiliaryDataModule:
+    return AuxiliaryDataModule(
+        root=source,
+        val_split_ratio=0.25,
+        target_dataset="MVTecAD",
+        target_root=target,
+        train_batch_size=4,
+        eval_batch_size=4,
+        num_workers=0,
+        **kwargs,
+    )
+
+
+def _target_images(target: Path, categories=TARGETS) -> dict[str, Path]:
+    """``<category>/<label folder>/<file>`` -> source image, for every test image of the target categories."""
+    return {
+        f"{category}/{path.parent.name}/{path.name}": path
+        for category in categories
+        for path in sorted((target / category / "test").glob("*/*.png"))
+    }
+
+
+def _files(folder: Path) -> dict[str, Path]:
+    return {path.relative_to(folder).as_posix(): path for path in sorted(folder.rglob("*")) if path.is_file()}
+
+
+def _panels(path: Path) -> list[np.ndarray]:
+    """The panels of a visualisation, side by side at 256 x 256: image, mask, image + map, image + predicted mask."""
+    image = np.asarray(Image.open(path).convert("RGB"), dtype=np.float64)
+    assert image.shape[0] == FIELD, image.shape
+    return [image[:, left : left + FIELD] for left in range(0, image.shape[1], FIELD)]
+
+
+def _below_title(panel: np.ndarray) -> np.ndarray:
+    return panel[FIELD // 4 :]  # the panel's title is written into its top-left corner
+
+
+def _source_panel(path: Path) -> np.ndarray:
+    """The source image as anomalib's visualiser draws it (read from its path, resized to the panel)."""
+    return np.asarray(Image.open(path).convert("RGB").resize((FIELD, FIELD)), dtype=np.float64)
+
+
+def _run_dir(results: Path) -> Path:
+    return results / "FAPrompt" / "MVTecAD_to_MVTecAD" / "all"
+
+
+def test_zero_shot_test_writes_one_heat_map_per_image_under_its_category(source, target, tmp_path):
+    torch.manual_seed(0)
+    model = FAPrompt(**copy.deepcopy(TINY_MODEL_ARGS))  # the default visualiser
+    _engine(tmp_path).test(model, datamodule=_datamodule(source, target))
+
+    images = _run_dir(tmp_path) / "v0" / "images"
+    expected = _target_images(target)
+    written = _files(images)
+    assert sorted(written) == sorted(expected)  # 12 files for 12 images: gamma/good/000.png, delta/good/000.png, ...
+    for name, output in written.items():
+        panels = _panels(output)
+        assert len(panels) == 4, name
+        image = _below_title(panels[0])
+        assert np.array_equal(image, _below_title(_source_panel(expected[name]))), name  # its own image
+        other = expected[name.replace("gamma", "delta") if name.startswith("gamma") else name.replace("delta", "gamma")]
+        assert np.abs(image - _below_title(_source_panel(other))).mean() > 5.0, name  # not the other category's
+        overlay = _below_title(panels[2])  # the anomaly map blended over the image
+        assert np.abs(overlay - image).mean() > 5.0, name
+        assert np.corrcoef(overlay.mean(axis=2).ravel(), image.mean(axis=2).ravel())[0, 1] > 0.3, name
+
+
+def test_plain_datamodule_heat_maps_go_under_its_category(target, tmp_path):
+    torch.manual_seed(0)
+    model = FAPrompt(**copy.deepcopy(TINY_MODEL_ARGS))
+    datamodule = MVTecAD(root=target, category="delta", eval_batch_size=4, num_workers=0)
+    _engine(tmp_path).test(model, datamodule=datamodule)
+
+    written = _files(tmp_path / "FAPrompt" / "MVTecAD" / "delta" / "v0" / "images")
+    assert sorted(written) == sorted(_target_images(target, ("delta",)))
+
+
+@pytest.fixture(scope="module")
+def trained(source, target, tmp_path_factory) -> Path:
+    """A checkpoint of the tiny FAPrompt, one epoch on the source."""
+    torch.manual_seed(0)
+    root = tmp_path_factory.mktemp("trained")
+    engine = _engine(root, max_epochs=1)
+    engine.fit(FAPrompt(**copy.deepcopy(TINY_MODEL_ARGS)), datamodule=_datamodule(source, target))
+    return Path(engine.best_model_path)
+
+
+def _read_scores(path: Path) -> list[dict[str, str]]:
+    with path.open(newline="") as file:
+        rows = list(csv.DictReader(file))
+    assert rows
+    assert list(rows[0]) == ["file", "score", "label"]
+    return rows
+
+
+@pytest.mark.parametrize("visualizer", [False, True])
+def test_predict_with_weights_writes_the_scores(target, trained, tmp_path, caplog, visualizer):
+    model = FAPrompt(**copy.deepcopy(TINY_MODEL_ARGS), weights=str(trained), visualizer=visualizer)
+    folder = target / "gamma" / "test"
+    with caplog.at_level("INFO"):
+        engine = _engine(tmp_path)
+        predictions = engine.predict(model, data_path=folder)  # zero-shot: no validation data needed
+
+    run = tmp_path / "FAPrompt" / "v0"
+    rows = _read_scores(run / "predictions.csv")
+    returned = {
+        str(path): (float(score), bool(label))
+        for batch in predictions
+        for path, score, label in zip(
+            batch.image_path, batch.pred_score.flatten(), batch.pred_label.flatten(), strict=True
+        )
+    }
+    assert {row["file"]: (float(row["score"]), row["label"] == "1") for row in rows} == returned
+    assert sorted(returned) == sorted(str(path) for path in folder.glob("*/*.png"))
+    assert all(label == (score > 0.5) for score, label in returned.values())
+    assert str(run / "predictions.csv") in caplog.text
+    assert "ckpt_path is not provided" not in caplog.text
+    if not visualizer:  # a second predict on the same engine writes into the same folder, replacing nothing
+        engine.predict(model, data_path=folder)
+        assert (run / "predictions_1.csv").read_bytes() == (run / "predictions.csv").read_bytes()
+    images = _files(run / "images") if (run / "images").exists() else {}
+    assert sorted(images) == (sorted(f"{p.parent.name}/{p.name}" for p in folder.glob("*/*.png")) if visualizer else [])
+
+
+def test_engine_test_from_a_checkpoint_in_a_copied_folder_leaves_the_original_alone(source, target, trained, tmp_path):
+    original = trained.parents[2].parent  # <root>/FAPrompt/MVTecAD_to_MVTecAD/all
+    assert os.readlink(original / "latest") == trained.parents[2].name  # a relative link: latest -> v0
+    before = _digests(original)
+    copied = tmp_path / "copy"
+    shutil.copytree(trained.parents[6], copied, symlinks=True)
+    copied_ckpt = copied / trained.relative_to(trained.parents[6])
+
+    torch.manual_seed(0)
+    model = FAPrompt(**copy.deepcopy(TINY_MODEL_ARGS))
+    _engine(copied).test(model, datamodule=_datamodule(source, target), ckpt_path=copied_ckpt)
+
+    assert _digests(original) == before
+    tested = copied_ckpt.parents[3] / "v1"
+    assert (tested / "per_category_results.csv").is_file()
+    assert os.readlink(copied_ckpt.parents[3] / "latest") == "v0"
+
+
+def _digests(folder: Path) -> dict[str, str]:
+    """SHA-256 of every file (not following links), and the target of every link."""
+    result = {}
+    for path in sorted(folder.rglob("*")):
+        name = path.relative_to(folder).as_posix()
+        if path.is_symlink():
+            result[name] = f"-> {os.readlink(path)}"
+        elif path.is_file():
+            result[name] = hashlib.sha256(path.read_bytes()).hexdigest()
+    return result
+
+
+# --- the `anomalib` command line in a subprocess ---------------------------------------------------------------------
+
+
+def _cli(args: list[str], cwd: Path) -> str:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([str(REPO), *filter(None, [env.get("PYTHONPATH")])])
+    env["COLUMNS"] = "200"
+    process = subprocess.run(  # noqa: S603
+        [str(ANOMALIB), *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=600, check=False
+    )
+    output = process.stdout + process.stderr
+    assert process.returncode == 0, output[-5000:]
+    return output
+
+
+def _config(path: Path, **sections) -> Path:
+    model = {"class_path": "FAPrompt", "init_args": copy.deepcopy(TINY_MODEL_ARGS)}
+    model["init_args"].update(sections.pop("model_args", {}))
+    config = {
+        "seed_everything": 111,
+        "trainer": {"accelerator": "cpu", "devices": 1, "max_epochs": 1, "enable_progress_bar": False},
+        "model": model,
+        **sections,
+    }
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def test_cli_test_from_a_checkpoint_never_replaces_the_training_run(source, target, tmp_path):
+    data = {
+        "class_path": "anomalib_faprompt.data.AuxiliaryDataModule",
+        "init_args": {
+            "root": str(source),
+            "val_split_ratio": 0.25,
+            "target_dataset": "MVTecAD",
+            "target_root": str(target),
+            "train_batch_size": 4,
+            "eval_batch_size": 4,
+            "num_workers": 0,
+        },
+    }
+    config = _config(tmp_path / "config.yaml", data=data)
+    results = tmp_path / "results"
+    _cli(["train", "--config", str(config), "--default_root_dir", str(results)], tmp_path)
+    runs = _run_dir(results)
+    training = _digests(runs / "v0")
+    assert {"config.yaml", "per_category_results.csv", "weights/lightning/model.ckpt"} <= set(training)
+    assert os.readlink(runs / "latest") == "v0"
+
+    checkpoint = runs / "latest" / "weights" / "lightning" / "model.ckpt"
+    output = _cli(
+        [
+            "test",
+            "--config",
+            str(config),
+            "--default_root_dir",
+            str(results),
+            "--ckpt_path",
+            str(checkpoint),
+            "--data.target_categories",
+            "[gamma]",
+        ],
+        tmp_path,
+    )
+
+    assert _digests(runs / "v0") == training  # byte for byte, the same files
+    assert os.readlink(runs / "latest") == "v0"
+    with (runs / "v1" / "per_category_results.csv").open() as file:
+        assert [row["category"] for row in csv.DictReader(file)] == ["gamma", "mean"]
+    assert (runs / "v1" / "config.yaml").is_file()
+    assert str(runs.resolve() / "v1") in output
+
+
+def test_cli_predict_with_model_weights(target, trained, tmp_path):
+    config = _config(tmp_path / "config.yaml", model_args={"weights": str(trained)})
+    folder = target / "delta" / "test"
+    output = _cli(
+        ["predict", "--config", str(config), "--data", str(folder), "--default_root_dir", str(tmp_path / "results")],
+        tmp_path,
+    )
+
+    assert "ckpt_path is not provided" not in output
+    assert "val_dataloader" not in output
+    run = tmp_path / "results" / "FAPrompt" / "v0"
+    assert str(run / "predictions.csv") in output
+    rows = _read_scores(run / "predictions.csv")
+    assert sorted(row["file"] for row in rows) == sorted(str(path) for path in folder.glob("*/*.png"))
+    model = FAPrompt(**copy.deepcopy(TINY_MODEL_ARGS), weights=str(trained)).eval()
+    for row in rows:  # the scores of the model itself, on the pre-processed image
+        image = model.pre_processor.transform(read_image(row["file"], as_tensor=True)[None])
+        with torch.no_grad():
+            score = float(model.model(image).pred_score)
+        assert float(row["score"]) == pytest.approx(score, abs=1e-5), row
+        assert row["label"] == str(int(score > 0.5))
+    assert sorted(_files(run / "images")) == sorted(f"{p.parent.name}/{p.name}" for p in folder.glob("*/*.png"))
