@@ -90,7 +90,9 @@ def _source_panel(path: Path) -> np.ndarray:
 
 
 def _run_dir(results: Path) -> Path:
-    return results / "FAPrompt" / "MVTecAD_to_MVTecAD" / "all"
+    """``<results>/FAPrompt/<source>_to_<target>/all``: the synthetic data sets are named after their folders."""
+    (run,) = (results / "FAPrompt").glob("*_to_*")
+    return run / "all"
 
 
 def test_zero_shot_test_writes_one_heat_map_per_image_under_its_category(source, target, tmp_path):

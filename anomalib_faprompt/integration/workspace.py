@@ -135,7 +135,7 @@ def _predict(original: Any) -> Any:  # noqa: ANN401
     @wraps(original)
     def predict(self: Engine, model: Any = None, *args: Any, **kwargs: Any) -> Any:  # noqa: ANN401
         target = model if model is not None else (self._trainer.lightning_module if self._trainer else None)
-        weights = getattr(target, "weights", None) if _is_own(target) else None
+        weights = target.hparams.get("weights") if _is_own(target) and target.zero_shot else None
         if weights is None or signature.bind(self, model, *args, **kwargs).arguments.get("ckpt_path"):
             return original(self, model, *args, **kwargs)
         logger.info("%s predicts with the weights it was built with: %s", target.name, weights)
