@@ -1,9 +1,15 @@
-"""Losses shared by FAPrompt and AnomalyCLIP (spec sections 3, 5 and 7)."""
+"""Losses shared by FAPrompt and AnomalyCLIP (spec sections 3, 5 and 7).
+
+Every loss is computed in fp32 outside autocast (:func:`~.precision.float32`): under mixed precision the
+models' outputs may be bf16/fp16, and CUDA's autocast refuses ``binary_cross_entropy`` altogether.
+"""
 
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F  # noqa: N812
+
+from .precision import float32
 
 __all__ = [
     "binary_focal_loss",
@@ -17,6 +23,7 @@ __all__ = [
 _EPS = 1e-5
 
 
+@float32
 def focal_loss(probabilities: torch.Tensor, mask: torch.Tensor, gamma: float = 2.0) -> torch.Tensor:
     """Focal loss over a per-pixel class-probability map.
 
@@ -34,6 +41,7 @@ def focal_loss(probabilities: torch.Tensor, mask: torch.Tensor, gamma: float = 2
     return (-((1.0 - pt) ** gamma) * pt.log()).mean()
 
 
+@float32
 def dice_loss(prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """Soft dice loss with smoothing 1, sums per image, mean over images.
 
@@ -50,6 +58,7 @@ def dice_loss(prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return 1.0 - dice.mean()
 
 
+@float32
 def local_loss(abnormal_map: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Segmentation loss ``Focal([M^n, M^a], G) + Dice(M^a, G) + Dice(M^n, 1 - G)``.
 
@@ -65,6 +74,7 @@ def local_loss(abnormal_map: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return focal + dice_loss(abnormal_map, mask) + dice_loss(normal_map, 1.0 - mask.to(abnormal_map.dtype))
 
 
+@float32
 def binary_focal_loss(
     scores: torch.Tensor,
     labels: torch.Tensor,
@@ -92,6 +102,7 @@ def binary_focal_loss(
     return ((1.0 - pt) ** gamma * bce).mean()
 
 
+@float32
 def orthogonality_loss(embeddings: torch.Tensor) -> torch.Tensor:
     """``sum_{i<j} |cos(e_i, e_j)|`` over ``(K, D)`` embeddings."""
     normed = F.normalize(embeddings, dim=-1)
@@ -100,6 +111,7 @@ def orthogonality_loss(embeddings: torch.Tensor) -> torch.Tensor:
     return cosine.abs()[upper].sum()
 
 
+@float32
 def prior_loss(prior: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """``sum over normal images x of mean(Omega_x^2)``; anomalous images contribute 0.
 

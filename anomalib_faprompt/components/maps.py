@@ -5,9 +5,12 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F  # noqa: N812
 
+from .precision import float32
+
 __all__ = ["abnormal_probability", "binarise_masks", "upsample_patches"]
 
 
+@float32
 def abnormal_probability(
     features: torch.Tensor,
     normal_text: torch.Tensor,
@@ -24,7 +27,8 @@ def abnormal_probability(
 
     Returns:
         ``(B, ...)`` abnormal probabilities. Written as a sigmoid of the logit difference, which is
-        exactly the two-way softmax.
+        exactly the two-way softmax. Computed in fp32 also under autocast (half-precision inputs upcast),
+        so that near-equal patches keep their order for the top-k selection.
     """
     difference = abnormal_text - normal_text
     if difference.dim() == 2:

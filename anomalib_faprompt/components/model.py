@@ -14,11 +14,12 @@ from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F  # noqa: N812
-from anomalib.models.components import GaussianBlur2d
 from torch import nn
 
+from .blur import GaussianBlur
 from .clip import CLIPBackbone
 from .maps import upsample_patches
+from .precision import autocast_off, float32
 from .prompts import DeepPrompts
 from .text_cache import StaticTextCache
 
@@ -92,7 +93,7 @@ class PromptedCLIPModel(nn.Module):
         self.backbone = backbone
         self.temperature = temperature
         self.deep_prompts = DeepPrompts(prompt_depth, prompt_length, backbone.text_width)
-        self.blur = GaussianBlur2d(sigma=(sigma, sigma), channels=1)
+        self.blur = GaussianBlur(sigma)
         self.text_cache = StaticTextCache()
 
     def static_text(self) -> tuple[torch.Tensor, torch.Tensor]:
@@ -108,21 +109,27 @@ class PromptedCLIPModel(nn.Module):
         if self.training:
             normal, abnormal = self.static_text()
             return StaticText(*_normalise(normal, abnormal), abnormal)
-        cached = self.text_cache.read(lambda: _normalise(*self.static_text()), self.learned_parameters())
+        cached = self.text_cache.read(self._normalised_static_text, self.learned_parameters())
         return StaticText(*cached, None)
+
+    def _normalised_static_text(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """``F_n`` and ``F_a`` computed outside autocast: the eval cache outlives the autocast region it is read in."""
+        with autocast_off(self.deep_prompts.prompts.device.type):
+            return _normalise(*self.static_text())
 
     def encode_image(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """L2-normalised global ``(B, D)`` and patch ``(B, N, D)`` embeddings."""
         global_embedding, patches = self.backbone.encode_image(images)
         return F.normalize(global_embedding, dim=-1), F.normalize(patches, dim=-1)
 
+    @float32
     def global_logits(
         self,
         global_embedding: torch.Tensor,
         normal_text: torch.Tensor,
         abnormal_text: torch.Tensor,
     ) -> torch.Tensor:
-        """``[f_v.T_n, f_v.T_a] / tau`` as ``(B, 2)``; ``abnormal_text`` is ``(D,)`` or per image ``(B, D)``."""
+        """``[f_v.T_n, f_v.T_a] / tau`` as ``(B, 2)`` in fp32; ``abnormal_text`` is ``(D,)`` or per image ``(B, D)``."""
         normal = global_embedding @ normal_text
         abnormal = (global_embedding * abnormal_text).sum(-1)
         return torch.stack([normal, abnormal], dim=-1) / self.temperature
@@ -132,5 +139,5 @@ class PromptedCLIPModel(nn.Module):
         return upsample_patches(patch_probabilities, self.backbone.image_size)
 
     def pixel_map(self, patch_probabilities: torch.Tensor) -> torch.Tensor:
-        """Blurred pixel map ``(B, 1, S, S)`` of patch probabilities ``(B, N)``."""
+        """Blurred pixel map ``(B, 1, S, S)`` of patch probabilities ``(B, N)``, in fp32 (also under autocast)."""
         return self.blur(self.upsample(patch_probabilities).unsqueeze(1))
