@@ -13,7 +13,11 @@ model. Prints a Markdown table:
   ``training_step``, backward, Adam step) on synthetic images and masks, half of them anomalous;
 * peak memory of each phase: on CUDA ``torch.cuda.max_memory_allocated``; on CPU the process's
   peak resident set size (``VmHWM``, reset before each phase where Linux allows, else ``ru_maxrss``),
-  the model's weights included.
+  the model's weights included;
+* with ``--precision bf16`` / ``fp16`` (several may be given: one table each, the model built once), all of
+  it under ``torch.autocast`` (training with a gradient scaler for fp16), and the largest difference of
+  scores and maps to fp32 on the same images (one untimed call per batch size);
+  ``--tf32`` lets fp32 matrix products use TF32 (``torch.set_float32_matmul_precision("high")``).
 
 FAPrompt and bare-encoder repeats alternate so that a change of machine load hits both alike;
 the table shows the median of the timed repeats. A batch-1 call fills FAPrompt's static text cache
@@ -22,6 +26,7 @@ before any measurement. The inference memory is that of FAPrompt's first timed c
 Examples:
     python benchmarks/benchmark_faprompt.py                       # ViT-L-14-336 at 518, CPU
     python benchmarks/benchmark_faprompt.py --device cuda --repeats 10
+    python benchmarks/benchmark_faprompt.py --device cuda --precision fp32 bf16 fp16 --batch-sizes 1 8 32
     python benchmarks/benchmark_faprompt.py --tiny                # tiny random ViT, seconds
     python benchmarks/benchmark_faprompt.py --profile 25 --batch-sizes 1 --train-batch-size 0
 """
@@ -29,6 +34,7 @@ Examples:
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import resource
 import statistics
@@ -54,6 +60,7 @@ VARIANTS = {
     "released": {"patch_selection": "first_k", "local_score": "released", "global_loss_input": "logits"},
 }
 MISSING = "-"
+PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -71,6 +78,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--threads", type=int, default=os.cpu_count(), help="torch.set_num_threads (default: all)")
     parser.add_argument("--variant", default="paper", choices=sorted(VARIANTS), help="FAPrompt variant")
     parser.add_argument("--tiny", action="store_true", help="tiny random ViT (quick test of this script)")
+    parser.add_argument(
+        "--precision",
+        nargs="+",
+        default=["fp32"],
+        choices=sorted(PRECISIONS),
+        help="fp32, or bf16/fp16 autocast; several: one table each, and the difference to fp32",
+    )
+    parser.add_argument("--tf32", action="store_true", help='torch.set_float32_matmul_precision("high")')
     parser.add_argument(
         "--sdpa-floor",
         action="store_true",
@@ -143,6 +158,13 @@ class PeakMemory:
         return "peak RSS" if self.resettable else "peak RSS since start"
 
 
+def autocast(precision: str, device: torch.device) -> contextlib.AbstractContextManager:
+    """``torch.autocast`` to ``precision`` on ``device``; nothing for fp32."""
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=PRECISIONS[precision])
+
+
 def progress(message: str) -> None:
     """A progress line on stderr (seconds per call), so that a long run shows partial results."""
     print(message, file=sys.stderr, flush=True)
@@ -181,8 +203,11 @@ def without_mha_fastpath(visual: torch.nn.Module, images: torch.Tensor) -> torch
 
 
 def synthetic_batch(batch: int, size: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Normalised-looking images, labels (odd indices anomalous) and masks (a square defect per anomaly)."""
-    images = torch.randn(batch, 3, size, size, device=device)
+    """Normalised-looking images, labels (odd indices anomalous) and masks (a square defect per anomaly).
+
+    The images depend only on ``batch`` and ``size`` (seeded), so that every precision sees the same ones.
+    """
+    images = torch.randn(batch, 3, size, size, generator=torch.Generator().manual_seed(batch)).to(device)
     labels = (torch.arange(batch, device=device) % 2).long()
     masks = torch.zeros(batch, size, size, device=device)
     side = max(size // 4, 1)
@@ -206,9 +231,9 @@ def build_model(args: argparse.Namespace, device: torch.device) -> FAPrompt:
 
 
 def measure_inference(
-    model: FAPrompt, batch: int, args: argparse.Namespace, device: torch.device, memory: PeakMemory
+    model: FAPrompt, batch: int, args: argparse.Namespace, device: torch.device, memory: PeakMemory, precision: str
 ) -> dict[str, float]:
-    """FAPrompt and bare-encoder (floor) seconds per batch (medians), and FAPrompt's peak memory."""
+    """FAPrompt and bare-encoder (floor) seconds per batch (medians) at ``precision``, and FAPrompt's peak memory."""
     torch_model = model.model.eval()
     visual = torch_model.backbone.clip.visual
     images = synthetic_batch(batch, args.image_size, device)[0]
@@ -216,7 +241,7 @@ def measure_inference(
     if args.sdpa_floor:
         floors["sdpa_encoder_s"] = lambda: without_mha_fastpath(visual, images)
     times: dict[str, list[float]] = {"faprompt_s": [], **{name: [] for name in floors}}
-    with torch.inference_mode():
+    with torch.inference_mode(), autocast(precision, device):
         for _ in range(args.warmup):
             torch_model(images)
             for floor in floors.values():
@@ -228,24 +253,32 @@ def measure_inference(
                 peak = memory.peak_mib()
             for name, floor in floors.items():
                 times[name].append(timed(floor, device))
-            progress(f"batch {batch}, repeat {repeat + 1}: " + ", ".join(f"{n} {t[-1]:.2f}" for n, t in times.items()))
+            timings = ", ".join(f"{n} {t[-1]:.3f}" for n, t in times.items())
+            progress(f"{precision} batch {batch}, repeat {repeat + 1}: {timings}")
     return {**{name: statistics.median(values) for name, values in times.items()}, "inference_mib": peak}
 
 
 def measure_training(
-    model: FAPrompt, batch: int, args: argparse.Namespace, device: torch.device, memory: PeakMemory
+    model: FAPrompt, batch: int, args: argparse.Namespace, device: torch.device, memory: PeakMemory, precision: str
 ) -> dict[str, float]:
-    """Seconds per training step (median) and the peak memory of training."""
+    """Seconds per training step (median) at ``precision`` and the peak memory of training.
+
+    The prompts are trained further by every step; the steps of one precision start where the previous
+    precision's left them (the timings do not depend on the values).
+    """
     model.train()
     optimizer = model.configure_optimizers()
+    scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
     images, labels, masks = synthetic_batch(batch, args.image_size, device)
 
     def step() -> None:
         optimizer.zero_grad(set_to_none=True)
-        losses = model.compute_losses(images, labels, masks)
-        total = sum(model.loss_weights.get(name, 1.0) * value for name, value in losses.items())
-        total.backward()
-        optimizer.step()
+        with autocast(precision, device):
+            losses = model.compute_losses(images, labels, masks)
+            total = sum(model.loss_weights.get(name, 1.0) * value for name, value in losses.items())
+        scaler.scale(total).backward()
+        scaler.step(optimizer)
+        scaler.update()
 
     memory.reset()
     for _ in range(args.warmup):
@@ -253,20 +286,47 @@ def measure_training(
     times = []
     for repeat in range(args.repeats):
         times.append(timed(step, device))
-        progress(f"training batch {batch}, repeat {repeat + 1}: {times[-1]:.2f} s")
+        progress(f"{precision} training batch {batch}, repeat {repeat + 1}: {times[-1]:.3f} s")
     peak = memory.peak_mib()
     model.eval()
     return {"train_s": statistics.median(times), "train_mib": peak}
 
 
-def profile(model: FAPrompt, batch: int, args: argparse.Namespace, device: torch.device) -> str:
-    """torch.profiler table of one warm FAPrompt inference call, by self time."""
+def largest_difference(
+    model: FAPrompt,
+    args: argparse.Namespace,
+    device: torch.device,
+    precision: str,
+    reference: dict[int, tuple[torch.Tensor, torch.Tensor]],
+) -> tuple[float, float]:
+    """Largest absolute difference of scores and of maps between ``precision`` and fp32, over every batch size.
+
+    ``reference`` caches the fp32 outputs (filled on first use) for the next precision.
+    """
+    torch_model = model.model.eval()
+    score_difference = map_difference = 0.0
+    with torch.inference_mode():
+        for batch in args.batch_sizes:
+            images = synthetic_batch(batch, args.image_size, device)[0]
+            if batch not in reference:
+                output = torch_model(images)
+                reference[batch] = (output.pred_score, output.anomaly_map)
+            with autocast(precision, device):
+                output = torch_model(images)
+            score, anomaly_map = reference[batch]
+            score_difference = max(score_difference, (output.pred_score - score).abs().max().item())
+            map_difference = max(map_difference, (output.anomaly_map - anomaly_map).abs().max().item())
+    return score_difference, map_difference
+
+
+def profile(model: FAPrompt, batch: int, args: argparse.Namespace, device: torch.device, precision: str) -> str:
+    """torch.profiler table of one warm FAPrompt inference call at ``precision``, by self time."""
     torch_model = model.model.eval()
     images = synthetic_batch(batch, args.image_size, device)[0]
     activities = [torch.profiler.ProfilerActivity.CPU]
     if device.type == "cuda":
         activities.append(torch.profiler.ProfilerActivity.CUDA)
-    with torch.inference_mode():
+    with torch.inference_mode(), autocast(precision, device):
         torch_model(images)
         with torch.profiler.profile(activities=activities) as profiler:
             torch_model(images)
@@ -336,31 +396,46 @@ def main(argv: list[str] | None = None) -> None:
     """Build the model, measure, print the table."""
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
+    if args.tf32:
+        torch.set_float32_matmul_precision("high")
     torch.manual_seed(0)
     device = torch.device(args.device)
     memory = PeakMemory(device)
     model = build_model(args, device)
     backbone = "tiny random ViT" if args.tiny else f"{args.backbone} (random weights)"
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
     print(
-        f"FAPrompt ({args.variant}) on {backbone} at {args.image_size}x{args.image_size}, device {device}, "
+        f"FAPrompt ({args.variant}) on {backbone} at {args.image_size}x{args.image_size}, device {device} ({name}), "
         f"{torch.get_num_threads()} threads, torch {torch.__version__}, "
+        f"fp32 matmul precision {torch.get_float32_matmul_precision()!r}, "
         f"{args.warmup} warm-up + {args.repeats} timed repeats (median); "
         f"memory in use after building the model: {memory.current_mib():.0f} MiB; "
         f"load average (1, 5, 15 min): {load_average()}",
         flush=True,
     )
     progress(f"text cache filled by a batch-1 call of {fill_text_cache(model, args, device):.2f} s")
-    if args.profile:
-        print(profile(model, min(args.batch_sizes), args, device), flush=True)
-    results: dict[int, dict[str, float]] = {}
-    for batch in args.batch_sizes:
-        results.setdefault(batch, {}).update(measure_inference(model, batch, args, device, memory))
-    if args.train_batch_size:
-        results.setdefault(args.train_batch_size, {}).update(
-            measure_training(model, args.train_batch_size, args, device, memory)
-        )
-    print(table(results, memory.label))
-    print(f"load average (1, 5, 15 min) at the end: {load_average()}")
+    reference: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+    for precision in args.precision:
+        if args.profile:
+            print(profile(model, min(args.batch_sizes), args, device, precision), flush=True)
+        results: dict[int, dict[str, float]] = {}
+        for batch in args.batch_sizes:
+            results.setdefault(batch, {}).update(measure_inference(model, batch, args, device, memory, precision))
+        if args.train_batch_size:
+            results.setdefault(args.train_batch_size, {}).update(
+                measure_training(model, args.train_batch_size, args, device, memory, precision)
+            )
+        print(f"\nprecision {precision if precision == 'fp32' else f'{precision} (autocast)'}:\n")
+        print(table(results, memory.label), flush=True)
+        if precision != "fp32":
+            score, anomaly_map = largest_difference(model, args, device, precision, reference)
+            sizes = ", ".join(str(size) for size in args.batch_sizes)
+            print(
+                f"largest |{precision} - fp32| difference (same images, batches {sizes}): "
+                f"score {score:.2e}, map {anomaly_map:.2e}",
+                flush=True,
+            )
+    print(f"\nload average (1, 5, 15 min) at the end: {load_average()}")
 
 
 if __name__ == "__main__":
