@@ -69,7 +69,8 @@ def _blur_pass(maps: torch.Tensor, kernel: torch.Tensor, dim: int, exact_tf32: b
     if not exact_tf32:
         return F.conv2d(padded, kernel.reshape(shape))
     # (x_hi + x_lo) * (w_hi + w_lo): two input channels, two output channels, summed.
-    weight = torch.stack(_split(kernel)).reshape(2, 1, *kernel.reshape(shape).shape[2:]).expand(2, 2, -1, -1).contiguous()
+    weight = torch.stack(_split(kernel)).reshape(2, 1, *kernel.reshape(shape).shape[2:])
+    weight = weight.expand(2, 2, -1, -1).contiguous()
     return F.conv2d(torch.cat(_split(padded), dim=1), weight).sum(dim=1, keepdim=True)
 
 
