@@ -185,8 +185,8 @@ class PromptLearningModule(AnomalibModule):
         total = self.weighted_loss(losses)
         batch_size = labels.shape[0]
         for name, value in losses.items():
-            self.log(f"train_loss_{name}", value, on_step=False, on_epoch=True, batch_size=batch_size)
-        self.log("train_loss", total, on_step=True, on_epoch=True, prog_bar=True, batch_size=batch_size)
+            self.log(f"train_loss_{name}", value, on_step=False, on_epoch=True, batch_size=batch_size, sync_dist=True)
+        self.log("train_loss", total, on_step=True, on_epoch=True, prog_bar=True, batch_size=batch_size, sync_dist=True)
         return total
 
     def validation_step(self, batch: Batch, *args, **kwargs) -> Batch:  # noqa: ARG002
