@@ -24,9 +24,9 @@ Several devices (Lightning DDP): every rank updates the metrics with its own sha
 end of each category all ranks sum their counts and compute together (torchmetrics gathers the states of
 every rank), so the table is the one a single process gives. Lightning's ``DistributedSampler`` pads the
 ranks' shares to equal length by repeating the first samples of the dataloader at the end of some
-shares: each rank drops those repeats (the samples past its own ``len(range(rank, N, world_size))``).
-Without a distributed sampler every rank sees every sample, and rank 0 alone keeps them. Only rank 0
-writes and prints the tables.
+shares: each rank drops those repeats (the samples past its own ``len(range(rank, N, world_size))``), in
+validation as in the test. Without a distributed sampler every rank sees every sample, and rank 0 alone
+keeps them. Only rank 0 writes and prints the tables.
 """
 
 from __future__ import annotations
@@ -106,11 +106,10 @@ def _distributed() -> bool:
     return distributed.is_available() and distributed.is_initialized() and distributed.get_world_size() > 1
 
 
-def _own_samples(trainer: Trainer, dataloader_idx: int) -> int | None:
-    """How many of the samples this rank gets from a test dataloader are its own, not repeats (``None``: all)."""
+def _own_samples(loaders: Any, dataloader_idx: int) -> int | None:  # noqa: ANN401
+    """How many of the samples this rank gets from a dataloader are its own, not repeats (``None``: all)."""
     if not _distributed():
         return None
-    loaders = trainer.test_dataloaders
     sampler = getattr(loaders[dataloader_idx] if isinstance(loaders, list | tuple) else loaders, "sampler", None)
     if isinstance(sampler, DistributedSampler):
         return None if sampler.drop_last else len(range(sampler.rank, len(sampler.dataset), sampler.num_replicas))
@@ -215,11 +214,7 @@ class PerCategoryEvaluator(Evaluator):
             if self._dataloader_index is not None:
                 self._finish_category(trainer)
             self._start_category(dataloader_idx)
-        own = _own_samples(trainer, dataloader_idx)
-        size = len(batch)
-        if own is not None and self._seen + size > own:
-            batch = _first_samples(batch, max(0, own - self._seen))
-        self._seen += size
+        batch = self._own_part(batch, _own_samples(trainer.test_dataloaders, dataloader_idx))
         # Every rank updates every metric, with no sample if need be: each then gathers a state of the same form.
         self._counts[0] += len(batch)
         for index, field in enumerate(self.targets):
@@ -228,6 +223,36 @@ class PerCategoryEvaluator(Evaluator):
                 self._counts[1 + 2 * index] += value.numel()
                 self._counts[2 + 2 * index] += torch.count_nonzero(value).item()
         for metric in self.test_metrics:
+            metric.update(batch)
+
+    def _own_part(self, batch: Any, own: int | None) -> Any:  # noqa: ANN401
+        """The batch without the samples past this rank's ``own`` ones in the current dataloader."""
+        size = len(batch)
+        if own is not None and self._seen + size > own:
+            batch = _first_samples(batch, max(0, own - self._seen))
+        self._seen += size
+        return batch
+
+    def on_validation_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        """Count the validation samples afresh (several ranks drop the sampler's repeats as in the test)."""
+        del trainer, pl_module
+        self._dataloader_index, self._seen = None, 0
+
+    def on_validation_batch_end(
+        self,
+        trainer: Trainer,
+        pl_module: LightningModule,
+        outputs: STEP_OUTPUT | None,
+        batch: Any,  # noqa: ANN401
+        batch_idx: int,
+        dataloader_idx: int = 0,
+    ) -> None:
+        """Update the validation metrics with this rank's own samples."""
+        del pl_module, outputs, batch_idx
+        if dataloader_idx != self._dataloader_index:
+            self._dataloader_index, self._seen = dataloader_idx, 0
+        batch = self._own_part(batch, _own_samples(trainer.val_dataloaders, dataloader_idx))
+        for metric in self.val_metrics:
             metric.update(batch)
 
     def _summed_counts(self, trainer: Trainer) -> tuple[int, dict[str, tuple[int, int]]]:
