@@ -177,7 +177,7 @@ def test_cli_train_with_short_name(cli_train):
     output, results = cli_train
     metrics = _metrics(results)
     assert set(metrics) == set(TEST_METRICS), output[-3000:]
-    assert f"Results in {next(results.rglob('per_category_results.csv')).parent}: " in output
+    assert f"Results in {next(results.rglob('per_category_results.csv')).parent.resolve()}: " in output
     assert all(0.0 <= value <= 1.0 for value in metrics.values())
     assert "max_epochs=2" in output
     assert len(list(results.rglob("*.ckpt"))) == 1

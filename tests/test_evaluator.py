@@ -114,7 +114,9 @@ def test_metrics_that_cannot_be_computed_are_empty_with_a_note(tmp_path, capsys)
     assert "normal_only: image_AUROC, image_AUPR not computable: no defect image." in markdown
     printed = capsys.readouterr().out
     assert "defect_only: image_AUROC, image_AUPR not computable: no normal image." in printed
-    assert f"Results in {tmp_path}: per_category_results.csv, per_category_results.md; no checkpoint" in printed
+    assert (
+        f"Results in {tmp_path.resolve()}: per_category_results.csv, per_category_results.md; no checkpoint" in printed
+    )
 
 
 def test_a_category_without_images_is_reported_not_dropped(tmp_path):
@@ -187,7 +189,8 @@ def test_engine_test_prints_the_table_and_where_it_is(tmp_path, tiny_model_args,
     assert all(len(line) <= 80 for line in table.splitlines())
     lines = printed.strip().splitlines()
     assert "\n".join(lines[:-1]) == table
-    assert lines[-1].startswith(f"Results in {engine.trainer.default_root_dir}: per_category_results.csv, ")
+    folder = Path(engine.trainer.default_root_dir).resolve()
+    assert lines[-1].startswith(f"Results in {folder}: per_category_results.csv, per_category_results.md; ")
     assert returned[0]["dataloader_2/image_AUROC"] == pytest.approx(results["dataloader_2"]["image_AUROC"], abs=1e-6)
     assert returned[0]["image_AUROC"] == pytest.approx(
         np.mean([results[name]["image_AUROC"] for name in ("dataloader_0", "dataloader_2")]), abs=1e-6

@@ -344,7 +344,7 @@ class PerCategoryEvaluator(Evaluator):
         if self.results_name:
             directory = Path(trainer.default_root_dir)
             csv_path, markdown_path = write_tables(self.category_results, directory, self.results_name, self.notes)
-            where.append(f"Results in {directory}: {csv_path.name}, {markdown_path.name}")
+            where.append(f"Results in {directory.resolve()}: {csv_path.name}, {markdown_path.name}")
         checkpoint = getattr(trainer, "ckpt_path", None)
         callback = getattr(trainer, "checkpoint_callback", None)
         if not checkpoint and callback is not None:
