@@ -6,8 +6,9 @@ import torch
 from anomalib.data import ImageBatch
 from anomalib.metrics import AUPRO as ANOMALIB_AUPRO
 from scipy import ndimage
+from sklearn.metrics import auc
 
-from anomalib_faprompt.metrics import AUPRO, pro_curve
+from anomalib_faprompt.metrics import AUPRO, PaperAUPRO, paper_aupro, pro_curve
 
 
 def reference_aupro(maps: np.ndarray, masks: np.ndarray, fpr_limit: float) -> float:
@@ -114,3 +115,81 @@ def test_name_fields_and_bad_masks():
         pro_curve(torch.rand(1, 4, 4), torch.full((1, 4, 4), 2.0))
     with pytest.raises(ValueError, match="shape"):
         pro_curve(torch.rand(1, 4, 4), torch.zeros(1, 4, 5))
+
+
+def reference_paper_aupro(maps: np.ndarray, masks: np.ndarray, fpr_limit: float = 0.3, steps: int = 200) -> float:
+    """The papers' definition, threshold by threshold: float32 thresholds from min to max, FPR < limit, rescaled."""
+    low, high = maps.min(), maps.max()
+    regions = []
+    for index, mask in enumerate(masks):
+        labels, count = ndimage.label(mask, structure=np.ones((3, 3)))
+        regions += [(index, labels == label) for label in range(1, count + 1)]
+    background = masks == 0
+    fprs, pros = [], []
+    for threshold in np.arange(low, high, (high - low) / steps):
+        detected = maps > threshold
+        fprs.append(detected[background].sum() / background.sum())
+        pros.append(np.mean([detected[index][region].sum() / region.sum() for index, region in regions]))
+    fprs, pros = np.array(fprs), np.array(pros)
+    kept = fprs < fpr_limit
+    fprs = fprs[kept]
+    return float(auc((fprs - fprs.min()) / (fprs.max() - fprs.min()), pros[kept]))
+
+
+def paper_value(maps: torch.Tensor, masks: torch.Tensor, batch: int = 3, **kwargs) -> float:
+    metric = PaperAUPRO(fields=["anomaly_map", "gt_mask"], **kwargs)
+    for start in range(0, len(maps), batch):
+        metric.update(
+            ImageBatch(
+                image=maps[start : start + batch, None].expand(-1, 3, -1, -1),
+                anomaly_map=maps[start : start + batch, None],
+                gt_mask=masks[start : start + batch].bool(),
+            )
+        )
+    return float(metric.compute())
+
+
+@pytest.mark.parametrize(
+    ("seed", "levels", "fpr_limit", "steps"),
+    [(0, None, 0.3, 200), (1, None, 0.3, 200), (2, 10, 0.3, 200), (3, None, 0.1, 50), (4, 5, 0.6, 200)],
+)
+def test_paper_aupro_equals_the_definition(seed, levels, fpr_limit, steps):
+    maps, masks = random_case(seed, count=6, size=24, levels=levels)
+    expected = reference_paper_aupro(maps.numpy(), masks.numpy(), fpr_limit, steps)
+    assert paper_value(maps, masks, fpr_limit=fpr_limit, num_steps=steps) == pytest.approx(expected, abs=1e-9)
+    assert paper_aupro(maps[:, None], masks, fpr_limit, steps) == pytest.approx(expected, abs=1e-9)
+
+
+def test_paper_aupro_is_another_number_than_the_exact_one():
+    maps, masks = random_case(9, count=8, size=32)
+    maps = torch.nn.functional.avg_pool2d(maps[:, None], 3, stride=1, padding=1)[:, 0]
+    paper, exact = paper_value(maps, masks), fast_value(maps, masks)
+    assert paper == pytest.approx(reference_paper_aupro(maps.numpy(), masks.numpy()), abs=1e-9)
+    assert abs(paper - exact) > 1e-3
+
+
+def test_paper_aupro_hand_computed_case():
+    # Scores 0, 0.1, ..., 0.9 on one 2x5 map; 20 steps: thresholds 0.045 i, i = 0 ... 19 (0 to 0.855).
+    maps = torch.arange(10, dtype=torch.float32).reshape(1, 2, 5) / 10
+    masks = torch.zeros(1, 2, 5)
+    masks[0, 0, 3:] = 1  # one region scoring 0.3 and 0.4
+    # FPR < 0.3: at most 2 of the 8 background pixels above the threshold, i.e. i >= 16 (0.72): FPR 2/8, 2/8,
+    # 1/8, 1/8, rescaled 1, 1, 0, 0; the region is never detected there: PRO 0, area 0.
+    assert paper_aupro(maps, masks, num_steps=20) == 0.0
+    masks = torch.zeros(1, 2, 5)
+    masks[0, 1, 1] = masks[0, 1, 4] = 1  # two 1-pixel regions scoring 0.6 and 0.9
+    # Background 0 ... 0.5, 0.7, 0.8: kept i >= 12 (0.54); FPR 2/8 for i = 12 ... 15, 1/8 for 16, 17 (0.72, 0.765),
+    # 0 for 18, 19; rescaled 1 (x4), 0.5 (x2), 0 (x2). PRO 1 for i = 12, 13 (both regions), then 0.5.
+    # Area: 0.5 * 0.5 (FPR 0 to 0.5) + 0.5 * 0.5 (0.5 to 1); the rise to 1 lies at FPR 1, width 0.
+    assert paper_aupro(maps, masks, num_steps=20) == pytest.approx(0.5, abs=1e-12)
+    assert fast_value(maps, masks) != pytest.approx(0.5, abs=1e-3)
+
+
+def test_paper_aupro_undefined_cases_are_nan():
+    maps, masks = random_case(10)
+    assert np.isnan(paper_aupro(torch.full_like(maps, 0.5), masks))
+    assert np.isnan(paper_aupro(maps, torch.zeros_like(masks)))
+    assert np.isnan(paper_aupro(maps, torch.ones_like(masks)))
+    assert PaperAUPRO(fields=["anomaly_map", "gt_mask"], prefix="pixel_").name == "pixel_AUPRO_paper"
+    with pytest.raises(ValueError, match="num_steps"):
+        PaperAUPRO(fields=["anomaly_map", "gt_mask"], num_steps=1)

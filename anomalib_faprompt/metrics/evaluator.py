@@ -9,24 +9,84 @@ each dataloader separately, then logs
 - ``<metric>`` as the mean over categories (with a single dataloader: that dataloader's value, as
   anomalib's ``Evaluator`` logs it),
 
-and writes the table (rows: categories and ``mean``) as CSV (fractions) and Markdown (percentages,
-one decimal, as in the papers' tables) into the trainer's ``default_root_dir``.
+writes the table (rows: categories and ``mean``) as CSV (fractions) and Markdown (percentages, one
+decimal, as in the papers' tables) into the trainer's ``default_root_dir``, and prints it with the
+results folder and the checkpoint. Lightning's own per-dataloader table, which repeats these
+epoch-level values under every dataloader, is not printed.
+
+No silent numbers: a metric that cannot be computed on a category is NaN (an empty cell that the mean
+skips) with a note naming the category and the reason: image metrics without a defect image or
+without a normal image, pixel metrics without masks, without a defect pixel or without a normal pixel.
+A category whose dataloader yields no image (empty folders) gets a row of empty cells and the note
+"no images".
+
+Several devices (Lightning DDP): every rank updates the metrics with its own share of the images; at the
+end of each category all ranks sum their counts and compute together (torchmetrics gathers the states of
+every rank), so the table is the one a single process gives. Lightning's ``DistributedSampler`` pads the
+ranks' shares to equal length by repeating the first samples of the dataloader at the end of some
+shares: each rank drops those repeats (the samples past its own ``len(range(rank, N, world_size))``), in
+validation as in the test. Without a distributed sampler every rank sees every sample, and rank 0 alone
+keeps them. Only rank 0 writes and prints the tables.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
+import warnings
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
-from anomalib.metrics import Evaluator
+from anomalib.metrics import AUPR, AUROC, AnomalibMetric, Evaluator
 from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.utilities.types import STEP_OUTPUT
+from torch import distributed
+from torch.utils.data import DistributedSampler
 
-from ..tables import results_rows, write_tables
+from ..tables import console_table, results_rows, write_tables
+from .aupro import AUPRO, PaperAUPRO
 
-__all__ = ["PerCategoryEvaluator", "category_names"]
+__all__ = ["AUPRO_DEFINITIONS", "PerCategoryEvaluator", "category_names", "default_test_metrics"]
+
+AUPRO_DEFINITIONS = {"exact": AUPRO, "paper": PaperAUPRO}
+
+# Target fields a metric can score against: what the field holds, its positives and its negatives.
+TARGETS = {
+    "gt_label": ("image labels", "defect image", "normal image"),
+    "gt_mask": ("masks", "defect pixel", "normal pixel"),
+}
+
+
+def default_val_metrics() -> list[AnomalibMetric]:
+    """Image and pixel AUROC."""
+    return [
+        AUROC(fields=["pred_score", "gt_label"], prefix="image_"),
+        AUROC(fields=["anomaly_map", "gt_mask"], prefix="pixel_", strict=False),
+    ]
+
+
+def default_test_metrics(aupro: Sequence[str] = ("exact",)) -> list[AnomalibMetric]:
+    """Image AUROC and AUPR, pixel AUROC, and pixel AUPRO in each of the ``aupro`` definitions.
+
+    Args:
+        aupro: ``"exact"`` (``pixel_AUPRO``, anomalib's value: the exact curve to FPR 0.3, divided by 0.3) and/or
+            ``"paper"`` (``pixel_AUPRO_paper``, the papers' evaluation code, see :class:`PaperAUPRO`).
+
+    Returns:
+        The metrics.
+    """
+    unknown = [name for name in aupro if name not in AUPRO_DEFINITIONS]
+    if unknown or not aupro or len(set(aupro)) != len(aupro):
+        msg = f"aupro={list(aupro)}: give one or both of {sorted(AUPRO_DEFINITIONS)}, each at most once."
+        raise ValueError(msg)
+    return [
+        AUROC(fields=["pred_score", "gt_label"], prefix="image_"),
+        AUPR(fields=["pred_score", "gt_label"], prefix="image_"),
+        AUROC(fields=["anomaly_map", "gt_mask"], prefix="pixel_", strict=False),
+        *(AUPRO_DEFINITIONS[name](fields=["anomaly_map", "gt_mask"], prefix="pixel_", strict=False) for name in aupro),
+    ]
 
 
 def category_names(trainer: Trainer) -> list[str]:
@@ -42,33 +102,100 @@ def category_names(trainer: Trainer) -> list[str]:
     return list(names)
 
 
+def _distributed() -> bool:
+    return distributed.is_available() and distributed.is_initialized() and distributed.get_world_size() > 1
+
+
+def _own_samples(loaders: Any, dataloader_idx: int) -> int | None:  # noqa: ANN401
+    """How many of the samples this rank gets from a dataloader are its own, not repeats (``None``: all)."""
+    if not _distributed():
+        return None
+    sampler = getattr(loaders[dataloader_idx] if isinstance(loaders, list | tuple) else loaders, "sampler", None)
+    if isinstance(sampler, DistributedSampler):
+        return None if sampler.drop_last else len(range(sampler.rank, len(sampler.dataset), sampler.num_replicas))
+    return None if distributed.get_rank() == 0 else 0
+
+
+def _first_samples(batch: Any, count: int) -> Any:  # noqa: ANN401
+    """The batch with its first ``count`` samples."""
+    values = {field.name: getattr(batch, field.name) for field in dataclasses.fields(batch)}
+    return dataclasses.replace(batch, **{name: value[:count] for name, value in values.items() if value is not None})
+
+
 class PerCategoryEvaluator(Evaluator):
     """Evaluator whose test metrics are computed per test dataloader (one per category) and averaged.
 
     Args:
-        val_metrics: Validation metrics (computed as by anomalib's ``Evaluator``).
-        test_metrics: Test metrics, computed per category.
-        compute_on_cpu: Keep metric states on the CPU.
+        val_metrics: Validation metrics (computed as by anomalib's ``Evaluator``); ``None``: image and pixel AUROC.
+        test_metrics: Test metrics, computed per category; ``None``: :func:`default_test_metrics` with ``aupro``.
+        compute_on_cpu: Keep metric states on the CPU (with one process; several keep them on their device).
         results_name: File name (without suffix) of the CSV and Markdown tables; ``None`` writes none.
+        aupro: Pixel AUPRO definitions of the default test metrics: ``["exact"]`` (anomalib's value, named
+            ``pixel_AUPRO``), ``["paper"]`` (the papers' evaluation code, ``pixel_AUPRO_paper``) or both.
+
+    Example:
+        In a config, the papers' AUPRO beside the exact one::
+
+            model:
+              init_args:
+                evaluator:
+                  class_path: anomalib_faprompt.metrics.PerCategoryEvaluator
+                  init_args:
+                    aupro: [exact, paper]
     """
 
     def __init__(
         self,
-        val_metrics: Any = None,  # noqa: ANN401
-        test_metrics: Any = None,  # noqa: ANN401
+        val_metrics: AnomalibMetric | Sequence[AnomalibMetric] | None = None,
+        test_metrics: AnomalibMetric | Sequence[AnomalibMetric] | None = None,
         compute_on_cpu: bool = True,
         results_name: str | None = "per_category_results",
+        aupro: Sequence[str] = ("exact",),
     ) -> None:
-        super().__init__(val_metrics=val_metrics, test_metrics=test_metrics, compute_on_cpu=compute_on_cpu)
+        if test_metrics is not None and list(aupro) != ["exact"]:
+            msg = (
+                f"aupro={list(aupro)} chooses the AUPRO of the default test metrics, and test_metrics are given: "
+                "add PaperAUPRO(fields=['anomaly_map', 'gt_mask'], prefix='pixel_', strict=False) to them instead."
+            )
+            raise ValueError(msg)
+        super().__init__(
+            val_metrics=default_val_metrics() if val_metrics is None else val_metrics,
+            test_metrics=default_test_metrics(aupro) if test_metrics is None else test_metrics,
+            compute_on_cpu=compute_on_cpu,
+        )
         self.results_name = results_name
+        self.targets = sorted({field for metric in self.test_metrics for field in metric.fields if field in TARGETS})
         self.category_results: dict[str, dict[str, float]] = {}
+        self.notes: list[str] = []
+        self._category_notes: dict[str, list[str]] = {}
         self._dataloader_index: int | None = None
+        self._seen = 0
+        self._counts = self._zero_counts()
+
+    def _zero_counts(self) -> torch.Tensor:
+        """Images, then for each target field: elements with a value and positive elements."""
+        return torch.zeros(1 + 2 * len(self.targets), dtype=torch.int64)
+
+    def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        """Keep the states on the CPU with one process; with several, on the device (where they are gathered)."""
+        if trainer.world_size > 1:
+            # The evaluator drops the samples the distributed sampler repeats: Lightning's advice does not apply.
+            warnings.filterwarnings("ignore", message=r"Using `DistributedSampler` with the dataloaders. During")
+            return
+        super().setup(trainer, pl_module, stage)
 
     def on_test_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         """Start with no results and fresh metrics."""
         del trainer, pl_module
         self.category_results = {}
-        self._dataloader_index = None
+        self.notes = []
+        self._category_notes = {}
+        self._start_category(None)
+
+    def _start_category(self, dataloader_idx: int | None) -> None:
+        self._dataloader_index = dataloader_idx
+        self._seen = 0
+        self._counts = self._zero_counts()
         for metric in self.test_metrics:
             metric.reset()
 
@@ -81,29 +208,111 @@ class PerCategoryEvaluator(Evaluator):
         batch_idx: int,
         dataloader_idx: int = 0,
     ) -> None:
-        """Update the metrics; on the first batch of a new dataloader, finish the previous category first."""
+        """Update the counts and metrics with this rank's own samples; a new dataloader first ends the last one."""
         del pl_module, outputs, batch_idx
-        if self._dataloader_index is not None and dataloader_idx != self._dataloader_index:
-            self._finish_category(trainer)
-        self._dataloader_index = dataloader_idx
+        if dataloader_idx != self._dataloader_index:
+            if self._dataloader_index is not None:
+                self._finish_category(trainer)
+            self._start_category(dataloader_idx)
+        batch = self._own_part(batch, _own_samples(trainer.test_dataloaders, dataloader_idx))
+        # Every rank updates every metric, with no sample if need be: each then gathers a state of the same form.
+        self._counts[0] += len(batch)
+        for index, field in enumerate(self.targets):
+            value = getattr(batch, field, None)
+            if value is not None:
+                self._counts[1 + 2 * index] += value.numel()
+                self._counts[2 + 2 * index] += torch.count_nonzero(value).item()
         for metric in self.test_metrics:
             metric.update(batch)
 
+    def _own_part(self, batch: Any, own: int | None) -> Any:  # noqa: ANN401
+        """The batch without the samples past this rank's ``own`` ones in the current dataloader."""
+        size = len(batch)
+        if own is not None and self._seen + size > own:
+            batch = _first_samples(batch, max(0, own - self._seen))
+        self._seen += size
+        return batch
+
+    def on_validation_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        """Count the validation samples afresh (several ranks drop the sampler's repeats as in the test)."""
+        del trainer, pl_module
+        self._dataloader_index, self._seen = None, 0
+
+    def on_validation_batch_end(
+        self,
+        trainer: Trainer,
+        pl_module: LightningModule,
+        outputs: STEP_OUTPUT | None,
+        batch: Any,  # noqa: ANN401
+        batch_idx: int,
+        dataloader_idx: int = 0,
+    ) -> None:
+        """Update the validation metrics with this rank's own samples."""
+        del pl_module, outputs, batch_idx
+        if dataloader_idx != self._dataloader_index:
+            self._dataloader_index, self._seen = dataloader_idx, 0
+        batch = self._own_part(batch, _own_samples(trainer.val_dataloaders, dataloader_idx))
+        for metric in self.val_metrics:
+            metric.update(batch)
+
+    def _summed_counts(self, trainer: Trainer) -> tuple[int, dict[str, tuple[int, int]]]:
+        """Images, and ``field: (elements, positives)``, of the current category over all ranks."""
+        counts = self._counts
+        if _distributed():
+            counts = counts.to(trainer.strategy.root_device)
+            distributed.all_reduce(counts)
+        counts = counts.tolist()
+        return counts[0], {
+            field: (counts[1 + 2 * index], counts[2 + 2 * index]) for index, field in enumerate(self.targets)
+        }
+
+    @staticmethod
+    def _missing(metric: AnomalibMetric, counts: dict[str, tuple[int, int]]) -> str | None:
+        """Why ``metric`` cannot be computed on a category with these counts, or ``None``."""
+        field = next((field for field in metric.fields if field in TARGETS), None)
+        if field is None:
+            return None
+        what, positive, negative = TARGETS[field]
+        elements, positives = counts[field]
+        if elements == 0:
+            return f"no {what}"
+        if positives == 0:
+            return f"no {positive}"
+        if positives == elements:
+            return f"no {negative}"
+        return None
+
     def _finish_category(self, trainer: Trainer) -> None:
-        """Compute the metrics of the current dataloader's category, store them and reset the metrics."""
+        """Compute the metrics of the current dataloader's category (all ranks together) and store them."""
         name = category_names(trainer)[self._dataloader_index]
-        values = {}
+        images, counts = self._summed_counts(trainer)
+        values, missing = {}, {}
         for metric in self.test_metrics:
-            value = metric.compute()
-            values[metric.name] = math.nan if value is None else float(value)
-            metric.reset()
+            # The same decision on every rank (the counts are summed over ranks): compute() gathers from all of them.
+            reason = "no images" if images == 0 else self._missing(metric, counts)
+            value = math.nan
+            if reason is None:
+                computed = metric.compute()
+                value = math.nan if computed is None else float(computed)
+                if not math.isfinite(value):
+                    value, reason = math.nan, "not defined for these maps and labels"
+            values[metric.name] = value
+            if reason is not None:
+                missing.setdefault(reason, []).append(metric.name)
         self.category_results[name] = values
+        if images == 0:
+            self._category_notes[name] = ["no images."]
+        else:
+            self._category_notes[name] = [
+                f"{', '.join(names)} not computable: {why}." for why, names in missing.items()
+            ]
+        self._start_category(None)
 
     def on_test_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        """Log per-category values and their means; write the tables."""
+        """Log per-category values and their means; write and print the tables."""
         if self._dataloader_index is not None:
             self._finish_category(trainer)
-        self._dataloader_index = None
+        self._order_and_fill(category_names(trainer))
         logged = self.mean_results()
         if len(self.category_results) > 1:
             for category, values in self.category_results.items():
@@ -113,9 +322,38 @@ class PerCategoryEvaluator(Evaluator):
                 trainer.callback_metrics[name] = torch.tensor(value)
                 trainer.logged_metrics[name] = torch.tensor(value)
             else:
-                pl_module.log(name, value)
-        if self.results_name and self.category_results and trainer.is_global_zero:
-            write_tables(self.category_results, Path(trainer.default_root_dir), self.results_name)
+                # Identical on every rank; the max over ranks keeps them exact.
+                pl_module.log(name, value, sync_dist=True, reduce_fx="max")
+        if self.category_results and trainer.is_global_zero:
+            self._report(trainer)
+
+    def _order_and_fill(self, names: list[str]) -> None:
+        """Categories in dataloader order; one without images gets a row of NaN and the note "no images"."""
+        empty = dict.fromkeys((metric.name for metric in self.test_metrics), math.nan)
+        for name in names:
+            if name not in self.category_results:
+                self.category_results[name] = dict(empty)
+                self._category_notes[name] = ["no images."]
+        order = [*names, *(name for name in self.category_results if name not in names)]
+        self.category_results = {name: self.category_results[name] for name in order}
+        self.notes = [f"{name}: {note}" for name in order for note in self._category_notes.get(name, [])]
+
+    def _report(self, trainer: Trainer) -> None:
+        """Write the tables; print the table and one line naming the results folder, its files and the checkpoint."""
+        where = []
+        if self.results_name:
+            directory = Path(trainer.default_root_dir)
+            csv_path, markdown_path = write_tables(self.category_results, directory, self.results_name, self.notes)
+            where.append(f"Results in {directory.resolve()}: {csv_path.name}, {markdown_path.name}")
+        checkpoint = getattr(trainer, "ckpt_path", None)
+        callback = getattr(trainer, "checkpoint_callback", None)
+        if not checkpoint and callback is not None:
+            checkpoint = callback.best_model_path or callback.last_model_path
+        where.append(f"checkpoint: {checkpoint}" if checkpoint else "no checkpoint")
+        print(f"\n{console_table(self.category_results, self.notes)}\n{'; '.join(where)}", flush=True)  # noqa: T201
+        test_loop = getattr(trainer, "test_loop", None)
+        if test_loop is not None:
+            test_loop.verbose = False  # this table replaces Lightning's per-dataloader one
 
     def mean_results(self) -> dict[str, float]:
         """Mean of each metric over the categories where it was computed (NaN where none)."""

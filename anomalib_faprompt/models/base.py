@@ -23,7 +23,7 @@ from typing import Any, ClassVar
 import torch
 from anomalib import LearningType
 from anomalib.data import Batch
-from anomalib.metrics import AUPR, AUROC, Evaluator
+from anomalib.metrics import Evaluator
 from anomalib.models.components import AnomalibModule
 from anomalib.post_processing import PostProcessor
 from anomalib.pre_processing import PreProcessor
@@ -33,7 +33,7 @@ from torchvision.transforms.v2 import Compose, InterpolationMode, Normalize, Res
 
 from anomalib_faprompt.components import PromptedCLIPModel, build_backbone, local_loss
 from anomalib_faprompt.components.options import check_count
-from anomalib_faprompt.metrics import AUPRO, PerCategoryEvaluator
+from anomalib_faprompt.metrics import PerCategoryEvaluator
 from anomalib_faprompt.predictions import PredictionScoresWriter
 from anomalib_faprompt.visualization import CategoryImageVisualizer
 
@@ -185,8 +185,8 @@ class PromptLearningModule(AnomalibModule):
         total = self.weighted_loss(losses)
         batch_size = labels.shape[0]
         for name, value in losses.items():
-            self.log(f"train_loss_{name}", value, on_step=False, on_epoch=True, batch_size=batch_size)
-        self.log("train_loss", total, on_step=True, on_epoch=True, prog_bar=True, batch_size=batch_size)
+            self.log(f"train_loss_{name}", value, on_step=False, on_epoch=True, batch_size=batch_size, sync_dist=True)
+        self.log("train_loss", total, on_step=True, on_epoch=True, prog_bar=True, batch_size=batch_size, sync_dist=True)
         return total
 
     def validation_step(self, batch: Batch, *args, **kwargs) -> Batch:  # noqa: ARG002
@@ -230,17 +230,7 @@ class PromptLearningModule(AnomalibModule):
         With one test dataloader this logs what anomalib's ``Evaluator`` logs; with one dataloader per
         category (the zero-shot protocol) it logs each category and the mean over categories.
         """
-        val_metrics = [
-            AUROC(fields=["pred_score", "gt_label"], prefix="image_"),
-            AUROC(fields=["anomaly_map", "gt_mask"], prefix="pixel_", strict=False),
-        ]
-        test_metrics = [
-            AUROC(fields=["pred_score", "gt_label"], prefix="image_"),
-            AUPR(fields=["pred_score", "gt_label"], prefix="image_"),
-            AUROC(fields=["anomaly_map", "gt_mask"], prefix="pixel_", strict=False),
-            AUPRO(fields=["anomaly_map", "gt_mask"], prefix="pixel_", strict=False),
-        ]
-        return PerCategoryEvaluator(val_metrics=val_metrics, test_metrics=test_metrics)
+        return PerCategoryEvaluator()
 
     @classmethod
     def configure_visualizer(cls) -> CategoryImageVisualizer:
