@@ -2,7 +2,8 @@
 
 A tiny FAPrompt (and a tiny AnomalyCLIP) is trained for two steps and checkpointed; the checkpoint is exported (whole
 AnomalibModule: pre-processor, model, post-processor) and the exported graphs are run with ONNX
-Runtime and OpenVINO on the same images as the torch module's ``forward``.
+Runtime and OpenVINO on the same images as the torch module's ``forward``. OpenVINO runs at its default
+precision: the exported IR asks for f32 (``anomalib_faprompt.deploy``), also on CPUs whose default is bf16.
 """
 
 from __future__ import annotations
@@ -31,11 +32,10 @@ from conftest import TINY_MODEL_ARGS  # noqa: E402
 
 from anomalib_faprompt import AnomalyCLIP, FAPrompt  # noqa: E402
 from anomalib_faprompt.data import AuxiliaryDataModule, make_synthetic_dataset  # noqa: E402
+from anomalib_faprompt.deploy import PRECISION_KEY, openvino_config  # noqa: E402
 from anomalib_faprompt.models.base import PromptLearningModule  # noqa: E402
 
 FP32_TOLERANCE = 1e-4
-# OpenVINO's CPU plugin runs in bf16 by default on CPUs with bf16 instructions: ask for fp32.
-OV_FP32 = {"INFERENCE_PRECISION_HINT": "f32"}
 QUIET = {"logger": False, "enable_progress_bar": False, "enable_model_summary": False}
 
 
@@ -148,8 +148,9 @@ def run_onnx(path: Path, images: torch.Tensor) -> dict[str, np.ndarray]:
     return dict(zip(names, session.run(None, {session.get_inputs()[0].name: images.numpy()}), strict=True))
 
 
-def run_openvino(path: Path | ov.Model, images: torch.Tensor) -> dict[str, np.ndarray]:
-    compiled = ov.Core().compile_model(path if isinstance(path, ov.Model) else str(path), "CPU", OV_FP32)
+def run_openvino(path: Path, images: torch.Tensor) -> dict[str, np.ndarray]:
+    """Outputs of the IR compiled at OpenVINO's default precision (no ``INFERENCE_PRECISION_HINT``)."""
+    compiled = ov.Core().compile_model(str(path), "CPU")
     return {key.get_any_name(): value for key, value in compiled(images.numpy()).items()}
 
 
@@ -200,6 +201,89 @@ def test_batch_axis_is_dynamic(exported: dict[str, Path]):
     assert isinstance(session.get_inputs()[0].shape[0], str)
     model = ov.Core().read_model(str(exported["openvino"]))
     assert model.input(0).partial_shape[0].is_dynamic
+
+
+def test_openvino_computes_in_f32_by_default(exported: dict[str, Path]):
+    """The IR asks for f32, and a compile without a precision hint runs in f32 whatever the CPU's own default.
+
+    On CPUs with bf16 instructions the CPU plugin's default is bf16: there this and the parity tests above (which
+    compile without a hint) check that the IR's request overrides it.
+    """
+    model = ov.Core().read_model(str(exported["openvino"]))
+    assert model.get_rt_info(PRECISION_KEY).astype(str) == "f32"
+    compiled = ov.Core().compile_model(model, "CPU")
+    assert compiled.get_property("INFERENCE_PRECISION_HINT") == ov.Type.f32
+
+
+def cpu_runs_bf16() -> bool:
+    """Whether the CPU plugin honours a bf16 hint (natively, or emulated on AVX-512 CPUs without bf16)."""
+    parameter = ov.opset13.parameter([1, 4], np.float32)
+    model = ov.Model([ov.opset13.relu(parameter)], [parameter])
+    compiled = ov.Core().compile_model(model, "CPU", {"INFERENCE_PRECISION_HINT": "bf16"})
+    return compiled.get_property("INFERENCE_PRECISION_HINT") == ov.Type.bf16
+
+
+def inferencer_outputs(xml: Path, config: dict[str, str] | None, images: torch.Tensor) -> tuple[np.ndarray, ...]:
+    """Scores ``(B,)`` and maps ``(B, 1, H, W)`` of anomalib's ``OpenVINOInferencer`` (cache: ``./openvino_cache``)."""
+    result = OpenVINOInferencer(xml, device="CPU", config=config).predict(images)
+    return result.pred_score.reshape(-1), result.anomaly_map.reshape(images.shape[0], 1, *images.shape[-2:])
+
+
+def test_default_run_after_f32_run_in_one_folder(
+    exported: dict[str, Path],
+    torch_model: PromptLearningModule,
+    images: torch.Tensor,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+):
+    """An f32 run, then a default run of ``OpenVINOInferencer`` in the same folder: both equal torch.
+
+    anomalib's inferencer caches compiled models in ``./openvino_cache``, and OpenVINO names a cached blob after
+    the model and the CPU, not the precision: the default run loads the f32 run's blob, which is safe only because
+    the default is f32 too (on a bf16 CPU, a bf16 default loading it gave NaN or crashed).
+    """
+    monkeypatch.chdir(tmp_path)
+    with torch.no_grad():
+        expected = torch_model(images)
+    f32 = inferencer_outputs(exported["openvino"], {"INFERENCE_PRECISION_HINT": "f32"}, images)
+    assert list((tmp_path / "openvino_cache").glob("*.blob")), "the f32 run left no cached blob to load"
+    default = inferencer_outputs(exported["openvino"], None, images)
+    for score, anomaly_map in (f32, default):
+        assert max_difference(score, expected.pred_score) <= FP32_TOLERANCE
+        assert max_difference(anomaly_map, expected.anomaly_map) <= FP32_TOLERANCE
+
+
+def test_bf16_run_after_f32_run_in_one_folder(
+    exported: dict[str, Path],
+    torch_model: PromptLearningModule,
+    images: torch.Tensor,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+):
+    """An f32 run, then a bf16 run with ``openvino_config("bf16")`` in the same folder: finite results.
+
+    Loading the f32 run's cached blob with a bf16 hint gives NaN scores and maps (or crashes); the bf16 run gets a
+    cache folder of its own.
+    """
+    if not cpu_runs_bf16():
+        pytest.skip("this CPU's OpenVINO plugin does not run bf16 (no AVX-512)")
+    monkeypatch.chdir(tmp_path)
+    with torch.no_grad():
+        expected = torch_model(images)
+    inferencer_outputs(exported["openvino"], {"INFERENCE_PRECISION_HINT": "f32"}, images)
+    score, anomaly_map = inferencer_outputs(exported["openvino"], openvino_config("bf16"), images)
+    assert list((tmp_path / "openvino_cache" / "bf16").glob("*.blob"))
+    assert np.isfinite(score).all()
+    assert np.isfinite(anomaly_map).all()
+    # bf16 may flip FAPrompt's top-k patch selection, which moves its outputs by up to about 1e-1.
+    assert max_difference(score, expected.pred_score) < 0.25
+    assert max_difference(anomaly_map, expected.anomaly_map) < 0.25
+
+
+def test_openvino_config_names_a_bad_precision():
+    assert openvino_config("bf16", "cache") == {"INFERENCE_PRECISION_HINT": "bf16", "CACHE_DIR": "cache/bf16"}
+    with pytest.raises(ValueError, match="precision='fp32'.*'f32'"):
+        openvino_config("fp32")
 
 
 def _scope_outputs(model: onnx.ModelProto, scopes: list[str]) -> list[str]:
@@ -294,7 +378,7 @@ def test_openvino_inferencer_and_predict_on_a_folder(
     monkeypatch.chdir(tmp_path)  # the inferencer writes an ``openvino_cache`` folder into the working directory
     folder = data_root / "beta" / "test" / "defect"
     files = sorted(folder.glob("*.png"))
-    inferencer = OpenVINOInferencer(exported["openvino"], device="CPU", config=OV_FP32)
+    inferencer = OpenVINOInferencer(exported["openvino"], device="CPU")
     deployed = {file.name: inferencer.predict(file) for file in files}
 
     engine = Engine(accelerator="cpu", devices=1, default_root_dir=data_root.parent / "predict", **QUIET)
