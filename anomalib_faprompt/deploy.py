@@ -1,28 +1,30 @@
-"""OpenVINO deployment: exported models that compute in f32 unless asked otherwise, and a compile cache per precision.
+"""OpenVINO deployment: exported models kept in f32 at the CPU's bf16 default, and a compile cache per precision.
 
 **Precision.** OpenVINO's CPU plugin computes in bf16 by default on CPUs with bf16 instructions. FAPrompt does not
-survive that: bf16 errors of a few 1e-3 in the image encoder flip the top-k selection of near-tied patches, which
-feeds other patches to the prior network, so the data-dependent prompts, scores and maps move by up to 1e-1. The
-exported IR therefore asks for f32 itself (:func:`request_precision`, applied by the modules' ``to_openvino``), in
-its runtime options: a compile without an ``INFERENCE_PRECISION_HINT`` runs in f32 on every CPU, and an explicit
-hint (``config={"INFERENCE_PRECISION_HINT": "bf16"}``) still selects bf16 for speed.
+survive that: bf16 errors of a few 1e-3 in the image encoder flip the top-k selection of near-tied patches, the
+prior network then sees other patches, and the data-dependent prompts, scores and maps move by up to 1e-1. The
+CPU plugin ignores an ``INFERENCE_PRECISION_HINT`` stored in the model, so the exported IR marks every operation to
+stay in f32 instead (:func:`keep_f32`, applied by the modules' ``to_openvino``): at the bf16 default, only nodes the
+plugin creates itself still run in bf16, and the outputs stay within a few 1e-3 of torch. Exact f32 needs the hint
+at compile time: ``config=openvino_config("f32")``.
 
 **Compile cache.** anomalib's ``OpenVINOInferencer`` caches compiled models in ``./openvino_cache``. OpenVINO
-2026.4's CPU plugin names the cached blob after the model and the CPU only, not the precision, and a blob compiled in
-f32 and loaded with a bf16 hint gives NaN scores and maps, or a segmentation fault. :func:`openvino_config` gives
-each precision a cache folder of its own.
+2026.4's CPU plugin names the cached blob after the model and the CPU only, not the precision: a run at another
+precision loads the blob compiled for the first (for an unmarked model, an f32 blob loaded in bf16 gave NaN or a
+segmentation fault). :func:`openvino_config` gives each precision a cache folder of its own.
 """
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
+from xml.etree import ElementTree
 
-__all__ = ["DEFAULT_PRECISION", "PRECISIONS", "PRECISION_KEY", "openvino_config", "request_precision"]
+__all__ = ["PRECISE", "PRECISIONS", "keep_f32", "openvino_config"]
 
 PRECISIONS = ("f32", "bf16", "f16")
-DEFAULT_PRECISION = "f32"
-PRECISION_KEY = ["runtime_options", "INFERENCE_PRECISION_HINT"]
+# OpenVINO's IR name of the runtime attribute that keeps an operation in its original (f32) precision.
+PRECISE = "precise"
+UNMARKED_LAYERS = {"Parameter", "Result", "Const"}
 
 
 def _check_precision(precision: str) -> None:
@@ -31,43 +33,45 @@ def _check_precision(precision: str) -> None:
         raise ValueError(msg)
 
 
-def request_precision(xml_path: Path | str, precision: str = DEFAULT_PRECISION) -> Path:
-    """Make the OpenVINO IR at ``xml_path`` ask for ``precision`` when compiled without an explicit precision hint.
+def keep_f32(xml_path: Path | str) -> Path:
+    """Mark every operation of the OpenVINO IR at ``xml_path`` to compute in f32, whatever the inference precision.
 
-    The request is the model's ``runtime_options/INFERENCE_PRECISION_HINT`` runtime information, which OpenVINO
-    applies when the compile options hold no ``INFERENCE_PRECISION_HINT``. The IR is rewritten in place; its
-    weights are kept as they are (fp16-compressed or quantised weights stay so).
+    The mark is OpenVINO's ``precise`` runtime attribute (``DisablePrecisionConversion``), written into the IR's
+    XML; the CPU plugin keeps marked operations in f32 at its bf16 default and under a bf16 hint. Nodes that the
+    plugin's own graph transformations create (parts of the attention, some fully connected layers) lose the mark
+    and may still run in bf16 there. OpenVINO does not write the mark back out: an IR read and saved again with
+    ``ov.save_model`` loses it.
 
     Args:
-        xml_path: The IR's ``.xml`` file (its ``.bin`` lies beside it).
-        precision: ``"f32"``, ``"bf16"`` or ``"f16"``.
+        xml_path: The IR's ``.xml`` file; rewritten in place, its ``.bin`` is untouched.
 
     Returns:
         ``xml_path``.
     """
-    import openvino as ov
-
-    _check_precision(precision)
     xml_path = Path(xml_path)
-    model = ov.Core().read_model(xml_path)
-    model.set_rt_info(precision, PRECISION_KEY)
-    temporary = xml_path.with_name(f".{xml_path.stem}.rewrite.xml")
-    ov.save_model(model, temporary, compress_to_fp16=False)
-    del model  # release the memory-mapped weights before the files are replaced
-    os.replace(temporary.with_suffix(".bin"), xml_path.with_suffix(".bin"))
-    os.replace(temporary, xml_path)
+    tree = ElementTree.parse(xml_path)
+    for layer in tree.getroot().iter("layer"):
+        if layer.get("type") in UNMARKED_LAYERS:
+            continue
+        rt_info = layer.find("rt_info")
+        if rt_info is None:
+            rt_info = ElementTree.Element("rt_info")
+            layer.insert(int(layer.find("data") is not None), rt_info)
+        if all(attribute.get("name") != PRECISE for attribute in rt_info.iter("attribute")):
+            ElementTree.SubElement(rt_info, "attribute", {"name": PRECISE, "version": "0"})
+    tree.write(xml_path, encoding="utf-8", xml_declaration=True)
     return xml_path
 
 
-def openvino_config(precision: str = DEFAULT_PRECISION, cache_root: Path | str = "openvino_cache") -> dict[str, str]:
+def openvino_config(precision: str = "f32", cache_root: Path | str = "openvino_cache") -> dict[str, str]:
     """OpenVINO compile options for ``precision`` with a compile cache of its own (``cache_root/precision``).
 
-    Pass them to anomalib's inferencer, ``OpenVINOInferencer(xml, device="CPU", config=openvino_config("bf16"))``,
-    or to ``ov.Core().compile_model``. Without them the inferencer caches every precision in ``./openvino_cache``,
-    where a blob compiled in one precision is loaded for another (see the module's description).
+    Pass them to anomalib's inferencer, ``OpenVINOInferencer(xml, device="CPU", config=openvino_config())``, or to
+    ``ov.Core().compile_model``. Without them the inferencer caches every precision in ``./openvino_cache``, where
+    a blob compiled in one precision is loaded for another (see the module's description).
 
     Args:
-        precision: ``"f32"`` (what the exported models request by default), ``"bf16"`` or ``"f16"``.
+        precision: ``"f32"`` (the torch numbers), ``"bf16"`` or ``"f16"``.
         cache_root: Folder holding one cache folder per precision.
 
     Returns:

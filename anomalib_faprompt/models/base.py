@@ -27,7 +27,7 @@ from torch import nn
 from torchvision.transforms.v2 import Compose, InterpolationMode, Normalize, Resize
 
 from anomalib_faprompt.components import binarise_masks, local_loss
-from anomalib_faprompt.deploy import request_precision
+from anomalib_faprompt.deploy import keep_f32
 from anomalib_faprompt.metrics import AUPRO, PerCategoryEvaluator
 
 from .pre_processor import CLIPPreProcessor
@@ -357,8 +357,8 @@ class PromptLearningModule(AnomalibModule):
         return super().to_onnx(export_root, model_file_name, input_size, **kwargs)
 
     def to_openvino(self, *args: Any, **kwargs: Any) -> Path:  # noqa: ANN401
-        """Export to OpenVINO as anomalib does; the IR asks for f32 unless compiled with a precision hint.
+        """Export to OpenVINO as anomalib does, with every operation of the IR marked to stay in f32.
 
         See :mod:`anomalib_faprompt.deploy`: at the CPU plugin's bf16 default, FAPrompt's outputs move by up to 1e-1.
         """
-        return request_precision(super().to_openvino(*args, **kwargs))
+        return keep_f32(super().to_openvino(*args, **kwargs))
