@@ -19,7 +19,7 @@ from __future__ import annotations
 from pathlib import Path
 from xml.etree import ElementTree
 
-__all__ = ["PRECISE", "PRECISIONS", "keep_f32", "openvino_config"]
+__all__ = ["PRECISE", "PRECISIONS", "keep_f32", "openvino_config", "remove_f32_marks"]
 
 PRECISIONS = ("f32", "bf16", "f16")
 # OpenVINO's IR name of the runtime attribute that keeps an operation in its original (f32) precision.
@@ -59,6 +59,28 @@ def keep_f32(xml_path: Path | str) -> Path:
             layer.insert(int(layer.find("data") is not None), rt_info)
         if all(attribute.get("name") != PRECISE for attribute in rt_info.iter("attribute")):
             ElementTree.SubElement(rt_info, "attribute", {"name": PRECISE, "version": "0"})
+    tree.write(xml_path, encoding="utf-8", xml_declaration=True)
+    return xml_path
+
+
+def remove_f32_marks(xml_path: Path | str) -> Path:
+    """Remove :func:`keep_f32`'s marks from the IR at ``xml_path`` (in place): the CPU plugin's bf16 default, at speed.
+
+    On a 16-core CPU with AMX, FAPrompt on ViT-L-14-336 at 518 ran 2.5x faster without the marks (2.49 against
+    0.98 images/s), at the price of top-k flips that can move FAPrompt's outputs by up to 1e-1.
+
+    Args:
+        xml_path: The IR's ``.xml`` file; its ``.bin`` is untouched.
+
+    Returns:
+        ``xml_path``.
+    """
+    xml_path = Path(xml_path)
+    tree = ElementTree.parse(xml_path)
+    for rt_info in tree.getroot().iter("rt_info"):
+        for attribute in rt_info.findall("attribute"):
+            if attribute.get("name") == PRECISE:
+                rt_info.remove(attribute)
     tree.write(xml_path, encoding="utf-8", xml_declaration=True)
     return xml_path
 

@@ -17,18 +17,18 @@ from __future__ import annotations
 import argparse
 import os
 import resource
+import shutil
 import sys
 import tempfile
 import time
 from pathlib import Path
-from xml.etree import ElementTree
 
 import numpy as np
 import openvino as ov
 import torch
 
 from anomalib_faprompt import AnomalyCLIP, FAPrompt
-from anomalib_faprompt.deploy import PRECISE
+from anomalib_faprompt.deploy import remove_f32_marks
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from conftest import TINY_MODEL_ARGS  # noqa: E402
@@ -72,15 +72,10 @@ def runs_bf16(core: ov.Core) -> bool:
 
 def without_f32_marks(xml: Path) -> Path:
     """A copy of the IR without ``keep_f32``'s marks (what anomalib's own export writes), sharing its weights."""
-    tree = ElementTree.parse(xml)
-    for rt_info in tree.getroot().iter("rt_info"):
-        for attribute in rt_info.findall("attribute"):
-            if attribute.get("name") == PRECISE:
-                rt_info.remove(attribute)
     unmarked = xml.with_name(f"{xml.stem}_unmarked.xml")
-    tree.write(unmarked, encoding="utf-8", xml_declaration=True)
+    shutil.copy(xml, unmarked)
     unmarked.with_suffix(".bin").symlink_to(xml.with_suffix(".bin").resolve())
-    return unmarked
+    return remove_f32_marks(unmarked)
 
 
 def main() -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import ast
 import copy
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -33,7 +34,7 @@ from conftest import TINY_MODEL_ARGS  # noqa: E402
 
 from anomalib_faprompt import AnomalyCLIP, FAPrompt  # noqa: E402
 from anomalib_faprompt.data import AuxiliaryDataModule, make_synthetic_dataset  # noqa: E402
-from anomalib_faprompt.deploy import openvino_config  # noqa: E402
+from anomalib_faprompt.deploy import keep_f32, openvino_config, remove_f32_marks  # noqa: E402
 from anomalib_faprompt.models.base import PromptLearningModule  # noqa: E402
 
 FP32_TOLERANCE = 1e-4
@@ -215,12 +216,31 @@ def cpu_runs_bf16() -> bool:
     return compiled.get_property("INFERENCE_PRECISION_HINT") == ov.Type.bf16
 
 
+def operations(xml: Path) -> list[ov.Node]:
+    """The IR's operations: every node but parameters, results and constants."""
+    model = ov.Core().read_model(str(xml))
+    return [op for op in model.get_ops() if op.get_type_name() not in {"Parameter", "Result", "Constant"}]
+
+
+def is_marked(operation: ov.Node) -> bool:
+    """Whether the operation carries ``keep_f32``'s mark (OpenVINO reads it as DisablePrecisionConversion)."""
+    return "DisablePrecisionConversion_0" in operation.get_rt_info()
+
+
 def test_every_operation_is_kept_in_f32(exported: dict[str, Path]):
-    """``keep_f32`` marked every operation of the exported IR; OpenVINO reads the mark as DisablePrecisionConversion."""
-    model = ov.Core().read_model(str(exported["openvino"]))
-    operations = [op for op in model.get_ops() if op.get_type_name() not in {"Parameter", "Result", "Constant"}]
-    assert len(operations) > 100
-    assert all("DisablePrecisionConversion_0" in op.get_rt_info() for op in operations)
+    """``to_openvino`` marked every operation of the exported IR to stay in f32."""
+    exported_operations = operations(exported["openvino"])
+    assert len(exported_operations) > 100
+    assert all(map(is_marked, exported_operations))
+
+
+def test_f32_marks_can_be_removed(exported: dict[str, Path], tmp_path: Path):
+    """``remove_f32_marks`` leaves no operation marked, and ``keep_f32`` marks them all again."""
+    xml = tmp_path / "model.xml"
+    shutil.copy(exported["openvino"], xml)
+    shutil.copy(exported["openvino"].with_suffix(".bin"), xml.with_suffix(".bin"))
+    assert not any(map(is_marked, operations(remove_f32_marks(xml))))
+    assert all(map(is_marked, operations(keep_f32(xml))))
 
 
 @pytest.mark.parametrize("config", [None, BF16], ids=["default", "bf16"])
