@@ -2,7 +2,8 @@
 
 A tiny FAPrompt (and a tiny AnomalyCLIP) is trained for two steps and checkpointed; the checkpoint is exported (whole
 AnomalibModule: pre-processor, model, post-processor) and the exported graphs are run with ONNX
-Runtime and OpenVINO on the same images as the torch module's ``forward``.
+Runtime and OpenVINO on the same images as the torch module's ``forward``: in f32 within 1e-4, and at OpenVINO's
+default CPU precision and under a bf16 hint (bf16 on CPUs with bf16 instructions) within 1e-2.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import ast
 import copy
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -24,6 +26,7 @@ ort = pytest.importorskip("onnxruntime")
 ov = pytest.importorskip("openvino")
 pytest.importorskip("onnxscript")
 
+from anomalib.data import InferenceBatch  # noqa: E402
 from anomalib.data.utils import read_image  # noqa: E402
 from anomalib.deploy import ExportType, OpenVINOInferencer  # noqa: E402
 from anomalib.engine import Engine  # noqa: E402
@@ -31,11 +34,13 @@ from conftest import TINY_MODEL_ARGS  # noqa: E402
 
 from anomalib_faprompt import AnomalyCLIP, FAPrompt  # noqa: E402
 from anomalib_faprompt.data import AuxiliaryDataModule, make_synthetic_dataset  # noqa: E402
+from anomalib_faprompt.deploy import keep_f32, openvino_config, remove_f32_marks  # noqa: E402
 from anomalib_faprompt.models.base import PromptLearningModule  # noqa: E402
 
 FP32_TOLERANCE = 1e-4
-# OpenVINO's CPU plugin runs in bf16 by default on CPUs with bf16 instructions: ask for fp32.
-OV_FP32 = {"INFERENCE_PRECISION_HINT": "f32"}
+LOW_PRECISION_TOLERANCE = 1e-2
+F32 = {"INFERENCE_PRECISION_HINT": "f32"}
+BF16 = {"INFERENCE_PRECISION_HINT": "bf16"}
 QUIET = {"logger": False, "enable_progress_bar": False, "enable_model_summary": False}
 
 
@@ -148,8 +153,9 @@ def run_onnx(path: Path, images: torch.Tensor) -> dict[str, np.ndarray]:
     return dict(zip(names, session.run(None, {session.get_inputs()[0].name: images.numpy()}), strict=True))
 
 
-def run_openvino(path: Path | ov.Model, images: torch.Tensor) -> dict[str, np.ndarray]:
-    compiled = ov.Core().compile_model(path if isinstance(path, ov.Model) else str(path), "CPU", OV_FP32)
+def run_openvino(path: Path, images: torch.Tensor, config: dict[str, str] | None = F32) -> dict[str, np.ndarray]:
+    """Outputs of the IR compiled with ``config`` (``None``: OpenVINO's default CPU precision)."""
+    compiled = ov.Core().compile_model(str(path), "CPU", config or {})
     return {key.get_any_name(): value for key, value in compiled(images.numpy()).items()}
 
 
@@ -200,6 +206,127 @@ def test_batch_axis_is_dynamic(exported: dict[str, Path]):
     assert isinstance(session.get_inputs()[0].shape[0], str)
     model = ov.Core().read_model(str(exported["openvino"]))
     assert model.input(0).partial_shape[0].is_dynamic
+
+
+def cpu_runs_bf16() -> bool:
+    """Whether the CPU plugin honours a bf16 hint (natively, or emulated on AVX-512 CPUs without bf16)."""
+    parameter = ov.opset13.parameter([1, 4], np.float32)
+    model = ov.Model([ov.opset13.relu(parameter)], [parameter])
+    compiled = ov.Core().compile_model(model, "CPU", BF16)
+    return compiled.get_property("INFERENCE_PRECISION_HINT") == ov.Type.bf16
+
+
+def operations(xml: Path) -> list[ov.Node]:
+    """The IR's operations: every node but parameters, results and constants."""
+    model = ov.Core().read_model(str(xml))
+    return [op for op in model.get_ops() if op.get_type_name() not in {"Parameter", "Result", "Constant"}]
+
+
+def is_marked(operation: ov.Node) -> bool:
+    """Whether the operation carries ``keep_f32``'s mark (OpenVINO reads it as DisablePrecisionConversion)."""
+    return "DisablePrecisionConversion_0" in operation.get_rt_info()
+
+
+def test_every_operation_is_kept_in_f32(exported: dict[str, Path]):
+    """``to_openvino`` marked every operation of the exported IR to stay in f32."""
+    exported_operations = operations(exported["openvino"])
+    assert len(exported_operations) > 100
+    assert all(map(is_marked, exported_operations))
+
+
+def test_f32_marks_can_be_removed(exported: dict[str, Path], tmp_path: Path):
+    """``remove_f32_marks`` leaves no operation marked, and ``keep_f32`` marks them all again."""
+    xml = tmp_path / "model.xml"
+    shutil.copy(exported["openvino"], xml)
+    shutil.copy(exported["openvino"].with_suffix(".bin"), xml.with_suffix(".bin"))
+    assert not any(map(is_marked, operations(remove_f32_marks(xml))))
+    assert all(map(is_marked, operations(keep_f32(xml))))
+
+
+@pytest.mark.parametrize("config", [None, BF16], ids=["default", "bf16"])
+def test_low_precision_stays_close_to_torch(
+    config: dict[str, str] | None,
+    exported: dict[str, Path],
+    torch_model: PromptLearningModule,
+    images: torch.Tensor,
+):
+    """At OpenVINO's default CPU precision (bf16 on CPUs with bf16 instructions) and under a bf16 hint: within 1e-2.
+
+    Without the f32 marks, bf16 errors in the image encoder flip FAPrompt's top-k selection of near-tied patches
+    and move its outputs by up to 1e-1.
+    """
+    if config == BF16 and not cpu_runs_bf16():
+        pytest.skip("this CPU's OpenVINO plugin does not run bf16 (no AVX-512)")
+    with torch.no_grad():
+        expected = torch_model(images)
+    actual = run_openvino(exported["openvino"], images, config)
+    assert np.isfinite(actual["pred_score"]).all()
+    assert np.isfinite(actual["anomaly_map"]).all()
+    assert max_difference(actual["pred_score"], expected.pred_score) <= LOW_PRECISION_TOLERANCE
+    assert max_difference(actual["anomaly_map"], expected.anomaly_map) <= LOW_PRECISION_TOLERANCE
+
+
+def inferencer_outputs(xml: Path, config: dict[str, str] | None, images: torch.Tensor) -> tuple[np.ndarray, ...]:
+    """Scores ``(B,)`` and maps ``(B, 1, H, W)`` of anomalib's ``OpenVINOInferencer`` (cache: ``./openvino_cache``)."""
+    result = OpenVINOInferencer(xml, device="CPU", config=config).predict(images)
+    return result.pred_score.reshape(-1), result.anomaly_map.reshape(images.shape[0], 1, *images.shape[-2:])
+
+
+def assert_close(outputs: tuple[np.ndarray, ...], expected: InferenceBatch, tolerance: float) -> None:
+    score, anomaly_map = outputs
+    assert np.isfinite(score).all()
+    assert np.isfinite(anomaly_map).all()
+    assert max_difference(score, expected.pred_score) <= tolerance
+    assert max_difference(anomaly_map, expected.anomaly_map) <= tolerance
+
+
+def test_precision_changes_between_runs_in_one_folder(
+    exported: dict[str, Path],
+    torch_model: PromptLearningModule,
+    images: torch.Tensor,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+):
+    """``OpenVINOInferencer`` in f32, at the default, then with ``openvino_config("f32")``, in one folder.
+
+    anomalib's inferencer caches compiled models in ``./openvino_cache``, and OpenVINO names a cached blob after the
+    model and the CPU, not the precision: the default run loads the f32 run's blob (on a bf16 CPU, an unmarked
+    model gave NaN or crashed there). ``openvino_config`` gives each precision a cache folder of its own.
+    """
+    monkeypatch.chdir(tmp_path)
+    with torch.no_grad():
+        expected = torch_model(images)
+    assert_close(inferencer_outputs(exported["openvino"], F32, images), expected, FP32_TOLERANCE)
+    assert list((tmp_path / "openvino_cache").glob("*.blob")), "the f32 run left no cached blob to load"
+    assert_close(inferencer_outputs(exported["openvino"], None, images), expected, LOW_PRECISION_TOLERANCE)
+    assert_close(inferencer_outputs(exported["openvino"], openvino_config("f32"), images), expected, FP32_TOLERANCE)
+    assert list((tmp_path / "openvino_cache" / "f32").glob("*.blob"))
+
+
+def test_bf16_run_after_f32_run_in_one_folder(
+    exported: dict[str, Path],
+    torch_model: PromptLearningModule,
+    images: torch.Tensor,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+):
+    """An f32 run, then a bf16 run of ``OpenVINOInferencer`` sharing ``./openvino_cache``: finite, within 1e-2.
+
+    The bf16 run loads the blob the f32 run compiled; for an IR without the f32 marks that gave NaN scores and maps.
+    """
+    if not cpu_runs_bf16():
+        pytest.skip("this CPU's OpenVINO plugin does not run bf16 (no AVX-512)")
+    monkeypatch.chdir(tmp_path)
+    with torch.no_grad():
+        expected = torch_model(images)
+    inferencer_outputs(exported["openvino"], F32, images)
+    assert_close(inferencer_outputs(exported["openvino"], BF16, images), expected, LOW_PRECISION_TOLERANCE)
+
+
+def test_openvino_config_names_a_bad_precision():
+    assert openvino_config("bf16", "cache") == {"INFERENCE_PRECISION_HINT": "bf16", "CACHE_DIR": "cache/bf16"}
+    with pytest.raises(ValueError, match="precision='fp32'.*'f32'"):
+        openvino_config("fp32")
 
 
 def _scope_outputs(model: onnx.ModelProto, scopes: list[str]) -> list[str]:
@@ -294,7 +421,7 @@ def test_openvino_inferencer_and_predict_on_a_folder(
     monkeypatch.chdir(tmp_path)  # the inferencer writes an ``openvino_cache`` folder into the working directory
     folder = data_root / "beta" / "test" / "defect"
     files = sorted(folder.glob("*.png"))
-    inferencer = OpenVINOInferencer(exported["openvino"], device="CPU", config=OV_FP32)
+    inferencer = OpenVINOInferencer(exported["openvino"], device="CPU", config=openvino_config("f32"))
     deployed = {file.name: inferencer.predict(file) for file in files}
 
     engine = Engine(accelerator="cpu", devices=1, default_root_dir=data_root.parent / "predict", **QUIET)

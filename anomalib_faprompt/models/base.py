@@ -38,6 +38,7 @@ from anomalib_faprompt.predictions import PredictionScoresWriter
 from anomalib_faprompt.visualization import CategoryImageVisualizer
 
 from .checkpoint import check_checkpoint, guard_checkpoint_io, read_checkpoint, restore_frozen, strip_frozen
+from .export import PromptExportMixin
 from .pre_processor import CLIPPreProcessor
 from .targets import TrainingTargets
 
@@ -82,7 +83,7 @@ def _check_hyperparameters(hparams: Any, loss_terms: tuple[str, ...]) -> None:  
         raise FileNotFoundError(msg)
 
 
-class PromptLearningModule(AnomalibModule):
+class PromptLearningModule(PromptExportMixin, AnomalibModule):
     """Base of the prompt-learning CLIP models (FAPrompt, AnomalyCLIP).
 
     Args:
@@ -301,21 +302,3 @@ class PromptLearningModule(AnomalibModule):
     def on_train_epoch_end(self) -> None:
         """Stop when a whole epoch of data without a samples table held no anomalous image."""
         self.targets.end_epoch()
-
-    def to_onnx(
-        self,
-        export_root: Path | str,
-        model_file_name: str = "model",
-        input_size: tuple[int, int] | None = None,
-        **kwargs: Any,  # noqa: ANN401
-    ) -> Path:
-        """Export to ONNX as anomalib does (whole module, dynamo exporter), at opset 18 unless asked otherwise.
-
-        The dynamo exporter implements nothing below opset 18: with anomalib's default of 14 it attempts a
-        down-conversion that fails on this graph and keeps opset 18 anyway, after logging a traceback.
-        Text embeddings that do not depend on the image are eval-mode buffers and enter the graph as constants;
-        everything that depends on the image (for FAPrompt the prior network and the DAP text-encoder pass) is
-        traced, with a dynamic batch size.
-        """
-        kwargs.setdefault("opset_version", 18)
-        return super().to_onnx(export_root, model_file_name, input_size, **kwargs)

@@ -1,0 +1,47 @@
+"""Export of the prompt-learning models through anomalib's ONNX and OpenVINO path.
+
+anomalib exports the whole module (pre-processor, model, post-processor) with the dynamo exporter. The
+text embeddings that do not depend on the image are eval-mode buffers and enter the graph as constants;
+everything that depends on the image (for FAPrompt the prior network and the DAP text-encoder pass) is
+traced, with a dynamic batch size.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from anomalib.models.components.base.export_mixin import ExportMixin
+
+from anomalib_faprompt.deploy import keep_f32
+
+__all__ = ["PromptExportMixin"]
+
+
+class PromptExportMixin(ExportMixin):
+    """anomalib's export, at ONNX opset 18 and with an OpenVINO IR that stays in f32 on bf16 CPUs."""
+
+    def to_onnx(
+        self,
+        export_root: Path | str,
+        model_file_name: str = "model",
+        input_size: tuple[int, int] | None = None,
+        **kwargs: Any,  # noqa: ANN401
+    ) -> Path:
+        """Export to ONNX as anomalib does (whole module, dynamo exporter), at opset 18 unless asked otherwise.
+
+        The dynamo exporter implements nothing below opset 18: with anomalib's default of 14 it attempts a
+        down-conversion that fails on this graph and keeps opset 18 anyway, after logging a traceback.
+        Text embeddings that do not depend on the image are eval-mode buffers and enter the graph as constants;
+        everything that depends on the image (for FAPrompt the prior network and the DAP text-encoder pass) is
+        traced, with a dynamic batch size.
+        """
+        kwargs.setdefault("opset_version", 18)
+        return super().to_onnx(export_root, model_file_name, input_size, **kwargs)
+
+    def to_openvino(self, *args: Any, **kwargs: Any) -> Path:  # noqa: ANN401
+        """Export to OpenVINO as anomalib does, with every operation of the IR marked to stay in f32.
+
+        See :mod:`anomalib_faprompt.deploy`: at the CPU plugin's bf16 default, FAPrompt's outputs move by up to 1e-1.
+        """
+        return keep_f32(super().to_openvino(*args, **kwargs))
