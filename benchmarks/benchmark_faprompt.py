@@ -55,10 +55,7 @@ TINY_CLIP = {
     "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 3},
 }
 TINY_ARGS = {"backbone_config": TINY_CLIP, "vv_layers": 2, "prompt_depth": 3, "sigma": 2.0}
-VARIANTS = {
-    "paper": {},
-    "released": {"patch_selection": "first_k", "local_score": "released", "global_loss_input": "logits"},
-}
+VARIANTS = ("paper", "released")
 MISSING = "-"
 PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -76,7 +73,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--warmup", type=int, default=1, help="untimed calls before each measurement (the text cache is filled first)"
     )
     parser.add_argument("--threads", type=int, default=os.cpu_count(), help="torch.set_num_threads (default: all)")
-    parser.add_argument("--variant", default="paper", choices=sorted(VARIANTS), help="FAPrompt variant")
+    parser.add_argument(
+        "--variant", default="paper", choices=VARIANTS, help="FAPrompt variant (released: FAPrompt.released_code)"
+    )
     parser.add_argument("--tiny", action="store_true", help="tiny random ViT (quick test of this script)")
     parser.add_argument(
         "--precision",
@@ -220,13 +219,8 @@ def build_model(args: argparse.Namespace, device: torch.device) -> FAPrompt:
     from anomalib_faprompt.models.faprompt.lightning_model import FAPrompt  # slow import: after argument checks
 
     extra = TINY_ARGS if args.tiny else {}
-    model = FAPrompt(
-        backbone=args.backbone,
-        pretrained=None,
-        image_size=args.image_size,
-        **extra,
-        **VARIANTS[args.variant],
-    )
+    build = FAPrompt.released_code if args.variant == "released" else FAPrompt
+    model = build(backbone=args.backbone, pretrained=None, image_size=args.image_size, **extra)
     return model.to(device)
 
 
@@ -275,7 +269,7 @@ def measure_training(
         optimizer.zero_grad(set_to_none=True)
         with autocast(precision, device):
             losses = model.compute_losses(images, labels, masks)
-            total = sum(model.loss_weights.get(name, 1.0) * value for name, value in losses.items())
+            total = model.weighted_loss(losses)
         scaler.scale(total).backward()
         scaler.step(optimizer)
         scaler.update()
