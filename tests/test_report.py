@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 from matplotlib.image import imread
 
-from anomalib_faprompt.benchmark import collect
+from anomalib_faprompt.integration.benchmark import collect
 from anomalib_faprompt.report import load_results, main, metric_table
 
 
