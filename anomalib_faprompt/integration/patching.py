@@ -30,9 +30,9 @@ class Patch:
 
     def set(self, owner: Any, name: str, value: Any) -> None:
         """Replace ``owner.name`` by ``value`` (recorded for :meth:`undo`)."""
-        had = name in vars(owner)
-        self._undo.append((owner, name, vars(owner).get(name), had))
+        had, old = name in vars(owner), vars(owner).get(name)
         setattr(owner, name, value)
+        self._undo.append((owner, name, old, had))
 
     def undo(self) -> None:
         """Restore every replaced attribute, last first."""
