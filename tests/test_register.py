@@ -144,3 +144,26 @@ def test_an_unsupported_anomalib_version_is_not_patched(monkeypatch):
             assert patch is None
     assert len(caught) == 1
     assert "written for anomalib >=2.7,<2.8, found 2.8.0" in str(caught[0].message)
+
+
+def test_import_deprecations_are_filtered_only_for_the_package():
+    code = "import warnings; warnings.simplefilter('default', DeprecationWarning); "
+    ours = subprocess.run(
+        [sys.executable, "-c", code + "from anomalib_faprompt import FAPrompt"], capture_output=True, text=True
+    )
+    plain = subprocess.run([sys.executable, "-c", code + "import anomalib.models"], capture_output=True, text=True)
+    for message in ("Importing from timm.models.layers is deprecated", "anomalib.models.components.dinov2 package"):
+        assert message not in ours.stderr
+        assert message in plain.stderr  # a plain import of anomalib keeps anomalib's warnings
+
+
+def test_quiet_command_filters_only_the_listed_messages():
+    from anomalib_faprompt.integration.quiet import quiet_command
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        quiet_command("test")
+        warnings.warn("Found 78 module(s) in eval mode at the start of training. This may lead", stacklevel=1)
+        warnings.warn("The dirpath has changed from 'a' to 'b', therefore ...", stacklevel=1)
+        warnings.warn("Found 78 modules that matter", stacklevel=1)
+    assert [str(warning.message) for warning in caught] == ["Found 78 modules that matter"]

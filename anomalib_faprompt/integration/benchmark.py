@@ -127,8 +127,8 @@ def summary_lines(frame: pd.DataFrame, width: int = WIDTH) -> list[str]:
             lines.append("")
             start = stop
     if footnote:
-        lines.append("* mean over the categories the model has a result for (a job failed or was not run)")
-    lines.append("All metrics of every job: results.csv (below); report: python -m anomalib_faprompt.report")
+        lines.append("* mean over the categories with a result (a job failed or did not run)")
+    lines.append("Every metric: results.csv; report: python -m anomalib_faprompt.report <results.csv>")
     return lines
 
 

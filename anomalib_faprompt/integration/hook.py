@@ -23,7 +23,7 @@ HOOKS = {
     "anomalib.pipelines.benchmark.pipeline": ("anomalib_faprompt.integration.benchmark", "patch_pipeline"),
     "anomalib.cli.cli": ("anomalib_faprompt.integration.cli", "patch_cli"),
 }
-# module name -> (module, function name) of a context manager the module's execution runs in.
+# module name -> (module, function name) of a function run just before the module executes.
 BEFORE = {
     "anomalib.models": ("anomalib_faprompt.integration.quiet", "importing_anomalib_models"),
 }
@@ -56,7 +56,7 @@ def run_hook(name: str, module: object) -> None:
 
 
 class _Loader:
-    """Wraps the real loader of a module: runs the module (inside its ``BEFORE`` context), then its hook."""
+    """Wraps the real loader of a module: runs its ``BEFORE`` function, the module, then its hook."""
 
     def __init__(self, loader: object, name: str, finder: "_Finder") -> None:
         self._loader = loader
@@ -71,12 +71,9 @@ class _Loader:
 
     def exec_module(self, module: object) -> None:
         self._finder.done(self._name)
-        context = _call(BEFORE[self._name]) if self._name in BEFORE else None
-        if context is None:
-            self._loader.exec_module(module)
-        else:
-            with context:
-                self._loader.exec_module(module)
+        if self._name in BEFORE:
+            _call(BEFORE[self._name])
+        self._loader.exec_module(module)
         run_hook(self._name, module)
 
 

@@ -4,8 +4,8 @@ Each filter names one message (and its category or logger); nothing is silenced 
 
 - Importing ``anomalib.models`` imports every anomalib model, and two of them use deprecated modules (timm's
   ``timm.models.layers``, anomalib's own ``dinov2`` package): two ``FutureWarning``s on every command. They
-  are filtered only while ``anomalib.models`` executes, and only when the importer is anomalib's command line
-  or this package's models (:func:`importing_anomalib_models`); a plain ``import anomalib.models`` keeps them.
+  are filtered only when the importer of ``anomalib.models`` is anomalib's command line or this package's
+  models (:func:`importing_anomalib_models`); a plain ``import anomalib.models`` keeps them.
 - The rest is filtered by :func:`quiet_command` for a command line run whose model is one of this package's.
 """
 
@@ -14,8 +14,6 @@ from __future__ import annotations
 import logging
 import sys
 import warnings
-from collections.abc import Iterator
-from contextlib import AbstractContextManager, contextmanager, nullcontext
 
 IMPORT_WARNINGS = (
     (r"Importing from timm\.models\.layers is deprecated", FutureWarning),
@@ -38,24 +36,24 @@ LIGHTNING_INFO = (
     "💡 Tip:",  # advertises Lightning's cloud logger on every run
     "The following callbacks returned in `LightningModule.configure_callbacks`",  # the models' own processors
 )
-LIGHTNING_INFO_LOGGERS = ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero")
+LIGHTNING_INFO_LOGGERS = (  # the name depends on which of Lightning's packages was imported last
+    "lightning.pytorch.utilities.rank_zero",
+    "lightning.fabric.utilities.rank_zero",
+    "lightning_fabric.utilities.rank_zero",
+)
 # Libraries whose INFO logs flood an export (onnx_ir logs each of ~200 deduplicated initializers).
 EXPORT_LOGGERS = ("onnx_ir", "onnxscript")
 
 
-def importing_anomalib_models() -> AbstractContextManager:
-    """Context for the execution of ``anomalib.models``: the two import warnings filtered, or nothing."""
-    if "anomalib.cli.cli" not in sys.modules and "anomalib_faprompt.models" not in sys.modules:
-        return nullcontext()
-    return _import_warnings_filtered()
+def importing_anomalib_models() -> None:
+    """Before ``anomalib.models`` executes: filter its two import warnings if anomalib's CLI or the package imports it.
 
-
-@contextmanager
-def _import_warnings_filtered() -> Iterator[None]:
-    with warnings.catch_warnings():
+    The filters stay (other modules imported meanwhile may add filters of their own, which must not be undone);
+    they match only these two messages, which are issued only while ``anomalib.models`` is first imported.
+    """
+    if "anomalib.cli.cli" in sys.modules or "anomalib_faprompt.models" in sys.modules:
         for message, category in IMPORT_WARNINGS:
             warnings.filterwarnings("ignore", message=message, category=category)
-        yield
 
 
 class _DropMessages(logging.Filter):
