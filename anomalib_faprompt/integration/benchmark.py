@@ -128,7 +128,7 @@ def summary_lines(frame: pd.DataFrame, width: int = WIDTH) -> list[str]:
             start = stop
     if footnote:
         lines.append("* mean over the categories with a result (a job failed or did not run)")
-    lines.append("Every metric: results.csv; report: python -m anomalib_faprompt.report <results.csv>")
+    lines.append("All metrics: results.csv (below); report: python -m anomalib_faprompt.report")
     return lines
 
 
