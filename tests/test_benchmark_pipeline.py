@@ -231,6 +231,12 @@ def test_failed_jobs_are_named():
     assert benchmark.failed_jobs(config, None, {}) == [
         f"{model}/{category} (did not run)" for model in ("FAPrompt", "WinClip") for category in "ab"
     ]
+    # the runner stopped before collecting (a model could not be built): the jobs that ran are not named
+    assert benchmark.failed_jobs(config, None, {}, completed=["FAPrompt/a"]) == [
+        "FAPrompt/b (did not run)",
+        "WinClip/a (did not run)",
+        "WinClip/b (did not run)",
+    ]
 
 
 def test_benchmark_writes_a_row_per_model_and_category(benchmark_run):

@@ -142,6 +142,7 @@ class _RunState:
 
     def __init__(self) -> None:
         self.errors: dict[str, list[str]] = {}
+        self.completed: list[str] = []  # jobs run in this process (the serial runner)
         self.collected: pd.DataFrame | None = None
         self.failed: list[str] = []
 
@@ -160,14 +161,16 @@ def patch_job(module: Any) -> None:
     def run(self: Any, task_id: int | None = None) -> dict[str, Any]:
         engine = module.Engine
         module.Engine = BenchmarkEngine
+        label = _label(self.flat_cfg.get("model.class_path"), self.flat_cfg.get("data.init_args.category"))
         try:
-            return original_run(self, task_id)
+            result = original_run(self, task_id)
         except Exception as error:
-            label = _label(self.flat_cfg.get("model.class_path"), self.flat_cfg.get("data.init_args.category"))
             STATE.errors.setdefault(label, []).append(f"{type(error).__name__}: {error}".splitlines()[0])
             raise
         finally:
             module.Engine = engine
+        STATE.completed.append(label)
+        return result
 
     def collect_results(results: list[dict[str, Any]]) -> pd.DataFrame:
         STATE.collected = collect(results)
@@ -219,13 +222,28 @@ def missing_files(args: dict[str, Any]) -> dict[str, list[str]]:
     return missing
 
 
-def failed_jobs(args: dict[str, Any], collected: pd.DataFrame | None, errors: dict[str, list[str]]) -> list[str]:
-    """The jobs of the config without a row in the results, each with its error where known."""
+def failed_jobs(
+    args: dict[str, Any],
+    collected: pd.DataFrame | None,
+    errors: dict[str, list[str]],
+    completed: list[str] | None = None,
+) -> list[str]:
+    """The jobs of the config without a result, each with its error where known.
+
+    Args:
+        args: The benchmark config.
+        collected: The collected results, ``None`` when the runner stopped before collecting them.
+        errors: Job label -> errors of its runs in this process.
+        completed: Labels of the jobs that completed in this process (used when nothing was collected).
+
+    Returns:
+        ``"<model>/<category> (<error or 'did not run'>)"`` per job without a result.
+    """
     expected = Counter(
         _label(_model_name(job.get("model")), ((job.get("data") or {}).get("init_args") or {}).get("category"))
         for job in _jobs(args)
     )
-    done: Counter = Counter()
+    done: Counter = Counter(completed or [])
     if collected is not None and not collected.empty and "model.class_path" in collected:
         categories = collected.get("data.init_args.category", pd.Series([None] * len(collected)))
         done = Counter(
@@ -261,11 +279,11 @@ def patch_pipeline(module: Any) -> None:
                 raise MissingFilesError(msg)
         original_run(self, args)
         if config is not None:
-            STATE.failed = failed_jobs(config, STATE.collected, STATE.errors)
+            STATE.failed = failed_jobs(config, STATE.collected, STATE.errors, STATE.completed)
             if STATE.failed:
                 total = len(_jobs(config))
                 print(  # noqa: T201  (the last line of the benchmark's output)
-                    f"benchmark: {len(STATE.failed)} of {total} jobs failed: {'; '.join(STATE.failed)}"
+                    f"benchmark: {len(STATE.failed)} of {total} jobs failed or did not run: {'; '.join(STATE.failed)}"
                     f" (details in {LOG_FILE})",
                 )
 
