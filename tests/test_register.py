@@ -67,6 +67,7 @@ def test_startup_imports_nothing_heavy():
         "import importlib.util; importlib.util.find_spec('anomalib.models'); ",  # a look-up before the import
         "import importlib.util; importlib.util.find_spec('anomalib_faprompt.models'); "
         "import anomalib_faprompt.models; ",
+        "import anomalib_faprompt.components; ",  # the package's components import anomalib.models
     ],
 )
 def test_models_are_published_whatever_the_import_order(first):

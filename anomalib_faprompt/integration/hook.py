@@ -73,7 +73,11 @@ class _Loader:
         self._finder.done(self._name)
         if self._name in BEFORE:
             _call(BEFORE[self._name])
-        self._loader.exec_module(module)
+        try:
+            self._loader.exec_module(module)
+        except BaseException:
+            self._finder.retry(self._name)  # a failed import leaves no module: hook the next try
+            raise
         run_hook(self._name, module)
 
 
@@ -90,6 +94,11 @@ class _Finder:
         self._pending.discard(name)
         if not self._pending and self in sys.meta_path:
             sys.meta_path.remove(self)
+
+    def retry(self, name: str) -> None:
+        self._pending.add(name)
+        if self not in sys.meta_path:
+            sys.meta_path.insert(0, self)
 
     def find_spec(self, fullname: str, path: object = None, target: object = None) -> object:
         if fullname not in self._pending:

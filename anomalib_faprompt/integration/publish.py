@@ -84,9 +84,24 @@ def _get_model_class(original: Any, classes: dict[str, type]) -> Any:
     return get_model_class_by_name
 
 
+def _package_is_importing() -> bool:
+    """Whether a module of this package (not the integration) is being imported now: it imported anomalib."""
+    return any(
+        name.startswith("anomalib_faprompt.")
+        and not name.startswith("anomalib_faprompt.integration")
+        and getattr(getattr(module, "__spec__", None), "_initializing", False)
+        for name, module in list(sys.modules.items())
+    )
+
+
 def on_anomalib_models(module: Any) -> None:  # noqa: ARG001  (hook signature; publish() finds the module)
-    """Hook run after ``anomalib.models`` loaded: import this package's models (unless they are importing it)."""
-    if "anomalib_faprompt.models" not in sys.modules:
+    """Hook run after ``anomalib.models`` loaded: import this package's models and publish them.
+
+    When the package's own code is what imports ``anomalib.models`` (``from anomalib_faprompt import FAPrompt``,
+    ``import anomalib_faprompt.components``), importing the models here would be circular: the hook of
+    ``anomalib_faprompt.models`` publishes them once they are imported.
+    """
+    if "anomalib_faprompt.models" not in sys.modules and not _package_is_importing():
         import anomalib_faprompt.models  # noqa: F401  (its own hook publishes)
     publish()
 
