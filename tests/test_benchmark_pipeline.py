@@ -2,12 +2,14 @@
 
 The committed ``configs/benchmark_zero_shot.yaml`` runs with tiny random backbones: FAPrompt and AnomalyCLIP
 from checkpoints trained (a few steps) on one synthetic dataset, tested on the categories of another one in
-VisA's layout; WinClip with its open_clip weights swapped for a small random CLIP (in this test only).
+VisA's layout; WinClip with its open_clip weights swapped for a small random CLIP, and AnomalyVFM with random
+weights instead of its Hugging Face download, one transformer block and 64 x 64 input (in this test only).
 """
 
 from __future__ import annotations
 
 import copy
+import functools
 import math
 from pathlib import Path
 
@@ -20,19 +22,24 @@ from anomalib import LearningType
 from anomalib.cli.cli import AnomalibCLI
 from anomalib.data import Visa
 from anomalib.engine import Engine
+from anomalib.models.image.anomalyvfm import lightning_model as vfm_lightning
+from anomalib.models.image.anomalyvfm import torch_model as vfm_torch
+from anomalib.models.image.anomalyvfm.components import radio
 from anomalib.pipelines.benchmark import generator
 from anomalib.pipelines.benchmark import job as job_module
 from anomalib.pipelines.benchmark.job import BenchmarkJob
 from conftest import TINY_MODEL_ARGS
 from matplotlib.image import imread
 
-from anomalib_faprompt import AnomalyCLIP, FAPrompt, benchmark
+from anomalib_faprompt import AnomalyCLIP, FAPrompt
 from anomalib_faprompt.components import load_open_clip
 from anomalib_faprompt.data import AuxiliaryDataModule, make_synthetic_dataset
+from anomalib_faprompt.integration import benchmark
 from anomalib_faprompt.report import main as report_main
 
 CONFIG = Path(__file__).parents[1] / "configs" / "benchmark_zero_shot.yaml"
 MODELS = {"FAPrompt": FAPrompt, "AnomalyCLIP": AnomalyCLIP}
+ANOMALIB_MODELS = ["WinClip", "AnomalyVFM"]
 TARGET_CATEGORIES = ["gamma", "delta"]
 OUR_METRICS = ["image_AUROC", "image_AUPR", "pixel_AUROC", "pixel_AUPRO"]
 # WinClip's CLIP for the test: 240 px input (WinClip's fixed pre-processing), 5 x 5 patches of 48 px.
@@ -145,7 +152,7 @@ def benchmark_run(checkpoints, target_root, tmp_path_factory):
     workdir = tmp_path_factory.mktemp("benchmark")
     config = yaml.safe_load(CONFIG.read_text())
     models = config["benchmark"]["model"]["grid"]
-    assert [model["class_path"] for model in models] == ["FAPrompt", "AnomalyCLIP", "WinClip"]
+    assert [model["class_path"] for model in models] == ["FAPrompt", "AnomalyCLIP", *ANOMALIB_MODELS]
     for model in models[:2]:
         model["init_args"] = {**copy.deepcopy(TINY_MODEL_ARGS), "weights": checkpoints[model["class_path"]]}
     data = config["benchmark"]["data"]
@@ -176,36 +183,83 @@ def benchmark_run(checkpoints, target_root, tmp_path_factory):
         patch.chdir(workdir)  # anomalib writes runs/benchmark/<time>/results.csv and runs/pipeline.log here
         patch.setattr(generator, "get_model", recording_get_model)
         patch.setattr(open_clip, "create_model_and_transforms", random_clip)
+        patch.setattr(vfm_torch, "_HAS_HF_DEPS", True)
+        patch.setattr(vfm_torch, "hf_hub_download", lambda **kwargs: "offline", raising=False)
+        patch.setattr(vfm_torch, "load_file", lambda path: {}, raising=False)
+        patch.setattr(vfm_torch.AnomalyVFMModel, "load_state_dict", lambda self, state: None)  # random weights
+        patch.setattr(radio, "VisionTransformer", functools.partial(radio.VisionTransformer, depth=1))
+        patch.setattr(vfm_lightning, "DEFAULT_IMAGE_SIZE", 64)
         AnomalibCLI(["benchmark", "--config", str(config_path)])  # serial runner: jobs run in this process
     log = workdir / "runs" / "pipeline.log"
     results = sorted((workdir / "runs" / "benchmark").glob("*/results.csv"))
     failure = log.read_text() if log.exists() else "no pipeline log"
     assert len(results) == 1, failure
     rows = len(pd.read_csv(results[0])) if results[0].stat().st_size > 1 else 0  # all jobs failed: empty file
-    assert rows == 3 * len(TARGET_CATEGORIES), failure
+    assert rows == 4 * len(TARGET_CATEGORIES), failure
     return results[0], created
 
 
 def test_benchmark_fixes_are_installed_by_the_start_up_hook():
-    assert BenchmarkJob.collect is benchmark.collect
-    assert job_module.Engine is benchmark.BenchmarkEngine
+    assert BenchmarkJob.collect.__module__ == benchmark.__name__
+    assert BenchmarkJob.run.__module__ == benchmark.__name__
+    assert job_module.Engine is Engine  # anomalib's Engine outside a benchmark job's run
+
+
+def test_console_summary_fits_80_columns_and_shows_the_results(benchmark_run):
+    results, _ = benchmark_run
+    frame = pd.read_csv(results)
+    lines = benchmark.summary_lines(frame)
+    assert max(len(line) for line in lines) <= 80
+    header = next(line for line in lines if line.startswith("category"))
+    assert header.split() == ["category", "FAPrompt", "AnomalyCLIP", *ANOMALIB_MODELS]
+    metric_start = lines.index("image_AUROC (%)")
+    rows = {line.split()[0]: line.split()[1:] for line in lines[metric_start + 2 : metric_start + 5]}
+    for column, model in enumerate(["FAPrompt", "AnomalyCLIP", *ANOMALIB_MODELS]):
+        values = frame[frame["model.class_path"] == model].set_index("data.init_args.category")["image_AUROC"]
+        for category in TARGET_CATEGORIES:
+            assert rows[category][column] == f"{100 * values[category]:.1f}"
+        assert rows["mean"][column] == f"{100 * values.mean():.1f}"
+
+
+def test_failed_jobs_are_named():
+    config = {
+        "benchmark": {
+            "seed": 1,
+            "model": {"grid": [{"class_path": "FAPrompt"}, {"class_path": "WinClip"}]},
+            "data": {"class_path": "Visa", "init_args": {"category": {"grid": ["a", "b"]}}},
+        }
+    }
+    collected = pd.DataFrame(
+        {"model.class_path": ["FAPrompt", "FAPrompt", "WinClip"], "data.init_args.category": ["a", "b", "a"]}
+    )
+    failed = benchmark.failed_jobs(config, collected, {"WinClip/b": ["ValueError: bad"]})
+    assert failed == ["WinClip/b (ValueError: bad)"]
+    assert benchmark.failed_jobs(config, None, {}) == [
+        f"{model}/{category} (did not run)" for model in ("FAPrompt", "WinClip") for category in "ab"
+    ]
+    # the runner stopped before collecting (a model could not be built): the jobs that ran are not named
+    assert benchmark.failed_jobs(config, None, {}, completed=["FAPrompt/a"]) == [
+        "FAPrompt/b (did not run)",
+        "WinClip/a (did not run)",
+        "WinClip/b (did not run)",
+    ]
 
 
 def test_benchmark_writes_a_row_per_model_and_category(benchmark_run):
     results, _ = benchmark_run
     frame = pd.read_csv(results)
     assert sorted(zip(frame["model.class_path"], frame["data.init_args.category"], strict=True)) == sorted(
-        (model, category) for model in ["FAPrompt", "AnomalyCLIP", "WinClip"] for category in TARGET_CATEGORIES
+        (model, category) for model in [*MODELS, *ANOMALIB_MODELS] for category in TARGET_CATEGORIES
     )
-    ours = frame[frame["model.class_path"] != "WinClip"]
-    winclip = frame[frame["model.class_path"] == "WinClip"]
+    ours = frame[frame["model.class_path"].isin(list(MODELS))]
+    others = frame[frame["model.class_path"].isin(ANOMALIB_MODELS)]
     for metric in OUR_METRICS:
         assert ours[metric].between(0.0, 1.0).all(), metric
-    for metric in ("image_AUPR", "pixel_AUPRO"):  # WinClip's default evaluator has no such metric
-        assert winclip[metric].isna().all(), metric
+    for metric in ("image_AUPR", "pixel_AUPRO"):  # anomalib's default evaluator has no such metric
+        assert others[metric].isna().all(), metric
     for metric in ("image_AUROC", "pixel_AUROC", "image_F1Score", "pixel_F1Score"):
-        assert winclip[metric].between(0.0, 1.0).all(), metric
-    assert winclip["model.init_args.weights"].isna().all()
+        assert others[metric].between(0.0, 1.0).all(), metric
+    assert others["model.init_args.weights"].isna().all()
 
 
 def test_benchmark_never_trains_the_prompt_models(benchmark_run, checkpoints):
@@ -234,7 +288,8 @@ def test_report_of_the_benchmark_results(benchmark_run, tmp_path):
     results, _ = benchmark_run
     report_main([str(results), "--output", str(tmp_path)])
     markdown = (tmp_path / "comparison.md").read_text()
-    for text in ["## image_AUROC", "## pixel_AUPRO", "| FAPrompt |", "| AnomalyCLIP |", "| WinClip |", "gamma"]:
+    models = [f"| {model} |" for model in [*MODELS, *ANOMALIB_MODELS]]
+    for text in ["## image_AUROC", "## pixel_AUPRO", "gamma", *models]:
         assert text in markdown
     for metric in OUR_METRICS:
         image = imread(tmp_path / f"{metric}.png")

@@ -1,4 +1,7 @@
-"""The start-up hook: short model names in anomalib, nothing heavy imported at interpreter start-up."""
+"""The anomalib integration: start-up hook, publishing on ``anomalib.models``, the switch, guarded patches.
+
+Import order matters here, so each case runs in a fresh interpreter (which runs the installed start-up hook).
+"""
 
 from __future__ import annotations
 
@@ -6,10 +9,37 @@ import json
 import os
 import subprocess
 import sys
+import warnings
+
+import pytest
+
+TINY = (
+    "dict(pretrained=None, image_size=32, vv_layers=1, prompt_depth=2, backbone_config={'embed_dim': 16, "
+    "'vision_cfg': {'image_size': 32, 'layers': 2, 'width': 32, 'patch_size': 8, 'head_width': 16}, "
+    "'text_cfg': {'context_length': 77, 'vocab_size': 49408, 'width': 16, 'heads': 1, 'layers': 2}})"
+)
+# What a process sees of the integration, printed as JSON.
+STATE = (
+    "import json, sys, anomalib.models as m, anomalib.engine as e, anomalib.pipelines.benchmark.job as j; "
+    "print(json.dumps({'published': [hasattr(m, n) for n in ('FAPrompt', 'AnomalyCLIP')], "
+    "'listed': sorted(n for n in m.list_models('pascal') if n in ('FAPrompt', 'AnomalyCLIP', "
+    "'PromptLearningModule')), 'collect': j.BenchmarkJob.collect.__module__, 'engine': j.Engine is e.Engine, "
+    "'finder': any(type(f).__name__ == '_Finder' for f in sys.meta_path)}))"
+)
+PUBLISHED = {
+    "published": [True, True],
+    "listed": ["AnomalyCLIP", "FAPrompt"],
+    "collect": "anomalib_faprompt.integration.benchmark",
+    "engine": True,  # the job module's Engine is anomalib's outside a benchmark job run
+    "finder": True,  # still waiting for anomalib's CLI and benchmark pipeline modules
+}
 
 
-def _run(code: str) -> str:
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=300)
+def _run(code: str, **env: str) -> str:
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=300, env={**os.environ, **env}
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
     return result.stdout.strip().splitlines()[-1]
 
 
@@ -17,11 +47,11 @@ def test_startup_imports_nothing_heavy():
     loaded = json.loads(
         _run(
             "import json, sys; print(json.dumps({name: name in sys.modules for name in "
-            "('anomalib_faprompt._register', 'anomalib_faprompt.models', 'torch', 'anomalib', 'typing')}))",
+            "('anomalib_faprompt.integration.hook', 'anomalib_faprompt.models', 'torch', 'anomalib', 'typing')}))",
         ),
     )
     assert loaded == {
-        "anomalib_faprompt._register": True,
+        "anomalib_faprompt.integration.hook": True,
         "anomalib_faprompt.models": False,
         "torch": False,
         "anomalib": False,
@@ -29,40 +59,112 @@ def test_startup_imports_nothing_heavy():
     }
 
 
-def test_anomalib_models_publishes_the_plugin_models():
+@pytest.mark.parametrize(
+    "first",
+    [
+        "",  # anomalib.models first: it imports the package's models
+        "from anomalib_faprompt import FAPrompt; ",  # the package first: it imports anomalib.models
+        "import importlib.util; importlib.util.find_spec('anomalib.models'); ",  # a look-up before the import
+        "import importlib.util; importlib.util.find_spec('anomalib_faprompt.models'); "
+        "import anomalib_faprompt.models; ",
+        "import anomalib_faprompt.components; ",  # the package's components import anomalib.models
+    ],
+)
+def test_models_are_published_whatever_the_import_order(first):
+    assert json.loads(_run(first + STATE)) == PUBLISHED
+
+
+def test_get_model_by_short_name_and_class_path():
     out = _run(
-        "import anomalib.models as m; from anomalib.models import get_model; "
-        "print(m.FAPrompt.__module__, m.AnomalyCLIP.__module__, 'FAPrompt' in m.__all__, "
-        "get_model('AnomalyCLIP', pretrained=None, backbone_config={'embed_dim': 16, 'vision_cfg': "
-        "{'image_size': 32, 'layers': 2, 'width': 32, 'patch_size': 8, 'head_width': 16}, 'text_cfg': "
-        "{'context_length': 77, 'vocab_size': 49408, 'width': 16, 'heads': 1, 'layers': 2}}, image_size=32, "
-        "vv_layers=1, prompt_depth=2).__class__.__name__)",
+        "from anomalib.models import get_model, list_models; import anomalib_faprompt as p; "
+        f"a = get_model('AnomalyCLIP', **{TINY}); b = get_model({{'class_path': 'FAPrompt', 'init_args': {TINY}}}); "
+        "print(type(a) is p.AnomalyCLIP, type(b) is p.FAPrompt, 'prompt_learning_module' in list_models())",
     )
-    assert out == (
-        "anomalib_faprompt.models.faprompt.lightning_model anomalib_faprompt.models.anomalyclip.lightning_model "
-        "True AnomalyCLIP"
-    )
+    assert out == "True True False"
 
 
-def test_hook_registers_when_anomalib_models_was_imported_first():
-    # The finder stays (once) until anomalib's benchmark job module, its other target, is imported.
-    out = _run(
-        "import sys; import anomalib.models as m; "
-        "from anomalib_faprompt import _register; "
-        "finders = lambda: [type(f).__name__ for f in sys.meta_path].count('_Finder'); before = finders(); "
-        "import anomalib.pipelines.benchmark.job as job; "
-        "print(hasattr(m, 'FAPrompt'), before, finders(), job.Engine.__name__)",
+def test_switch_turns_everything_off_for_a_plain_import():
+    state = json.loads(
+        _run("from anomalib_faprompt import FAPrompt; " + STATE, ANOMALIB_FAPROMPT_NO_HOOK="1"),
     )
-    assert out == "True 1 0 BenchmarkEngine"
+    assert state == {
+        "published": [False, False],
+        "listed": ["AnomalyCLIP", "FAPrompt", "PromptLearningModule"],  # anomalib's own list_models, untouched
+        "collect": "anomalib.pipelines.benchmark.job",
+        "engine": True,
+        "finder": False,
+    }
 
 
-def test_hook_can_be_switched_off():
-    env = {**os.environ, "ANOMALIB_FAPROMPT_NO_HOOK": "1"}
-    result = subprocess.run(
-        [sys.executable, "-c", "import sys; print('anomalib_faprompt._register' in sys.modules)"],
-        capture_output=True,
-        text=True,
-        check=True,
-        env=env,
+def test_switch_skips_the_start_up_import():
+    out = _run("import sys; print('anomalib_faprompt' in sys.modules)", ANOMALIB_FAPROMPT_NO_HOOK="1")
+    assert out == "False"
+
+
+def test_a_failing_patch_leaves_anomalib_as_it_was_with_one_warning():
+    from anomalib.pipelines.benchmark import job as job_module
+
+    from anomalib_faprompt.integration import benchmark
+
+    class Refusing(type):
+        def __setattr__(cls, name, value):
+            if name == "_print_tabular_results":
+                raise AttributeError(name)
+            super().__setattr__(name, value)
+
+    class Job(metaclass=Refusing):
+        def run(self):
+            return "anomalib's run"
+
+        @staticmethod
+        def collect(results):
+            return "anomalib's collect"
+
+    fake = type(job_module)("fake_job_module")
+    fake.BenchmarkJob, fake.Engine = Job, job_module.Engine
+    before = dict(vars(Job))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        benchmark.patch_job(fake)
+    assert len(caught) == 1
+    assert "benchmark job not applied, anomalib left as it was" in str(caught[0].message)
+    assert dict(vars(Job)) == before
+    assert Job().run() == "anomalib's run"
+    assert Job.collect([]) == "anomalib's collect"
+
+
+def test_an_unsupported_anomalib_version_is_not_patched(monkeypatch):
+    import anomalib
+
+    from anomalib_faprompt.integration import patching
+
+    monkeypatch.setattr(anomalib, "__version__", "2.8.0")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with patching.patching("a fix") as patch:
+            assert patch is None
+    assert len(caught) == 1
+    assert "written for anomalib >=2.7,<2.8, found 2.8.0" in str(caught[0].message)
+
+
+def test_import_deprecations_are_filtered_only_for_the_package():
+    code = "import warnings; warnings.simplefilter('default', DeprecationWarning); "
+    ours = subprocess.run(
+        [sys.executable, "-c", code + "from anomalib_faprompt import FAPrompt"], capture_output=True, text=True
     )
-    assert result.stdout.strip() == "False"
+    plain = subprocess.run([sys.executable, "-c", code + "import anomalib.models"], capture_output=True, text=True)
+    for message in ("Importing from timm.models.layers is deprecated", "anomalib.models.components.dinov2 package"):
+        assert message not in ours.stderr
+        assert message in plain.stderr  # a plain import of anomalib keeps anomalib's warnings
+
+
+def test_quiet_command_filters_only_the_listed_messages():
+    from anomalib_faprompt.integration.quiet import quiet_command
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        quiet_command("test")
+        warnings.warn("Found 78 module(s) in eval mode at the start of training. This may lead", stacklevel=1)
+        warnings.warn("The dirpath has changed from 'a' to 'b', therefore ...", stacklevel=1)
+        warnings.warn("Found 78 modules that matter", stacklevel=1)
+    assert [str(warning.message) for warning in caught] == ["Found 78 modules that matter"]

@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 from matplotlib.image import imread
 
-from anomalib_faprompt.benchmark import collect
+from anomalib_faprompt.integration.benchmark import collect
 from anomalib_faprompt.report import NORMALISING_MODELS, bar_chart, load_results, main, markdown_report, metric_table
 from anomalib_faprompt.tables import MISSING, comparison_notes
 

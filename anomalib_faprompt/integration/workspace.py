@@ -4,8 +4,8 @@ anomalib's ``Engine`` gives ``fit`` (and ``train``) a new version folder ``<root
 ``<root>/latest`` at it with an absolute link; ``test`` and ``predict`` on a fresh engine write into whatever
 ``latest`` points at. So ``anomalib test --ckpt_path <run>/weights/lightning/model.ckpt`` into the training's
 root replaces that run's ``config.yaml`` and result tables, and in a copied results folder it writes into the
-original. For the models registered here (:func:`patch_engine`), and only with the anomalib versions this was
-written for (:data:`SUPPORTED_ANOMALIB`), the ``Engine`` instead
+original. For this package's models, and only with the anomalib versions this was written for (see
+:mod:`.patching`), the ``Engine`` instead
 
 1. gives ``test`` and ``predict`` on a fresh engine a new version folder of their own, leaving ``latest``
    where it points (at the last training run, whose checkpoint ``latest/weights/lightning/model.ckpt`` names);
@@ -32,23 +32,21 @@ from functools import wraps
 from pathlib import Path
 from typing import Any
 
-import anomalib
-from anomalib.engine import Engine, engine
 from anomalib.post_processing import PostProcessor
 
-__all__ = ["SUPPORTED_ANOMALIB", "new_version_dir", "patch_engine", "relative_latest_link"]
+from .patching import patching
+
+__all__ = ["new_version_dir", "patch_engine", "relative_latest_link"]
 
 logger = logging.getLogger(__name__)
 
-SUPPORTED_ANOMALIB = ("2.7.",)
 NO_CKPT_WARNING = "ckpt_path is not provided. Model weights will not be loaded."
 _VERSION = re.compile(r"^v(\d+)$")
 
-_own_models: list[type] = []
-
 
 def _is_own(model: object) -> bool:
-    return isinstance(model, tuple(_own_models))
+    """Whether ``model`` is one of this package's models (by its class's module; nothing is imported)."""
+    return type(model).__module__.startswith("anomalib_faprompt.")
 
 
 def new_version_dir(root: Path) -> Path:
@@ -78,8 +76,10 @@ def relative_latest_link(run_dir: Path) -> None:
 
 
 def _setup_workspace(original: Any) -> Any:  # noqa: ANN401
+    engine = sys.modules[original.__module__]
+
     @wraps(original)
-    def setup_workspace(self: Engine, model: Any, *args: Any, versioned_dir: bool = False, **kwargs: Any) -> None:  # noqa: ANN401
+    def setup_workspace(self: Any, model: Any, *args: Any, versioned_dir: bool = False, **kwargs: Any) -> None:  # noqa: ANN401
         if not _is_own(model):
             original(self, model, *args, versioned_dir=versioned_dir, **kwargs)
             return
@@ -130,10 +130,11 @@ class _DropMessage(logging.Filter):
 
 
 def _predict(original: Any) -> Any:  # noqa: ANN401
+    engine = sys.modules[original.__module__]
     signature = inspect.signature(original)
 
     @wraps(original)
-    def predict(self: Engine, model: Any = None, *args: Any, **kwargs: Any) -> Any:  # noqa: ANN401
+    def predict(self: Any, model: Any = None, *args: Any, **kwargs: Any) -> Any:  # noqa: ANN401
         target = model if model is not None else (self._trainer.lightning_module if self._trainer else None)
         weights = target.hparams.get("weights") if _is_own(target) and target.zero_shot else None
         if weights is None or signature.bind(self, model, *args, **kwargs).arguments.get("ckpt_path"):
@@ -149,22 +150,22 @@ def _predict(original: Any) -> Any:  # noqa: ANN401
     return predict
 
 
-def patch_engine(model_class: type) -> None:
-    """Apply the fixes above to anomalib's ``Engine`` for ``model_class`` and its subclasses (idempotent).
+def patch_engine(module: Any) -> None:  # noqa: ANN401
+    """Apply the fixes above to ``Engine`` of anomalib's engine module (the integration hook's entry point).
 
-    With an anomalib version other than :data:`SUPPORTED_ANOMALIB`, or an ``Engine`` without the methods
-    patched, nothing changes.
+    All or nothing, and only for the anomalib versions the patches were written for (see :mod:`.patching`).
     """
-    if model_class in _own_models:
-        return
-    _own_models.append(model_class)
-    if getattr(Engine, "_faprompt_patched", False):
-        return
-    methods = ("_setup_workspace", "_should_run_validation", "predict")
-    supported = anomalib.__version__.startswith(SUPPORTED_ANOMALIB) and hasattr(engine, "resolve_versioned_path")
-    if not supported or not all(hasattr(Engine, name) for name in methods):
-        return
-    Engine._setup_workspace = _setup_workspace(Engine._setup_workspace)  # noqa: SLF001
-    Engine._should_run_validation = _should_run_validation(Engine._should_run_validation)  # noqa: SLF001
-    Engine.predict = _predict(Engine.predict)
-    Engine._faprompt_patched = True  # noqa: SLF001
+    with patching("run folders of test/predict") as patch:
+        if patch is None:
+            return
+        if not hasattr(module, "resolve_versioned_path"):
+            msg = "anomalib.engine.engine has no resolve_versioned_path"
+            raise AttributeError(msg)
+        engine_class = module.Engine
+        patch.set(engine_class, "_setup_workspace", _setup_workspace(engine_class._setup_workspace))  # noqa: SLF001
+        patch.set(
+            engine_class,
+            "_should_run_validation",
+            _should_run_validation(engine_class._should_run_validation),  # noqa: SLF001
+        )
+        patch.set(engine_class, "predict", _predict(engine_class.predict))

@@ -120,9 +120,6 @@ class PromptLearningModule(PromptExportMixin, AnomalibModule):
                 f"{missing}) and implement compute_losses and build_model."
             )
             raise TypeError(msg)
-        from anomalib_faprompt.integration.workspace import patch_engine  # noqa: PLC0415 (imports anomalib's Engine)
-
-        patch_engine(PromptLearningModule)
         super().__init__(
             pre_processor=pre_processor,
             post_processor=post_processor,

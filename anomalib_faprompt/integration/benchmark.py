@@ -1,0 +1,293 @@
+"""Fixes that let anomalib 2.7's benchmark pipeline compare zero-shot models of different kinds.
+
+The start-up hook (:mod:`anomalib_faprompt.integration.hook`) applies them when anomalib's benchmark modules
+are imported; they change behaviour only while a benchmark job or the benchmark pipeline runs:
+
+1. ``BenchmarkJob.run`` calls ``engine.fit(model, datamodule)``, which passes the datamodule in the place of
+   the training dataloaders. Lightning's ``Trainer.fit`` accepts that, but anomalib's ``Engine.fit`` hands
+   zero-shot models (WinClip, AnomalyVFM; FAPrompt and AnomalyCLIP with trained ``weights``) to
+   ``Trainer.validate`` without it, and the job fails. While a job runs, the job module's ``Engine`` is
+   :class:`BenchmarkEngine`, which takes a datamodule in that place as the datamodule, as Lightning does
+   (any other call is ``Engine.fit`` unchanged). Outside a job run the module's ``Engine`` is anomalib's.
+2. ``BenchmarkJob.collect`` builds the table from the keys of the first job's result, so models with
+   different ``init_args`` or test metrics stop it with a ``KeyError`` and no ``results.csv`` is written.
+   :func:`collect` gives the same table when all keys agree, and leaves a cell empty where a job has no such key.
+3. The console table (one column per key, 35 of them: an empty grid at 80 columns) becomes
+   :func:`summary_lines`: model x category for the AUROCs, in percent.
+4. ``Benchmark.run`` first checks that the checkpoint and weights files the config names for this package's
+   models exist (one line naming the missing ones, before any model is built or downloaded), and ends with one
+   line naming the jobs that failed or did not run; the command line then exits with status 1.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+from anomalib.engine import Engine
+from anomalib.models import AnomalibModule
+from lightning.pytorch import LightningDataModule
+
+from anomalib_faprompt.integration.patching import patching
+from anomalib_faprompt.integration.quiet import quiet_command
+
+__all__ = ["BenchmarkEngine", "MissingFilesError", "collect", "patch_job", "patch_pipeline", "summary_lines"]
+
+PACKAGE_MODELS = ("FAPrompt", "AnomalyCLIP")
+FILE_ARGUMENTS = ("weights", "pretrained")
+SUMMARY_METRICS = ("image_AUROC", "pixel_AUROC")
+WIDTH = 80
+LOG_FILE = "runs/pipeline.log"
+
+
+class MissingFilesError(FileNotFoundError):
+    """Files named by a benchmark config for this package's models do not exist."""
+
+
+class BenchmarkEngine(Engine):
+    """anomalib's :class:`~anomalib.engine.Engine`, taking a datamodule given as training dataloaders."""
+
+    def fit(
+        self,
+        model: AnomalibModule,
+        train_dataloaders: Any = None,
+        val_dataloaders: Any = None,
+        datamodule: LightningDataModule | None = None,
+        ckpt_path: str | Path | None = None,
+    ) -> None:
+        """``Engine.fit``; a datamodule passed as ``train_dataloaders`` is used as ``datamodule``."""
+        if datamodule is None and isinstance(train_dataloaders, LightningDataModule):
+            train_dataloaders, datamodule = None, train_dataloaders
+        super().fit(model, train_dataloaders, val_dataloaders, datamodule, ckpt_path)
+
+
+def collect(results: list[dict[str, Any]]) -> pd.DataFrame:
+    """One row per job, one column per key of any job (in order of first appearance), empty where absent.
+
+    Args:
+        results: The result dicts of the benchmark jobs.
+
+    Returns:
+        The results table.
+    """
+    return pd.DataFrame(results)
+
+
+def _label(model: Any, category: Any) -> str:
+    return f"{model}/{category}" if category is not None and not pd.isna(category) else str(model)
+
+
+def summary_lines(frame: pd.DataFrame, width: int = WIDTH) -> list[str]:
+    """The benchmark's console summary: per AUROC, categories x models in percent, and the mean; fits ``width``.
+
+    A model without a value for a category shows ``-``; its mean is then over the categories it has, marked ``*``.
+
+    Args:
+        frame: The collected results (one row per job).
+        width: The console width to fit.
+
+    Returns:
+        The lines to print.
+    """
+    if frame is None or frame.empty or "model.class_path" not in frame:
+        return ["benchmark: no results"]
+    categories = frame.get("data.init_args.category", pd.Series(["-"] * len(frame), index=frame.index)).fillna("-")
+    frame = frame.assign(_category=categories.astype(str), _model=frame["model.class_path"].astype(str))
+    models = list(dict.fromkeys(frame["_model"]))
+    names = list(dict.fromkeys(frame["_category"]))
+    first = max(len(name) for name in [*names, "category", "mean"])
+    lines, footnote = [], False
+    for metric in (metric for metric in SUMMARY_METRICS if metric in frame):
+        values = frame.pivot_table(index="_category", columns="_model", values=metric, aggfunc="first")
+        columns = [max(len(model), 6) for model in models]
+        start = 0
+        while start < len(models):  # as many model columns as fit the width
+            stop = start + 1
+            while stop < len(models) and first + sum(column + 2 for column in columns[start : stop + 1]) <= width:
+                stop += 1
+            chunk = list(zip(models[start:stop], columns[start:stop], strict=True))
+            lines.append(f"{metric} (%)")
+            lines.append("  ".join([f"{'category':<{first}}", *(f"{model:>{column}}" for model, column in chunk)]))
+            for name in [*names, "mean"]:
+                cells = []
+                for model, column in chunk:
+                    column_values = values[model] if model in values else pd.Series(dtype=float)
+                    if name == "mean":
+                        present = column_values.reindex(names).dropna()
+                        text = f"{100 * present.mean():.1f}" if len(present) else "-"
+                        if 0 < len(present) < len(names):
+                            text, footnote = text + "*", True
+                    else:
+                        value = column_values.get(name)
+                        text = f"{100 * value:.1f}" if value is not None and not pd.isna(value) else "-"
+                    cells.append(f"{text:>{column}}")
+                lines.append("  ".join([f"{name:<{first}}", *cells]))
+            lines.append("")
+            start = stop
+    if footnote:
+        lines.append("* mean over the categories with a result (a job failed or did not run)")
+    lines.append("All metrics: results.csv (below); report: python -m anomalib_faprompt.report")
+    return lines
+
+
+def print_summary(frame: pd.DataFrame) -> None:
+    """Print :func:`summary_lines` (replaces ``BenchmarkJob._print_tabular_results``)."""
+    print("\n".join(summary_lines(frame)))  # noqa: T201  (the benchmark's console table)
+
+
+class _RunState:
+    """One benchmark run in this process: the jobs' errors, the collected table, the failed jobs."""
+
+    def __init__(self) -> None:
+        self.errors: dict[str, list[str]] = {}
+        self.completed: list[str] = []  # jobs run in this process (the serial runner)
+        self.collected: pd.DataFrame | None = None
+        self.failed: list[str] = []
+
+    def reset(self) -> None:
+        self.__init__()
+
+
+STATE = _RunState()
+
+
+def patch_job(module: Any) -> None:
+    """Apply fixes 1 to 3 to anomalib's benchmark job module (``anomalib.pipelines.benchmark.job``)."""
+    job_class = module.BenchmarkJob
+    original_run, original_collect = job_class.run, job_class.collect
+
+    def run(self: Any, task_id: int | None = None) -> dict[str, Any]:
+        engine = module.Engine
+        module.Engine = BenchmarkEngine
+        label = _label(self.flat_cfg.get("model.class_path"), self.flat_cfg.get("data.init_args.category"))
+        try:
+            result = original_run(self, task_id)
+        except Exception as error:
+            STATE.errors.setdefault(label, []).append(f"{type(error).__name__}: {error}".splitlines()[0])
+            raise
+        finally:
+            module.Engine = engine
+        STATE.completed.append(label)
+        return result
+
+    def collect_results(results: list[dict[str, Any]]) -> pd.DataFrame:
+        STATE.collected = collect(results)
+        return STATE.collected
+
+    run.__doc__ = original_run.__doc__
+    collect_results.__doc__ = original_collect.__doc__
+    with patching("the fixes to anomalib's benchmark job") as patch:
+        if patch is not None:
+            patch.set(job_class, "run", run)
+            patch.set(job_class, "collect", staticmethod(collect_results))
+            patch.set(job_class, "_print_tabular_results", staticmethod(print_summary))
+
+
+def _jobs(args: dict[str, Any]) -> list[dict[str, Any]]:
+    """The job containers of a benchmark config (``model``, ``data``, ``seed`` each)."""
+    from anomalib.pipelines.components.utils import get_iterator_from_grid_dict
+
+    return list(get_iterator_from_grid_dict(args.get("benchmark") or {}))
+
+
+def _model_name(model: Any) -> str:
+    class_path = model if isinstance(model, str) else (model or {}).get("class_path", "")
+    return str(class_path).rsplit(".", 1)[-1]
+
+
+def missing_files(args: dict[str, Any]) -> dict[str, list[str]]:
+    """Files named by ``weights`` or ``pretrained`` (a path) of this package's models that do not exist.
+
+    Args:
+        args: The benchmark config.
+
+    Returns:
+        Missing path -> the models naming it.
+    """
+    missing: dict[str, list[str]] = {}
+    for job in _jobs(args):
+        model = job.get("model") or {}
+        name = _model_name(model)
+        if name not in PACKAGE_MODELS or not isinstance(model, dict):
+            continue
+        for argument in FILE_ARGUMENTS:
+            value = (model.get("init_args") or {}).get(argument)
+            is_path = isinstance(value, str) and (argument == "weights" or "/" in value or Path(value).suffix)
+            if is_path and not Path(value).expanduser().is_file():
+                models = missing.setdefault(value, [])
+                if f"{name}.{argument}" not in models:
+                    models.append(f"{name}.{argument}")
+    return missing
+
+
+def failed_jobs(
+    args: dict[str, Any],
+    collected: pd.DataFrame | None,
+    errors: dict[str, list[str]],
+    completed: list[str] | None = None,
+) -> list[str]:
+    """The jobs of the config without a result, each with its error where known.
+
+    Args:
+        args: The benchmark config.
+        collected: The collected results, ``None`` when the runner stopped before collecting them.
+        errors: Job label -> errors of its runs in this process.
+        completed: Labels of the jobs that completed in this process (used when nothing was collected).
+
+    Returns:
+        ``"<model>/<category> (<error or 'did not run'>)"`` per job without a result.
+    """
+    expected = Counter(
+        _label(_model_name(job.get("model")), ((job.get("data") or {}).get("init_args") or {}).get("category"))
+        for job in _jobs(args)
+    )
+    done: Counter = Counter(completed or [])
+    if collected is not None and not collected.empty and "model.class_path" in collected:
+        categories = collected.get("data.init_args.category", pd.Series([None] * len(collected)))
+        done = Counter(
+            _label(_model_name(model), category)
+            for model, category in zip(collected["model.class_path"], categories, strict=True)
+        )
+    failed = []
+    for label, count in (expected - done).items():
+        reasons = errors.get(label) or ["did not run"]
+        failed.extend(f"{label} ({reason})" for reason in reasons[:count])
+        failed.extend(f"{label} (did not run)" for _ in range(count - len(reasons[:count])))
+    return failed
+
+
+def patch_pipeline(module: Any) -> None:
+    """Apply fix 4 to anomalib's benchmark pipeline (``anomalib.pipelines.benchmark.pipeline``)."""
+    pipeline_class = module.Benchmark
+    original_run = pipeline_class.run
+
+    def run(self: Any, args: Any = None) -> None:
+        config = self._get_args(args) if args is not None else None
+        STATE.reset()
+        if config is not None:
+            if any(_model_name(job.get("model")) in PACKAGE_MODELS for job in _jobs(config)):
+                quiet_command("benchmark")
+            missing = missing_files(config)
+            if missing:
+                names = ", ".join(f"{path} ({', '.join(models)})" for path, models in missing.items())
+                msg = (
+                    f"benchmark config {args.config}: missing files: {names}. Train the models and copy their "
+                    "checkpoints there first (README, 'Comparing FAPrompt, AnomalyCLIP and WinCLIP'); nothing was run."
+                )
+                raise MissingFilesError(msg)
+        original_run(self, args)
+        if config is not None:
+            STATE.failed = failed_jobs(config, STATE.collected, STATE.errors, STATE.completed)
+            if STATE.failed:
+                total = len(_jobs(config))
+                print(  # noqa: T201  (the last line of the benchmark's output)
+                    f"benchmark: {len(STATE.failed)} of {total} jobs failed or did not run: {'; '.join(STATE.failed)}"
+                    f" (details in {LOG_FILE})",
+                )
+
+    run.__doc__ = original_run.__doc__
+    with patching("the fixes to anomalib's benchmark pipeline") as patch:
+        if patch is not None:
+            patch.set(pipeline_class, "run", run)

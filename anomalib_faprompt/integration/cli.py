@@ -1,0 +1,134 @@
+"""anomalib's command line (``anomalib train/fit/test/predict/export/benchmark``), three narrow fixes.
+
+1. **Seed.** anomalib 2.7's CLI defines ``--seed_everything`` (and every config of this package sets it) but
+   never applies it. An integer seed is now applied with ``lightning.seed_everything(seed, workers=True)`` (what
+   Lightning's own CLI does) before the model and data are built, for every model. ``true`` (anomalib's
+   default, "a random seed") and ``false`` change nothing: no seed is set, as before.
+2. **Errors.** A ``ValueError``/``FileNotFoundError``... raised by a constructor of this package's models or
+   datamodules reaches jsonargparse, which buries its message in a long "Expected a <class 'NoneType'>"
+   traceback. It is printed instead as the last line, and the command exits with status 2. A benchmark
+   config naming missing checkpoints is reported the same way; a benchmark with failed jobs exits with 1.
+3. **Quiet.** A run of this package's models filters the known harmless messages of :mod:`.quiet`.
+"""
+
+from __future__ import annotations
+
+import functools
+import sys
+from typing import Any
+
+from anomalib_faprompt.integration.patching import Patch, patching
+from anomalib_faprompt.integration.quiet import quiet_command
+
+SEEDED_SUBCOMMANDS = {"fit", "validate", "test", "train", "predict", "export"}
+
+
+def _class_path(config: Any, key: str) -> str:
+    value = config.get(key) if hasattr(config, "get") else None
+    class_path = value.get("class_path") if hasattr(value, "get") else value
+    return class_path if isinstance(class_path, str) else ""
+
+
+def _is_package_class(class_path: str) -> bool:
+    from anomalib_faprompt.integration.publish import MODEL_NAMES
+
+    return class_path.startswith("anomalib_faprompt.") or class_path in MODEL_NAMES
+
+
+def apply_seed(subcommand: str, config: Any) -> int | None:
+    """Apply an integer ``seed_everything`` of a Lightning subcommand's config; return it."""
+    seed = config.get("seed_everything") if subcommand in SEEDED_SUBCOMMANDS else None
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        return None
+    from lightning.pytorch import seed_everything
+
+    return seed_everything(seed, workers=True)
+
+
+def _package_classes() -> list[type]:
+    """The classes a CLI user builds from this package: its models and datamodules."""
+    from anomalib.data import AnomalibDataModule
+
+    import anomalib_faprompt.data as data
+    import anomalib_faprompt.models as models
+
+    classes = [getattr(models, name) for name in models.__all__]
+    classes += [
+        value
+        for value in (getattr(data, name) for name in getattr(data, "__all__", []))
+        if isinstance(value, type) and issubclass(value, AnomalibDataModule)
+    ]
+    return classes
+
+
+def _recorded(init: Any, cls: type, errors: list[tuple[type, BaseException]]) -> Any:
+    @functools.wraps(init)
+    def recorded(self: Any, *args: Any, **kwargs: Any) -> None:
+        try:
+            init(self, *args, **kwargs)
+        except Exception as error:
+            errors.append((cls, error))
+            raise
+
+    return recorded
+
+
+def _recording(classes: list[type], errors: list[tuple[type, BaseException]]) -> Patch:
+    """Wrap the constructors of ``classes`` so that an exception they raise is also appended to ``errors``."""
+    patch = Patch()
+    for cls in classes:
+        if "__init__" in vars(cls):
+            patch.set(cls, "__init__", _recorded(vars(cls)["__init__"], cls, errors))
+    return patch
+
+
+def exit_with(error: BaseException, what: str) -> None:
+    """Print ``what`` and the package's error as the last line(s); exit with status 2."""
+    print(f"{what}:", file=sys.stderr)  # noqa: T201
+    print(f"{type(error).__name__}: {error}", file=sys.stderr)  # noqa: T201
+    raise SystemExit(2) from None
+
+
+def patch_cli(module: Any) -> None:
+    """Apply the fixes to ``anomalib.cli.cli.AnomalibCLI``."""
+    cli_class = module.AnomalibCLI
+    original_instantiate, original_run = cli_class.instantiate_classes, cli_class._run_subcommand  # noqa: SLF001
+
+    def instantiate_classes(self: Any) -> None:
+        subcommand = self.config["subcommand"]
+        config = self.config.get(subcommand)
+        ours = config is not None and any(_is_package_class(_class_path(config, key)) for key in ("model", "data"))
+        if config is not None:
+            apply_seed(subcommand, config)
+        if not ours:
+            original_instantiate(self)
+            return
+        quiet_command(subcommand)
+        errors: list[tuple[type, BaseException]] = []
+        recording = _recording(_package_classes(), errors)
+        try:
+            original_instantiate(self)
+        except Exception:
+            if not errors:
+                raise
+            cls, error = errors[-1]
+            exit_with(error, f"anomalib {subcommand}: {cls.__name__} could not be built")
+        finally:
+            recording.undo()
+
+    def run_subcommand(self: Any) -> None:
+        from anomalib_faprompt.integration.benchmark import STATE, MissingFilesError
+
+        try:
+            original_run(self)
+        except MissingFilesError as error:
+            exit_with(error, f"anomalib {self.subcommand}")
+        if self.subcommand == "benchmark" and STATE.failed:
+            raise SystemExit(1)
+
+    instantiate_classes.__doc__ = original_instantiate.__doc__
+    run_subcommand.__doc__ = original_run.__doc__
+    with patching("the fixes to anomalib's command line") as patch:
+        if patch is not None:
+            patch.set(cli_class, "instantiate_classes", instantiate_classes)
+            patch.set(cli_class, "_run_subcommand", run_subcommand)
