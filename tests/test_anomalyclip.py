@@ -1,4 +1,4 @@
-"""AnomalyCLIP (spec section 8): prompts, outputs, score and map, loss, training through anomalib's Engine."""
+"""AnomalyCLIP (docs/faprompt.md, section 8): prompts, outputs, score and map, loss, training through the Engine."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""CLIPBackbone against direct computations of the spec's formulas (spec sections 1 and 2)."""
+"""CLIPBackbone against direct computations of the formulas of docs/faprompt.md, sections 1 and 2."""
 
 from __future__ import annotations
 
@@ -23,7 +23,7 @@ def _backbone(config: dict, image_size: int = 32, vv_layers: int = 2) -> CLIPBac
 
 
 def _reference_encode_image(backbone: CLIPBackbone, images: torch.Tensor, vv_layers: int):
-    """The spec's formulas, written out: explicit per-head attention, two streams, MLP on the ordinary one."""
+    """docs/faprompt.md sections 1 and 2 written out: per-head attention, two streams, MLP on the ordinary one."""
     visual = backbone.clip.visual
     x = visual.conv1(images).flatten(2).transpose(1, 2)
     cls = visual.class_embedding.expand(x.shape[0], 1, -1)
@@ -81,7 +81,7 @@ def test_global_embedding_is_ordinary_clip_without_ln_post(tiny_clip_config):
         ordinary = visual.transformer(visual._embeds(images))
         with_ln_post = visual(images)
     torch.testing.assert_close(global_embedding, ordinary[:, 0] @ visual.proj, atol=ATOL, rtol=0)
-    # open_clip's own output applies ln_post: the spec's (released) default does not.
+    # open_clip's own output applies ln_post; the released code's default (docs/faprompt.md, section 1) does not.
     assert not torch.allclose(global_embedding, with_ln_post, atol=1e-3)
 
 

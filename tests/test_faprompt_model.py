@@ -1,4 +1,4 @@
-"""FAPromptModel: DAP (spec section 5), score and map fusion (section 6), outputs, text cache, parameters."""
+"""FAPromptModel: DAP and score/map fusion (docs/faprompt.md, sections 5 and 6), outputs, text cache, parameters."""
 
 from __future__ import annotations
 
@@ -319,7 +319,7 @@ def test_trainable_parameters_are_prompts_and_psi():
     assert {id(p) for p in optimised} == {id(p) for p in trainable.values()}
 
 
-# --- lightning module: targets and total loss (spec section 7) ---------------------------------------------------
+# --- lightning module: targets and total loss (docs/faprompt.md, section 7) -------------------------------------------
 
 
 def _batch(images: torch.Tensor, mask_size: int) -> SimpleNamespace:

@@ -1,4 +1,4 @@
-"""Masks follow the images bilinearly and are binarised at 0.5 (spec section 1), not nearest neighbour."""
+"""Masks follow the images bilinearly and are binarised at 0.5 (docs/faprompt.md, section 1), not nearest neighbour."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Compound abnormality prompts (spec section 3) and the losses (sections 3, 5 and 7) against hand values."""
+"""Compound abnormality prompts and the losses (docs/faprompt.md, sections 3, 5 and 7) against hand values."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Losses shared by FAPrompt and AnomalyCLIP (spec sections 3, 5 and 7).
+"""Losses shared by FAPrompt and AnomalyCLIP (docs/faprompt.md, sections 3, 5 and 7).
 
 Every loss is computed in fp32 outside autocast (:func:`~.precision.float32`): under mixed precision the
 models' outputs may be bf16/fp16, and CUDA's autocast refuses ``binary_cross_entropy`` altogether.

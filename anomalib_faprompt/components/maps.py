@@ -1,4 +1,4 @@
-"""Similarity maps between patch embeddings and text embeddings (spec sections 4 and 6)."""
+"""Similarity maps between patch embeddings and text embeddings (docs/faprompt.md, sections 4 and 6)."""
 
 from __future__ import annotations
 

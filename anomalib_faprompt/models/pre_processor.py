@@ -1,4 +1,4 @@
-"""Pre-processor that treats masks as the spec says: bilinear resize to the working size, then > 0.5."""
+"""Pre-processor for masks as in docs/faprompt.md, section 1: bilinear resize to the working size, then > 0.5."""
 
 from __future__ import annotations
 
