@@ -94,22 +94,23 @@ def test_training_steps_under_autocast(model_class: type, cuda_like_autocast: No
     labels = torch.tensor([0, 1, 0, 1])
     masks = torch.zeros(4, 64, 64)
     masks[1::2, 20:40, 10:30] = 1.0
-    before = [parameter.detach().clone() for parameter in model.trainable_parameters()]
+    before = [parameter.detach().clone() for parameter in model.model.learned_parameters()]
     for _ in range(2):
         optimizer.zero_grad()
         with torch.autocast(**BF16):
             output = model.model(images)
             losses = model.compute_losses(images, labels, masks)
-            total = sum(model.loss_weights[name] * value for name, value in losses.items())
+            total = model.weighted_loss(losses)
         # Autocast is really on (the encoder's output is bf16), and every loss is an fp32 number.
         with torch.autocast(**BF16):
             assert model.model.backbone.encode_image(images)[1].dtype == torch.bfloat16
         assert all(value.dtype == torch.float32 and torch.isfinite(value) for value in losses.values()), losses
         assert output.global_logits.dtype == torch.float32
-        assert output.abnormal_map.dtype == torch.float32
+        maps = output.abnormal_maps if model_class is AnomalyCLIP else (output.abnormal_map, output.dap_abnormal_map)
+        assert all(abnormal_map.dtype == torch.float32 for abnormal_map in maps)
         total.backward()
         optimizer.step()
-    after = list(model.trainable_parameters())
+    after = list(model.model.learned_parameters())
     assert any(not torch.equal(b, a) for b, a in zip(before, after, strict=True))
 
 
