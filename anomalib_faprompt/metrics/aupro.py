@@ -75,6 +75,25 @@ def _candidate_threshold(batches: list[tuple[np.ndarray, np.ndarray]], num_bg: i
     return -np.inf
 
 
+def _checked_batches(
+    preds: torch.Tensor | Sequence[torch.Tensor], target: torch.Tensor | Sequence[torch.Tensor], name: str
+) -> list[tuple[np.ndarray, np.ndarray]]:
+    """``(maps, masks)`` arrays ``(B, H, W)`` of each batch; a shape mismatch or a non-binary mask is an error."""
+    preds = [preds] if isinstance(preds, torch.Tensor) else list(preds)
+    target = [target] if isinstance(target, torch.Tensor) else list(target)
+    batches = []
+    for batch_preds, batch_target in zip(preds, target, strict=True):
+        maps, masks = _as_maps(batch_preds.float()), _as_maps(batch_target)
+        if maps.shape != masks.shape:
+            msg = f"{name}: predictions {maps.shape} and masks {masks.shape} differ in shape."
+            raise ValueError(msg)
+        if masks.size and (masks.min() < 0 or masks.max() > 1):
+            msg = f"{name}: masks must be binary (values in [0, 1]); found [{masks.min()}, {masks.max()}]."
+            raise ValueError(msg)
+        batches.append((maps, masks))
+    return batches
+
+
 def pro_curve(
     preds: torch.Tensor | Sequence[torch.Tensor],
     target: torch.Tensor | Sequence[torch.Tensor],
@@ -90,18 +109,7 @@ def pro_curve(
     Returns:
         ``(fpr, pro)``, float64, increasing in FPR, ending at ``fpr_limit`` (interpolated) or below.
     """
-    preds = [preds] if isinstance(preds, torch.Tensor) else list(preds)
-    target = [target] if isinstance(target, torch.Tensor) else list(target)
-    batches = []
-    for batch_preds, batch_target in zip(preds, target, strict=True):
-        maps, masks = _as_maps(batch_preds.float()), _as_maps(batch_target)
-        if maps.shape != masks.shape:
-            msg = f"AUPRO: predictions {maps.shape} and masks {masks.shape} differ in shape."
-            raise ValueError(msg)
-        if masks.size and (masks.min() < 0 or masks.max() > 1):
-            msg = f"AUPRO: masks must be binary (values in [0, 1]); found [{masks.min()}, {masks.max()}]."
-            raise ValueError(msg)
-        batches.append((maps, masks <= 0))
+    batches = [(maps, masks <= 0) for maps, masks in _checked_batches(preds, target, "AUPRO")]
     num_bg = sum(int(np.count_nonzero(background)) for _, background in batches)
     empty = torch.tensor([0.0, fpr_limit], dtype=torch.float64), torch.zeros(2, dtype=torch.float64)
     if num_bg == 0:
@@ -209,19 +217,7 @@ def paper_aupro(
         The area, or NaN where it is not defined: constant maps, no defect region or no background pixel,
         fewer than two kept points or kept points of a single FPR.
     """
-    preds = [preds] if isinstance(preds, torch.Tensor) else list(preds)
-    target = [target] if isinstance(target, torch.Tensor) else list(target)
-    batches = []
-    for batch_preds, batch_target in zip(preds, target, strict=True):
-        maps, masks = _as_maps(batch_preds.float()), _as_maps(batch_target)
-        if maps.shape != masks.shape:
-            msg = f"AUPRO (paper): predictions {maps.shape} and masks {masks.shape} differ in shape."
-            raise ValueError(msg)
-        if masks.size and (masks.min() < 0 or masks.max() > 1):
-            msg = f"AUPRO (paper): masks must be binary (values in [0, 1]); found [{masks.min()}, {masks.max()}]."
-            raise ValueError(msg)
-        if maps.size:
-            batches.append((maps, masks > 0))
+    batches = [(maps, masks > 0) for maps, masks in _checked_batches(preds, target, "AUPRO (paper)") if maps.size]
     if not batches:
         return math.nan
     low = min(maps.min() for maps, _ in batches)
