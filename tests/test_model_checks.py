@@ -40,7 +40,7 @@ def _save(model, path) -> str:
         (FAPrompt, "temperature", 0, r"temperature=0 must be a positive number"),
         (FAPrompt, "temperature", -0.07, r"temperature=-0.07 must be a positive number"),
         (AnomalyCLIP, "sigma", 0.0, r"sigma=0.0 must be a positive number"),
-        (FAPrompt, "sigma", 1000.0, r"sigma=1000.0 is too large for image_size=64"),
+        (FAPrompt, "sigma", 1000.0, r"sigma=1000.0 is larger than image_size=64"),
         (FAPrompt, "image_size", 0, r"image_size=0 must be an integer of at least 1"),
         (FAPrompt, "image_size", -64, r"image_size=-64 must be"),
         (FAPrompt, "learning_rate", 0.0, r"learning_rate=0.0 must be a positive number"),

@@ -57,8 +57,8 @@ class PromptedCLIPModel(nn.Module):
         prompt_depth: Deep-prompt depth (text blocks ``2..depth`` get deep prompts).
         prompt_length: Deep-prompt length ``t``.
         temperature: Softmax temperature ``tau`` (positive).
-        sigma: Gaussian blur sigma of the pixel map, in pixels of the working image (positive; the blur's
-            radius ``int(4 sigma + 0.5)`` must be smaller than the image side).
+        sigma: Gaussian blur sigma of the pixel map, in pixels of the working image (positive, at most the
+            image side).
     """
 
     frozen_prefix = "backbone.clip."
@@ -84,11 +84,8 @@ class PromptedCLIPModel(nn.Module):
         if not temperature > 0:
             msg = f"temperature={temperature} must be positive (the papers use 0.07)."
             raise ValueError(msg)
-        if not (sigma > 0 and int(4 * sigma + 0.5) < backbone.image_size):
-            msg = (
-                f"sigma={sigma} must be positive, with a blur radius int(4 * sigma + 0.5) smaller than image_size="
-                f"{backbone.image_size} (sigma below {backbone.image_size / 4:g})."
-            )
+        if not 0 < sigma <= backbone.image_size:
+            msg = f"sigma={sigma} must be positive and at most the image side {backbone.image_size} (pixels)."
             raise ValueError(msg)
         self.backbone = backbone
         self.temperature = temperature

@@ -58,10 +58,10 @@ def _check_hyperparameters(hparams: Any, loss_terms: tuple[str, ...]) -> None:  
         if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
             msg = f"{name}={value!r} must be a positive number."
             raise ValueError(msg)
-    if int(4 * hparams.sigma + 0.5) >= hparams.image_size:
+    if hparams.sigma > hparams.image_size:
         msg = (
-            f"sigma={hparams.sigma} is too large for image_size={hparams.image_size}: the blur radius "
-            f"int(4 * sigma + 0.5) must be smaller than the image side (sigma below {hparams.image_size / 4:g})."
+            f"sigma={hparams.sigma} is larger than image_size={hparams.image_size}: a blur that wide flattens the "
+            "map. Use a sigma in pixels of the working image (the papers: 4 for AnomalyCLIP, 10 for FAPrompt at 518)."
         )
         raise ValueError(msg)
     betas = tuple(hparams.betas)
