@@ -1,11 +1,27 @@
-"""Shared fixtures: a tiny random open_clip ViT and synthetic defect datasets."""
+"""Shared fixtures: a tiny random open_clip ViT, the synthetic datasets, one trained checkpoint per model; the tiers.
+
+Two tiers: ``python -m pytest -m "not slow"`` runs the fast unit tests; ``python -m pytest`` runs everything. A test
+is ``slow`` when it starts a subprocess (the ``anomalib`` command line, a script), exports, runs a pipeline, trains
+through anomalib's Engine (the trained checkpoints below included) or takes more than about two seconds. Mark it
+with ``@pytest.mark.slow`` in its file; the files listed in ``SLOW_FILES`` and the tests in ``SLOW_TESTS`` are marked
+here instead.
+
+The session fixtures (datasets, checkpoints) are shared by every test of the run: read them, never write into them
+(copy a dataset with ``shutil.copytree`` before changing it).
+"""
 
 from __future__ import annotations
 
 import copy
+from pathlib import Path
 
 import pytest
 import torch
+from anomalib.engine import Engine
+from lightning.pytorch import LightningModule, Trainer
+
+from anomalib_faprompt import AnomalyCLIP, FAPrompt
+from anomalib_faprompt.data import AuxiliaryDataModule, make_synthetic_dataset
 
 TINY_CLIP = {
     "embed_dim": 32,
@@ -21,17 +37,116 @@ TINY_MODEL_ARGS = {
     "sigma": 2.0,
 }
 
+# The synthetic datasets of the README's main job (`python -m anomalib_faprompt.data.synthetic`, default sizes).
+SOURCE_CATEGORIES = ("alpha", "beta")
+TARGET_CATEGORIES = ("gamma", "delta", "epsilon")
+N_GOOD = 6  # normal test images per category
+N_DEFECT = 6  # defect test images per category
+
+# Integration tests of files whose owners mark them in the file itself later; marked ``slow`` here until then.
+SLOW_FILES = {
+    "test_benchmark_pipeline.py",  # trains both models, runs `anomalib benchmark`
+    "test_cli_integration.py",  # `anomalib` in subprocesses
+    "test_export.py",  # trains, exports to ONNX and OpenVINO, `anomalib export`
+}
+SLOW_TESTS = {
+    # subprocesses (a fresh interpreter importing anomalib)
+    "test_register.py::test_startup_imports_nothing_heavy",
+    "test_register.py::test_anomalib_models_publishes_the_plugin_models",
+    "test_register.py::test_hook_registers_when_anomalib_models_was_imported_first",
+    "test_register.py::test_hook_can_be_switched_off",
+    "test_register.py::test_models_are_published_whatever_the_import_order",
+    "test_register.py::test_get_model_by_short_name_and_class_path",
+    "test_register.py::test_switch_turns_everything_off_for_a_plain_import",
+    "test_register.py::test_switch_skips_the_start_up_import",
+    "test_register.py::test_import_deprecations_are_filtered_only_for_the_package",
+    "test_mixed_precision.py::test_benchmark_script_bf16_on_cpu",
+    # anomalib's Engine
+    "test_mixed_precision.py::test_engine_bf16_mixed_fit_test_predict",
+    "test_evaluator.py::test_engine_test_prints_the_table_and_where_it_is",
+}
+# Fixtures that train: a test that uses one is an integration test.
+TRAINING_FIXTURES = {"faprompt_checkpoint", "anomalyclip_checkpoint"}
+
+
+def tiny_args(**overrides) -> dict:
+    """Arguments of a tiny FAPrompt or AnomalyCLIP (random CLIP, 64 x 64 images), a fresh copy, with ``overrides``."""
+    return {**copy.deepcopy(TINY_MODEL_ARGS), **overrides}
+
+
+def write_checkpoint(model: LightningModule, path: Path) -> Path:
+    """Write the model's checkpoint as Lightning does, without training."""
+    trainer = Trainer(accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False)
+    trainer.strategy.connect(model)
+    trainer.save_checkpoint(path)
+    return Path(path)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark the integration tests of ``SLOW_FILES``, ``SLOW_TESTS`` and those that use a training fixture."""
+    for item in items:
+        name = f"{item.path.name}::{getattr(item, 'originalname', item.name)}"
+        if item.path.name in SLOW_FILES or name in SLOW_TESTS or TRAINING_FIXTURES & set(item.fixturenames):
+            item.add_marker(pytest.mark.slow)
+
 
 @pytest.fixture
 def tiny_clip_config() -> dict:
+    """The tiny open_clip config (a fresh copy)."""
     return copy.deepcopy(TINY_CLIP)
 
 
 @pytest.fixture
 def tiny_model_args() -> dict:
-    return copy.deepcopy(TINY_MODEL_ARGS)
+    """``tiny_args()`` as a fixture."""
+    return tiny_args()
 
 
 @pytest.fixture(autouse=True)
 def _seed() -> None:
     torch.manual_seed(0)
+
+
+@pytest.fixture(scope="session")
+def synthetic_datasets(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The folder of ``synthetic_source`` and ``synthetic_target``."""
+    return tmp_path_factory.mktemp("datasets")
+
+
+@pytest.fixture(scope="session")
+def synthetic_source(synthetic_datasets: Path) -> Path:
+    """The source dataset (MVTec AD layout): alpha and beta, 6 normal and 6 defect test images each. Read only."""
+    return make_synthetic_dataset(synthetic_datasets / "synthetic_source", categories=SOURCE_CATEGORIES, seed=0)
+
+
+@pytest.fixture(scope="session")
+def synthetic_target(synthetic_datasets: Path) -> Path:
+    """The target dataset: gamma, delta and epsilon, 6 normal and 6 defect test images each. Read only."""
+    return make_synthetic_dataset(synthetic_datasets / "synthetic_target", categories=TARGET_CATEGORIES, seed=1)
+
+
+def _train_one_epoch(model_class: type, source: Path, root: Path) -> Path:
+    torch.manual_seed(0)
+    datamodule = AuxiliaryDataModule(
+        root=source, val_split_ratio=0.25, train_batch_size=8, eval_batch_size=8, num_workers=0
+    )
+    engine = Engine(
+        accelerator="cpu", devices=1, max_epochs=1, default_root_dir=root, logger=False, enable_progress_bar=False
+    )
+    engine.fit(model_class(**tiny_args()), datamodule=datamodule)
+    return Path(engine.best_model_path)
+
+
+@pytest.fixture(scope="session")
+def faprompt_checkpoint(synthetic_source: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny FAPrompt trained one epoch on ``synthetic_source``: its Lightning checkpoint. Read only.
+
+    It lies in the run folder anomalib writes: ``<root>/FAPrompt/synthetic_source/all/v0/weights/lightning/``.
+    """
+    return _train_one_epoch(FAPrompt, synthetic_source, tmp_path_factory.mktemp("faprompt_run"))
+
+
+@pytest.fixture(scope="session")
+def anomalyclip_checkpoint(synthetic_source: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny AnomalyCLIP trained one epoch on ``synthetic_source``: its Lightning checkpoint. Read only."""
+    return _train_one_epoch(AnomalyCLIP, synthetic_source, tmp_path_factory.mktemp("anomalyclip_run"))

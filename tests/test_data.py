@@ -18,6 +18,7 @@ from anomalib.data.datasets import MVTecADDataset
 from anomalib.data.utils import read_image as anomalib_read_image
 from anomalib.data.utils import read_mask as anomalib_read_mask
 from anomalib.engine import Engine
+from conftest import N_DEFECT, N_GOOD, SOURCE_CATEGORIES
 from lightning.pytorch.callbacks import Callback
 from PIL import Image
 
@@ -106,9 +107,9 @@ def test_sixteen_bit_dataset_gives_the_items_of_its_eight_bit_copy(tmp_path):
     assert any(item.gt_mask.any() for item in items[1])
 
 
-def test_items_equal_anomalib_mvtecad_dataset(tmp_path):
+def test_items_equal_anomalib_mvtecad_dataset(synthetic_source):
     """Valid 8-bit data reads exactly as anomalib's own MVTecADDataset, in the same order."""
-    root = make_synthetic_dataset(tmp_path / "data", categories=("alpha", "beta"), n_train=1, n_good=3, n_defect=3)
+    root = synthetic_source
     datamodule = AuxiliaryDataModule(root=root, categories=["beta"], val_split_ratio=0, num_workers=0)
     datamodule.setup()
     ours = datamodule.train_data
@@ -124,11 +125,11 @@ def test_items_equal_anomalib_mvtecad_dataset(tmp_path):
 # --- val_split_ratio 0 ---------------------------------------------------------------------------------------------
 
 
-def test_val_split_ratio_zero_trains_on_the_whole_split(tmp_path):
-    root = _small(tmp_path / "source", categories=("alpha", "beta"))
+def test_val_split_ratio_zero_trains_on_the_whole_split(synthetic_source):
+    root = synthetic_source
     datamodule = AuxiliaryDataModule(root=root, val_split_ratio=0, num_workers=0)
     datamodule.setup()
-    assert len(datamodule.train_data) == 2 * 4
+    assert len(datamodule.train_data) == len(SOURCE_CATEGORIES) * (N_GOOD + N_DEFECT)
     assert sorted(datamodule.train_data.samples.image_path) == sorted(str(path) for path in root.rglob("test/*/*.png"))
     assert datamodule.val_dataloader() == []
     with pytest.raises(ValueError, match=r"Nothing to test on.*target_dataset"):
@@ -150,12 +151,19 @@ class _ValidationCounter(Callback):
         self.batches += 1
 
 
-def test_engine_train_with_no_validation_set_fits_and_tests(tmp_path, tiny_model_args):
+@pytest.mark.slow
+def test_engine_train_with_no_validation_set_fits_and_tests(
+    synthetic_source, synthetic_target, tmp_path, tiny_model_args
+):
     """``anomalib train`` is ``Engine.train``: fit (no validation runs) then test on the target."""
-    source = _small(tmp_path / "synthetic_source")
-    target = _small(tmp_path / "synthetic_target", categories=("gamma", "delta"), seed=1)
     datamodule = AuxiliaryDataModule(
-        root=source, val_split_ratio=0, target_dataset="MVTecAD", target_root=target, train_batch_size=1, num_workers=0
+        root=synthetic_source,
+        categories=["alpha"],
+        val_split_ratio=0,
+        target_dataset="MVTecAD",
+        target_root=synthetic_target,
+        train_batch_size=4,
+        num_workers=0,
     )
     model = FAPrompt(**tiny_model_args)
     before = {name: value.clone() for name, value in model.named_parameters() if value.requires_grad}
@@ -165,10 +173,10 @@ def test_engine_train_with_no_validation_set_fits_and_tests(tmp_path, tiny_model
     )
     engine.train(model=model, datamodule=datamodule)
     assert counter.batches == 0
-    assert engine.trainer.global_step == 4  # batch 1: one step per image, all 4 of the source's test split
+    assert engine.trainer.global_step == (N_GOOD + N_DEFECT) // 4  # batch 4, all of alpha's test split
     assert any(not torch.equal(value, before[name]) for name, value in model.named_parameters() if name in before)
     (table,) = (tmp_path / "results").rglob("per_category_results.csv")
-    assert [line.split(",")[0] for line in table.read_text().splitlines()[1:3]] == ["delta", "gamma"]
+    assert [line.split(",")[0] for line in table.read_text().splitlines()[1:]] == ["delta", "epsilon", "gamma", "mean"]
     assert table.parts[-4] == "synthetic_source_to_synthetic_target"
     assert len(list((tmp_path / "results").rglob("*.ckpt"))) == 1
 
@@ -369,9 +377,8 @@ def test_empty_target_category_keeps_its_place_among_the_test_dataloaders(tmp_pa
 # --- names and missing folders -------------------------------------------------------------------------------------
 
 
-def test_names_say_what_the_data_is(tmp_path):
-    source = _small(tmp_path / "synthetic_source")
-    target = _small(tmp_path / "synthetic_target", categories=("gamma",), seed=1)
+def test_names_say_what_the_data_is(synthetic_source, synthetic_target, tmp_path):
+    source, target = synthetic_source, synthetic_target
     assert AuxiliaryDataModule(root=source).name == "synthetic_source"
     assert AuxiliaryDataModule(root=source).test_categories == ["held_out"]
     pair = AuxiliaryDataModule(root=source, target_dataset="MVTecAD", target_root=target)
@@ -384,7 +391,7 @@ def test_names_say_what_the_data_is(tmp_path):
     assert AuxiliaryDataModule(root=source, name="toy").name == "toy"
 
 
-def test_missing_dataset_folder_fails_in_one_line_before_any_download(tmp_path, monkeypatch):
+def test_missing_dataset_folder_fails_in_one_line_before_any_download(synthetic_source, tmp_path, monkeypatch):
     def no_download(*_args, **_kwargs):
         pytest.fail("a download was tried")
 
@@ -396,10 +403,9 @@ def test_missing_dataset_folder_fails_in_one_line_before_any_download(tmp_path, 
     assert "\n" not in message
     assert "'datasets/synthetic' (argument `root`) does not exist" in message
     assert "python -m anomalib_faprompt.data.synthetic datasets/synthetic" in message
-    source = _small(tmp_path / "source")
     with pytest.raises(FileNotFoundError, match=r"'datasets/target' \(argument `target_root`\)"):
-        AuxiliaryDataModule(root=source, target_dataset="Visa", target_root="datasets/target")
-    assert list(tmp_path.iterdir()) == [source]
+        AuxiliaryDataModule(root=synthetic_source, target_dataset="Visa", target_root="datasets/target")
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_failed_download_into_the_default_folder_leaves_nothing_behind(tmp_path, monkeypatch):
@@ -417,6 +423,7 @@ def test_failed_download_into_the_default_folder_leaves_nothing_behind(tmp_path,
 # --- the synthetic generator ---------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_generator_refuses_a_non_empty_folder_unless_told_to_overwrite(tmp_path):
     root = _small(tmp_path / "data", categories=("alpha", "beta"))
     own = root / "notes.txt"

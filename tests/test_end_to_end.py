@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 import csv
 import json
 import os
@@ -14,11 +13,11 @@ import pytest
 import torch
 from anomalib.data import MVTecAD
 from anomalib.engine import Engine
-from conftest import TINY_MODEL_ARGS
+from conftest import tiny_args
 from lightning.pytorch import Callback
 
 from anomalib_faprompt import FAPrompt
-from anomalib_faprompt.data import AuxiliaryDataModule, make_synthetic_dataset
+from anomalib_faprompt.data import AuxiliaryDataModule
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIG = REPO / "configs" / "faprompt_tiny.yaml"
@@ -27,9 +26,9 @@ TEST_METRICS = ("image_AUROC", "image_AUPR", "pixel_AUROC", "pixel_AUPRO")
 
 
 @pytest.fixture(scope="session")
-def dataset_root(tmp_path_factory) -> Path:
+def dataset_root(synthetic_source) -> Path:
     """Two categories, each 6 normal and 6 defect test images (with masks) and 4 normal training images."""
-    return make_synthetic_dataset(tmp_path_factory.mktemp("synthetic"))
+    return synthetic_source
 
 
 class _LossRecorder(Callback):
@@ -53,9 +52,10 @@ def _engine(root: Path, **kwargs) -> Engine:
     )
 
 
+@pytest.mark.slow
 def test_engine_trains_loss_down_and_tests(dataset_root, tmp_path):
     torch.manual_seed(0)
-    model = FAPrompt(**copy.deepcopy(TINY_MODEL_ARGS))
+    model = FAPrompt(**tiny_args())
     datamodule = AuxiliaryDataModule(root=dataset_root, val_split_ratio=0.25, num_workers=0)
     recorder = _LossRecorder()
     engine = _engine(tmp_path, max_epochs=3, callbacks=[recorder])
@@ -74,7 +74,7 @@ def test_engine_trains_loss_down_and_tests(dataset_root, tmp_path):
 
 def test_normal_only_training_data_stops_with_clear_error(dataset_root, tmp_path):
     torch.manual_seed(0)
-    model = FAPrompt(**copy.deepcopy(TINY_MODEL_ARGS))
+    model = FAPrompt(**tiny_args())
     datamodule = MVTecAD(root=dataset_root, category="alpha", num_workers=0)  # its train split is normal-only
     with pytest.raises(
         ValueError, match=r"FAPrompt learns from defect images.*no anomalous image.*AuxiliaryDataModule"
@@ -116,6 +116,7 @@ def _metrics(results: Path) -> dict[str, float]:
     return {name: float(value) for name, value in mean.items() if name != "category"}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "first_import",
     ["from anomalib_faprompt import FAPrompt", "import anomalib_faprompt.components; import anomalib_faprompt.models"],
@@ -129,7 +130,7 @@ with warnings.catch_warnings(record=True) as caught:
     warnings.simplefilter("always")
     {first_import}
     import anomalib.models as models
-args = {TINY_MODEL_ARGS!r}
+args = {tiny_args()!r}
 result = {{"warnings": [str(w.message) for w in caught if "anomalib_faprompt" in str(w.message)]}}
 for name, snake in (("FAPrompt", "fa_prompt"), ("AnomalyCLIP", "anomaly_clip")):
     cls = getattr(models, name)
@@ -173,6 +174,7 @@ def cli_train(dataset_root, tmp_path_factory) -> tuple[str, Path]:
     return output, results
 
 
+@pytest.mark.slow
 def test_cli_train_with_short_name(cli_train):
     output, results = cli_train
     metrics = _metrics(results)
@@ -183,6 +185,7 @@ def test_cli_train_with_short_name(cli_train):
     assert len(list(results.rglob("*.ckpt"))) == 1
 
 
+@pytest.mark.slow
 def test_cli_test_with_class_path_reproduces_metrics(cli_train, dataset_root, tmp_path):
     _, results = cli_train
     (checkpoint,) = results.rglob("*.ckpt")
@@ -209,6 +212,7 @@ def test_cli_test_with_class_path_reproduces_metrics(cli_train, dataset_root, tm
         assert metrics[name] == pytest.approx(trained[name], abs=1e-6), name
 
 
+@pytest.mark.slow
 def test_cli_predict_from_checkpoint(cli_train, dataset_root, tmp_path):
     _, results = cli_train
     (checkpoint,) = results.rglob("*.ckpt")

@@ -2,31 +2,15 @@
 
 from __future__ import annotations
 
-import copy
-
 import pytest
 import torch
 from anomalib.engine import Engine
-from conftest import TINY_MODEL_ARGS
-from lightning.pytorch import Trainer
+from conftest import tiny_args, write_checkpoint
 
 from anomalib_faprompt import AnomalyCLIP, FAPrompt
-from anomalib_faprompt.data import AuxiliaryDataModule, make_synthetic_dataset
+from anomalib_faprompt.data import AuxiliaryDataModule
 from anomalib_faprompt.models import base
 from anomalib_faprompt.models.faprompt.lightning_model import RELEASED_CODE
-
-
-def _args(**kwargs) -> dict:
-    return {**copy.deepcopy(TINY_MODEL_ARGS), **kwargs}
-
-
-def _save(model, path) -> str:
-    """Write the model's checkpoint as Lightning does, without training."""
-    trainer = Trainer(accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False)
-    trainer.strategy.connect(model)
-    trainer.save_checkpoint(path)
-    return str(path)
-
 
 # --- every number is checked before CLIP is loaded ------------------------------------------------------------------
 
@@ -56,7 +40,7 @@ def test_bad_arguments_fail_before_clip_is_loaded(model_class, argument, value, 
 
     monkeypatch.setattr(base, "build_backbone", no_clip)
     with pytest.raises((ValueError, FileNotFoundError), match=message):
-        model_class(**_args(**{argument: value}))
+        model_class(**tiny_args(**{argument: value}))
 
 
 @pytest.mark.parametrize(
@@ -70,13 +54,13 @@ def test_bad_arguments_fail_before_clip_is_loaded(model_class, argument, value, 
 )
 def test_arguments_bounded_by_the_backbone_are_checked_at_construction(argument, value, message):
     with pytest.raises(ValueError, match=message):
-        FAPrompt(**_args(**{argument: value}))
+        FAPrompt(**tiny_args(**{argument: value}))
 
 
 def test_long_deep_prompts_are_exact_under_truncation():
     """Deep prompts longer than the prompts themselves: the truncated text context still covers them."""
     torch.manual_seed(0)
-    model = FAPrompt(**_args(prompt_length=20)).model.eval()
+    model = FAPrompt(**tiny_args(prompt_length=20)).model.eval()
     with torch.no_grad():
         normal, abnormal = model.static_text()
         full = model.backbone.encode_text
@@ -97,9 +81,9 @@ def test_a_subclass_without_build_model_or_loss_weights_is_refused_at_constructi
         LOSS_TERMS = ("local", "ce", "extra")
 
     with pytest.raises(TypeError, match=r"NoBuild must set LOSS_TERMS.*implement compute_losses and build_model"):
-        NoBuild(**_args())
+        NoBuild(**tiny_args())
     with pytest.raises(TypeError, match=r"NoWeight must .* \(missing: \['extra_weight'\]\)"):
-        NoWeight(**_args())
+        NoWeight(**tiny_args())
 
 
 def test_released_code_preset_matches_its_config():
@@ -107,7 +91,7 @@ def test_released_code_preset_matches_its_config():
 
     config = yaml.safe_load(open("configs/faprompt_released_code.yaml"))["model"]["init_args"]  # noqa: SIM115
     assert {key: config[key] for key in RELEASED_CODE} == RELEASED_CODE
-    model = FAPrompt.released_code(**_args())
+    model = FAPrompt.released_code(**tiny_args())
     assert {key: model.hparams[key] for key in RELEASED_CODE} == RELEASED_CODE
     assert model.model.patch_selection == "first_k"
 
@@ -118,14 +102,14 @@ def test_released_code_preset_matches_its_config():
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory) -> str:
     torch.manual_seed(3)
-    return _save(FAPrompt(**_args()), tmp_path_factory.mktemp("ckpt") / "faprompt.ckpt")
+    return str(write_checkpoint(FAPrompt(**tiny_args()), tmp_path_factory.mktemp("ckpt") / "faprompt.ckpt"))
 
 
 def test_a_checkpoint_does_not_need_the_weights_file_it_started_from(checkpoint, tmp_path):
     started = tmp_path / "started.ckpt"
     started.write_bytes(open(checkpoint, "rb").read())  # noqa: SIM115
-    model = FAPrompt(**_args(weights=str(started)))
-    saved = _save(model, tmp_path / "saved.ckpt")
+    model = FAPrompt(**tiny_args(weights=str(started)))
+    saved = write_checkpoint(model, tmp_path / "saved.ckpt")
     started.unlink()
     loaded = FAPrompt.load_from_checkpoint(saved)
     assert loaded.learning_type == model.learning_type
@@ -135,18 +119,22 @@ def test_a_checkpoint_does_not_need_the_weights_file_it_started_from(checkpoint,
         torch.testing.assert_close(loaded.model.eval()(images).anomaly_map, model.model.eval()(images).anomaly_map)
 
 
-@pytest.fixture(scope="module")
-def datamodule(tmp_path_factory) -> AuxiliaryDataModule:
-    root = make_synthetic_dataset(tmp_path_factory.mktemp("data"), n_defect=2, n_good=2)
-    return AuxiliaryDataModule(root=root, val_split_ratio=0.5, train_batch_size=4, eval_batch_size=4, num_workers=0)
+@pytest.fixture
+def datamodule(synthetic_source) -> AuxiliaryDataModule:
+    return AuxiliaryDataModule(
+        root=synthetic_source, val_split_ratio=0.5, train_batch_size=4, eval_batch_size=4, num_workers=0
+    )
 
 
 @pytest.mark.parametrize(
     ("model_factory", "message"),
     [
-        (lambda: FAPrompt(**_args(vv_layers=1, abnormal_word="")), r"other hyperparameters: vv_layers=2 \(here: 1\), "),
-        (lambda: FAPrompt(**_args(patch_selection="first_k")), r"patch_selection='topk' \(here: 'first_k'\)"),
-        (lambda: AnomalyCLIP(**_args()), r"is not a checkpoint of AnomalyCLIP: it has \['prior_net"),
+        (
+            lambda: FAPrompt(**tiny_args(vv_layers=1, abnormal_word="")),
+            r"other hyperparameters: vv_layers=2 \(here: 1\), ",
+        ),
+        (lambda: FAPrompt(**tiny_args(patch_selection="first_k")), r"patch_selection='topk' \(here: 'first_k'\)"),
+        (lambda: AnomalyCLIP(**tiny_args()), r"is not a checkpoint of AnomalyCLIP: it has \['prior_net"),
     ],
 )
 def test_ckpt_path_that_does_not_fit_is_refused_before_lightning_reads_it(
@@ -162,4 +150,4 @@ def test_damaged_ckpt_path_is_named(checkpoint, datamodule, tmp_path):
     damaged.write_bytes(open(checkpoint, "rb").read()[:500])  # noqa: SIM115
     engine = Engine(default_root_dir=tmp_path, accelerator="cpu", logger=False, enable_progress_bar=False)
     with pytest.raises(ValueError, match=r"damaged\.ckpt' \(`ckpt_path`\) is not a readable anomalib checkpoint"):
-        engine.test(FAPrompt(**_args()), datamodule=datamodule, ckpt_path=str(damaged))
+        engine.test(FAPrompt(**tiny_args()), datamodule=datamodule, ckpt_path=str(damaged))

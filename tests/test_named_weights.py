@@ -7,7 +7,7 @@ import json
 import open_clip
 import pytest
 import torch
-from conftest import TINY_CLIP
+from conftest import TINY_CLIP, tiny_args
 
 from anomalib_faprompt import FAPrompt
 from anomalib_faprompt.components import load_open_clip
@@ -35,7 +35,7 @@ def test_named_model_loads_the_local_file(named_weights):
 
 
 def test_faprompt_from_named_model_and_file(named_weights):
-    model = FAPrompt(backbone=NAME, pretrained=named_weights, image_size=64, vv_layers=2, prompt_depth=3, sigma=2.0)
+    model = FAPrompt(**tiny_args(backbone=NAME, pretrained=named_weights, backbone_config=None))  # the name, no dict
     clip = model.model.backbone.clip
     expected = torch.load(named_weights, weights_only=True)
     torch.testing.assert_close(clip.token_embedding.weight, expected["token_embedding.weight"])

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 import csv
 import hashlib
 import os
@@ -18,27 +17,33 @@ import yaml
 from anomalib.data import MVTecAD
 from anomalib.data.utils import read_image
 from anomalib.engine import Engine
-from conftest import TINY_MODEL_ARGS
+from conftest import tiny_args
 from PIL import Image
 
 from anomalib_faprompt import FAPrompt
-from anomalib_faprompt.data import AuxiliaryDataModule, make_synthetic_dataset
+from anomalib_faprompt.data import AuxiliaryDataModule
 
 REPO = Path(__file__).resolve().parents[1]
 ANOMALIB = Path(sys.executable).parent / "anomalib"
-TARGETS = ("gamma", "delta")
+TARGETS = ("gamma", "delta")  # two of the target's categories: their images share their file names (000.png, ...)
 FIELD = 256  # anomalib's ImageVisualizer draws each panel at 256 x 256
 
-
-@pytest.fixture(scope="module")
-def source(tmp_path_factory) -> Path:
-    return make_synthetic_dataset(tmp_path_factory.mktemp("source"), ("alpha", "beta"), n_train=1, n_good=4, n_defect=4)
+pytestmark = pytest.mark.slow  # anomalib's Engine and command line
 
 
-@pytest.fixture(scope="module")
-def target(tmp_path_factory) -> Path:
-    """Two categories whose images share their file names (000.png, ... in good/ and in defect/)."""
-    return make_synthetic_dataset(tmp_path_factory.mktemp("target"), TARGETS, n_train=1, n_good=3, n_defect=3, seed=1)
+@pytest.fixture
+def source(synthetic_source) -> Path:
+    return synthetic_source
+
+
+@pytest.fixture
+def target(synthetic_target) -> Path:
+    return synthetic_target
+
+
+@pytest.fixture
+def trained(faprompt_checkpoint) -> Path:
+    return faprompt_checkpoint
 
 
 def _engine(root: Path, **kwargs) -> Engine:
@@ -53,6 +58,7 @@ def _datamodule(source: Path, target: Path, **kwargs) -> AuxiliaryDataModule:
         val_split_ratio=0.25,
         target_dataset="MVTecAD",
         target_root=target,
+        target_categories=list(TARGETS),
         train_batch_size=4,
         eval_batch_size=4,
         num_workers=0,
@@ -97,7 +103,7 @@ def _run_dir(results: Path) -> Path:
 
 def test_zero_shot_test_writes_one_heat_map_per_image_under_its_category(source, target, tmp_path):
     torch.manual_seed(0)
-    model = FAPrompt(**copy.deepcopy(TINY_MODEL_ARGS))  # the default visualiser
+    model = FAPrompt(**tiny_args())  # the default visualiser
     _engine(tmp_path).test(model, datamodule=_datamodule(source, target))
 
     images = _run_dir(tmp_path) / "v0" / "images"
@@ -118,22 +124,12 @@ def test_zero_shot_test_writes_one_heat_map_per_image_under_its_category(source,
 
 def test_plain_datamodule_heat_maps_go_under_its_category(target, tmp_path):
     torch.manual_seed(0)
-    model = FAPrompt(**copy.deepcopy(TINY_MODEL_ARGS))
+    model = FAPrompt(**tiny_args())
     datamodule = MVTecAD(root=target, category="delta", eval_batch_size=4, num_workers=0)
     _engine(tmp_path).test(model, datamodule=datamodule)
 
     written = _files(tmp_path / "FAPrompt" / "MVTecAD" / "delta" / "v0" / "images")
     assert sorted(written) == sorted(_target_images(target, ("delta",)))
-
-
-@pytest.fixture(scope="module")
-def trained(source, target, tmp_path_factory) -> Path:
-    """A checkpoint of the tiny FAPrompt, one epoch on the source."""
-    torch.manual_seed(0)
-    root = tmp_path_factory.mktemp("trained")
-    engine = _engine(root, max_epochs=1)
-    engine.fit(FAPrompt(**copy.deepcopy(TINY_MODEL_ARGS)), datamodule=_datamodule(source, target))
-    return Path(engine.best_model_path)
 
 
 def _read_scores(path: Path) -> list[dict[str, str]]:
@@ -146,7 +142,7 @@ def _read_scores(path: Path) -> list[dict[str, str]]:
 
 @pytest.mark.parametrize("visualizer", [False, True])
 def test_predict_with_weights_writes_the_scores(target, trained, tmp_path, caplog, visualizer):
-    model = FAPrompt(**copy.deepcopy(TINY_MODEL_ARGS), weights=str(trained), visualizer=visualizer)
+    model = FAPrompt(**tiny_args(weights=str(trained)), visualizer=visualizer)
     folder = target / "gamma" / "test"
     with caplog.at_level("INFO"):
         engine = _engine(tmp_path)
@@ -174,7 +170,7 @@ def test_predict_with_weights_writes_the_scores(target, trained, tmp_path, caplo
 
 
 def test_engine_test_from_a_checkpoint_in_a_copied_folder_leaves_the_original_alone(source, target, trained, tmp_path):
-    original = trained.parents[2].parent  # <root>/FAPrompt/MVTecAD_to_MVTecAD/all
+    original = trained.parents[2].parent  # <root>/FAPrompt/synthetic_source/all
     assert os.readlink(original / "latest") == trained.parents[2].name  # a relative link: latest -> v0
     before = _digests(original)
     copied = tmp_path / "copy"
@@ -182,7 +178,7 @@ def test_engine_test_from_a_checkpoint_in_a_copied_folder_leaves_the_original_al
     copied_ckpt = copied / trained.relative_to(trained.parents[6])
 
     torch.manual_seed(0)
-    model = FAPrompt(**copy.deepcopy(TINY_MODEL_ARGS))
+    model = FAPrompt(**tiny_args())
     _engine(copied).test(model, datamodule=_datamodule(source, target), ckpt_path=copied_ckpt)
 
     assert _digests(original) == before
@@ -219,7 +215,7 @@ def _cli(args: list[str], cwd: Path) -> str:
 
 
 def _config(path: Path, **sections) -> Path:
-    model = {"class_path": "FAPrompt", "init_args": copy.deepcopy(TINY_MODEL_ARGS)}
+    model = {"class_path": "FAPrompt", "init_args": tiny_args()}
     model["init_args"].update(sections.pop("model_args", {}))
     config = {
         "seed_everything": 111,
@@ -290,7 +286,7 @@ def test_cli_predict_with_model_weights(target, trained, tmp_path):
     assert str(run / "predictions.csv") in output
     rows = _read_scores(run / "predictions.csv")
     assert sorted(row["file"] for row in rows) == sorted(str(path) for path in folder.glob("*/*.png"))
-    model = FAPrompt(**copy.deepcopy(TINY_MODEL_ARGS), weights=str(trained)).eval()
+    model = FAPrompt(**tiny_args(weights=str(trained))).eval()
     for row in rows:  # the scores of the model itself, on the pre-processed image
         image = model.pre_processor.transform(read_image(row["file"], as_tensor=True)[None])
         with torch.no_grad():

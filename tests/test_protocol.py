@@ -20,6 +20,7 @@ from anomalib.data.datasets import MVTecADDataset
 from anomalib.engine import Engine
 from anomalib.metrics import AUPR, AUROC
 from anomalib.metrics import aupro as anomalib_aupro
+from conftest import tiny_args
 from sklearn.metrics import average_precision_score, roc_auc_score
 
 from anomalib_faprompt import AnomalyCLIP, FAPrompt
@@ -39,18 +40,15 @@ def _engine(root: Path, **kwargs) -> Engine:
     return Engine(accelerator="cpu", default_root_dir=root, logger=False, enable_progress_bar=False, **kwargs)
 
 
-@pytest.fixture(scope="module")
-def datasets(tmp_path_factory) -> tuple[Path, Path]:
-    data = tmp_path_factory.mktemp("datasets")
-    source = make_synthetic_dataset(data / "source", categories=("alpha", "beta"), n_train=1, seed=0)
-    target = make_synthetic_dataset(data / "target", categories=("gamma", "delta", "epsilon"), n_train=1, seed=1)
-    return source, target
+@pytest.fixture
+def datasets(synthetic_source, synthetic_target) -> tuple[Path, Path]:
+    return synthetic_source, synthetic_target
 
 
 @pytest.fixture(scope="module")
-def cli_run(datasets, tmp_path_factory) -> dict:
+def cli_run(synthetic_source, synthetic_target, tmp_path_factory) -> dict:
     """``anomalib train --config configs/faprompt_synthetic_tiny.yaml`` on the synthetic pair."""
-    source, target = datasets
+    source, target = synthetic_source, synthetic_target
     before = _snapshot(source.parent)
     results = tmp_path_factory.mktemp("results")
     command = [
@@ -84,9 +82,9 @@ def trained(cli_run) -> FAPrompt:
 
 
 @pytest.fixture(scope="module")
-def predictions(trained, datasets, tmp_path_factory) -> dict[str, dict[str, torch.Tensor]]:
+def predictions(trained, synthetic_target, tmp_path_factory) -> dict[str, dict[str, torch.Tensor]]:
     """Predictions of the trained model on each target category, through anomalib's own MVTecAD datamodule."""
-    _, target = datasets
+    target = synthetic_target
     engine = _engine(tmp_path_factory.mktemp("predict"))
     outputs = {}
     for category in TARGET_CATEGORIES:
@@ -99,6 +97,7 @@ def predictions(trained, datasets, tmp_path_factory) -> dict[str, dict[str, torc
     return outputs
 
 
+@pytest.mark.slow
 def test_cli_protocol_writes_per_category_tables(cli_run):
     assert list(cli_run["rows"]) == [*TARGET_CATEGORIES, "mean"]
     for name in METRICS:
@@ -112,6 +111,7 @@ def test_cli_protocol_writes_per_category_tables(cli_run):
     assert cli_run["unchanged"], "training wrote into the source dataset folder"
 
 
+@pytest.mark.slow
 def test_table_equals_independent_computation_per_category(cli_run, predictions):
     for category in TARGET_CATEGORIES:
         output, row = predictions[category], cli_run["rows"][category]
@@ -125,6 +125,7 @@ def test_table_equals_independent_computation_per_category(cli_run, predictions)
         assert row["pixel_AUPRO"] == pytest.approx(float(aupro.compute()), abs=1e-5)
 
 
+@pytest.mark.slow
 def test_target_scores_are_the_raw_model_probabilities(trained, predictions, datasets):
     output = predictions["gamma"]
     dataset = MVTecADDataset(root=datasets[1], category="gamma", split="test")
@@ -136,6 +137,7 @@ def test_target_scores_are_the_raw_model_probabilities(trained, predictions, dat
     assert torch.equal(output["pred_label"], output["pred_score"] >= 0.5)
 
 
+@pytest.mark.slow
 def test_checkpoint_tests_on_an_anomalib_datamodule_without_training(cli_run, datasets, tmp_path):
     # What `anomalib test --model FAPrompt --ckpt_path ... --data MVTecAD --data.category gamma` runs.
     _, target = datasets
@@ -149,6 +151,7 @@ def test_checkpoint_tests_on_an_anomalib_datamodule_without_training(cli_run, da
     assert table.read_text().splitlines()[1].startswith("gamma,")
 
 
+@pytest.mark.slow
 def test_predict_on_a_folder_of_images(trained, predictions, datasets, tmp_path):
     # What `anomalib predict --ckpt_path ... --data path/to/images` runs.
     _, target = datasets
@@ -222,7 +225,7 @@ def test_auxiliary_data_sources_masks_and_categories(datasets, tmp_path):
     assert set(datamodule.val_data.samples.label_index) == {0, 1}
     item = next(datamodule.train_data[index] for index in range(len(samples)) if samples.label_index[index] == 1)
     assert set(item.gt_mask.unique().tolist()) == {0, 1}
-    assert datamodule.name == "source"  # MVTec AD's layout, not its categories: named after the folder
+    assert datamodule.name == "synthetic_source"  # MVTec AD's layout, not its categories: named after the folder
     assert datamodule.category == "all"
 
     only_alpha = AuxiliaryDataModule(root=source, categories=["alpha"], val_split_ratio=0.25, num_workers=0)
@@ -246,7 +249,7 @@ def test_auxiliary_data_sources_masks_and_categories(datasets, tmp_path):
     combined = [*both.train_data.samples.itertuples(), *both.val_data.samples.itertuples()]
     assert len(combined) == 12 + 12
     assert all(row.mask_path for row in combined if row.label_index == 1)
-    assert both.name == "source+custom"
+    assert both.name == "synthetic_source+custom"
 
     visa = tmp_path / "visa"  # anomalib's prepared VisA layout: <root>/visa_pytorch/<category>/...
     make_synthetic_dataset(visa / "visa_pytorch", categories=("candle", "pcb1"), n_train=1, n_good=4, n_defect=4)
@@ -255,13 +258,14 @@ def test_auxiliary_data_sources_masks_and_categories(datasets, tmp_path):
     )
     transfer.prepare_data()
     transfer.setup()
-    assert transfer.name == "source_to_Visa"
+    assert transfer.name == "synthetic_source_to_Visa"
     assert transfer.test_categories == ["pcb1"]
     (loader,) = transfer.test_dataloader()
     assert len(loader.dataset) == 8
     assert all("/visa_pytorch/pcb1/" in path for path in loader.dataset.samples.image_path)
 
 
+@pytest.mark.slow
 def test_missing_masks_raise_or_train_image_level_only(datasets, tmp_path):
     source, _ = datasets
     root = tmp_path / "partial"
@@ -277,7 +281,7 @@ def test_missing_masks_raise_or_train_image_level_only(datasets, tmp_path):
     assert len(datamodule.train_data) + len(datamodule.val_data) == 12
     assert all(datamodule.train_data[index].gt_mask is None for index in range(3))
 
-    model = FAPrompt(pretrained=None, **_tiny_args(), pixel_losses=False)
+    model = FAPrompt(**tiny_args(pixel_losses=False))
     engine = _engine(tmp_path / "run", max_epochs=1, limit_train_batches=2, limit_val_batches=1)
     engine.fit(model=model, datamodule=datamodule)
     logged = engine.trainer.logged_metrics
@@ -286,7 +290,7 @@ def test_missing_masks_raise_or_train_image_level_only(datasets, tmp_path):
     assert "train_loss_dap_local" not in logged
 
     with pytest.raises(ValueError, match="pixel_losses=False"):
-        FAPrompt(pretrained=None, **_tiny_args()).targets(next(iter(datamodule.train_dataloader())))
+        FAPrompt(**tiny_args()).targets(next(iter(datamodule.train_dataloader())))
 
 
 @pytest.mark.parametrize(("model_class", "pixel_terms"), [(FAPrompt, {"local", "dap_local"}), (AnomalyCLIP, {"local"})])
@@ -315,9 +319,3 @@ def test_offline_error_says_where_to_place_the_data(tmp_path, monkeypatch):
         datamodule.prepare_data()
     assert str(tmp_path / "MVTecAD") in str(error.value)
     assert "mvtec.com" in str(error.value)
-
-
-def _tiny_args() -> dict:
-    from conftest import TINY_MODEL_ARGS
-
-    return {key: value for key, value in TINY_MODEL_ARGS.items() if key != "pretrained"}
