@@ -125,10 +125,16 @@ def synthetic_target(synthetic_datasets: Path) -> Path:
     return make_synthetic_dataset(synthetic_datasets / "synthetic_target", categories=TARGET_CATEGORIES, seed=1)
 
 
-def _train_one_epoch(model_class: type, source: Path, root: Path) -> Path:
+def _train_one_epoch(model_class: type, source: Path, target: Path, root: Path) -> Path:
     torch.manual_seed(0)
     datamodule = AuxiliaryDataModule(
-        root=source, val_split_ratio=0.25, train_batch_size=8, eval_batch_size=8, num_workers=0
+        root=source,
+        val_split_ratio=0.25,
+        target_dataset="MVTecAD",
+        target_root=target,
+        train_batch_size=8,
+        eval_batch_size=8,
+        num_workers=0,
     )
     engine = Engine(
         accelerator="cpu", devices=1, max_epochs=1, default_root_dir=root, logger=False, enable_progress_bar=False
@@ -138,15 +144,20 @@ def _train_one_epoch(model_class: type, source: Path, root: Path) -> Path:
 
 
 @pytest.fixture(scope="session")
-def faprompt_checkpoint(synthetic_source: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+def faprompt_checkpoint(
+    synthetic_source: Path, synthetic_target: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Path:
     """The tiny FAPrompt trained one epoch on ``synthetic_source``: its Lightning checkpoint. Read only.
 
-    It lies in the run folder anomalib writes: ``<root>/FAPrompt/synthetic_source/all/v0/weights/lightning/``.
+    As the README's main job trains it (``fit`` only, no test): in the run folder anomalib writes,
+    ``<root>/FAPrompt/synthetic_source_to_synthetic_target/all/v0/weights/lightning/model.ckpt``.
     """
-    return _train_one_epoch(FAPrompt, synthetic_source, tmp_path_factory.mktemp("faprompt_run"))
+    return _train_one_epoch(FAPrompt, synthetic_source, synthetic_target, tmp_path_factory.mktemp("faprompt_run"))
 
 
 @pytest.fixture(scope="session")
-def anomalyclip_checkpoint(synthetic_source: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The tiny AnomalyCLIP trained one epoch on ``synthetic_source``: its Lightning checkpoint. Read only."""
-    return _train_one_epoch(AnomalyCLIP, synthetic_source, tmp_path_factory.mktemp("anomalyclip_run"))
+def anomalyclip_checkpoint(
+    synthetic_source: Path, synthetic_target: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Path:
+    """The tiny AnomalyCLIP trained one epoch on ``synthetic_source``, as ``faprompt_checkpoint``. Read only."""
+    return _train_one_epoch(AnomalyCLIP, synthetic_source, synthetic_target, tmp_path_factory.mktemp("anomalyclip_run"))

@@ -11,6 +11,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "benchmarks" / "benchmark_faprompt.py"
+pytestmark = pytest.mark.slow  # the script runs in a subprocess
 ROWS = [
     "FAPrompt inference (images/s)",
     "FAPrompt inference (s/batch)",

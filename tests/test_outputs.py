@@ -170,7 +170,7 @@ def test_predict_with_weights_writes_the_scores(target, trained, tmp_path, caplo
 
 
 def test_engine_test_from_a_checkpoint_in_a_copied_folder_leaves_the_original_alone(source, target, trained, tmp_path):
-    original = trained.parents[2].parent  # <root>/FAPrompt/synthetic_source/all
+    original = trained.parents[2].parent  # <root>/FAPrompt/synthetic_source_to_synthetic_target/all
     assert os.readlink(original / "latest") == trained.parents[2].name  # a relative link: latest -> v0
     before = _digests(original)
     copied = tmp_path / "copy"

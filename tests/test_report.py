@@ -198,6 +198,7 @@ def test_cli_names_the_file_and_what_to_do_in_one_line(tmp_path, capsys, text, m
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.slow
 def test_module_command_on_an_empty_csv(tmp_path):
     path = tmp_path / "results.csv"
     path.write_text("")
