@@ -208,6 +208,7 @@ def test_relative_root_with_folder_and_without_masks(tmp_path, monkeypatch):
 # --- damaged files, JPEG files, extra masks ------------------------------------------------------------------------
 
 
+@pytest.mark.slow  # starts DataLoader worker processes
 def test_truncated_image_is_named_or_skipped_and_listed(tmp_path):
     root = _small(tmp_path / "data", categories=("alpha",))
     damaged = root / "alpha" / "test" / "good" / "001.png"
