@@ -57,18 +57,14 @@ SLOW_FILES = {
 SLOW_TESTS = {
     # subprocesses (a fresh interpreter importing anomalib)
     "test_register.py::test_startup_imports_nothing_heavy",
-    "test_register.py::test_anomalib_models_publishes_the_plugin_models",
-    "test_register.py::test_hook_registers_when_anomalib_models_was_imported_first",
-    "test_register.py::test_hook_can_be_switched_off",
     "test_register.py::test_models_are_published_whatever_the_import_order",
     "test_register.py::test_get_model_by_short_name_and_class_path",
     "test_register.py::test_switch_turns_everything_off_for_a_plain_import",
     "test_register.py::test_switch_skips_the_start_up_import",
     "test_register.py::test_import_deprecations_are_filtered_only_for_the_package",
     "test_mixed_precision.py::test_benchmark_script_bf16_on_cpu",
-    # anomalib's Engine
+    # trains through anomalib's Engine
     "test_mixed_precision.py::test_engine_bf16_mixed_fit_test_predict",
-    "test_evaluator.py::test_engine_test_prints_the_table_and_where_it_is",
 }
 # Fixtures that train: a test that uses one is an integration test.
 TRAINING_FIXTURES = {"faprompt_checkpoint", "anomalyclip_checkpoint"}
