@@ -19,6 +19,7 @@ from torch import nn
 from .blur import GaussianBlur
 from .clip import CLIPBackbone
 from .maps import upsample_patches
+from .options import check_positive, check_sigma
 from .precision import autocast_off, float32
 from .prompts import DeepPrompts
 from .text_cache import StaticTextCache
@@ -81,12 +82,8 @@ class PromptedCLIPModel(nn.Module):
                 "context length less the start token)."
             )
             raise ValueError(msg)
-        if not temperature > 0:
-            msg = f"temperature={temperature} must be positive (the papers use 0.07)."
-            raise ValueError(msg)
-        if not 0 < sigma <= backbone.image_size:
-            msg = f"sigma={sigma} must be positive and at most the image side {backbone.image_size} (pixels)."
-            raise ValueError(msg)
+        check_positive("temperature", temperature)
+        check_sigma(sigma, backbone.image_size)
         self.backbone = backbone
         self.temperature = temperature
         self.deep_prompts = DeepPrompts(prompt_depth, prompt_length, backbone.text_width)

@@ -4,7 +4,15 @@ from __future__ import annotations
 
 from typing import Any, Literal, get_args
 
-__all__ = ["GlobalLossInput", "LocalScore", "PatchSelection", "check_choice", "check_count"]
+__all__ = [
+    "GlobalLossInput",
+    "LocalScore",
+    "PatchSelection",
+    "check_choice",
+    "check_count",
+    "check_positive",
+    "check_sigma",
+]
 
 PatchSelection = Literal["topk", "first_k"]
 LocalScore = Literal["paper", "released"]
@@ -25,4 +33,22 @@ def check_count(name: str, value: int, minimum: int = 1, maximum: int | None = N
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum or too_large:
         bound = f"between {minimum} and {maximum}" if maximum is not None else f"an integer of at least {minimum}"
         msg = f"{name}={value!r} must be {bound}{f' ({why})' if why else ''}."
+        raise ValueError(msg)
+
+
+def check_positive(name: str, value: float) -> None:
+    """Raise a ``ValueError`` naming the argument when ``value`` is not a positive number."""
+    if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
+        msg = f"{name}={value!r} must be a positive number."
+        raise ValueError(msg)
+
+
+def check_sigma(sigma: float, image_size: int) -> None:
+    """Raise a ``ValueError`` unless the map blur's ``sigma`` is positive and at most the image side."""
+    check_positive("sigma", sigma)
+    if sigma > image_size:
+        msg = (
+            f"sigma={sigma} is larger than image_size={image_size}: a blur that wide flattens the map. Use a sigma "
+            "in pixels of the working image (the papers: 4 for AnomalyCLIP, 10 for FAPrompt at 518)."
+        )
         raise ValueError(msg)

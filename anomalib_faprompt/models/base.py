@@ -32,12 +32,19 @@ from torch import nn
 from torchvision.transforms.v2 import Compose, InterpolationMode, Normalize, Resize
 
 from anomalib_faprompt.components import PromptedCLIPModel, build_backbone, local_loss
-from anomalib_faprompt.components.options import check_count
+from anomalib_faprompt.components.options import check_count, check_positive, check_sigma
 from anomalib_faprompt.metrics import PerCategoryEvaluator
 from anomalib_faprompt.predictions import PredictionScoresWriter
 from anomalib_faprompt.visualization import CategoryImageVisualizer
 
-from .checkpoint import check_checkpoint, guard_checkpoint_io, read_checkpoint, restore_frozen, strip_frozen
+from .checkpoint import (
+    check_checkpoint,
+    check_checkpoint_file,
+    guard_checkpoint_io,
+    read_checkpoint,
+    restore_frozen,
+    strip_frozen,
+)
 from .export import PromptExportMixin
 from .pre_processor import CLIPPreProcessor
 from .targets import TrainingTargets
@@ -48,22 +55,14 @@ OPENAI_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
 
-def _check_hyperparameters(hparams: Any, loss_terms: tuple[str, ...]) -> None:  # noqa: ANN401
+def _check_hyperparameters(hparams: Any, loss_terms: tuple[str, ...], model_name: str) -> None:  # noqa: ANN401
     """Checks of the numbers that need no backbone, so that a bad value fails before CLIP is loaded."""
     check_count("image_size", hparams.image_size)
     for name in ("vv_layers", "prompt_depth", "prompt_length", *(key for key in hparams if key.startswith("n_"))):
         check_count(name, hparams[name])
-    for name in ("temperature", "sigma", "learning_rate"):
-        value = hparams[name]
-        if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
-            msg = f"{name}={value!r} must be a positive number."
-            raise ValueError(msg)
-    if hparams.sigma > hparams.image_size:
-        msg = (
-            f"sigma={hparams.sigma} is larger than image_size={hparams.image_size}: a blur that wide flattens the "
-            "map. Use a sigma in pixels of the working image (the papers: 4 for AnomalyCLIP, 10 for FAPrompt at 518)."
-        )
-        raise ValueError(msg)
+    check_positive("temperature", hparams.temperature)
+    check_positive("learning_rate", hparams.learning_rate)
+    check_sigma(hparams.sigma, hparams.image_size)
     betas = tuple(hparams.betas)
     if len(betas) != 2 or not all(0 <= beta < 1 for beta in betas):
         msg = f"betas={list(betas)} must be two numbers in [0, 1) (Adam's betas)."
@@ -73,14 +72,8 @@ def _check_hyperparameters(hparams: Any, loss_terms: tuple[str, ...]) -> None:  
         if not weight >= 0:
             msg = f"{term}_weight={weight!r} must be a number of at least 0."
             raise ValueError(msg)
-    weights = hparams.weights
-    if weights is not None and not Path(weights).is_file():
-        what = "is a directory" if Path(weights).is_dir() else "does not exist"
-        msg = (
-            f"Checkpoint '{weights}' (argument `weights`) {what}. Pass the checkpoint of a trained model, e.g. the "
-            "`weights/lightning/model.ckpt` written by `anomalib train`, or `weights=None` to train from scratch."
-        )
-        raise FileNotFoundError(msg)
+    if hparams.weights is not None:
+        check_checkpoint_file(hparams.weights, "argument `weights`", model_name)
 
 
 class PromptLearningModule(PromptExportMixin, AnomalibModule):
@@ -126,7 +119,7 @@ class PromptLearningModule(PromptExportMixin, AnomalibModule):
             evaluator=evaluator,
             visualizer=visualizer,
         )
-        _check_hyperparameters(self.hparams, self.LOSS_TERMS)
+        _check_hyperparameters(self.hparams, self.LOSS_TERMS, self.name)
         if pre_processor is True:
             self.pre_processor = self.configure_pre_processor((self.hparams.image_size,) * 2)
         model = self.build_model()

@@ -27,7 +27,14 @@ if TYPE_CHECKING:
 
     from .base import PromptLearningModule
 
-__all__ = ["check_checkpoint", "guard_checkpoint_io", "read_checkpoint", "restore_frozen", "strip_frozen"]
+__all__ = [
+    "check_checkpoint",
+    "check_checkpoint_file",
+    "guard_checkpoint_io",
+    "read_checkpoint",
+    "restore_frozen",
+    "strip_frozen",
+]
 
 MODEL_KEY = "anomalib_faprompt_model"
 FINGERPRINT_KEY = "backbone_fingerprint"
@@ -37,6 +44,18 @@ ZERO_SHOT_KEY = "anomalib_faprompt_zero_shot"
 def _frozen_prefix(module: PromptLearningModule) -> str:
     """State-dict prefix of the frozen CLIP weights inside the anomalib module."""
     return f"model.{module.model.frozen_prefix}"
+
+
+def check_checkpoint_file(path: str | Path, source: str, model_name: str) -> None:
+    """Raise a ``FileNotFoundError`` naming ``path`` and ``source`` when it is not a file (cheap, reads nothing)."""
+    path = Path(path)
+    if not path.is_file():
+        what = "is a directory" if path.is_dir() else "does not exist"
+        msg = (
+            f"{model_name} checkpoint '{path}' ({source}) {what}. Pass the checkpoint file of a trained "
+            f"{model_name}, e.g. the `weights/lightning/model.ckpt` written by `anomalib train --model {model_name}`."
+        )
+        raise FileNotFoundError(msg)
 
 
 def read_checkpoint(module: PromptLearningModule, path: str | Path, source: str) -> dict[str, Any]:
@@ -55,13 +74,7 @@ def read_checkpoint(module: PromptLearningModule, path: str | Path, source: str)
         ValueError: The file is no readable anomalib checkpoint.
     """
     path = Path(path)
-    if not path.is_file():
-        what = "is a directory" if path.is_dir() else "does not exist"
-        msg = (
-            f"{module.name} checkpoint '{path}' ({source}) {what}. Pass the checkpoint file of a trained "
-            f"{module.name}, e.g. the `weights/lightning/model.ckpt` written by `anomalib train --model {module.name}`."
-        )
-        raise FileNotFoundError(msg)
+    check_checkpoint_file(path, source, module.name)
     try:
         with anomalib_safe_globals(extra=module.checkpoint_safe_globals()):
             checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
