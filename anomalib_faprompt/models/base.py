@@ -114,21 +114,21 @@ class PromptLearningModule(PromptExportMixin, AnomalibModule):
             )
             raise TypeError(msg)
         super().__init__(
-            pre_processor=pre_processor,
+            pre_processor=False if pre_processor is True else pre_processor,  # the default needs the image size
             post_processor=post_processor,
             evaluator=evaluator,
             visualizer=visualizer,
         )
         _check_hyperparameters(self.hparams, self.LOSS_TERMS, self.name)
         if pre_processor is True:
-            self.pre_processor = self.configure_pre_processor((self.hparams.image_size,) * 2)
+            self.pre_processor = self.configure_pre_processor((self.image_size,) * 2)
         model = self.build_model()
         if not isinstance(model, PromptedCLIPModel):
             msg = f"{type(self).__name__}.build_model must return a PromptedCLIPModel, not {type(model).__name__}."
             raise TypeError(msg)
         self.model = model
         self.loss_weights = {term: float(self.hparams[f"{term}_weight"]) for term in self.LOSS_TERMS}
-        self.targets = TrainingTargets(self.name, self.hparams.image_size, self.hparams.pixel_losses)
+        self.targets = TrainingTargets(self.name, self.image_size, self.hparams.pixel_losses)
         self.zero_shot = False
         if self.hparams.weights is not None:
             self.load_trained_weights(self.hparams.weights)
