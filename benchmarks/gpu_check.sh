@@ -6,7 +6,8 @@
 #   3. both models (tiny random CLIP): training steps and inference under bf16 and fp16 autocast;
 #   4. benchmarks/benchmark_faprompt.py, ViT-L-14-336 (random weights) at 518, batch 1, 8, 32, fp32, bf16
 #      and fp16 autocast, training step at batch 8, differences of scores and maps to fp32;
-#   5. the same benchmark in fp32 with --tf32;
+#   5. the same benchmark in fp32 with --tf32, and a torch.profiler table of one bf16 inference call at the
+#      largest batch (where the time goes);
 #   6. the toy zero-shot protocol through anomalib's command line: `anomalib train` (fit + test), then
 #      `anomalib test` and `anomalib predict` of its checkpoint, with --trainer.precision bf16-mixed;
 #   7. the same with 16-mixed.
@@ -47,6 +48,7 @@ case "$DEVICE" in
         ACCELERATOR=gpu
         BENCH=(--device cuda --batch-sizes 1 8 32 --train-batch-size 8 --repeats 3 --warmup 2)
         PRECISIONS=(fp32 bf16 fp16)
+        PROFILE_BATCH=32
         CLI_PRECISIONS=(bf16-mixed 16-mixed)
         SLOW=1
         ;;
@@ -54,6 +56,7 @@ case "$DEVICE" in
         ACCELERATOR=cpu
         BENCH=(--device cpu --tiny --batch-sizes 1 2 4 --train-batch-size 2 --repeats 1 --warmup 1)
         PRECISIONS=(fp32 bf16)
+        PROFILE_BATCH=4
         CLI_PRECISIONS=(bf16-mixed)
         SLOW=4
         ;;
@@ -143,12 +146,12 @@ for matmul in ("highest", "high"):
             new = blur(maps.to(device)).cpu()[:, 0].double().numpy()
             with torch.autocast(device.type, dtype=torch.bfloat16):
                 mixed = blur(maps.to(device))
-            plain = gaussian_blur(maps.to(device), blur.kernel, exact_tf32=False).cpu()[:, 0].double().numpy()
+            plain = gaussian_blur(maps.to(device), blur.kernel, split=False).cpu()[:, 0].double().numpy()
         assert mixed.dtype == torch.float32, mixed.dtype
         difference = max(np.abs(new - expected).max(), np.abs(mixed.cpu()[:, 0].double().numpy() - expected).max())
         worst = max(worst, difference)
         print(f"matmul precision {matmul:7s} sigma {sigma:4}: max |blur - scipy| {difference:.2e} "
-              f"(without the TF32-exact split: {np.abs(plain - expected).max():.2e})")
+              f"(products not split: {np.abs(plain - expected).max():.2e})")
 count = 32 if device.type == "cuda" else 2
 maps = torch.rand(count, 1, 518, 518, device=device)
 blurs = {"anomalib GaussianBlur2d": GaussianBlur2d(sigma=(10.0, 10.0), channels=1), "GaussianBlur": GaussianBlur(10.0)}
@@ -219,6 +222,8 @@ EOF
 # 4. and 5. Benchmarks.
 run_step benchmark 300 80 "$PYTHON" "$ROOT/benchmarks/benchmark_faprompt.py" "${BENCH[@]}" --precision "${PRECISIONS[@]}"
 run_step benchmark_tf32 180 30 "$PYTHON" "$ROOT/benchmarks/benchmark_faprompt.py" "${BENCH[@]}" --precision fp32 --tf32
+run_step profile_bf16 180 60 "$PYTHON" "$ROOT/benchmarks/benchmark_faprompt.py" "${BENCH[@]}" --precision bf16 \
+    --batch-sizes "$PROFILE_BATCH" --train-batch-size 0 --repeats 1 --profile 25
 
 # 6. and 7. The toy protocol through anomalib's command line.
 run_step synthetic_data 120 5 "$PYTHON" - "$WORK" <<'EOF'

@@ -7,7 +7,14 @@ import pytest
 import torch
 from scipy import ndimage
 
-from anomalib_faprompt.components.blur import GaussianBlur, gaussian_blur, gaussian_kernel1d, reflect_index
+from anomalib_faprompt.components import blur as blur_module
+from anomalib_faprompt.components.blur import (
+    GaussianBlur,
+    banded_kernel_matrix,
+    gaussian_blur,
+    gaussian_kernel1d,
+    reflect_index,
+)
 
 SIZES = [(64, 64), (37, 53), (100, 9), (5, 5), (3, 7), (1, 4), (2, 1)]
 
@@ -29,13 +36,38 @@ def test_equals_scipy_whole_map(size: tuple[int, int], sigma: float) -> None:
 
 
 @pytest.mark.parametrize("sigma", [4.0, 10.0])
-def test_tf32_exact_split_equals_scipy(sigma: float) -> None:
-    """The CUDA path (high/low split of input and kernel), run on the CPU, gives the same map."""
+def test_split_products_equal_scipy(sigma: float) -> None:
+    """The GPU path (high/low split of every product operand), run on the CPU, gives the same map."""
     maps = torch.rand(2, 1, 40, 67, generator=torch.Generator().manual_seed(1))
-    blurred = gaussian_blur(maps, gaussian_kernel1d(sigma), exact_tf32=True)
+    blurred = gaussian_blur(maps, gaussian_kernel1d(sigma), split=True)
     np.testing.assert_allclose(blurred[:, 0].numpy(), scipy_blur(maps[:, 0].numpy(), sigma), rtol=0, atol=1e-5)
-    plain = gaussian_blur(maps, gaussian_kernel1d(sigma), exact_tf32=False)
+    plain = gaussian_blur(maps, gaussian_kernel1d(sigma), split=False)
     torch.testing.assert_close(blurred, plain, rtol=0, atol=1e-6)
+
+
+def test_split_by_default_where_fp32_products_may_be_reduced(monkeypatch: pytest.MonkeyPatch) -> None:
+    """On a CPU at "medium" fp32 matmul precision (bf16 products where the CPU has them) the products split."""
+    used = []
+    matmul = blur_module._matmul
+    monkeypatch.setattr(blur_module, "_matmul", lambda a, b, split: used.append(split) or matmul(a, b, split))
+    maps = torch.rand(2, 1, 30, 41, generator=torch.Generator().manual_seed(2))
+    expected = scipy_blur(maps[:, 0].numpy(), 4.0)
+    previous = torch.get_float32_matmul_precision()
+    try:
+        torch.set_float32_matmul_precision("medium")
+        reduced = GaussianBlur(4.0)(maps)
+    finally:
+        torch.set_float32_matmul_precision(previous)
+    np.testing.assert_allclose(reduced[:, 0].numpy(), expected, rtol=0, atol=1e-5)
+    GaussianBlur(4.0)(maps)
+    GaussianBlur(4.0)(maps.double())
+    assert used == [True, True, False, False, False, False]
+
+
+def test_banded_kernel_matrix() -> None:
+    a, b, c = 0.25, 0.5, 0.25
+    expected = [[a, b, c, 0, 0], [0, a, b, c, 0], [0, 0, a, b, c]]
+    assert banded_kernel_matrix(torch.tensor([a, b, c]), 3).tolist() == expected
 
 
 def test_kernel_is_scipys() -> None:

@@ -3,25 +3,27 @@
 The papers' evaluation code blurs the maps with ``scipy.ndimage.gaussian_filter(map, sigma)``: a
 Gaussian truncated at ``int(4 sigma + 0.5)`` pixels, border mode ``"reflect"`` (half-sample symmetric:
 ``d c b a | a b c d | d c b a``, repeated for maps smaller than the kernel). :class:`GaussianBlur` computes
-the same thing as two 1-D convolutions, always in fp32 (also under autocast), with ops that export to
-ONNX and OpenVINO: the border is an ``index_select`` with a reflected index, not ``F.pad``, whose
-``"reflect"`` mode is scipy's ``"mirror"`` (``d c b | a b c d``).
+the same thing as two 1-D passes, always in fp32 (also under autocast), with ops that export to ONNX and
+OpenVINO. Each pass extends the axis by a reflected ``index_select`` (not ``F.pad``, whose ``"reflect"``
+mode is scipy's ``"mirror"``, ``d c b | a b c d``) and multiplies by the banded ``(L, L + 2 r)`` matrix of
+the kernel. A matrix product, not a ``conv2d`` with a ``1 x (2 r + 1)`` kernel: on a GPU it is one
+fast GEMM where cuDNN's fp32 convolution of 81 taps took most of a bf16 inference step.
 
-On CUDA, fp32 convolutions may run in TF32 (10-bit mantissa; cuDNN's default), which would move the
-blur by about 1e-4. There each pass splits its input and kernel into a bf16-representable high part and
-an fp32 remainder, ``(x_hi + x_lo) * (w_hi + w_lo)``, so that every operand is exact in TF32 and the
-result is fp32-accurate whatever the TF32 settings.
+fp32 matrix products may run with a shorter mantissa: TF32 (10 bits) on CUDA where allowed,
+bf16 on a CPU under ``torch.set_float32_matmul_precision("medium")``. That would move the blur by about
+1e-4. There each product splits its operands into a bf16-representable high part and an fp32
+remainder, ``a_hi b_hi + a_hi b_lo + a_lo b``, so that the result is fp32-accurate (about 1e-6) whatever
+those settings.
 """
 
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F  # noqa: N812
 from torch import nn
 
 from .precision import float32
 
-__all__ = ["GaussianBlur", "gaussian_kernel1d", "reflect_index"]
+__all__ = ["GaussianBlur", "banded_kernel_matrix", "gaussian_blur", "gaussian_kernel1d", "reflect_index"]
 
 
 def gaussian_kernel1d(sigma: float) -> torch.Tensor:
@@ -43,45 +45,46 @@ def reflect_index(length: int, radius: int, device: torch.device | None = None) 
     return torch.where(index >= length, period - 1 - index, index)
 
 
-def _split(tensor: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def banded_kernel_matrix(kernel: torch.Tensor, length: int) -> torch.Tensor:
+    """The ``(length, length + 2 r)`` matrix ``T[i, p] = kernel[p - i]`` (zero off the band).
+
+    ``T @ x`` of an axis ``x`` extended by ``r`` on each side is the correlation with ``kernel`` (the
+    Gaussian is symmetric, so also the convolution).
+    """
+    width = kernel.shape[0]
+    offsets = (
+        torch.arange(length + width - 1, device=kernel.device) - torch.arange(length, device=kernel.device)[:, None]
+    )
+    inside = (offsets >= 0) & (offsets < width)
+    return torch.where(
+        inside, kernel[offsets.clamp(0, width - 1)], torch.zeros((), dtype=kernel.dtype, device=kernel.device)
+    )
+
+
+def _high_low(tensor: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """``tensor`` as ``high + low``: ``high`` representable in bf16 (so in TF32), ``low`` the exact fp32 rest."""
     high = tensor.to(torch.bfloat16).to(tensor.dtype)
     return high, tensor - high
 
 
-def _blur_pass(maps: torch.Tensor, kernel: torch.Tensor, dim: int, exact_tf32: bool) -> torch.Tensor:
-    """Blur ``(N, 1, H, W)`` maps along ``dim`` (2: rows, 3: columns) with reflect borders.
-
-    Args:
-        maps: fp32 maps.
-        kernel: ``(2 r + 1,)`` fp32 kernel.
-        dim: 2 or 3.
-        exact_tf32: Split input and kernel so that a TF32 convolution gives the fp32 result.
-
-    Returns:
-        The blurred ``(N, 1, H, W)`` maps.
-    """
-    radius = (kernel.shape[0] - 1) // 2
-    if radius == 0:
-        return maps * kernel[0]
-    padded = maps.index_select(dim, reflect_index(maps.shape[dim], radius, maps.device))
-    shape = (1, 1, -1, 1) if dim == 2 else (1, 1, 1, -1)
-    if not exact_tf32:
-        return F.conv2d(padded, kernel.reshape(shape))
-    # (x_hi + x_lo) * (w_hi + w_lo): two input channels, two output channels, summed.
-    weight = torch.stack(_split(kernel)).reshape(2, 1, *kernel.reshape(shape).shape[2:])
-    weight = weight.expand(2, 2, -1, -1).contiguous()
-    return F.conv2d(torch.cat(_split(padded), dim=1), weight).sum(dim=1, keepdim=True)
+def _matmul(a: torch.Tensor, b: torch.Tensor, split: bool) -> torch.Tensor:
+    """``a @ b``; with ``split``, fp32-accurate also where fp32 products run in TF32 or bf16."""
+    if not split:
+        return a @ b
+    a_high, a_low = _high_low(a)
+    b_high, b_low = _high_low(b)
+    return a_high @ b_high + a_high @ b_low + a_low @ b
 
 
 @float32
-def gaussian_blur(maps: torch.Tensor, kernel: torch.Tensor, exact_tf32: bool | None = None) -> torch.Tensor:
+def gaussian_blur(maps: torch.Tensor, kernel: torch.Tensor, split: bool | None = None) -> torch.Tensor:
     """Blur ``(..., H, W)`` maps with the 1-D ``kernel`` along both axes, reflect borders, in fp32.
 
     Args:
         maps: Maps of any floating dtype; fp16/bf16 are upcast.
         kernel: ``(2 r + 1,)`` kernel.
-        exact_tf32: Use the TF32-exact split (see the module docstring); default: for fp32 on CUDA.
+        split: Split the operands of each product (see the module docstring). Default: for fp32 maps
+            on a GPU, or on a CPU whose fp32 matrix-product precision is not ``"highest"``.
 
     Returns:
         fp32 (fp64 for fp64 input) blurred maps of the input's shape.
@@ -89,13 +92,18 @@ def gaussian_blur(maps: torch.Tensor, kernel: torch.Tensor, exact_tf32: bool | N
     if maps.dim() < 2:
         msg = f"GaussianBlur needs maps of shape (..., H, W); got a tensor of shape {tuple(maps.shape)}."
         raise ValueError(msg)
-    if exact_tf32 is None:
-        exact_tf32 = maps.device.type == "cuda" and maps.dtype == torch.float32
-    shape = maps.shape
-    flat = maps.reshape(-1, 1, *shape[-2:])
-    kernel = kernel.to(device=flat.device, dtype=flat.dtype)
-    blurred = _blur_pass(_blur_pass(flat, kernel, 3, exact_tf32), kernel, 2, exact_tf32)
-    return blurred.reshape(shape)
+    if split is None:
+        reduced = maps.device.type != "cpu" or torch.get_float32_matmul_precision() != "highest"
+        split = reduced and maps.dtype == torch.float32
+    kernel = kernel.to(device=maps.device, dtype=maps.dtype)
+    radius = (kernel.shape[0] - 1) // 2
+    if radius == 0:
+        return maps * kernel[0]
+    height, width = maps.shape[-2:]
+    rows = maps.index_select(-1, reflect_index(width, radius, maps.device))
+    rows = _matmul(rows, banded_kernel_matrix(kernel, width).mT, split)
+    columns = rows.index_select(-2, reflect_index(height, radius, maps.device))
+    return _matmul(banded_kernel_matrix(kernel, height), columns, split)
 
 
 class GaussianBlur(nn.Module):
