@@ -21,6 +21,8 @@ from anomalib.models import AnomalibModule
 from anomalib.visualization import ImageVisualizer
 from lightning.pytorch import Trainer
 
+from .data.categories import dataloader_categories
+
 __all__ = ["CategoryImageVisualizer", "dataloader_category"]
 
 logger = logging.getLogger(__name__)
@@ -35,20 +37,9 @@ def _dataloaders(trainer: Trainer) -> list:
 
 
 def dataloader_category(trainer: Trainer, dataloader_idx: int) -> str | None:
-    """Category of a test or predict dataloader.
-
-    The datamodule's ``test_categories[dataloader_idx]`` when it names one per dataloader (e.g.
-    :class:`anomalib_faprompt.data.AuxiliaryDataModule` on a target dataset), else its ``category`` (anomalib's
-    datamodules), else ``None`` (images or dataloaders passed without a datamodule).
-    """
-    datamodule = getattr(trainer, "datamodule", None)
-    if datamodule is None:
-        return None
-    names = getattr(datamodule, "test_categories", None)
-    if names is not None and len(names) == len(_dataloaders(trainer)):
-        return str(names[dataloader_idx])
-    category = getattr(datamodule, "category", None)
-    return str(category) if category else None
+    """Category of a test or predict dataloader (:func:`dataloader_categories`), ``None`` when unnamed."""
+    names = dataloader_categories(getattr(trainer, "datamodule", None), len(_dataloaders(trainer)))
+    return names[dataloader_idx] if dataloader_idx < len(names) else None
 
 
 def _image_paths(dataset: Any) -> list[str]:  # noqa: ANN401

@@ -7,6 +7,7 @@ import subprocess
 import sys
 import urllib.error
 from pathlib import Path
+from types import SimpleNamespace
 
 import lightning.pytorch as pl
 import numpy as np
@@ -458,3 +459,21 @@ def test_generator_refuses_a_non_empty_folder_unless_told_to_overwrite(tmp_path)
     fresh = subprocess.run([*command[:-1], str(tmp_path / "new")], capture_output=True, text=True, check=False)
     assert fresh.returncode == 0, fresh.stderr
     assert fresh.stderr == ""
+
+
+@pytest.mark.parametrize(
+    ("datamodule", "count", "expected"),
+    [
+        (SimpleNamespace(test_categories=["a", "b"], category="x"), 2, ["a", "b"]),
+        (SimpleNamespace(test_categories=["a", "b"], category="x"), 1, ["x"]),
+        (SimpleNamespace(category="bottle"), 1, ["bottle"]),
+        (SimpleNamespace(category="bottle"), 2, [None, None]),
+        (SimpleNamespace(category=""), 1, [None]),
+        (None, 1, [None]),
+        (None, 0, []),
+    ],
+)
+def test_dataloader_categories(datamodule, count, expected):
+    from anomalib_faprompt.data.categories import dataloader_categories
+
+    assert dataloader_categories(datamodule, count) == expected

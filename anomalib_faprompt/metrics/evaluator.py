@@ -45,6 +45,7 @@ from lightning.pytorch.utilities.types import STEP_OUTPUT
 from torch import distributed
 from torch.utils.data import DistributedSampler
 
+from ..data.categories import dataloader_categories
 from ..tables import console_table, results_rows, write_tables
 from .aupro import AUPRO, PaperAUPRO
 
@@ -90,16 +91,11 @@ def default_test_metrics(aupro: Sequence[str] = ("exact",)) -> list[AnomalibMetr
 
 
 def category_names(trainer: Trainer) -> list[str]:
-    """Names of the test dataloaders: the datamodule's ``test_categories``, its ``category``, or indices."""
+    """Names of the test dataloaders (:func:`dataloader_categories`); unnamed: ``all`` or ``dataloader_<i>``."""
     loaders = trainer.test_dataloaders
     count = len(loaders) if isinstance(loaders, list | tuple) else 1
-    datamodule = getattr(trainer, "datamodule", None)
-    names = getattr(datamodule, "test_categories", None)
-    if names is None and count == 1:
-        names = [getattr(datamodule, "category", None) or "all"]
-    if names is None or len(names) != count:
-        names = [f"dataloader_{index}" for index in range(count)]
-    return list(names)
+    names = dataloader_categories(getattr(trainer, "datamodule", None), count)
+    return [name or ("all" if count == 1 else f"dataloader_{index}") for index, name in enumerate(names)]
 
 
 def _distributed() -> bool:
