@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 import sys
@@ -106,6 +107,31 @@ def test_sixteen_bit_dataset_gives_the_items_of_its_eight_bit_copy(tmp_path):
         torch.testing.assert_close(item16.image, item8.image, rtol=0, atol=1e-6)
         assert torch.equal(item16.gt_mask, item8.gt_mask)
     assert any(item.gt_mask.any() for item in items[1])
+
+
+def test_predict_dataset_reads_as_anomalib_and_names_a_damaged_file(tmp_path):
+    """``predict``'s images: anomalib's items for 8-bit files, 16-bit like 8-bit, a damaged file named."""
+    from anomalib.data import PredictDataset
+
+    from anomalib_faprompt.data.dataset import ImagePredictDataset
+
+    rng = np.random.default_rng(1)
+    gray = rng.integers(0, 256, (20, 30), dtype=np.uint8)
+    Image.fromarray(rng.integers(0, 256, (20, 30, 3), dtype=np.uint8)).save(tmp_path / "a_color.png")
+    Image.fromarray(gray).save(tmp_path / "b_gray8.png")
+    Image.fromarray(gray.astype(np.uint16) * 257).save(tmp_path / "c_gray16.png")
+
+    ours, anomalib_items = ImagePredictDataset(tmp_path), PredictDataset(tmp_path)
+    assert len(ours) == len(anomalib_items) == 3
+    for index in range(2):
+        assert ours[index].image_path == anomalib_items[index].image_path
+        assert torch.equal(ours[index].image, anomalib_items[index].image)
+    torch.testing.assert_close(ours[2].image, ours[1].image, rtol=0, atol=1e-6)
+
+    damaged = tmp_path / "d_damaged.png"
+    damaged.write_bytes((tmp_path / "a_color.png").read_bytes()[:100])
+    with pytest.raises(UnreadableFileError, match=rf"Cannot read '{re.escape(str(damaged))}' .* then predict again"):
+        ImagePredictDataset(tmp_path)[3]
 
 
 def test_items_equal_anomalib_mvtecad_dataset(synthetic_source):

@@ -202,7 +202,7 @@ def _digests(folder: Path) -> dict[str, str]:
 # --- the `anomalib` command line in a subprocess ---------------------------------------------------------------------
 
 
-def _cli(args: list[str], cwd: Path) -> str:
+def _cli(args: list[str], cwd: Path, returncode: int = 0) -> str:
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join([str(REPO), *filter(None, [env.get("PYTHONPATH")])])
     env["COLUMNS"] = "200"
@@ -210,7 +210,7 @@ def _cli(args: list[str], cwd: Path) -> str:
         [str(ANOMALIB), *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=600, check=False
     )
     output = process.stdout + process.stderr
-    assert process.returncode == 0, output[-5000:]
+    assert process.returncode == returncode, output[-5000:]
     return output
 
 
@@ -294,3 +294,22 @@ def test_cli_predict_with_model_weights(target, trained, tmp_path):
         assert float(row["score"]) == pytest.approx(score, abs=1e-5), row
         assert row["label"] == str(int(score > 0.5))
     assert sorted(_files(run / "images")) == sorted(f"{p.parent.name}/{p.name}" for p in folder.glob("*/*.png"))
+
+
+def test_cli_predict_names_a_damaged_image(target, trained, tmp_path):
+    folder = tmp_path / "images"
+    shutil.copytree(target / "delta" / "test" / "good", folder)
+    damaged = folder / "damaged.png"
+    damaged.write_bytes((folder / "000.png").read_bytes()[:300])
+    config = _config(tmp_path / "config.yaml", model_args={"weights": str(trained)})
+    output = _cli(
+        ["predict", "--config", str(config), "--data", str(folder), "--default_root_dir", str(tmp_path / "results")],
+        tmp_path,
+        returncode=2,
+    )
+
+    *_, what, error = output.rstrip().splitlines()
+    assert what == "anomalib predict:"
+    assert error.startswith(f"UnreadableFileError: Cannot read '{damaged}' (OSError: ")
+    assert error.endswith("Replace or remove the file, then predict again.")
+    assert "Traceback" not in output

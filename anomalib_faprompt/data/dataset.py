@@ -8,6 +8,8 @@ valid 8-bit data. It differs where anomalib gives silent wrong data or an anonym
   out instead, and :class:`SkippingDataLoader` records the file;
 - a defect image's mask of another size than the image, or one with no defect pixel, is an error
   naming the mask (anomalib stretches the first and takes the second as an all-normal image).
+
+:class:`ImagePredictDataset` reads ``predict``'s images (one file or a folder) the same way.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from typing import Any
 import pandas as pd
 import torch
 from anomalib import TaskType
-from anomalib.data import ImageBatch, ImageItem
+from anomalib.data import ImageBatch, ImageItem, PredictDataset
 from anomalib.data.datasets import AnomalibDataset
 from anomalib.data.utils import LabelName
 from torch.utils.data import DataLoader
@@ -28,7 +30,9 @@ from torchvision.tv_tensors import Mask
 
 from .images import UnreadableFileError, read_image, read_mask
 
-__all__ = ["CheckedImageDataset", "SkippedFile", "SkippingDataLoader"]
+__all__ = ["CheckedImageDataset", "ImagePredictDataset", "SkippedFile", "SkippingDataLoader"]
+
+PREDICT_ADVICE = "Replace or remove the file, then predict again."
 
 
 @dataclass(frozen=True)
@@ -168,3 +172,23 @@ class CheckedImageDataset(AnomalibDataset):
             image_path=sample.image_path,
             mask_path=sample.mask_path,
         )
+
+
+class ImagePredictDataset(PredictDataset):
+    """anomalib's ``PredictDataset`` (one image or a folder of images), reading files as :func:`read_image` does.
+
+    What ``anomalib predict --data <image or folder>`` reads for this package's models: a file that cannot be
+    decoded is an error naming it (anomalib: ``OSError: image file is truncated`` and no name), and 16-bit
+    images read like their 8-bit versions. The items are otherwise anomalib's.
+    """
+
+    def __getitem__(self, index: int) -> ImageItem:
+        """The image at ``index`` (transformed, if a ``transform`` is set) and its path."""
+        path = self.image_filenames[index]
+        try:
+            image = read_image(path)
+        except UnreadableFileError as error:
+            raise error.with_advice(PREDICT_ADVICE) from error.__cause__
+        if self.transform:
+            image = self.transform(image)
+        return ImageItem(image=image, image_path=str(path))

@@ -20,6 +20,10 @@ __all__ = ["LOSSY_SUFFIXES", "UnreadableFileError", "read_image", "read_mask"]
 SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")
 LOSSY_SUFFIXES = (".jpg", ".jpeg")
 _SIXTEEN_BIT_MAX = 65535
+SKIP_ADVICE = (
+    "Replace or remove the file, or set `skip_unreadable: true` on the data module to skip unreadable files and "
+    "list them at the end."
+)
 
 
 class UnreadableFileError(OSError):
@@ -35,11 +39,14 @@ class UnreadableFileError(OSError):
     def of(cls, path: str | Path, error: BaseException) -> UnreadableFileError:
         """The error for ``path``, which failed with ``error``."""
         reason = f"{type(error).__name__}: {error}"
-        unreadable = cls(
-            f"Cannot read '{path}' ({reason}). Replace or remove the file, or set `skip_unreadable: true` on the "
-            "data module to skip unreadable files and list them at the end."
-        )
+        unreadable = cls(f"Cannot read '{path}' ({reason}). {SKIP_ADVICE}")
         unreadable.path, unreadable.reason = str(path), reason
+        return unreadable
+
+    def with_advice(self, advice: str) -> UnreadableFileError:
+        """The same error (file and reason) with other advice."""
+        unreadable = type(self)(f"Cannot read '{self.path}' ({self.reason}). {advice}")
+        unreadable.path, unreadable.reason = self.path, self.reason
         return unreadable
 
 

@@ -7,7 +7,8 @@
 2. **Errors.** A ``ValueError``/``FileNotFoundError``... raised by a constructor of this package's models or
    datamodules reaches jsonargparse, which buries its message in a long "Expected a <class 'NoneType'>"
    traceback. It is printed instead as the last line, and the command exits with status 2. A benchmark
-   config naming missing checkpoints is reported the same way; a benchmark with failed jobs exits with 1.
+   config naming missing checkpoints, and an image or mask file that cannot be decoded, are reported the same
+   way; a benchmark with failed jobs exits with 1.
 3. **Quiet.** A run of this package's models filters the known harmless messages of :mod:`.quiet`.
 """
 
@@ -83,9 +84,16 @@ def _recording(classes: list[type], errors: list[tuple[type, BaseException]]) ->
 
 
 def exit_with(error: BaseException, what: str) -> None:
-    """Print ``what`` and the package's error as the last line(s); exit with status 2."""
+    """Print ``what`` and the package's error as the last line(s); exit with status 2.
+
+    An error re-raised from a ``DataLoader`` worker carries the worker's traceback in its message: only its
+    last line, the error itself, is printed.
+    """
+    message = f"{type(error).__name__}: {error}"
+    if "Original Traceback" in message:
+        message = message.rstrip().splitlines()[-1]
     print(f"{what}:", file=sys.stderr)  # noqa: T201
-    print(f"{type(error).__name__}: {error}", file=sys.stderr)  # noqa: T201
+    print(message, file=sys.stderr)  # noqa: T201
     raise SystemExit(2) from None
 
 
@@ -117,11 +125,12 @@ def patch_cli(module: Any) -> None:
             recording.undo()
 
     def run_subcommand(self: Any) -> None:
+        from anomalib_faprompt.data.images import UnreadableFileError
         from anomalib_faprompt.integration.benchmark import STATE, MissingFilesError
 
         try:
             original_run(self)
-        except MissingFilesError as error:
+        except (MissingFilesError, UnreadableFileError) as error:
             exit_with(error, f"anomalib {self.subcommand}")
         if self.subcommand == "benchmark" and STATE.failed:
             raise SystemExit(1)

@@ -16,7 +16,10 @@ original. For this package's models, and only with the anomalib versions this wa
    post-processor never uses, and ``predict`` on a folder of images has no validation data
    (anomalib: "`val_dataloader` must be implemented");
 4. does not warn "ckpt_path is not provided. Model weights will not be loaded" for a model built with trained
-   ``weights``: it says, in one line, which weights it predicts with.
+   ``weights``: it says, in one line, which weights it predicts with;
+5. reads ``predict``'s ``data_path`` (an image or a folder) with
+   :class:`~anomalib_faprompt.data.dataset.ImagePredictDataset`: a damaged image is named, not an anonymous
+   ``OSError``.
 
 Every other model runs exactly as in anomalib.
 """
@@ -136,14 +139,22 @@ def _predict(original: Any) -> Any:  # noqa: ANN401
     @wraps(original)
     def predict(self: Any, model: Any = None, *args: Any, **kwargs: Any) -> Any:  # noqa: ANN401
         target = model if model is not None else (self._trainer.lightning_module if self._trainer else None)
-        weights = target.hparams.get("weights") if _is_own(target) and target.zero_shot else None
-        if weights is None or signature.bind(self, model, *args, **kwargs).arguments.get("ckpt_path"):
+        if not _is_own(target):
             return original(self, model, *args, **kwargs)
+        bound = signature.bind(self, model, *args, **kwargs)
+        arguments = bound.arguments
+        if arguments.get("data_path") is not None and arguments.get("dataset") is None:
+            from anomalib_faprompt.data.dataset import ImagePredictDataset  # noqa: PLC0415 (anomalib.data is loaded)
+
+            arguments["dataset"] = ImagePredictDataset(arguments.pop("data_path"))
+        weights = target.hparams.get("weights") if target.zero_shot else None
+        if weights is None or arguments.get("ckpt_path"):
+            return original(*bound.args, **bound.kwargs)
         logger.info("%s predicts with the weights it was built with: %s", target.name, weights)
         drop = _DropMessage(NO_CKPT_WARNING)
         engine.logger.addFilter(drop)
         try:
-            return original(self, model, *args, **kwargs)
+            return original(*bound.args, **bound.kwargs)
         finally:
             engine.logger.removeFilter(drop)
 
