@@ -503,3 +503,31 @@ def test_dataloader_categories(datamodule, count, expected):
     from anomalib_faprompt.data.categories import dataloader_categories
 
     assert dataloader_categories(datamodule, count) == expected
+
+
+def test_an_unreadable_file_from_a_loader_worker_is_one_line_of_the_cli(tmp_path, capsys):
+    """A worker's error carries the worker's traceback in its message; the CLI prints only the error."""
+    from torch._utils import ExceptionWrapper
+
+    from anomalib_faprompt.integration.cli import exit_with
+
+    damaged = tmp_path / "damaged.png"
+    damaged.write_bytes(b"not an image")
+    try:
+        read_image(damaged)
+    except UnreadableFileError:
+        wrapper = ExceptionWrapper(where="in DataLoader worker process 0")
+    with pytest.raises(UnreadableFileError) as caught:
+        wrapper.reraise()
+    assert "Original Traceback" in str(caught.value)
+
+    with pytest.raises(SystemExit) as exited:
+        exit_with(caught.value, "anomalib test")
+    assert exited.value.code == 2
+    what, error = capsys.readouterr().err.splitlines()
+    assert what == "anomalib test:"
+    assert error.endswith(
+        f"UnreadableFileError: Cannot read '{damaged}' (UnidentifiedImageError: cannot identify image "
+        f"file '{damaged}'). Replace or remove the file, or set `skip_unreadable: true` on the data "
+        "module to skip unreadable files and list them at the end."
+    )
