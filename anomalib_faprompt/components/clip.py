@@ -314,20 +314,19 @@ class CLIPBackbone(nn.Module):
         visual = self.clip.visual
         x = visual._embeds(images)  # noqa: SLF001
         blocks = visual.transformer.resblocks
+        for block in blocks[: self.vv_start]:
+            x = block(x)
+        x_vv = x
         last = len(blocks) - 1
         taken = {}
-        # Every block runs its attention through SDPA, the ordinary blocks too: faster than open_clip's
-        # nn.MultiheadAttention (its fused path on CPU, its non-flash path on GPU), same function.
-        for index, block in enumerate(blocks):
+        for index in range(self.vv_start, len(blocks)):
+            block = blocks[index]
             q, k, v = _qkv(block, block.ln_1(x))
             out = block.attn.out_proj
-            if index == self.vv_start:
-                x_vv = x
-            if index >= self.vv_start:
-                a_vv = out(_merge_heads(F.scaled_dot_product_attention(v, v, v)))
-                x_vv = x_vv + block.ls_1(a_vv)
-                if index + 1 in layers:
-                    taken[index + 1] = visual.ln_post(x_vv[:, 1:]) @ visual.proj
+            a_vv = out(_merge_heads(F.scaled_dot_product_attention(v, v, v)))
+            x_vv = x_vv + block.ls_1(a_vv)
+            if index + 1 in layers:
+                taken[index + 1] = visual.ln_post(x_vv[:, 1:]) @ visual.proj
             if index == last:
                 # Only the class token of the ordinary stream is used after the last block.
                 q, x = q[:, :, :1], x[:, :1]
