@@ -6,8 +6,9 @@ Gaussian truncated at ``int(4 sigma + 0.5)`` pixels, border mode ``"reflect"`` (
 the same thing as two 1-D passes, always in fp32 (also under autocast), with ops that export to ONNX and
 OpenVINO. Each pass extends the axis by a reflected ``index_select`` (not ``F.pad``, whose ``"reflect"``
 mode is scipy's ``"mirror"``, ``d c b | a b c d``) and multiplies by the banded ``(L, L + 2 r)`` matrix of
-the kernel. A matrix product, not a ``conv2d`` with a ``1 x (2 r + 1)`` kernel: on a GPU it is one
-fast GEMM where cuDNN's fp32 convolution of 81 taps took most of a bf16 inference step.
+the kernel. A matrix product, not a ``conv2d`` with a ``1 x (2 r + 1)`` kernel: on a GPU it is one GEMM,
+where cuDNN's two fp32 convolutions of 81 taps took 16 ms of the 129 ms of a bf16 inference batch of 32
+images at 518 x 518 (H200); on a CPU it is 3x faster than those convolutions.
 
 fp32 matrix products may run with a shorter mantissa: TF32 (10 bits) on CUDA where allowed,
 bf16 on a CPU under ``torch.set_float32_matmul_precision("medium")``. That would move the blur by about
