@@ -38,15 +38,16 @@ class UnreadableFileError(OSError):
     @classmethod
     def of(cls, path: str | Path, error: BaseException) -> UnreadableFileError:
         """The error for ``path``, which failed with ``error``."""
-        reason = f"{type(error).__name__}: {error}"
-        unreadable = cls(f"Cannot read '{path}' ({reason}). {SKIP_ADVICE}")
-        unreadable.path, unreadable.reason = str(path), reason
-        return unreadable
+        return cls._build(str(path), f"{type(error).__name__}: {error}", SKIP_ADVICE)
 
     def with_advice(self, advice: str) -> UnreadableFileError:
         """The same error (file and reason) with other advice."""
-        unreadable = type(self)(f"Cannot read '{self.path}' ({self.reason}). {advice}")
-        unreadable.path, unreadable.reason = self.path, self.reason
+        return self._build(self.path, self.reason, advice)
+
+    @classmethod
+    def _build(cls, path: str, reason: str, advice: str) -> UnreadableFileError:
+        unreadable = cls(f"Cannot read '{path}' ({reason}). {advice}")
+        unreadable.path, unreadable.reason = path, reason
         return unreadable
 
 
