@@ -83,6 +83,23 @@ def write_checkpoint(model: LightningModule, path: Path) -> Path:
     return Path(path)
 
 
+def prediction_fields(seed: int, labels: list[int], size: int = 8) -> dict[str, torch.Tensor]:
+    """A category's labels and model outputs for evaluator tests, seeded.
+
+    Scores and ``size`` x ``size`` maps respond to the defects; every defect image's mask has a square.
+    """
+    generator = torch.Generator().manual_seed(seed)
+    labels = torch.tensor(labels, dtype=torch.long)
+    masks = torch.zeros(len(labels), size, size, dtype=torch.bool)
+    masks[labels == 1, 2:5, 3:6] = True
+    return {
+        "gt_label": labels,
+        "pred_score": 0.7 * torch.rand(len(labels), generator=generator) + 0.3 * labels,
+        "anomaly_map": 0.8 * torch.rand(len(labels), 1, size, size, generator=generator) + 0.2 * masks[:, None],
+        "gt_mask": masks,
+    }
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Mark the integration tests of ``SLOW_FILES``, ``SLOW_TESTS`` and those that use a training fixture."""
     for item in items:

@@ -12,6 +12,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 from anomalib.data import ImageBatch
+from conftest import prediction_fields
 from torch import distributed
 from torch import multiprocessing as mp
 from torch.utils.data import DataLoader, DistributedSampler
@@ -36,19 +37,6 @@ model:
 CATEGORIES = {"odd": [0, 1, 0, 1, 1, 0, 0], "normal_only": [0, 0, 0], "solo": [1], "empty": []}
 
 
-def _data(seed: int, labels: list[int], size: int = 8) -> dict[str, torch.Tensor]:
-    generator = torch.Generator().manual_seed(seed)
-    labels = torch.tensor(labels, dtype=torch.long)
-    masks = torch.zeros(len(labels), size, size, dtype=torch.bool)
-    masks[labels == 1, 1:4, 2:6] = True
-    return {
-        "gt_label": labels,
-        "pred_score": 0.7 * torch.rand(len(labels), generator=generator) + 0.3 * labels,
-        "anomaly_map": 0.8 * torch.rand(len(labels), 1, size, size, generator=generator) + 0.2 * masks[:, None],
-        "gt_mask": masks,
-    }
-
-
 def _batch(data: dict[str, torch.Tensor], indices: list[int]) -> ImageBatch:
     indices = torch.tensor(indices, dtype=torch.long)
     fields = {name: value[indices] for name, value in data.items()}
@@ -62,7 +50,9 @@ def _evaluate(rank: int, world_size: int, folder: Path) -> dict:
         indices = range(len(labels))
         sampler = DistributedSampler(indices, world_size, rank, shuffle=False) if world_size > 1 else None
         loaders.append(
-            DataLoader(indices, batch_size=3, sampler=sampler, collate_fn=partial(_batch, _data(seed, labels)))
+            DataLoader(
+                indices, batch_size=3, sampler=sampler, collate_fn=partial(_batch, prediction_fields(seed, labels))
+            )
         )
     trainer = SimpleNamespace(
         test_dataloaders=loaders,

@@ -14,6 +14,7 @@ import torch
 from anomalib.data import ImageBatch
 from anomalib.data.datasets import MVTecADDataset
 from anomalib.engine import Engine
+from conftest import prediction_fields
 from sklearn.metrics import average_precision_score, roc_auc_score
 from torch.utils.data import DataLoader, Subset
 
@@ -38,20 +39,6 @@ def _trainer(tmp_path: Path, names: list[str]) -> SimpleNamespace:
     )
 
 
-def _category(seed: int, labels: list[int], size: int = 8) -> dict[str, torch.Tensor]:
-    """Scores and maps that respond to the defects, masks with a square on every defect image."""
-    generator = torch.Generator().manual_seed(seed)
-    labels = torch.tensor(labels)
-    masks = torch.zeros(len(labels), size, size, dtype=torch.bool)
-    masks[labels == 1, 2:5, 3:6] = True
-    return {
-        "gt_label": labels,
-        "pred_score": 0.7 * torch.rand(len(labels), generator=generator) + 0.3 * labels,
-        "anomaly_map": 0.8 * torch.rand(len(labels), 1, size, size, generator=generator) + 0.2 * masks[:, None],
-        "gt_mask": masks,
-    }
-
-
 def _run(evaluator: PerCategoryEvaluator, trainer: SimpleNamespace, data: dict[int, dict[str, torch.Tensor]]) -> None:
     """Feed each dataloader's data in batches of 3, as Lightning calls the hooks."""
     evaluator.on_test_epoch_start(trainer, None)
@@ -67,9 +54,9 @@ def _run(evaluator: PerCategoryEvaluator, trainer: SimpleNamespace, data: dict[i
 def test_metrics_that_cannot_be_computed_are_empty_with_a_note(tmp_path, capsys):
     names = ["mixed", "normal_only", "defect_only"]
     data = {
-        0: _category(0, [0, 1, 0, 1, 1, 0, 0]),
-        1: _category(1, [0, 0, 0, 0]),
-        2: _category(2, [1, 1, 1, 1, 1]),
+        0: prediction_fields(0, [0, 1, 0, 1, 1, 0, 0]),
+        1: prediction_fields(1, [0, 0, 0, 0]),
+        2: prediction_fields(2, [1, 1, 1, 1, 1]),
     }
     evaluator = PerCategoryEvaluator()
     trainer = _trainer(tmp_path, names)
@@ -121,7 +108,7 @@ def test_metrics_that_cannot_be_computed_are_empty_with_a_note(tmp_path, capsys)
 
 def test_a_category_without_images_is_reported_not_dropped(tmp_path):
     names = ["first", "empty", "last"]
-    data = {0: _category(3, [0, 1, 0, 1]), 2: _category(4, [1, 0, 0, 1, 1])}
+    data = {0: prediction_fields(3, [0, 1, 0, 1]), 2: prediction_fields(4, [1, 0, 0, 1, 1])}
     evaluator = PerCategoryEvaluator()
     trainer = _trainer(tmp_path, names)
     _run(evaluator, trainer, data)
@@ -138,7 +125,7 @@ def test_a_category_without_images_is_reported_not_dropped(tmp_path):
 
 
 def test_a_mask_free_category_leaves_the_pixel_metrics_empty(tmp_path):
-    fields = _category(5, [0, 1, 1, 0])
+    fields = prediction_fields(5, [0, 1, 1, 0])
     del fields["gt_mask"]
     evaluator = PerCategoryEvaluator()
     trainer = _trainer(tmp_path, ["nomasks"])
@@ -153,7 +140,7 @@ def test_the_papers_aupro_is_an_evaluator_option(tmp_path):
     evaluator = PerCategoryEvaluator(aupro=["exact", "paper"])
     assert [metric.name for metric in evaluator.test_metrics] == [*METRICS, "pixel_AUPRO_paper"]
     assert [metric.name for metric in PerCategoryEvaluator(aupro=["paper"]).test_metrics][-1] == "pixel_AUPRO_paper"
-    fields = _category(6, [0, 1, 1, 0, 1, 0, 1])
+    fields = prediction_fields(6, [0, 1, 1, 0, 1, 0, 1])
     trainer = _trainer(tmp_path, ["only"])
     _run(evaluator, trainer, {0: fields})
     value = evaluator.category_results["only"]["pixel_AUPRO_paper"]
