@@ -49,8 +49,8 @@ def random_case(seed: int, count: int = 4, size: int = 20, levels: int | None = 
     return maps, masks
 
 
-def fast_value(maps: torch.Tensor, masks: torch.Tensor, fpr_limit: float = 0.3, batch: int = 3) -> float:
-    metric = AUPRO(fields=["anomaly_map", "gt_mask"], fpr_limit=fpr_limit)
+def metric_value(metric: AUPRO | PaperAUPRO, maps: torch.Tensor, masks: torch.Tensor, batch: int) -> float:
+    """``metric`` fed with ``(N, H, W)`` maps and masks in batches of ``batch``."""
     for start in range(0, len(maps), batch):
         metric.update(
             ImageBatch(
@@ -60,6 +60,10 @@ def fast_value(maps: torch.Tensor, masks: torch.Tensor, fpr_limit: float = 0.3, 
             )
         )
     return float(metric.compute())
+
+
+def fast_value(maps: torch.Tensor, masks: torch.Tensor, fpr_limit: float = 0.3, batch: int = 3) -> float:
+    return metric_value(AUPRO(fields=["anomaly_map", "gt_mask"], fpr_limit=fpr_limit), maps, masks, batch)
 
 
 def anomalib_value(maps: torch.Tensor, masks: torch.Tensor, fpr_limit: float = 0.3) -> float:
@@ -137,16 +141,7 @@ def reference_paper_aupro(maps: np.ndarray, masks: np.ndarray, fpr_limit: float 
 
 
 def paper_value(maps: torch.Tensor, masks: torch.Tensor, batch: int = 3, **kwargs) -> float:
-    metric = PaperAUPRO(fields=["anomaly_map", "gt_mask"], **kwargs)
-    for start in range(0, len(maps), batch):
-        metric.update(
-            ImageBatch(
-                image=maps[start : start + batch, None].expand(-1, 3, -1, -1),
-                anomaly_map=maps[start : start + batch, None],
-                gt_mask=masks[start : start + batch].bool(),
-            )
-        )
-    return float(metric.compute())
+    return metric_value(PaperAUPRO(fields=["anomaly_map", "gt_mask"], **kwargs), maps, masks, batch)
 
 
 @pytest.mark.parametrize(
