@@ -5,8 +5,10 @@ survive that: bf16 errors of a few 1e-3 in the image encoder flip the top-k sele
 prior network then sees other patches, and the data-dependent prompts, scores and maps move by up to 1e-1. The
 CPU plugin ignores an ``INFERENCE_PRECISION_HINT`` stored in the model, so the exported IR marks every operation to
 stay in f32 instead (:func:`keep_f32`, applied by the modules' ``to_openvino``): at the bf16 default, only nodes the
-plugin creates itself still run in bf16, and the outputs stay within a few 1e-3 of torch. Exact f32 needs the hint
-at compile time: ``config=openvino_config("f32")``.
+plugin creates itself (parts of the attention) still run in bf16. That keeps the outputs within a few 1e-3 of torch
+unless those nodes' errors still reorder near-tied patches: the marks shrink the error that flips the top-k, they
+do not rule flips out. Exact f32, and FAPrompt's paper numbers, need the hint at compile time:
+``config=openvino_config("f32")``.
 
 **Compile cache.** anomalib's ``OpenVINOInferencer`` caches compiled models in ``./openvino_cache``. OpenVINO
 2026.4's CPU plugin names the cached blob after the model and the CPU only, not the precision: a run at another
