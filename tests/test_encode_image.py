@@ -29,33 +29,17 @@ def value_value_attention(block: torch.nn.Module, x: torch.Tensor) -> torch.Tens
     return attn.out_proj(merged)
 
 
-def test_encode_image_matches_reference(backbone_and_images: tuple) -> None:
-    backbone, images = backbone_and_images
-    visual = backbone.clip.visual
-    with torch.no_grad():
-        global_embedding, patches = backbone.encode_image(images)
-        x = visual._embeds(images)
-        x_vv = None
-        for index, block in enumerate(visual.transformer.resblocks):
-            if index == backbone.vv_start:
-                x_vv = x
-            if x_vv is not None:
-                x_vv = x_vv + block.ls_1(value_value_attention(block, x))
-            x = block(x)
-        expected_global = x[:, 0] @ visual.proj
-        expected_patches = visual.ln_post(x_vv[:, 1:]) @ visual.proj
-    assert patches.shape == (2, backbone.grid**2, backbone.embed_dim)
-    torch.testing.assert_close(global_embedding, expected_global, rtol=1e-5, atol=1e-5)
-    torch.testing.assert_close(patches, expected_patches, rtol=1e-5, atol=1e-5)
+def test_every_value_value_block_and_the_global_embedding_match_open_clip_blocks(backbone_and_images: tuple) -> None:
+    """encode_image_layers against open_clip's own blocks for the ordinary stream (test_backbone has the spec's math).
 
-
-def test_patch_tokens_of_every_value_value_block_match_reference(backbone_and_images: tuple) -> None:
-    """encode_image_layers takes the V-V stream after each asked block (numbered from 1), as the reference does."""
+    The V-V stream is taken after each asked block (numbered from 1); encode_image gives the last block's.
+    """
     backbone, images = backbone_and_images
     visual = backbone.clip.visual
     layers = tuple(range(backbone.vv_start + 1, backbone.depth + 1))
     with torch.no_grad():
         global_embedding, taken = backbone.encode_image_layers(images, layers)
+        last_global, last_patches = backbone.encode_image(images)
         x = visual._embeds(images)
         x_vv, expected = None, []
         for index, block in enumerate(visual.transformer.resblocks):
@@ -66,9 +50,12 @@ def test_patch_tokens_of_every_value_value_block_match_reference(backbone_and_im
                 expected.append(visual.ln_post(x_vv[:, 1:]) @ visual.proj)
             x = block(x)
     assert len(taken) == len(layers) == len(expected) == 2
+    assert taken[-1].shape == (2, backbone.grid**2, backbone.embed_dim)
     for actual, reference in zip(taken, expected, strict=True):
         torch.testing.assert_close(actual, reference, rtol=1e-5, atol=1e-5)
-    torch.testing.assert_close(global_embedding, backbone.encode_image(images)[0], rtol=0, atol=0)
+    torch.testing.assert_close(global_embedding, x[:, 0] @ visual.proj, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(last_global, global_embedding, rtol=0, atol=0)
+    torch.testing.assert_close(last_patches, taken[-1], rtol=0, atol=0)
     assert not torch.allclose(taken[0], taken[1])
 
 

@@ -64,7 +64,7 @@ def test_engine_trains_loss_down_and_tests(dataset_root, tmp_path):
     assert sorted(recorder.losses) == [0, 1, 2]
     means = [sum(values) / len(values) for _, values in sorted(recorder.losses.items())]
     assert all(len(values) == 3 for values in recorder.losses.values())  # 18 training images, batch 8
-    assert means[-1] < means[0], means
+    assert means[-1] < 0.8 * means[0], means  # without training (learning rate 1e-12) the means stay within 2%
 
     (results,) = engine.test(model, datamodule=datamodule)
     assert set(TEST_METRICS) <= set(results)

@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
+import inspect
 import math
 from types import SimpleNamespace
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F  # noqa: N812
 from conftest import TINY_MODEL_ARGS, tiny_args
+from scipy import ndimage
 from torch import nn
 
 from anomalib_faprompt import FAPrompt
-from anomalib_faprompt.components import PromptTemplate, binary_focal_loss, encode_prompts
+from anomalib_faprompt.components import PromptTemplate, binary_focal_loss, encode_prompts, local_loss
 from anomalib_faprompt.models.faprompt.torch_model import FAPromptTrainOutput
 
 S = TINY_MODEL_ARGS["image_size"]
@@ -52,12 +55,37 @@ def test_topk_selects_most_abnormal_patches_in_descending_order(model):
         torch.testing.assert_close(selected[b], expected, rtol=0, atol=0)
 
 
-def test_topk_selection_is_detached_and_gradient_reaches_patches(model):
+def test_gradient_reaches_exactly_the_selected_patches(model):
     patches = torch.randn(1, N, 4, requires_grad=True)
-    probs = torch.rand(1, N, requires_grad=True)
+    probs = torch.rand(1, N)
     model.select_patches(patches, probs).sum().backward()
-    assert probs.grad is None
-    assert patches.grad.abs().sum() == model.n_prior_patches * 4
+    top = probs[0].topk(model.n_prior_patches).indices
+    reached = patches.grad[0].abs().sum(dim=-1) > 0
+    assert reached.nonzero()[:, 0].tolist() == sorted(top.tolist())
+    torch.testing.assert_close(patches.grad[0, top], torch.ones(model.n_prior_patches, 4), rtol=0, atol=0)
+
+
+def test_prior_network_sees_the_top_patches_of_the_static_map(model, images):
+    """The prior network's input: the M patches with the highest static abnormal probability, most abnormal first."""
+    model.eval()
+    captured = {}
+    hook = model.prior_net.register_forward_hook(lambda _m, inputs, _o: captured.__setitem__("input", inputs[0]))
+    try:
+        with torch.no_grad():
+            model(images)
+            patches = F.normalize(model.backbone.encode_image(images)[1], dim=-1)
+            normal, abnormal, _ = model.text_embeddings()
+    finally:
+        hook.remove()
+    logits = torch.stack([patches @ normal, patches @ abnormal], dim=-1) / model.temperature
+    static = logits.softmax(dim=-1)[..., 1]
+    order = static.argsort(dim=1, descending=True)[:, : model.n_prior_patches]
+    expected = torch.stack([patches[b, order[b]].flatten() for b in range(images.shape[0])])
+    torch.testing.assert_close(captured["input"], expected, atol=1e-6, rtol=0)
+    # Not the patches of another rule: the first M, or the least abnormal M.
+    assert not torch.allclose(captured["input"], patches[:, : model.n_prior_patches].flatten(1), atol=1e-3)
+    lowest = static.argsort(dim=1)[:, : model.n_prior_patches]
+    assert not torch.allclose(captured["input"][0], patches[0, lowest[0]].flatten(), atol=1e-3)
 
 
 def test_first_k_selection_reproduces_released_code():
@@ -226,16 +254,22 @@ def test_fusion_on_hand_made_example(local_score, monkeypatch):
         torch.testing.assert_close(output.anomaly_map[b : b + 1], four_maps, atol=1e-5, rtol=0)
 
 
-def test_pixel_map_is_blurred_with_sigma(images):
+def test_pixel_map_is_the_raw_map_blurred_as_scipy_does_with_sigma(images):
     model = _model().eval()
     with torch.no_grad():
         blurred = model(images).anomaly_map
         model.blur = nn.Identity()
         raw = model(images).anomaly_map
+    sigma = TINY_MODEL_ARGS["sigma"]
+    expected = np.stack([ndimage.gaussian_filter(m.double().numpy(), sigma, mode="reflect") for m in raw[:, 0]])
+    torch.testing.assert_close(blurred[:, 0], torch.tensor(expected).float(), atol=1e-5, rtol=0)
     assert not torch.allclose(blurred, raw, atol=1e-4)
-    # Gaussian blur with sigma 2 (TINY_MODEL_ARGS): the blurred map is smoother.
-    assert blurred.diff(dim=-1).abs().mean() < raw.diff(dim=-1).abs().mean()
-    torch.testing.assert_close(blurred.mean(dim=(-1, -2)), raw.mean(dim=(-1, -2)), atol=2e-2, rtol=0)
+
+
+def test_default_sigma_reaches_the_blur():
+    """The paper's sigma 10 is the default, and the model's blur uses the sigma it is given."""
+    assert inspect.signature(FAPrompt).parameters["sigma"].default == 10
+    assert _model(sigma=3.5).blur.sigma == 3.5
 
 
 # --- text cache ----------------------------------------------------------------------------------------------------
@@ -352,5 +386,17 @@ def test_training_step_total_is_the_weighted_sum(global_loss_input, images):
         terms["global"], binary_focal_loss(output.pred_score, labels, scores_are_logits=quirk), atol=1e-6, rtol=0
     )
     torch.testing.assert_close(terms["ce"], F.cross_entropy(output.global_logits, labels), atol=1e-6, rtol=0)
+    # Each local term on its own map: the static map for L_local, the data-dependent map for the DAP term.
+    torch.testing.assert_close(terms["local"], local_loss(output.abnormal_map, masks), atol=1e-6, rtol=0)
+    torch.testing.assert_close(terms["dap_local"], local_loss(output.dap_abnormal_map, masks), atol=1e-6, rtol=0)
+    assert not torch.allclose(terms["local"], terms["dap_local"], atol=1e-4)
+    # The prior term: mean(Omega^2) of the one normal image (labels 1, 0, 1).
+    torch.testing.assert_close(terms["prior"], output.prior[1].pow(2).mean(), atol=1e-6, rtol=0)
+    assert output.prior[0].pow(2).mean() > 1e-4  # the anomalous images' priors would change it
+    # Orthogonality: sum over pairs i < j of |cos| between the K abnormal prompts.
+    unit = F.normalize(output.abnormal_text, dim=-1)
+    k = unit.shape[0]
+    pairs = sum(abs(float(unit[i] @ unit[j])) for i in range(k) for j in range(i + 1, k))
+    assert float(terms["orthogonality"]) == pytest.approx(pairs, abs=1e-5)
     total.backward()
     assert all(p.grad is not None for p in module.model.learned_parameters())

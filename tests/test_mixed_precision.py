@@ -129,8 +129,13 @@ def test_inference_outputs_fp32_probabilities(model_class: type) -> None:
         assert value.min() >= 0.0, name
         assert value.max() <= 1.0, name
         assert value.shape == getattr(expected, name).shape
-        # bf16 encoder and text encoder, fp32 heads: near the fp32 model (a sanity bound, not a precision claim).
-        torch.testing.assert_close(value, getattr(expected, name), rtol=0, atol=5e-2)
+        # bf16 encoder and text encoder, fp32 heads: near the fp32 model. The map's bound allows a bf16 reordering of
+        # near-tied patches in FAPrompt's top-k (measured: score 3.3e-3, map 3.2e-2).
+        bound = 1e-2 if name == "pred_score" else 5e-2
+        torch.testing.assert_close(value, getattr(expected, name), rtol=0, atol=bound)
+    # Each image's bf16 score is nearest to its own fp32 score: no mix-up between the images of a batch.
+    distances = (mixed.pred_score[:, None] - expected.pred_score[None]).abs()
+    assert distances.argmin(dim=1).tolist() == [0, 1, 2]
 
 
 def test_text_cache_computed_in_fp32_under_autocast() -> None:
@@ -152,9 +157,11 @@ def test_patch_probabilities_fp32_from_bf16_features() -> None:
     features = F.normalize(torch.randn(2, 10, 8, generator=generator), dim=-1)
     normal, abnormal = F.normalize(torch.randn(2, 8, generator=generator), dim=-1)
     with torch.autocast(**BF16):
-        mixed = abnormal_probability(features.bfloat16(), normal, abnormal, 0.07)
+        mixed = abnormal_probability(features.bfloat16(), normal.bfloat16(), abnormal.bfloat16(), 0.07)
     assert mixed.dtype == torch.float32
-    expected = abnormal_probability(features.bfloat16().float(), normal, abnormal, 0.07)
+    expected = abnormal_probability(
+        features.bfloat16().float(), normal.bfloat16().float(), abnormal.bfloat16().float(), 0.07
+    )
     torch.testing.assert_close(mixed, expected, rtol=0, atol=0)
 
 

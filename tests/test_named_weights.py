@@ -29,9 +29,10 @@ def named_weights(tmp_path_factory) -> str:
 def test_named_model_loads_the_local_file(named_weights):
     expected = torch.load(named_weights, weights_only=True)
     model = load_open_clip(NAME, named_weights)
-    for key, value in model.state_dict().items():
-        if key in expected:
-            torch.testing.assert_close(value, expected[key], msg=key)
+    state = model.state_dict()
+    assert set(state) == set(expected)
+    for key, value in state.items():
+        torch.testing.assert_close(value, expected[key], msg=key)
 
 
 def test_faprompt_from_named_model_and_file(named_weights):
