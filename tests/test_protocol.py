@@ -291,6 +291,25 @@ def test_missing_masks_raise_or_train_image_level_only(datasets, tmp_path):
         FAPrompt(**tiny_args()).targets(next(iter(datamodule.train_dataloader())))
 
 
+def test_target_without_masks_is_refused_or_tested_image_level_with_masks_false(datasets, tmp_path):
+    source, target = datasets
+    root = tmp_path / "target"
+    shutil.copytree(target / "gamma", root / "gamma")
+    for mask in (root / "gamma" / "ground_truth").rglob("*.png"):
+        mask.unlink()
+    with pytest.raises(ValueError, match=r"gamma.*no mask file.*`masks: false` on the data \(image metrics only"):
+        AuxiliaryDataModule(root=source, target_dataset="MVTecAD", target_root=root, num_workers=0).setup()
+
+    datamodule = AuxiliaryDataModule(
+        root=source, masks=False, target_dataset="MVTecAD", target_root=root, num_workers=0
+    )
+    datamodule.setup()
+    (gamma,) = datamodule.target_data
+    assert gamma.task == "classification"
+    assert sorted(set(gamma.samples.label_index)) == [0, 1]
+    assert all(gamma[index].gt_mask is None for index in range(len(gamma)))
+
+
 @pytest.mark.parametrize(("model_class", "pixel_terms"), [(FAPrompt, {"local", "dap_local"}), (AnomalyCLIP, {"local"})])
 def test_image_level_losses_are_the_pixel_free_subset(model_class, pixel_terms, tiny_model_args):
     model = model_class(**tiny_model_args)

@@ -62,8 +62,9 @@ class AuxiliaryDataModule(AnomalibDataModule):
         dataset: ``"MVTecAD"``, ``"Visa"`` (anomalib's layouts) or ``"Folder"`` (custom data: ``root`` holds
             ``normal_dir``, ``abnormal_dir`` and ``mask_dir``), or a list of them (one per root).
         categories: Categories to train on (in any source that has them); ``None`` for all.
-        masks: Load defect masks (required by the pixel losses). ``False`` trains with image labels only (set
-            ``pixel_losses=False`` on the model too); with ``True``, a defect image without a mask is an error.
+        masks: Load defect masks, of the training and the target data (required by the pixel losses and metrics).
+            ``False`` trains with image labels only (set ``pixel_losses=False`` on the model too) and tests with image
+            metrics only; with ``True``, a defect image without a mask is an error.
         normal_dir: ``Folder`` only: sub-folder of normal images.
         abnormal_dir: ``Folder`` only: sub-folder of defect images.
         mask_dir: ``Folder`` only: sub-folder of defect masks.
@@ -236,7 +237,8 @@ class AuxiliaryDataModule(AnomalibDataModule):
         self.test_data = copy.deepcopy(self.val_data)
         if self.target_dataset:
             self.target_data = [
-                category_dataset(self.target_dataset, self.target_root, name) for name in self.test_categories
+                category_dataset(self.target_dataset, self.target_root, name, masks=self.masks)
+                for name in self.test_categories
             ]
             empty = [name for name, part in zip(self.test_categories, self.target_data, strict=True) if not len(part)]
             if empty:

@@ -210,8 +210,8 @@ def _defect_dirs(category_root: Path) -> tuple[list[Path], list[Path]]:
 MISSING_MASKS_MESSAGE = (
     "{count} defect image(s) of '{where}' have no mask file (e.g. {examples}). Masks are the ground truth of the "
     "pixel losses and metrics, and a missing one is not treated as an empty mask. Add the masks (same file name, "
-    "or name + '_mask', in {mask_dirs}), remove those images, or train with image-level losses only: "
-    "`masks: false` on the data and `pixel_losses: false` on the model."
+    "or name + '_mask', in {mask_dirs}), remove those images, or do without masks: `masks: false` on the data "
+    "(image metrics only; to train, also `pixel_losses: false` on the model)."
 )
 
 
