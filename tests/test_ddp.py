@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 import subprocess
 import sys
 from functools import partial
@@ -156,3 +157,25 @@ def test_two_processes_give_the_single_process_table(tmp_path):
     assert ddp.stdout.count("solo: image_AUROC, image_AUPR not computable: no normal image.") == 1
     assert "DataLoader 0" not in ddp.stdout + single.stdout
     assert "sync_dist" not in ddp.stderr
+    # One run folder for both ranks, and `latest` on it: the second rank starts no version folder of its own.
+    (run,) = version_folders(tmp_path / "ddp")
+    assert table.parent == run
+    assert checkpoint.is_relative_to(run)
+    assert (run.parent / "latest").resolve() == run.resolve()
+
+    # predict on two ranks: each rank's predictions in the one new run folder.
+    folder = target / "gamma" / "test" / "defect"
+    _anomalib(
+        "predict", *config, "--ckpt_path", checkpoint, "--data", folder, "--default_root_dir", tmp_path / "predict",
+        "--trainer.devices", "2", "--trainer.strategy", "ddp",
+    )  # fmt: skip
+    (predicted,) = version_folders(tmp_path / "predict")
+    files = sorted(path.name for path in predicted.glob("predictions*.csv"))
+    assert files == ["predictions.rank0.csv", "predictions.rank1.csv"]
+    rows = [line for name in files for line in (predicted / name).read_text().splitlines()[1:]]
+    assert len(rows) == len(list(folder.glob("*.png")))
+
+
+def version_folders(root: Path) -> list[Path]:
+    """The run folders (``v<N>``) anywhere below ``root``."""
+    return [path for path in root.rglob("v*") if path.is_dir() and re.fullmatch(r"v\d+", path.name)]

@@ -227,6 +227,37 @@ def _config(path: Path, **sections) -> Path:
     return path
 
 
+def test_a_failed_fit_leaves_latest_on_the_last_run_that_ended(source, target, tmp_path, monkeypatch):
+    """``latest`` names the last training that ended: a failing fit keeps its folder but puts the link back."""
+    results = tmp_path / "results"
+
+    def fit() -> None:
+        torch.manual_seed(0)
+        engine = _engine(results, max_epochs=1, limit_train_batches=1, limit_val_batches=1)
+        engine.fit(FAPrompt(**tiny_args()), datamodule=_datamodule(source, target))
+
+    def fail(*_args, **_kwargs):
+        msg = "a training step that fails"
+        raise RuntimeError(msg)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(FAPrompt, "training_step", fail)
+        with pytest.raises(RuntimeError, match="a training step that fails"):
+            fit()
+    runs = _run_dir(results)
+    assert (runs / "v0").is_dir()
+    assert not (runs / "latest").is_symlink()  # no run has ended: no link
+
+    fit()
+    assert os.readlink(runs / "latest") == "v1"
+    monkeypatch.setattr(FAPrompt, "training_step", fail)
+    with pytest.raises(RuntimeError, match="a training step that fails"):
+        fit()
+    assert (runs / "v2").is_dir()
+    assert os.readlink(runs / "latest") == "v1"
+    assert (runs / "latest" / "weights" / "lightning" / "model.ckpt").is_file()
+
+
 def test_cli_test_from_a_checkpoint_never_replaces_the_training_run(source, target, tmp_path):
     data = {
         "class_path": "anomalib_faprompt.data.AuxiliaryDataModule",

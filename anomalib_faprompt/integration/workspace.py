@@ -10,14 +10,18 @@ original. For this package's models, and only with the anomalib versions this wa
 1. gives ``test`` and ``predict`` on a fresh engine a new version folder of their own, leaving ``latest``
    where it points (at the last training run, whose checkpoint ``latest/weights/lightning/model.ckpt`` names);
    a ``test`` after ``fit`` on the same engine (``anomalib train``) still writes into the training's folder;
-2. makes ``latest`` a relative link (``latest -> v<N>``), so a copied results folder is self-contained;
-3. runs no validation before ``test`` or ``predict`` of a model built with trained ``weights`` (a zero-shot
+2. makes ``latest`` a relative link (``latest -> v<N>``), so a copied results folder is self-contained, and
+   puts it back where it was when ``fit`` or ``train`` fails: ``latest`` names the last training run that ended;
+3. gives every process of a multi-process run (``--trainer.strategy ddp``, whose launcher starts the other ranks
+   as copies of the command) the run folder of the process that launched them: one folder per run, not one per
+   rank;
+4. runs no validation before ``test`` or ``predict`` of a model built with trained ``weights`` (a zero-shot
    model) when its post-processor normalises nothing: the validation would only collect statistics such a
    post-processor never uses, and ``predict`` on a folder of images has no validation data
    (anomalib: "`val_dataloader` must be implemented");
-4. does not warn "ckpt_path is not provided. Model weights will not be loaded" for a model built with trained
+5. does not warn "ckpt_path is not provided. Model weights will not be loaded" for a model built with trained
    ``weights``: it says, in one line, which weights it predicts with;
-5. reads ``predict``'s ``data_path`` (an image or a folder) with
+6. reads ``predict``'s ``data_path`` (an image or a folder) with
    :class:`~anomalib_faprompt.data.dataset.ImagePredictDataset`: a damaged image is named, not an anonymous
    ``OSError``.
 
@@ -45,6 +49,10 @@ logger = logging.getLogger(__name__)
 
 NO_CKPT_WARNING = "ckpt_path is not provided. Model weights will not be loaded."
 _VERSION = re.compile(r"^v(\d+)$")
+# "<pid of the process that chose it><os.pathsep><run folder>": read by the processes that process launches.
+RUN_DIR_VARIABLE = "ANOMALIB_FAPROMPT_RUN_DIR"
+# Engine attribute: (latest link, this run's folder, the link's previous target or None) while fit/train runs.
+_LATEST_BEFORE = "_anomalib_faprompt_latest_before"
 
 
 def _is_own(model: object) -> bool:
@@ -78,6 +86,35 @@ def relative_latest_link(run_dir: Path) -> None:
     temporary.replace(latest)
 
 
+def _launcher_run_dir() -> Path | None:
+    """The run folder chosen by the process that launched this one as another rank, or ``None``."""
+    pid, _, folder = os.environ.get(RUN_DIR_VARIABLE, "").partition(os.pathsep)
+    if int(os.environ.get("LOCAL_RANK", "0")) > 0 and pid == str(os.getppid()) and folder:
+        return Path(folder)
+    return None
+
+
+def _share_run_dir(run_dir: Path) -> None:
+    """Hand ``run_dir`` down to the ranks this process will launch (they inherit its environment)."""
+    os.environ[RUN_DIR_VARIABLE] = f"{os.getpid()}{os.pathsep}{run_dir}"
+
+
+def _restore_latest(record: tuple[Path, Path, str | None] | None) -> None:
+    """Point ``latest`` back at its previous target (or remove it) if it still points at the failed run."""
+    if record is None:
+        return
+    latest, run_dir, previous = record
+    if not latest.is_symlink() or latest.resolve() != run_dir.resolve():
+        return
+    if previous is None:
+        latest.unlink()
+        return
+    temporary = latest.with_name(f".latest.{os.getpid()}")
+    temporary.unlink(missing_ok=True)
+    temporary.symlink_to(previous, target_is_directory=True)
+    temporary.replace(latest)
+
+
 def _setup_workspace(original: Any) -> Any:  # noqa: ANN401
     engine = sys.modules[original.__module__]
 
@@ -86,11 +123,34 @@ def _setup_workspace(original: Any) -> Any:  # noqa: ANN401
         if not _is_own(model):
             original(self, model, *args, versioned_dir=versioned_dir, **kwargs)
             return
-        if versioned_dir or self._trainer is not None:
-            # fit or train: anomalib's new version folder; test or predict after fit: the same run folder
+        inherited = _launcher_run_dir()
+        if inherited is not None and self._trainer is None:
+            # another rank of a multi-process run: the launching process's folder, no folder or link of its own
+            self._cache.args["default_root_dir"] = inherited
+            return
+        if not versioned_dir and self._trainer is not None:
+            # test or predict after fit on the same engine: the training's run folder
             original(self, model, *args, versioned_dir=versioned_dir, **kwargs)
-            if versioned_dir:
-                relative_latest_link(Path(self._cache.args["default_root_dir"]))
+            return
+        if versioned_dir:
+            # fit or train: anomalib's new version folder, and the link's previous target for a failed run
+            previous: list[str | None] = []
+            create = engine.create_versioned_dir
+
+            def create_versioned_dir(root_dir: str | Path) -> Path:
+                latest = Path(root_dir).resolve() / "latest"
+                previous.append(os.readlink(latest) if latest.is_symlink() else None)
+                return create(root_dir)
+
+            engine.create_versioned_dir = create_versioned_dir
+            try:
+                original(self, model, *args, versioned_dir=versioned_dir, **kwargs)
+            finally:
+                engine.create_versioned_dir = create
+            run_dir = Path(self._cache.args["default_root_dir"])
+            setattr(self, _LATEST_BEFORE, (run_dir.parent / "latest", run_dir, previous[0] if previous else None))
+            relative_latest_link(run_dir)
+            _share_run_dir(run_dir)
             return
         # test or predict on a fresh engine: anomalib's root for this model and data, then a new version folder
         resolve = engine.resolve_versioned_path
@@ -102,9 +162,25 @@ def _setup_workspace(original: Any) -> Any:  # noqa: ANN401
         root = Path(self._cache.args["default_root_dir"]).parent.resolve()
         run_dir = new_version_dir(root)
         self._cache.args["default_root_dir"] = run_dir
+        _share_run_dir(run_dir)
         logger.info("Writing this run's results to %s (earlier runs in %s are left as they are).", run_dir, root)
 
     return setup_workspace
+
+
+def _restoring_latest(original: Any) -> Any:  # noqa: ANN401
+    """``fit`` or ``train`` that puts ``latest`` back where it was when the run fails."""
+
+    @wraps(original)
+    def run(self: Any, *args: Any, **kwargs: Any) -> Any:  # noqa: ANN401
+        self.__dict__.pop(_LATEST_BEFORE, None)
+        try:
+            return original(self, *args, **kwargs)
+        except BaseException:
+            _restore_latest(self.__dict__.pop(_LATEST_BEFORE, None))
+            raise
+
+    return run
 
 
 def _should_run_validation(original: Any) -> Any:  # noqa: ANN401
@@ -169,9 +245,10 @@ def patch_engine(module: Any) -> None:  # noqa: ANN401
     with patching("run folders of test/predict") as patch:
         if patch is None:
             return
-        if not hasattr(module, "resolve_versioned_path"):
-            msg = "anomalib.engine.engine has no resolve_versioned_path"
-            raise AttributeError(msg)
+        for name in ("resolve_versioned_path", "create_versioned_dir"):
+            if not hasattr(module, name):
+                msg = f"anomalib.engine.engine has no {name}"
+                raise AttributeError(msg)
         engine_class = module.Engine
         patch.set(engine_class, "_setup_workspace", _setup_workspace(engine_class._setup_workspace))  # noqa: SLF001
         patch.set(
@@ -180,3 +257,5 @@ def patch_engine(module: Any) -> None:  # noqa: ANN401
             _should_run_validation(engine_class._should_run_validation),  # noqa: SLF001
         )
         patch.set(engine_class, "predict", _predict(engine_class.predict))
+        for name in ("fit", "train"):
+            patch.set(engine_class, name, _restoring_latest(getattr(engine_class, name)))
