@@ -344,3 +344,37 @@ def test_cli_predict_names_a_damaged_image(target, trained, tmp_path):
     assert error.startswith(f"UnreadableFileError: Cannot read '{damaged}' (OSError: ")
     assert error.endswith("Replace or remove the file, then predict again.")
     assert "Traceback" not in output
+
+
+def test_cli_errors_about_a_checkpoint_or_the_data_are_one_last_line(source, target, trained, tmp_path):
+    """Errors raised while the command runs (not while it builds the model) name the file or argument, briefly."""
+    damaged = tmp_path / "damaged.ckpt"
+    damaged.write_bytes(trained.read_bytes()[:5000])
+    folder = target / "delta" / "test" / "good"
+    config = _config(tmp_path / "config.yaml")
+    output = _cli(
+        ["predict", "--config", str(config), "--ckpt_path", str(damaged), "--data", str(folder),
+         "--default_root_dir", str(tmp_path / "results")],
+        tmp_path,
+        returncode=2,
+    )  # fmt: skip
+    *_, what, error = output.rstrip().splitlines()
+    assert what == "anomalib predict:"
+    assert error.startswith(f"InvalidInputError: '{damaged}' (`ckpt_path`) is not a readable anomalib checkpoint")
+    assert "Traceback" not in output
+
+    data = {
+        "class_path": "anomalib_faprompt.data.AuxiliaryDataModule",
+        "init_args": {"root": str(source), "target_dataset": "MVTecAD", "target_root": str(target), "num_workers": 0},
+    }
+    config = _config(tmp_path / "data.yaml", data=data)
+    output = _cli(
+        ["test", "--config", str(config), "--ckpt_path", str(trained), "--data.target_categories", "[gamma,nosuch]",
+         "--default_root_dir", str(tmp_path / "results")],
+        tmp_path,
+        returncode=2,
+    )  # fmt: skip
+    *_, what, error = output.rstrip().splitlines()
+    assert what == "anomalib test:"
+    assert error.startswith("InvalidInputError: Target categories ['nosuch'] (argument `target_categories`)")
+    assert "Traceback" not in output

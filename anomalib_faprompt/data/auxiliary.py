@@ -19,6 +19,8 @@ from anomalib.utils.attrs import get_nested_attr
 from torch.utils.data import DataLoader
 from torchvision.transforms.v2 import Transform
 
+from anomalib_faprompt.errors import InvalidInputError
+
 from .dataset import SkippingDataLoader
 from .sources import DATASETS, available_categories, category_dataset, check_root, prepare_category, source_name
 
@@ -125,20 +127,20 @@ class AuxiliaryDataModule(AnomalibDataModule):
             datasets = datasets * len(roots)
         if len(datasets) != len(roots):
             msg = f"`dataset` ({len(datasets)} entries) and `root` ({len(roots)} entries) must pair up one to one."
-            raise ValueError(msg)
+            raise InvalidInputError(msg)
         for dataset_name in [*datasets, *([target_dataset] if target_dataset else [])]:
             if dataset_name not in DATASETS:
                 msg = f"Unknown dataset '{dataset_name}': use one of {DATASETS}."
-                raise ValueError(msg)
+                raise InvalidInputError(msg)
         if target_dataset == "Folder":
             msg = "`target_dataset` must be 'MVTecAD' or 'Visa'; test a folder with `anomalib test --data Folder`."
-            raise ValueError(msg)
+            raise InvalidInputError(msg)
         if target_dataset and target_root is None:
             msg = f"`target_root` is required with `target_dataset='{target_dataset}'`."
-            raise ValueError(msg)
+            raise InvalidInputError(msg)
         if not 0 <= val_split_ratio < 1:
             msg = f"`val_split_ratio` must be in [0, 1) (0: train on all images, no validation), got {val_split_ratio}."
-            raise ValueError(msg)
+            raise InvalidInputError(msg)
         for dataset_name, path in zip(datasets, roots, strict=True):
             check_root(dataset_name, path, "root")
         if target_dataset:
@@ -187,7 +189,7 @@ class AuxiliaryDataModule(AnomalibDataModule):
         unknown = set(self.categories or []) - {name for *_, name in selected}
         if unknown:
             msg = f"Categories {sorted(unknown)} (argument `categories`) are in none of the sources {self.sources}."
-            raise ValueError(msg)
+            raise InvalidInputError(msg)
         return selected
 
     @property
@@ -201,7 +203,7 @@ class AuxiliaryDataModule(AnomalibDataModule):
         unknown = set(self.target_categories) - set(available)
         if unknown:
             msg = f"Target categories {sorted(unknown)} (argument `target_categories`) are not in {self.target_root}."
-            raise ValueError(msg)
+            raise InvalidInputError(msg)
         return list(self.target_categories)
 
     def prepare_data(self) -> None:
@@ -220,7 +222,7 @@ class AuxiliaryDataModule(AnomalibDataModule):
         empty = [f"{part.category} ({part.name})" for part in parts if not len(part)]
         if len(empty) == len(parts):
             msg = f"No training images in {self.sources} (arguments `root`, `dataset`, `categories`)."
-            raise ValueError(msg)
+            raise InvalidInputError(msg)
         if empty:
             warnings.warn(f"Training categories with no images: {', '.join(empty)}.", stacklevel=2)
         data = concatenate(parts)
@@ -231,7 +233,7 @@ class AuxiliaryDataModule(AnomalibDataModule):
                     f"val_split_ratio={self.val_split_ratio} holds out no image of the {len(data)} training images "
                     f"(the split is per label, rounded down): raise it, or set it to 0 to train on all of them."
                 )
-                raise ValueError(msg)
+                raise InvalidInputError(msg)
         else:
             self.train_data, self.val_data = data, data.subsample([])
         self.test_data = copy.deepcopy(self.val_data)
@@ -294,11 +296,11 @@ class AuxiliaryDataModule(AnomalibDataModule):
                     "Nothing to test on: `val_split_ratio` is 0 (every image trains) and there is no "
                     "`target_dataset`. Set `target_dataset` and `target_root`, or a `val_split_ratio` above 0."
                 )
-                raise ValueError(msg)
+                raise InvalidInputError(msg)
             return self._loader(self.test_data)
         if not any(len(data) for data in self.target_data):
             msg = f"No images in any target category {self.test_categories} under '{self.target_root}'."
-            raise ValueError(msg)
+            raise InvalidInputError(msg)
         return [self._loader(data) for data in self.target_data]
 
     def teardown(self, stage: str | None = None) -> None:

@@ -28,6 +28,8 @@ from torch.utils.data import DataLoader
 from torchvision.transforms.v2 import Transform
 from torchvision.tv_tensors import Mask
 
+from anomalib_faprompt.errors import InvalidInputError
+
 from .images import UnreadableFileError, read_image, read_mask
 
 __all__ = ["CheckedImageDataset", "ImagePredictDataset", "SkippedFile", "SkippingDataLoader"]
@@ -136,13 +138,13 @@ class CheckedImageDataset(AnomalibDataset):
                 f"Mask '{mask_path}' is {mask.shape[-1]}x{mask.shape[-2]} pixels but its image '{image_path}' is "
                 f"{image.shape[-1]}x{image.shape[-2]}: a mask must have the size of its image. Fix the mask."
             )
-            raise ValueError(msg)
+            raise InvalidInputError(msg)
         if not mask.any():
             msg = (
                 f"Mask '{mask_path}' of the defect image '{image_path}' marks no defect pixel. Fix the mask, or "
                 "move the image out of the defect folder."
             )
-            raise ValueError(msg)
+            raise InvalidInputError(msg)
         return image, mask
 
     def __getitem__(self, index: int) -> ImageItem | SkippedFile:

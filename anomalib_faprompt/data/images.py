@@ -15,6 +15,8 @@ from PIL import Image as PILImage
 from torchvision.transforms.v2.functional import to_dtype, to_image
 from torchvision.tv_tensors import Image, Mask
 
+from anomalib_faprompt.errors import InputError
+
 __all__ = ["LOSSY_SUFFIXES", "UnreadableFileError", "read_image", "read_mask"]
 
 SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")
@@ -26,7 +28,7 @@ SKIP_ADVICE = (
 )
 
 
-class UnreadableFileError(OSError):
+class UnreadableFileError(InputError, OSError):
     """An image or mask file that cannot be decoded (truncated, damaged or not an image).
 
     Built with :meth:`of`; it takes one message argument, so that a ``DataLoader`` worker can re-raise it.

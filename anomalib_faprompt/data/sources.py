@@ -22,6 +22,8 @@ from anomalib.data import MVTecAD, Visa
 from anomalib.data.datasets.image.mvtecad import CATEGORIES as MVTECAD_CATEGORIES
 from anomalib.data.datasets.image.visa import CATEGORIES as VISA_CATEGORIES
 
+from anomalib_faprompt.errors import InvalidInputError, MissingInputError
+
 from .dataset import CheckedImageDataset
 
 __all__ = [
@@ -50,7 +52,7 @@ _DOWNLOADS = {
 def _check_dataset(dataset: str) -> None:
     if dataset not in DATASETS:
         msg = f"Unknown dataset '{dataset}': use one of {DATASETS}."
-        raise ValueError(msg)
+        raise InvalidInputError(msg)
 
 
 def layout_root(dataset: str, root: Path) -> Path:
@@ -105,7 +107,7 @@ def check_root(dataset: str, root: str | Path, argument: str = "root") -> None:
         return
     if dataset == "Folder":
         msg = f"Custom dataset folder '{root}' (argument `{argument}`) does not exist."
-        raise FileNotFoundError(msg)
+        raise MissingInputError(msg)
     if root.name == _DOWNLOAD_FOLDERS[dataset]:
         return
     msg = (
@@ -113,7 +115,7 @@ def check_root(dataset: str, root: str | Path, argument: str = "root") -> None:
         f"`python -m anomalib_faprompt.data.synthetic {root}`, point `{argument}` at your {dataset} data, or create "
         f"the folder (`mkdir -p {root}`) to let anomalib download {dataset} into it."
     )
-    raise FileNotFoundError(msg)
+    raise MissingInputError(msg)
 
 
 def _missing_parents(path: Path) -> list[Path]:
@@ -157,7 +159,7 @@ def prepare_category(dataset: str, root: str | Path, category: str) -> None:
             f"with <root> = '{root}'"
             + (" (anomalib then writes its train/test split into <root>/visa_pytorch)." if dataset == "Visa" else ".")
         )
-        raise FileNotFoundError(msg) from error
+        raise MissingInputError(msg) from error
 
 
 def _images(folder: Path) -> list[Path]:
@@ -181,7 +183,7 @@ def _pair_masks(images: list[Path], mask_dir: Path) -> tuple[dict[Path, Path], l
         if len(candidates) > 1:
             files = ", ".join(map(str, candidates))
             msg = f"Defect image '{image}' has {len(candidates)} mask files ({files}): keep one."
-            raise ValueError(msg)
+            raise InvalidInputError(msg)
         if candidates:
             paired[image] = candidates[0]
         else:
@@ -234,7 +236,7 @@ def _samples(
         examples = ", ".join(str(path) for path in missing[:3])
         names = ", ".join(f"'{path}'" for path in sorted({mask_dir for _, mask_dir in defects}))
         msg = MISSING_MASKS_MESSAGE.format(count=len(missing), where=where, examples=examples, mask_dirs=names)
-        raise ValueError(msg)
+        raise InvalidInputError(msg)
     samples = pd.DataFrame(rows, columns=["image_path", "label", "label_index", "mask_path"])
     samples["split"] = "test"
     samples.attrs["task"] = "segmentation" if masks else "classification"
@@ -276,7 +278,7 @@ def category_dataset(
         for folder, argument in ((normal, "normal_dir"), (abnormal, "abnormal_dir")):
             if not folder.is_dir():
                 msg = f"Folder '{folder}' (argument `{argument}`, under `root`) does not exist."
-                raise FileNotFoundError(msg)
+                raise MissingInputError(msg)
         name, category, where = root.name, root.name, abnormal
         samples, unused = _samples(_images(normal), [(_images(abnormal), root / mask_dir)], masks, where)
     else:

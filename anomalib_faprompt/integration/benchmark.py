@@ -30,6 +30,7 @@ from anomalib.engine import Engine
 from anomalib.models import AnomalibModule
 from lightning.pytorch import LightningDataModule
 
+from anomalib_faprompt.errors import MissingInputError
 from anomalib_faprompt.integration.patching import patching
 from anomalib_faprompt.integration.quiet import quiet_command
 
@@ -42,7 +43,7 @@ WIDTH = 80
 LOG_FILE = "runs/pipeline.log"
 
 
-class MissingFilesError(FileNotFoundError):
+class MissingFilesError(MissingInputError):
     """Files named by a benchmark config for this package's models do not exist."""
 
 

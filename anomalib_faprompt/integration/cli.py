@@ -6,9 +6,11 @@
    default, "a random seed") and ``false`` change nothing: no seed is set, as before.
 2. **Errors.** A ``ValueError``/``FileNotFoundError``... raised by a constructor of this package's models or
    datamodules reaches jsonargparse, which buries its message in a long "Expected a <class 'NoneType'>"
-   traceback. It is printed instead as the last line, and the command exits with status 2. A benchmark
-   config naming missing checkpoints, and an image or mask file that cannot be decoded, are reported the same
-   way; a benchmark with failed jobs exits with 1.
+   traceback. It is printed instead as the last line, and the command exits with status 2. The errors the
+   package raises while the command runs about what the user gave (:class:`~anomalib_faprompt.errors.InputError`:
+   a checkpoint that does not fit or cannot be read, data that is missing or inconsistent, a benchmark config
+   naming missing checkpoints, a file that cannot be decoded) are reported the same way; a benchmark with failed
+   jobs exits with 1.
 3. **Quiet.** A run of this package's models filters the known harmless messages of :mod:`.quiet`.
 """
 
@@ -125,12 +127,12 @@ def patch_cli(module: Any) -> None:
             recording.undo()
 
     def run_subcommand(self: Any) -> None:
-        from anomalib_faprompt.data.images import UnreadableFileError
-        from anomalib_faprompt.integration.benchmark import STATE, MissingFilesError
+        from anomalib_faprompt.errors import InputError
+        from anomalib_faprompt.integration.benchmark import STATE
 
         try:
             original_run(self)
-        except (MissingFilesError, UnreadableFileError) as error:
+        except InputError as error:
             exit_with(error, f"anomalib {self.subcommand}")
         if self.subcommand == "benchmark" and STATE.failed:
             raise SystemExit(1)

@@ -21,6 +21,7 @@ import torch
 from anomalib.utils.serialization import anomalib_safe_globals
 
 from anomalib_faprompt.components import plain_config
+from anomalib_faprompt.errors import InvalidInputError, MissingInputError
 
 if TYPE_CHECKING:
     from lightning.pytorch import Trainer
@@ -55,7 +56,7 @@ def check_checkpoint_file(path: str | Path, source: str, model_name: str) -> Non
             f"{model_name} checkpoint '{path}' ({source}) {what}. Pass the checkpoint file of a trained "
             f"{model_name}, e.g. the `weights/lightning/model.ckpt` written by `anomalib train --model {model_name}`."
         )
-        raise FileNotFoundError(msg)
+        raise MissingInputError(msg)
 
 
 def read_checkpoint(module: PromptLearningModule, path: str | Path, source: str) -> dict[str, Any]:
@@ -80,11 +81,14 @@ def read_checkpoint(module: PromptLearningModule, path: str | Path, source: str)
             checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError) as error:
         reason = str(error).splitlines()[0] if str(error) else type(error).__name__
-        msg = f"'{path}' ({source}) is not a readable anomalib checkpoint: {reason}"
-        raise ValueError(msg) from error
+        msg = (
+            f"'{path}' ({source}) is not a readable anomalib checkpoint: the file is damaged, truncated or of another "
+            f"kind (torch: {reason}). Pass the checkpoint file written by training the model."
+        )
+        raise InvalidInputError(msg) from error
     if not isinstance(checkpoint, dict) or not isinstance(checkpoint.get("state_dict"), dict):
         msg = f"'{path}' ({source}) is not an anomalib checkpoint: it has no 'state_dict'."
-        raise ValueError(msg)
+        raise InvalidInputError(msg)
     return checkpoint
 
 
@@ -142,14 +146,14 @@ def check_checkpoint(module: PromptLearningModule, checkpoint: dict[str, Any], w
     if unexpected or missing:
         found = f"lacks {missing[:5]}" if missing else f"has {unexpected[:5]}, unknown to {module.name}"
         msg = f"{where} is not a checkpoint of {module.name}: it {found}. Pass a checkpoint written by training it."
-        raise ValueError(msg)
+        raise InvalidInputError(msg)
     differences = _structure_differences(module, checkpoint.get("hyper_parameters") or {})
     if differences:
         msg = (
             f"{where} was trained with other hyperparameters: {', '.join(differences)}. Build the {module.name} with "
             "the checkpoint's values (e.g. the `--config` it was trained with)."
         )
-        raise ValueError(msg)
+        raise InvalidInputError(msg)
     resized = [
         f"{name} is {tuple(value.shape)} there, {tuple(ours[name].shape)} here"
         for name, value in saved.items()
@@ -160,7 +164,7 @@ def check_checkpoint(module: PromptLearningModule, checkpoint: dict[str, Any], w
             f"{where} was trained with other sizes ({'; '.join(resized[:3])}). Build the {module.name} with the "
             "hyperparameters it was trained with (backbone, backbone_config, image_size, n_ctx, prompt_length, ...)."
         )
-        raise ValueError(msg)
+        raise InvalidInputError(msg)
     prefix = _frozen_prefix(module)
     if not any(key.startswith(prefix) for key in state):
         _check_fingerprint(module, checkpoint, where)
@@ -181,7 +185,7 @@ def _check_fingerprint(module: PromptLearningModule, checkpoint: dict[str, Any],
             f"(backbone={module.hparams.get('backbone')!r}, pretrained={module.hparams.get('pretrained')!r}). "
             "Build the model with the backbone and pretrained weights it was trained with."
         )
-        raise ValueError(msg)
+        raise InvalidInputError(msg)
 
 
 def strip_frozen(module: PromptLearningModule, checkpoint: dict[str, Any]) -> None:

@@ -12,6 +12,7 @@ from anomalib.data import Batch
 from lightning.pytorch import Trainer
 
 from anomalib_faprompt.components import binarise_masks
+from anomalib_faprompt.errors import InvalidInputError
 
 __all__ = ["NO_DEFECTS_MESSAGE", "TrainingTargets"]
 
@@ -49,12 +50,12 @@ class TrainingTargets:
         self._check_batches = samples is None or "label_index" not in samples
         self._seen_anomalous = False
         if not self._check_batches and not (samples["label_index"] == 1).any():
-            raise ValueError(NO_DEFECTS_MESSAGE.format(model=self.model_name))
+            raise InvalidInputError(NO_DEFECTS_MESSAGE.format(model=self.model_name))
 
     def end_epoch(self) -> None:
         """Stop when a whole epoch of data without a samples table held no anomalous image."""
         if self._check_batches and not self._seen_anomalous:
-            raise ValueError(NO_DEFECTS_MESSAGE.format(model=self.model_name))
+            raise InvalidInputError(NO_DEFECTS_MESSAGE.format(model=self.model_name))
 
     def __call__(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Image labels ``(B,)`` and binary masks ``(B, S, S)`` of a batch (``None``: image-level only).
@@ -63,7 +64,7 @@ class TrainingTargets:
         """
         if batch.gt_label is None:
             msg = f"{self.model_name} trains on labelled images; the training batch has no labels."
-            raise ValueError(msg)
+            raise InvalidInputError(msg)
         labels = batch.gt_label.long()
         if self._check_batches and not self._seen_anomalous:
             self._seen_anomalous = bool((labels == 1).any())
@@ -74,7 +75,7 @@ class TrainingTargets:
                 f"{self.model_name} trains its pixel losses on defect masks, and the training batch has no masks. "
                 "Use a datamodule that loads masks, or train with image-level losses only (`pixel_losses=False`)."
             )
-            raise ValueError(msg)
+            raise InvalidInputError(msg)
         self._check_mask_files(batch, labels)
         return labels, binarise_masks(batch.gt_mask, (self.image_size, self.image_size)).float()
 
@@ -90,4 +91,4 @@ class TrainingTargets:
                     f"Defect image '{image}' has no mask file, and {self.model_name} trains its pixel losses on "
                     "masks. Add its mask, or train with image-level losses only (`pixel_losses=False`)."
                 )
-                raise ValueError(msg)
+                raise InvalidInputError(msg)

@@ -1,0 +1,22 @@
+"""Errors in what the user gave (files, data, checkpoints, arguments), as opposed to errors of the code.
+
+Their messages name the file or argument and say what to do. anomalib's command line, for this package's models,
+prints such an error as its last line and exits with status 2, without a traceback (:mod:`.integration.cli`).
+Each also is the built-in error it used to be (``ValueError``, ``FileNotFoundError``, ``OSError``).
+"""
+
+from __future__ import annotations
+
+__all__ = ["InputError", "InvalidInputError", "MissingInputError"]
+
+
+class InputError(Exception):
+    """Something the user gave is wrong; the message says what and what to do."""
+
+
+class InvalidInputError(InputError, ValueError):
+    """A file, data set or argument that exists but cannot be used as it is."""
+
+
+class MissingInputError(InputError, FileNotFoundError):
+    """A file or folder that the user named does not exist."""
