@@ -68,7 +68,7 @@ def test_a_constructor_error_is_the_last_line(tmp_path):
     assert result.returncode == 2
     lines = (result.stdout + result.stderr).strip().splitlines()
     assert str(missing) in lines[-1]
-    assert lines[-1].startswith("FileNotFoundError: ")
+    assert lines[-1].startswith("MissingInputError: ")
     assert "does not exist" in lines[-1]
     assert "Expected a <class 'NoneType'>" not in result.stderr
 
