@@ -105,12 +105,17 @@ def test_weights_errors_name_the_file_and_the_fix(checkpoints, tmp_path):
         AnomalyCLIP(**args, weights=str(tmp_path / "missing.ckpt"))
     text = tmp_path / "notes.ckpt"
     text.write_text("not a checkpoint")
-    with pytest.raises(ValueError, match="not a readable anomalib checkpoint"):
+    with pytest.raises(ValueError, match=r"notes\.ckpt' \(argument `weights`\) is not a readable anomalib checkpoint"):
         AnomalyCLIP(**args, weights=str(text))
-    with pytest.raises(ValueError, match=r"not a checkpoint of AnomalyCLIP: it has \['prior_net"):
+    with pytest.raises(ValueError, match=r"is a checkpoint of FAPrompt, not of AnomalyCLIP: use it with FAPrompt"):
         AnomalyCLIP(**args, weights=checkpoints["FAPrompt"])
-    with pytest.raises(ValueError, match=r"not a checkpoint of FAPrompt: it lacks \['prior_net"):
+    with pytest.raises(ValueError, match=r"is a checkpoint of AnomalyCLIP, not of FAPrompt: use it with AnomalyCLIP"):
         FAPrompt(**args, weights=checkpoints["AnomalyCLIP"])
+    unnamed = torch.load(checkpoints["AnomalyCLIP"], weights_only=False)
+    del unnamed["anomalib_faprompt_model"]  # e.g. written by other code: told apart by its parameters
+    torch.save(unnamed, tmp_path / "unnamed.ckpt")
+    with pytest.raises(ValueError, match=r"not a checkpoint of FAPrompt: it lacks \['prior_net"):
+        FAPrompt(**args, weights=str(tmp_path / "unnamed.ckpt"))
     with pytest.raises(ValueError, match=r"trained with other hyperparameters: n_ctx=12 \(here: 5\)"):
         AnomalyCLIP(**args, n_ctx=5, weights=checkpoints["AnomalyCLIP"])
     checkpoint = torch.load(checkpoints["AnomalyCLIP"], weights_only=False)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -77,7 +78,9 @@ def test_normal_only_training_data_stops_with_clear_error(dataset_root, tmp_path
     model = FAPrompt(**tiny_args())
     datamodule = MVTecAD(root=dataset_root, category="alpha", num_workers=0)  # its train split is normal-only
     with pytest.raises(
-        ValueError, match=r"FAPrompt learns from defect images.*no anomalous image.*AuxiliaryDataModule"
+        ValueError,
+        match=rf"FAPrompt learns from defect images.*training data \(MVTecAD: '{re.escape(str(dataset_root))}'\) "
+        r"holds no anomalous image.*AuxiliaryDataModule",
     ):
         _engine(tmp_path, max_epochs=1).fit(model, datamodule=datamodule)
 

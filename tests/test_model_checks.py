@@ -134,7 +134,7 @@ def datamodule(synthetic_source) -> AuxiliaryDataModule:
             r"other hyperparameters: vv_layers=2 \(here: 1\), ",
         ),
         (lambda: FAPrompt(**tiny_args(patch_selection="first_k")), r"patch_selection='topk' \(here: 'first_k'\)"),
-        (lambda: AnomalyCLIP(**tiny_args()), r"is not a checkpoint of AnomalyCLIP: it has \['prior_net"),
+        (lambda: AnomalyCLIP(**tiny_args()), r"is a checkpoint of FAPrompt, not of AnomalyCLIP: use it with FAPrompt"),
     ],
 )
 def test_ckpt_path_that_does_not_fit_is_refused_before_lightning_reads_it(

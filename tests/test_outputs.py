@@ -377,4 +377,5 @@ def test_cli_errors_about_a_checkpoint_or_the_data_are_one_last_line(source, tar
     *_, what, error = output.rstrip().splitlines()
     assert what == "anomalib test:"
     assert error.startswith("InvalidInputError: Target categories ['nosuch'] (argument `target_categories`)")
+    assert error.endswith("which has ['delta', 'epsilon', 'gamma'].")
     assert "Traceback" not in output

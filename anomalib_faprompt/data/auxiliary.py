@@ -202,7 +202,10 @@ class AuxiliaryDataModule(AnomalibDataModule):
             return available
         unknown = set(self.target_categories) - set(available)
         if unknown:
-            msg = f"Target categories {sorted(unknown)} (argument `target_categories`) are not in {self.target_root}."
+            msg = (
+                f"Target categories {sorted(unknown)} (argument `target_categories`) are not in {self.target_root}, "
+                f"which has {available}."
+            )
             raise InvalidInputError(msg)
         return list(self.target_categories)
 

@@ -138,6 +138,13 @@ def check_checkpoint(module: PromptLearningModule, checkpoint: dict[str, Any], w
     Raises:
         ValueError: The checkpoint does not fit the model.
     """
+    saved_model = checkpoint.get(MODEL_KEY)
+    if isinstance(saved_model, str) and saved_model != module.name:
+        msg = (
+            f"{where} is a checkpoint of {saved_model}, not of {module.name}: use it with {saved_model} "
+            f"(`--model {saved_model}`)."
+        )
+        raise InvalidInputError(msg)
     state = checkpoint["state_dict"]
     saved = {key.removeprefix("model."): value for key, value in state.items() if key.startswith("model.")}
     ours = module.model.state_dict()

@@ -17,11 +17,22 @@ from anomalib_faprompt.errors import InvalidInputError
 __all__ = ["NO_DEFECTS_MESSAGE", "TrainingTargets"]
 
 NO_DEFECTS_MESSAGE = (
-    "{model} learns from defect images with masks, and its training data holds no anomalous image. "
+    "{model} learns from defect images with masks, and its training data{where} holds no anomalous image. "
     "anomalib's usual training splits (e.g. MVTecAD's 'train') contain only normal images. Train on the "
     "test split of an auxiliary dataset instead, e.g. `--data anomalib_faprompt.data.AuxiliaryDataModule "
     "--data.root ./datasets/MVTecAD`, or on a folder with defect images and masks (see the README)."
 )
+
+
+def _where(datamodule: object) -> str:
+    """`` (<datamodule>: <its sources or root>)`` for messages, or ``""`` when it names no folder."""
+    sources = getattr(datamodule, "sources", None)
+    if sources:
+        place = ", ".join(f"{dataset} '{root}'" for dataset, root in sources)
+    else:
+        root = getattr(datamodule, "root", None)
+        place = f"'{root}'" if root else ""
+    return f" ({type(datamodule).__name__}: {place})" if place else ""
 
 
 class TrainingTargets:
@@ -50,12 +61,12 @@ class TrainingTargets:
         self._check_batches = samples is None or "label_index" not in samples
         self._seen_anomalous = False
         if not self._check_batches and not (samples["label_index"] == 1).any():
-            raise InvalidInputError(NO_DEFECTS_MESSAGE.format(model=self.model_name))
+            raise InvalidInputError(NO_DEFECTS_MESSAGE.format(model=self.model_name, where=_where(trainer.datamodule)))
 
     def end_epoch(self) -> None:
         """Stop when a whole epoch of data without a samples table held no anomalous image."""
         if self._check_batches and not self._seen_anomalous:
-            raise InvalidInputError(NO_DEFECTS_MESSAGE.format(model=self.model_name))
+            raise InvalidInputError(NO_DEFECTS_MESSAGE.format(model=self.model_name, where=""))
 
     def __call__(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Image labels ``(B,)`` and binary masks ``(B, S, S)`` of a batch (``None``: image-level only).
