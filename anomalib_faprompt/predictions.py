@@ -27,7 +27,8 @@ class PredictionScoresWriter(Callback):
     """Writes ``<default_root_dir>/<file_name>`` during ``predict``: ``file,score,label``, one row per image.
 
     With several processes, each writes its own share to ``<stem>.rank<R>.csv``. A second ``predict`` into the
-    same folder (the same ``Engine``) writes ``<stem>_1.csv``, and so on: no file is replaced.
+    same folder (the same ``Engine``) writes ``<stem>_1.csv``, and so on: no file is replaced. A ``predict`` that
+    stops with an error renames its file to ``<name>.incomplete.csv``, rows so far included, and says so.
 
     Args:
         file_name: Name of the CSV file in the run's folder.
@@ -38,6 +39,7 @@ class PredictionScoresWriter(Callback):
         self.file_name = file_name
         self.path: Path | None = None
         self.rows = 0
+        self._writing = False
 
     def _path(self, trainer: Trainer) -> Path:
         """``<stem>[.rank<R>].csv`` in the run's folder; ``<stem>_<N>...`` when an earlier predict wrote that one."""
@@ -53,7 +55,7 @@ class PredictionScoresWriter(Callback):
     def on_predict_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         """Start the file with its header."""
         del pl_module
-        self.path, self.rows = self._path(trainer), 0
+        self.path, self.rows, self._writing = self._path(trainer), 0, True
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with self.path.open("w", newline="") as file:
             csv.writer(file).writerow(PREDICTIONS_COLUMNS)
@@ -79,6 +81,18 @@ class PredictionScoresWriter(Callback):
     def on_predict_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         """Say where the scores are, in one line."""
         del trainer, pl_module
+        self._writing = False
         logger.info(
             "Scores of %d images (%s; label 1: anomalous): %s", self.rows, ", ".join(PREDICTIONS_COLUMNS), self.path
         )
+
+    def on_exception(self, trainer: Trainer, pl_module: LightningModule, exception: BaseException) -> None:
+        """Rename the file of a ``predict`` that stopped to ``<name>.incomplete.csv``, so that none looks complete."""
+        del trainer, pl_module
+        if not self._writing or self.path is None or not self.path.exists():
+            return
+        self._writing = False
+        incomplete = self.path.with_name(f"{self.path.stem}.incomplete{self.path.suffix}")
+        self.path = self.path.replace(incomplete)
+        stopped_by = type(exception).__name__
+        logger.warning("predict stopped (%s) after %d images; their scores are in %s", stopped_by, self.rows, self.path)

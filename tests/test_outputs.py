@@ -344,6 +344,14 @@ def test_cli_predict_names_a_damaged_image(target, trained, tmp_path):
     assert error.startswith(f"UnreadableFileError: Cannot read '{damaged}' (OSError: ")
     assert error.endswith("Replace or remove the file, then predict again.")
     assert "Traceback" not in output
+    # The scores written before the error are kept, in a file whose name says that it is incomplete.
+    assert not list((tmp_path / "results").rglob("predictions.csv"))
+    (incomplete,) = (tmp_path / "results").rglob("predictions.incomplete.csv")
+    rows = incomplete.read_text().splitlines()
+    assert rows[0] == "file,score,label"
+    assert len(rows) > 1  # the images of the batches before the damaged one
+    assert all(Path(row.split(",")[0]).parent == folder and "damaged" not in row for row in rows[1:])
+    assert f"their scores are in {incomplete}" in output
 
 
 def test_cli_errors_about_a_checkpoint_or_the_data_are_one_last_line(source, target, trained, tmp_path):
