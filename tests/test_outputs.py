@@ -258,6 +258,25 @@ def test_a_failed_fit_leaves_latest_on_the_last_run_that_ended(source, target, t
     assert (runs / "latest" / "weights" / "lightning" / "model.ckpt").is_file()
 
 
+def test_testing_prompts_that_were_never_learned_warns(source, target, trained, tmp_path, recwarn):
+    untrained = "tested with prompts that were never trained"
+    data = AuxiliaryDataModule(
+        root=source, target_dataset="MVTecAD", target_root=target, target_categories=["gamma"], num_workers=0
+    )
+    torch.manual_seed(0)
+    with pytest.warns(UserWarning, match=f"FAPrompt is {untrained}.*--ckpt_path"):
+        _engine(tmp_path / "fresh").test(FAPrompt(**tiny_args()), datamodule=data)
+    recwarn.clear()
+    _engine(tmp_path / "checkpoint").test(FAPrompt(**tiny_args()), datamodule=data, ckpt_path=trained)
+    _engine(tmp_path / "loaded").test(FAPrompt.load_from_checkpoint(trained), datamodule=data)
+    _engine(tmp_path / "weights").test(FAPrompt(**tiny_args(weights=str(trained))), datamodule=data)
+    engine = _engine(tmp_path / "trained", max_epochs=1, limit_train_batches=1, limit_val_batches=1)
+    model = FAPrompt(**tiny_args())
+    engine.fit(model, datamodule=_datamodule(source, target))
+    engine.test(model, datamodule=data)
+    assert not [warning for warning in recwarn if untrained in str(warning.message)]
+
+
 def test_cli_test_from_a_checkpoint_never_replaces_the_training_run(source, target, tmp_path):
     data = {
         "class_path": "anomalib_faprompt.data.AuxiliaryDataModule",

@@ -17,6 +17,7 @@ anything expensive is built, and enforces the contract at construction.
 from __future__ import annotations
 
 import inspect
+import warnings
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -130,6 +131,8 @@ class PromptLearningModule(PromptExportMixin, AnomalibModule):
         self.loss_weights = {term: float(self.hparams[f"{term}_weight"]) for term in self.LOSS_TERMS}
         self.targets = TrainingTargets(self.name, self.image_size, self.hparams.pixel_losses)
         self.zero_shot = False
+        # Whether the prompts were learned: trained in this run, or loaded from a checkpoint or `weights`.
+        self.learned = False
         if self.hparams.weights is not None:
             self.load_trained_weights(self.hparams.weights)
 
@@ -267,6 +270,7 @@ class PromptLearningModule(PromptExportMixin, AnomalibModule):
             strict=False,
         )
         self.zero_shot = True
+        self.learned = True
 
     def setup(self, stage: str) -> None:
         """Have a missing or damaged ``ckpt_path`` file named in the error (see :func:`guard_checkpoint_io`)."""
@@ -284,10 +288,24 @@ class PromptLearningModule(PromptExportMixin, AnomalibModule):
         check_checkpoint(self, checkpoint, f"'{path}'" if path else "The checkpoint")
         restore_frozen(self, checkpoint)
         super().on_load_checkpoint(checkpoint)
+        self.learned = True
 
     def on_train_start(self) -> None:
         """Stop before training when the training data visibly holds no anomalous image."""
         self.targets.start(self.trainer)
+        self.learned = True
+
+    def on_test_start(self) -> None:
+        """Warn when the prompts to be tested were never learned (no training, checkpoint or ``weights``)."""
+        super().on_test_start()
+        if not self.learned:
+            warnings.warn(
+                f"{self.name} is tested with prompts that were never trained: no `ckpt_path`, no `weights` and no "
+                "training in this run, so the table below is that of a random start. Pass the checkpoint of a "
+                f"training, `--ckpt_path <run>/weights/lightning/model.ckpt` (or `--model.weights`).",
+                UserWarning,
+                stacklevel=2,
+            )
 
     def on_train_epoch_end(self) -> None:
         """Stop when a whole epoch of data without a samples table held no anomalous image."""
