@@ -277,6 +277,29 @@ def test_testing_prompts_that_were_never_learned_warns(source, target, trained, 
     assert not [warning for warning in recwarn if untrained in str(warning.message)]
 
 
+def test_unreadable_files_left_out_are_noted_in_their_categorys_row(source, target, trained, tmp_path):
+    copy = tmp_path / "target"
+    for category in ("gamma", "delta"):
+        shutil.copytree(target / category, copy / category)
+    damaged = copy / "gamma" / "test" / "defect" / "000.png"
+    damaged.write_bytes(damaged.read_bytes()[:300])
+    data = AuxiliaryDataModule(
+        root=source,
+        target_dataset="MVTecAD",
+        target_root=copy,
+        skip_unreadable=True,
+        eval_batch_size=2,
+        num_workers=1,
+    )
+    engine = _engine(tmp_path / "results")
+    with pytest.warns(UserWarning, match="Skipped 1 unreadable file"):
+        engine.test(FAPrompt(**tiny_args()), datamodule=data, ckpt_path=trained)
+    (table,) = (tmp_path / "results").rglob("per_category_results.md")
+    notes = [line for line in table.read_text().splitlines() if "unreadable" in line]
+    assert len(notes) == 1
+    assert "gamma: 1 unreadable file(s) left out (skip_unreadable)." in notes[0]
+
+
 def test_cli_test_from_a_checkpoint_never_replaces_the_training_run(source, target, tmp_path):
     data = {
         "class_path": "anomalib_faprompt.data.AuxiliaryDataModule",

@@ -84,7 +84,8 @@ class AuxiliaryDataModule(AnomalibDataModule):
             that dataset's categories, else the root folder's name (``synthetic_source_to_synthetic_target``).
         skip_unreadable: Leave out image or mask files that cannot be decoded (truncated, damaged) instead
             of stopping; the skipped files are listed in ``skipped_files`` and in a warning at the end of
-            the stage. Off by default: an unreadable file is an error naming it.
+            the stage, and the test table counts them in a note of their category. Off by default: an unreadable
+            file is an error naming it.
 
     Example:
         >>> datamodule = AuxiliaryDataModule(  # doctest: +SKIP

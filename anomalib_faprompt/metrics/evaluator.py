@@ -18,7 +18,8 @@ No silent numbers: a metric that cannot be computed on a category is NaN (an emp
 skips) with a note naming the category and the reason: image metrics without a defect image or
 without a normal image, pixel metrics without masks, without a defect pixel or without a normal pixel.
 A category whose dataloader yields no image (empty folders) gets a row of empty cells and the note
-"no images".
+"no images". Files left out as unreadable (the data module's ``skip_unreadable``) are counted in a note of their
+category.
 
 Several devices (Lightning DDP): every rank updates the metrics with its own share of the images; at the
 end of each category all ranks sum their counts and compute together (torchmetrics gathers the states of
@@ -110,6 +111,32 @@ def _own_samples(loaders: Any, dataloader_idx: int) -> int | None:  # noqa: ANN4
     if isinstance(sampler, DistributedSampler):
         return None if sampler.drop_last else len(range(sampler.rank, len(sampler.dataset), sampler.num_replicas))
     return None if distributed.get_rank() == 0 else 0
+
+
+def _skipped_files(loaders: Any, dataloader_idx: int) -> set[str]:  # noqa: ANN401
+    """The files of a dataloader's dataset that its loader left out as unreadable, on all ranks together.
+
+    A loader that skips nothing (anything but the package's ``SkippingDataLoader``, or ``skip_unreadable`` off)
+    gives none. Called on every rank in the same order (it gathers the sets across ranks).
+    """
+    loader = loaders[dataloader_idx] if isinstance(loaders, list | tuple) else loaders
+    skipped = getattr(loader, "skipped", None) or {}
+    samples = getattr(getattr(loader, "dataset", None), "samples", None)
+    files: set[str] = set()
+    if skipped and samples is not None:
+        columns = [column for column in ("image_path", "mask_path") if column in samples]
+        paths = {str(path) for column in columns for path in samples[column] if isinstance(path, str) and path}
+        files = set(skipped) & paths
+    if _distributed():
+        gathered: list[set[str] | None] = [None] * distributed.get_world_size()
+        distributed.all_gather_object(gathered, files)
+        files = set().union(*(part for part in gathered if part))
+    return files
+
+
+def _skipped_note(files: set[str]) -> list[str]:
+    """The table note for a category whose unreadable files were left out, or none."""
+    return [f"{len(files)} unreadable file(s) left out (skip_unreadable)."] if files else []
 
 
 def _first_samples(batch: Any, count: int) -> Any:  # noqa: ANN401
@@ -302,13 +329,14 @@ class PerCategoryEvaluator(Evaluator):
             self._category_notes[name] = [
                 f"{', '.join(names)} not computable: {why}." for why, names in missing.items()
             ]
+        self._category_notes[name] += _skipped_note(_skipped_files(trainer.test_dataloaders, self._dataloader_index))
         self._start_category(None)
 
     def on_test_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         """Log per-category values and their means; write and print the tables."""
         if self._dataloader_index is not None:
             self._finish_category(trainer)
-        self._order_and_fill(category_names(trainer))
+        self._order_and_fill(trainer, category_names(trainer))
         logged = self.mean_results()
         if len(self.category_results) > 1:
             for category, values in self.category_results.items():
@@ -323,13 +351,14 @@ class PerCategoryEvaluator(Evaluator):
         if self.category_results and trainer.is_global_zero:
             self._report(trainer)
 
-    def _order_and_fill(self, names: list[str]) -> None:
+    def _order_and_fill(self, trainer: Trainer, names: list[str]) -> None:
         """Categories in dataloader order; one without images gets a row of NaN and the note "no images"."""
         empty = dict.fromkeys((metric.name for metric in self.test_metrics), math.nan)
-        for name in names:
+        for index, name in enumerate(names):
             if name not in self.category_results:
                 self.category_results[name] = dict(empty)
-                self._category_notes[name] = ["no images."]
+                skipped = _skipped_files(trainer.test_dataloaders, index)
+                self._category_notes[name] = ["no images.", *_skipped_note(skipped)]
         order = [*names, *(name for name in self.category_results if name not in names)]
         self.category_results = {name: self.category_results[name] for name in order}
         self.notes = [f"{name}: {note}" for name in order for note in self._category_notes.get(name, [])]
