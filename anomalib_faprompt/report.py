@@ -34,7 +34,16 @@ from matplotlib.figure import Figure  # noqa: E402
 
 from anomalib_faprompt.tables import MEAN, MISSING, comparison_markdown, format_percent, metric_table  # noqa: E402
 
-__all__ = ["NORMALISING_MODELS", "bar_chart", "load_results", "main", "markdown_report", "metric_table", "write_report"]
+__all__ = [
+    "NORMALISING_MODELS",
+    "bar_chart",
+    "load_results",
+    "main",
+    "markdown_report",
+    "metric_table",
+    "model_labels",
+    "write_report",
+]
 
 MODEL_COLUMN = "model.class_path"
 CATEGORY_COLUMN = "data.init_args.category"
@@ -117,29 +126,30 @@ def load_results(path: str | Path) -> pd.DataFrame:
         raise ValueError(msg)
     frame = frame.reset_index(drop=True)
     frame["model_class"] = frame[MODEL_COLUMN].astype(str).str.split(".").str[-1]
-    frame["model"] = _model_labels(frame)
+    frame["model"] = model_labels(frame)
     frame["category"] = frame[CATEGORY_COLUMN].astype(str) if CATEGORY_COLUMN in frame.columns else "all"
     return frame
 
 
-def _model_labels(frame: pd.DataFrame) -> pd.Series:
-    """Class name of each row, plus the ``init_args`` that differ between rows of the same class."""
+def model_labels(frame: pd.DataFrame) -> pd.Series:
+    """Class name of each row (``model_class``), plus the ``init_args`` that differ between rows of the same class.
+
+    An argument one row sets and another leaves out differs too: the row without it shows ``<name>=default``.
+    """
     names = frame["model_class"]
     init_args = [column for column in frame.columns if column.startswith("model.init_args.")]
+    given = frame[init_args].astype(object)
+    texts = given.where(given.notna(), "default").astype(str)
     labels = names.copy()
     for name in names.unique():
-        rows = frame[names == name]
-        varying = [column for column in init_args if rows[column].astype(str).nunique() > 1]
+        rows = texts[names == name]
+        varying = [column for column in init_args if rows[column].nunique() > 1]
         if varying:
-            details = (
-                rows[varying]
-                .astype(str)
-                .apply(
-                    lambda row, keys=varying: ", ".join(
-                        f"{key.removeprefix('model.init_args.')}={row[key]}" for key in keys
-                    ),
-                    axis=1,
-                )
+            details = rows[varying].apply(
+                lambda row, keys=varying: ", ".join(
+                    f"{key.removeprefix('model.init_args.')}={row[key]}" for key in keys
+                ),
+                axis=1,
             )
             labels[names == name] = name + " (" + details + ")"
     return labels

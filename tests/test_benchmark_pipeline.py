@@ -28,6 +28,7 @@ from anomalib.models.image.anomalyvfm.components import radio
 from anomalib.pipelines.benchmark import generator
 from anomalib.pipelines.benchmark import job as job_module
 from anomalib.pipelines.benchmark.job import BenchmarkJob
+from anomalib.utils.config import flatten_dict
 from conftest import TINY_MODEL_ARGS
 from matplotlib.image import imread
 
@@ -226,6 +227,60 @@ def test_console_summary_fits_80_columns_and_shows_the_results(benchmark_run):
         assert rows["mean"][column] == f"{100 * values.mean():.1f}"
 
 
+def test_a_job_without_a_result_gets_a_row_and_marks_the_means():
+    """A failed job's model and category stay in the table (no metric, status "no result") and in failed_jobs."""
+    config = {
+        "benchmark": {
+            "seed": 1,
+            "model": {"grid": [{"class_path": "FAPrompt", "init_args": {"weights": "fa.ckpt"}}]},
+            "data": {"class_path": "MVTecAD", "init_args": {"category": {"grid": ["gamma", "zeta"]}}},
+        }
+    }
+    jobs = benchmark._jobs(config)
+    ran = {**flatten_dict(jobs[0]), "accelerator": "cpu", "image_AUROC": 0.9, "pixel_AUROC": 0.8}
+    frame = benchmark.collect([ran], jobs)
+    assert frame["data.init_args.category"].tolist() == ["gamma", "zeta"]
+    assert frame["model.init_args.weights"].tolist() == ["fa.ckpt", "fa.ckpt"]
+    assert pd.isna(frame["status"][0])
+    assert frame["status"][1] == "no result"
+    assert pd.isna(frame["image_AUROC"][1])
+    lines = benchmark.summary_lines(frame)
+    assert [line.split() for line in lines[:5]] == [
+        ["image_AUROC", "(%)"],
+        ["category", "FAPrompt"],
+        ["gamma", "90.0"],
+        ["zeta", "-"],
+        ["mean", "90.0*"],
+    ]
+    errors = {"FAPrompt/zeta": [benchmark._reason(_wrapped(FileNotFoundError("no folder zeta")))]}
+    assert benchmark.failed_jobs(config, frame, errors) == ["FAPrompt/zeta (FileNotFoundError: no folder zeta)"]
+    assert benchmark.collect([ran], jobs[:1]).shape[0] == 1  # every job has its result: no extra row
+
+
+def _wrapped(cause: Exception) -> Exception:
+    """``cause`` as anomalib's runner re-raises it: wrapped in another error."""
+    try:
+        try:
+            raise cause
+        except Exception as error:
+            msg = "Error occurred while executing run"
+            raise RuntimeError(msg) from error
+    except RuntimeError as wrapper:
+        return wrapper
+
+
+def test_summary_has_a_column_per_configuration_of_one_model_class():
+    rows = [
+        {"model.class_path": "FAPrompt", "model.init_args.weights": weights, "data.init_args.category": "a",
+         "image_AUROC": value}
+        for weights, value in (("one.ckpt", 0.9), ("two.ckpt", 0.5))
+    ]  # fmt: skip
+    lines = benchmark.summary_lines(pd.DataFrame(rows))
+    assert "FAPrompt (weights=one.ckpt)" in lines[1]
+    assert "FAPrompt (weights=two.ckpt)" in lines[1]
+    assert lines[2].split() == ["a", "90.0", "50.0"]
+
+
 def test_failed_jobs_are_named():
     config = {
         "benchmark": {
@@ -265,6 +320,7 @@ def test_benchmark_writes_a_row_per_model_and_category(benchmark_run):
     for metric in ("image_AUROC", "pixel_AUROC", "image_F1Score", "pixel_F1Score"):
         assert others[metric].between(0.0, 1.0).all(), metric
     assert others["model.init_args.weights"].isna().all()
+    assert "status" not in frame  # every job has its result: no gap row
 
 
 def test_benchmark_never_trains_the_prompt_models(benchmark_run, checkpoints):

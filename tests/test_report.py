@@ -161,6 +161,16 @@ def test_models_of_one_class_in_several_configurations_get_their_init_args(tmp_p
     assert load_results(path)["model"].tolist() == ["FAPrompt (weights=FAPrompt.ckpt)", "FAPrompt (weights=other.ckpt)"]
 
 
+def test_an_init_arg_set_by_one_configuration_only_tells_them_apart(tmp_path):
+    rows = [_row("FAPrompt", "pcb1", image_AUROC=0.9), _row("FAPrompt", "pcb1", image_AUROC=0.7)]
+    rows[1]["model.init_args.local_score"] = "released"
+    path = tmp_path / "results.csv"
+    pd.DataFrame(rows).to_csv(path, index=False)
+    assert load_results(path)["model"].tolist() == ["FAPrompt (local_score=default)", "FAPrompt (local_score=released)"]
+    table = metric_table(load_results(path), "image_AUROC")
+    assert len(table) == 2  # two rows, not their average
+
+
 def test_bad_results_files_are_named(tmp_path):
     with pytest.raises(FileNotFoundError, match=r"missing\.csv"):
         load_results(tmp_path / "missing.csv")

@@ -12,6 +12,8 @@ are imported; they change behaviour only while a benchmark job or the benchmark 
 2. ``BenchmarkJob.collect`` builds the table from the keys of the first job's result, so models with
    different ``init_args`` or test metrics stop it with a ``KeyError`` and no ``results.csv`` is written.
    :func:`collect` gives the same table when all keys agree, and leaves a cell empty where a job has no such key.
+   A job of the config without a result (it failed, or did not run) gets a row of its settings with no metric
+   and ``status`` "no result": the summary, ``results.csv`` and the report show the gap and mark the means.
 3. The console table (one column per key, 35 of them: an empty grid at 80 columns) becomes
    :func:`summary_lines`: model x category for the AUROCs, in percent.
 4. ``Benchmark.run`` first checks that the checkpoint and weights files the config names for this package's
@@ -28,6 +30,7 @@ from typing import Any
 import pandas as pd
 from anomalib.engine import Engine
 from anomalib.models import AnomalibModule
+from anomalib.utils.config import flatten_dict
 from lightning.pytorch import LightningDataModule
 
 from anomalib_faprompt.errors import MissingInputError
@@ -64,16 +67,35 @@ class BenchmarkEngine(Engine):
         super().fit(model, train_dataloaders, val_dataloaders, datamodule, ckpt_path)
 
 
-def collect(results: list[dict[str, Any]]) -> pd.DataFrame:
+NO_RESULT = "no result"
+
+
+def _is_result_of(job: dict[str, Any], row: dict[str, Any]) -> bool:
+    """Whether a result row comes from the job: every model and data setting they both name is equal."""
+    keys = [key for key in job if key.startswith(("model.", "data.")) and key in row]
+    return all(str(job[key]) == str(row[key]) for key in keys)
+
+
+def collect(results: list[dict[str, Any]], expected: list[dict[str, Any]] | None = None) -> pd.DataFrame:
     """One row per job, one column per key of any job (in order of first appearance), empty where absent.
 
     Args:
         results: The result dicts of the benchmark jobs.
+        expected: The job containers of the config: each job without a result gets a row of its settings, no
+            metric, and ``status`` "no result", so that tables and means show the gap.
 
     Returns:
         The results table.
     """
-    return pd.DataFrame(results)
+    rows = [dict(result) for result in results]
+    unmatched = list(range(len(rows)))
+    for job in map(flatten_dict, expected or []):
+        match = next((index for index in unmatched if _is_result_of(job, rows[index])), None)
+        if match is None:
+            rows.append({**job, "status": NO_RESULT})
+        else:
+            unmatched.remove(match)
+    return pd.DataFrame(rows)
 
 
 def _label(model: Any, category: Any) -> str:
@@ -94,8 +116,11 @@ def summary_lines(frame: pd.DataFrame, width: int = WIDTH) -> list[str]:
     """
     if frame is None or frame.empty or "model.class_path" not in frame:
         return ["benchmark: no results"]
+    from anomalib_faprompt.report import model_labels  # noqa: PLC0415 (matplotlib, only once there are results)
+
     categories = frame.get("data.init_args.category", pd.Series(["-"] * len(frame), index=frame.index)).fillna("-")
-    frame = frame.assign(_category=categories.astype(str), _model=frame["model.class_path"].astype(str))
+    frame = frame.assign(model_class=frame["model.class_path"].astype(str).str.split(".").str[-1])
+    frame = frame.assign(_category=categories.astype(str), _model=model_labels(frame))
     models = list(dict.fromkeys(frame["_model"]))
     names = list(dict.fromkeys(frame["_category"]))
     first = max(len(name) for name in [*names, "category", "mean"])
@@ -146,12 +171,20 @@ class _RunState:
         self.completed: list[str] = []  # jobs run in this process (the serial runner)
         self.collected: pd.DataFrame | None = None
         self.failed: list[str] = []
+        self.expected: list[dict[str, Any]] = []  # the job containers of the config being run
 
     def reset(self) -> None:
         self.__init__()
 
 
 STATE = _RunState()
+
+
+def _reason(error: BaseException) -> str:
+    """The first line of the innermost error a job's error was raised from (anomalib wraps them)."""
+    while error.__cause__ is not None:
+        error = error.__cause__
+    return f"{type(error).__name__}: {error}".splitlines()[0]
 
 
 def patch_job(module: Any) -> None:
@@ -166,7 +199,7 @@ def patch_job(module: Any) -> None:
         try:
             result = original_run(self, task_id)
         except Exception as error:
-            STATE.errors.setdefault(label, []).append(f"{type(error).__name__}: {error}".splitlines()[0])
+            STATE.errors.setdefault(label, []).append(_reason(error))
             raise
         finally:
             module.Engine = engine
@@ -174,7 +207,7 @@ def patch_job(module: Any) -> None:
         return result
 
     def collect_results(results: list[dict[str, Any]]) -> pd.DataFrame:
-        STATE.collected = collect(results)
+        STATE.collected = collect(results, STATE.expected)
         return STATE.collected
 
     run.__doc__ = original_run.__doc__
@@ -245,8 +278,10 @@ def failed_jobs(
         for job in _jobs(args)
     )
     done: Counter = Counter(completed or [])
+    if collected is not None and "status" in collected:
+        collected = collected[collected["status"] != NO_RESULT]
     if collected is not None and not collected.empty and "model.class_path" in collected:
-        categories = collected.get("data.init_args.category", pd.Series([None] * len(collected)))
+        categories = collected.get("data.init_args.category", pd.Series([None] * len(collected), index=collected.index))
         done = Counter(
             _label(_model_name(model), category)
             for model, category in zip(collected["model.class_path"], categories, strict=True)
@@ -268,6 +303,7 @@ def patch_pipeline(module: Any) -> None:
         config = self._get_args(args) if args is not None else None
         STATE.reset()
         if config is not None:
+            STATE.expected = _jobs(config)
             if any(_model_name(job.get("model")) in PACKAGE_MODELS for job in _jobs(config)):
                 quiet_command("benchmark")
             missing = missing_files(config)
