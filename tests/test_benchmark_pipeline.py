@@ -227,6 +227,30 @@ def test_console_summary_fits_80_columns_and_shows_the_results(benchmark_run):
         assert rows["mean"][column] == f"{100 * values.mean():.1f}"
 
 
+def test_weights_of_the_other_model_or_unreadable_are_named_before_any_job(checkpoints, tmp_path):
+    text = tmp_path / "notes.ckpt"
+    text.write_text("not a checkpoint")
+    grid = [
+        {"class_path": "FAPrompt", "init_args": {"weights": checkpoints["FAPrompt"]}},
+        {"class_path": "AnomalyCLIP", "init_args": {"weights": checkpoints["FAPrompt"]}},
+        {"class_path": "AnomalyCLIP", "init_args": {"weights": str(text)}},
+        {"class_path": "FAPrompt", "init_args": {"weights": str(tmp_path / "missing.ckpt")}},  # missing_files' job
+    ]
+    config = {
+        "benchmark": {
+            "seed": 1,
+            "model": {"grid": grid},
+            "data": {"class_path": "MVTecAD", "init_args": {"category": {"grid": ["a", "b"]}}},
+        }
+    }
+    problems = benchmark.unusable_weights(config)
+    assert len(problems) == 2  # once per model and file, not per category
+    assert problems[0].startswith(f"'{checkpoints['FAPrompt']}' (AnomalyCLIP.weights) is a checkpoint of FAPrompt")
+    assert problems[1].startswith(f"'{text}' (AnomalyCLIP.weights) is not a readable anomalib checkpoint")
+    config["benchmark"]["model"]["grid"] = grid[:1]
+    assert benchmark.unusable_weights(config) == []
+
+
 def test_a_job_without_a_result_gets_a_row_and_marks_the_means():
     """A failed job's model and category stay in the table (no metric, status "no result") and in failed_jobs."""
     config = {

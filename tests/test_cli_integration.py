@@ -73,6 +73,20 @@ def test_a_constructor_error_is_the_last_line(tmp_path):
     assert "Expected a <class 'NoneType'>" not in result.stderr
 
 
+def test_the_shipped_benchmark_config_names_unreadable_checkpoints_before_any_job(tmp_path):
+    (tmp_path / "checkpoints").mkdir()
+    for name in ("faprompt_mvtec.ckpt", "anomalyclip_mvtec.ckpt"):
+        (tmp_path / "checkpoints" / name).write_text("not a checkpoint")
+    result = _anomalib("benchmark", "--config", str(ROOT / "configs" / "benchmark_zero_shot.yaml"), cwd=tmp_path)
+    assert result.returncode == 2
+    last = (result.stdout + result.stderr).strip().splitlines()[-1]
+    assert last.startswith("InvalidInputError: benchmark config")
+    assert "checkpoints/faprompt_mvtec.ckpt' (FAPrompt.weights) is not a readable anomalib checkpoint" in last
+    assert "checkpoints/anomalyclip_mvtec.ckpt' (AnomalyCLIP.weights)" in last
+    assert last.endswith("Nothing was run.")
+    assert not (tmp_path / "datasets").exists()  # nothing downloaded
+
+
 def test_the_shipped_benchmark_config_names_its_missing_checkpoints(tmp_path):
     result = _anomalib("benchmark", "--config", str(ROOT / "configs" / "benchmark_zero_shot.yaml"), cwd=tmp_path)
     assert result.returncode == 2

@@ -17,8 +17,9 @@ are imported; they change behaviour only while a benchmark job or the benchmark 
 3. The console table (one column per key, 35 of them: an empty grid at 80 columns) becomes
    :func:`summary_lines`: model x category for the AUROCs, in percent.
 4. ``Benchmark.run`` first checks that the checkpoint and weights files the config names for this package's
-   models exist (one line naming the missing ones, before any model is built or downloaded), and ends with one
-   line naming the jobs that failed or did not run; the command line then exits with status 1.
+   models exist (one line naming the missing ones, before any model is built or downloaded) and that each
+   ``weights`` file is a readable checkpoint of its model, and ends with one line naming the jobs that failed or
+   did not run; the command line then exits with status 1.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ from anomalib.models import AnomalibModule
 from anomalib.utils.config import flatten_dict
 from lightning.pytorch import LightningDataModule
 
-from anomalib_faprompt.errors import MissingInputError
+from anomalib_faprompt.errors import InputError, InvalidInputError, MissingInputError
 from anomalib_faprompt.integration.patching import patching
 from anomalib_faprompt.integration.quiet import quiet_command
 
@@ -256,6 +257,39 @@ def missing_files(args: dict[str, Any]) -> dict[str, list[str]]:
     return missing
 
 
+def unusable_weights(args: dict[str, Any]) -> list[str]:
+    """Why ``weights`` files of this package's models cannot be loaded: unreadable, or a checkpoint of the other model.
+
+    Read once per model and file, before any model is built: anomalib's job generator builds every model while
+    it yields the jobs, so one that cannot be built would stop the whole benchmark.
+
+    Args:
+        args: The benchmark config.
+
+    Returns:
+        One message per unusable file (files that do not exist are :func:`missing_files`).
+    """
+    from anomalib_faprompt import models  # noqa: PLC0415 (the models, only for a config that names them)
+    from anomalib_faprompt.models.checkpoint import check_model_name, read_checkpoint  # noqa: PLC0415
+
+    problems, seen = [], set()
+    for job in _jobs(args):
+        model = job.get("model")
+        name = _model_name(model)
+        weights = (model.get("init_args") or {}).get("weights") if isinstance(model, dict) else None
+        if name not in PACKAGE_MODELS or not isinstance(weights, str) or (name, weights) in seen:
+            continue
+        seen.add((name, weights))
+        if not Path(weights).expanduser().is_file():
+            continue
+        source = f"{name}.weights"
+        try:
+            check_model_name(name, read_checkpoint(getattr(models, name), weights, source), f"'{weights}' ({source})")
+        except InputError as error:
+            problems.append(str(error))
+    return problems
+
+
 def failed_jobs(
     args: dict[str, Any],
     collected: pd.DataFrame | None,
@@ -314,6 +348,10 @@ def patch_pipeline(module: Any) -> None:
                     "checkpoints there first (README, 'Comparing FAPrompt, AnomalyCLIP and WinCLIP'); nothing was run."
                 )
                 raise MissingFilesError(msg)
+            unusable = unusable_weights(config)
+            if unusable:
+                msg = f"benchmark config {args.config}: {' '.join(unusable)} Nothing was run."
+                raise InvalidInputError(msg)
         original_run(self, args)
         if config is not None:
             STATE.failed = failed_jobs(config, STATE.collected, STATE.errors, STATE.completed)

@@ -262,7 +262,7 @@ class PromptLearningModule(PromptExportMixin, AnomalibModule):
             ValueError: The file is no anomalib checkpoint, or holds another model, other hyperparameters or
                 sizes, or prompts trained on other CLIP weights.
         """
-        checkpoint = read_checkpoint(self, weights, "argument `weights`")
+        checkpoint = read_checkpoint(type(self), weights, "argument `weights`")
         check_checkpoint(self, checkpoint, f"'{weights}' (argument `weights`)")
         state = checkpoint["state_dict"]
         self.model.load_state_dict(

@@ -30,6 +30,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "check_checkpoint",
+    "check_model_name",
     "check_checkpoint_file",
     "guard_checkpoint_io",
     "read_checkpoint",
@@ -59,11 +60,11 @@ def check_checkpoint_file(path: str | Path, source: str, model_name: str) -> Non
         raise MissingInputError(msg)
 
 
-def read_checkpoint(module: PromptLearningModule, path: str | Path, source: str) -> dict[str, Any]:
+def read_checkpoint(model_class: type[PromptLearningModule], path: str | Path, source: str) -> dict[str, Any]:
     """Read a checkpoint file (CPU, memory-mapped), or raise an error that names it.
 
     Args:
-        module: The model the checkpoint is for.
+        model_class: The model class the checkpoint is for.
         path: The file.
         source: How the user passed it, for messages (e.g. "argument `weights`").
 
@@ -75,9 +76,9 @@ def read_checkpoint(module: PromptLearningModule, path: str | Path, source: str)
         ValueError: The file is no readable anomalib checkpoint.
     """
     path = Path(path)
-    check_checkpoint_file(path, source, module.name)
+    check_checkpoint_file(path, source, model_class.__name__)
     try:
-        with anomalib_safe_globals(extra=module.checkpoint_safe_globals()):
+        with anomalib_safe_globals(extra=model_class.checkpoint_safe_globals()):
             checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError) as error:
         reason = str(error).splitlines()[0] if str(error) else type(error).__name__
@@ -106,7 +107,7 @@ def guard_checkpoint_io(module: PromptLearningModule, trainer: Trainer) -> None:
     load = type(io).load_checkpoint.__get__(io)
 
     def load_checkpoint(path: str | Path, *args: Any, **kwargs: Any) -> dict[str, Any]:  # noqa: ANN401
-        read_checkpoint(module, path, "`ckpt_path`")
+        read_checkpoint(type(module), path, "`ckpt_path`")
         return load(path, *args, **kwargs)
 
     load_checkpoint.checks_for = module
@@ -127,6 +128,17 @@ def _structure_differences(module: PromptLearningModule, saved: dict[str, Any]) 
     return differences
 
 
+def check_model_name(model_name: str, checkpoint: dict[str, Any], where: str) -> None:
+    """Refuse a checkpoint that says it holds another of this package's models than ``model_name``."""
+    saved_model = checkpoint.get(MODEL_KEY)
+    if isinstance(saved_model, str) and saved_model != model_name:
+        msg = (
+            f"{where} is a checkpoint of {saved_model}, not of {model_name}: use it with {saved_model} "
+            f"(`--model {saved_model}`)."
+        )
+        raise InvalidInputError(msg)
+
+
 def check_checkpoint(module: PromptLearningModule, checkpoint: dict[str, Any], where: str) -> None:
     """Refuse a checkpoint of another model, structure, size or CLIP; the message names ``where`` it came from.
 
@@ -138,13 +150,7 @@ def check_checkpoint(module: PromptLearningModule, checkpoint: dict[str, Any], w
     Raises:
         ValueError: The checkpoint does not fit the model.
     """
-    saved_model = checkpoint.get(MODEL_KEY)
-    if isinstance(saved_model, str) and saved_model != module.name:
-        msg = (
-            f"{where} is a checkpoint of {saved_model}, not of {module.name}: use it with {saved_model} "
-            f"(`--model {saved_model}`)."
-        )
-        raise InvalidInputError(msg)
+    check_model_name(module.name, checkpoint, where)
     state = checkpoint["state_dict"]
     saved = {key.removeprefix("model."): value for key, value in state.items() if key.startswith("model.")}
     ours = module.model.state_dict()
