@@ -153,22 +153,21 @@ def test_chart_draws_zero_as_a_value_and_missing_as_missing(tmp_path):
     plt.close(figure)
 
 
-def test_models_of_one_class_in_several_configurations_get_their_init_args(tmp_path):
+@pytest.mark.parametrize(
+    ("argument", "value", "labels"),
+    [
+        ("weights", "other.ckpt", ["FAPrompt (weights=FAPrompt.ckpt)", "FAPrompt (weights=other.ckpt)"]),
+        # set by one configuration only: the other shows the default
+        ("local_score", "released", ["FAPrompt (local_score=default)", "FAPrompt (local_score=released)"]),
+    ],
+)
+def test_models_of_one_class_in_several_configurations_get_their_init_args(tmp_path, argument, value, labels):
     rows = [_row("FAPrompt", "pcb1", image_AUROC=0.9), _row("FAPrompt", "pcb1", image_AUROC=0.7)]
-    rows[1]["model.init_args.weights"] = "other.ckpt"
+    rows[1][f"model.init_args.{argument}"] = value
     path = tmp_path / "results.csv"
     pd.DataFrame(rows).to_csv(path, index=False)
-    assert load_results(path)["model"].tolist() == ["FAPrompt (weights=FAPrompt.ckpt)", "FAPrompt (weights=other.ckpt)"]
-
-
-def test_an_init_arg_set_by_one_configuration_only_tells_them_apart(tmp_path):
-    rows = [_row("FAPrompt", "pcb1", image_AUROC=0.9), _row("FAPrompt", "pcb1", image_AUROC=0.7)]
-    rows[1]["model.init_args.local_score"] = "released"
-    path = tmp_path / "results.csv"
-    pd.DataFrame(rows).to_csv(path, index=False)
-    assert load_results(path)["model"].tolist() == ["FAPrompt (local_score=default)", "FAPrompt (local_score=released)"]
-    table = metric_table(load_results(path), "image_AUROC")
-    assert len(table) == 2  # two rows, not their average
+    assert load_results(path)["model"].tolist() == labels
+    assert len(metric_table(load_results(path), "image_AUROC")) == 2  # two rows, not their average
 
 
 def test_bad_results_files_are_named(tmp_path):

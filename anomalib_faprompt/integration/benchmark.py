@@ -338,7 +338,7 @@ def patch_pipeline(module: Any) -> None:
         STATE.reset()
         if config is not None:
             STATE.expected = _jobs(config)
-            if any(_model_name(job.get("model")) in PACKAGE_MODELS for job in _jobs(config)):
+            if any(_model_name(job.get("model")) in PACKAGE_MODELS for job in STATE.expected):
                 quiet_command("benchmark")
             missing = missing_files(config)
             if missing:

@@ -80,9 +80,14 @@ def relative_latest_link(run_dir: Path) -> None:
     latest = run_dir.parent / "latest"
     if sys.platform.startswith("win") or not latest.is_symlink() or latest.resolve() != run_dir.resolve():
         return
+    _point_latest(latest, run_dir.name)
+
+
+def _point_latest(latest: Path, target: str) -> None:
+    """Make the link ``latest`` point at ``target`` (as written), replacing it in one step."""
     temporary = latest.with_name(f".latest.{os.getpid()}")
     temporary.unlink(missing_ok=True)
-    temporary.symlink_to(run_dir.name, target_is_directory=True)
+    temporary.symlink_to(target, target_is_directory=True)
     temporary.replace(latest)
 
 
@@ -108,11 +113,8 @@ def _restore_latest(record: tuple[Path, Path, str | None] | None) -> None:
         return
     if previous is None:
         latest.unlink()
-        return
-    temporary = latest.with_name(f".latest.{os.getpid()}")
-    temporary.unlink(missing_ok=True)
-    temporary.symlink_to(previous, target_is_directory=True)
-    temporary.replace(latest)
+    else:
+        _point_latest(latest, previous)
 
 
 def _setup_workspace(original: Any) -> Any:  # noqa: ANN401
