@@ -120,7 +120,7 @@ def summary_lines(frame: pd.DataFrame, width: int = WIDTH) -> list[str]:
     from anomalib_faprompt.report import model_labels  # noqa: PLC0415 (matplotlib, only once there are results)
 
     categories = frame.get("data.init_args.category", pd.Series(["-"] * len(frame), index=frame.index)).fillna("-")
-    frame = frame.assign(model_class=frame["model.class_path"].astype(str).str.split(".").str[-1])
+    frame = frame.assign(model_class=frame["model.class_path"].map(_model_name))
     frame = frame.assign(_category=categories.astype(str), _model=model_labels(frame))
     models = list(dict.fromkeys(frame["_model"]))
     names = list(dict.fromkeys(frame["_category"]))
