@@ -2,12 +2,12 @@
 
 Their messages name the file or argument and say what to do. anomalib's command line, for this package's models,
 prints such an error as its last line and exits with status 2, without a traceback (:mod:`.integration.cli`).
-Each also is the built-in error it used to be (``ValueError``, ``FileNotFoundError``, ``OSError``).
+Each also is the built-in error it used to be (``ValueError``, ``FileNotFoundError``, ``FileExistsError``).
 """
 
 from __future__ import annotations
 
-__all__ = ["InputError", "InvalidInputError", "MissingInputError"]
+__all__ = ["ExistingOutputError", "InputError", "InvalidInputError", "MissingInputError"]
 
 
 class InputError(Exception):
@@ -20,3 +20,7 @@ class InvalidInputError(InputError, ValueError):
 
 class MissingInputError(InputError, FileNotFoundError):
     """A file or folder that the user named does not exist."""
+
+
+class ExistingOutputError(InputError, FileExistsError):
+    """A file the package would write already exists; it is kept, and the message says where to write instead."""

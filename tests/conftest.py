@@ -56,6 +56,7 @@ SLOW_FILES = {
 }
 SLOW_TESTS = {
     # subprocesses (a fresh interpreter importing anomalib)
+    "test_export_destination.py::test_cli_export_twice_names_the_kept_file",
     "test_register.py::test_startup_imports_nothing_heavy",
     "test_register.py::test_models_are_published_whatever_the_import_order",
     "test_register.py::test_get_model_by_short_name_and_class_path",

@@ -23,7 +23,11 @@ original. For this package's models, and only with the anomalib versions this wa
    ``weights``: it says, in one line, which weights it predicts with;
 6. reads ``predict``'s ``data_path`` (an image or a folder) with
    :class:`~anomalib_faprompt.data.dataset.ImagePredictDataset`: a damaged image is named, not an anonymous
-   ``OSError``.
+   ``OSError``;
+7. exports, when no ``export_root`` is given, into the run folder of the checkpoint (``ckpt_path``, else the
+   ``weights`` the model was built with): ``<run>/weights/openvino/model.xml`` beside
+   ``<run>/weights/lightning/model.ckpt``, not into one ``results/weights`` shared by every model and run.
+   (An export never replaces an earlier one: :mod:`anomalib_faprompt.models.export`.)
 
 Every other model runs exactly as in anomalib.
 """
@@ -43,7 +47,7 @@ from anomalib.post_processing import PostProcessor
 
 from .patching import patching
 
-__all__ = ["new_version_dir", "patch_engine", "relative_latest_link"]
+__all__ = ["checkpoint_run_dir", "new_version_dir", "patch_engine", "relative_latest_link"]
 
 logger = logging.getLogger(__name__)
 
@@ -81,6 +85,14 @@ def relative_latest_link(run_dir: Path) -> None:
     if sys.platform.startswith("win") or not latest.is_symlink() or latest.resolve() != run_dir.resolve():
         return
     _point_latest(latest, run_dir.name)
+
+
+def checkpoint_run_dir(checkpoint: str | Path) -> Path:
+    """The run folder of a checkpoint: ``<run>`` for ``<run>/weights/lightning/<file>``, else the file's folder."""
+    folder = Path(checkpoint).resolve().parent
+    if folder.name == "lightning" and folder.parent.name == "weights":
+        return folder.parent.parent
+    return folder
 
 
 def _point_latest(latest: Path, target: str) -> None:
@@ -239,6 +251,24 @@ def _predict(original: Any) -> Any:  # noqa: ANN401
     return predict
 
 
+def _export(original: Any) -> Any:  # noqa: ANN401
+    signature = inspect.signature(original)
+
+    @wraps(original)
+    def export(self: Any, model: Any, *args: Any, **kwargs: Any) -> Any:  # noqa: ANN401
+        if not _is_own(model):
+            return original(self, model, *args, **kwargs)
+        bound = signature.bind(self, model, *args, **kwargs)
+        arguments = bound.arguments
+        source = arguments.get("ckpt_path") or (model.hparams.get("weights") if model.zero_shot else None)
+        if arguments.get("export_root") is None and source:
+            arguments["export_root"] = checkpoint_run_dir(source)
+            logger.info("Exporting %s into the run folder of %s: %s", model.name, source, arguments["export_root"])
+        return original(*bound.args, **bound.kwargs)
+
+    return export
+
+
 def patch_engine(module: Any) -> None:  # noqa: ANN401
     """Apply the fixes above to ``Engine`` of anomalib's engine module (the integration hook's entry point).
 
@@ -259,5 +289,6 @@ def patch_engine(module: Any) -> None:  # noqa: ANN401
             _should_run_validation(engine_class._should_run_validation),  # noqa: SLF001
         )
         patch.set(engine_class, "predict", _predict(engine_class.predict))
+        patch.set(engine_class, "export", _export(engine_class.export))
         for name in ("fit", "train"):
             patch.set(engine_class, name, _restoring_latest(getattr(engine_class, name)))

@@ -4,6 +4,8 @@ anomalib exports the whole module (pre-processor, model, post-processor) with th
 text embeddings that do not depend on the image are eval-mode buffers and enter the graph as constants;
 everything that depends on the image (for FAPrompt the prior network and the DAP text-encoder pass) is
 traced, with a dynamic batch size.
+
+An export never replaces an earlier one: when the file it would write exists, it is refused before any work.
 """
 
 from __future__ import annotations
@@ -11,15 +13,33 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from anomalib.deploy.export import ExportType
 from anomalib.models.components.base.export_mixin import ExportMixin
 
 from anomalib_faprompt.deploy import keep_f32
+from anomalib_faprompt.errors import ExistingOutputError
 
 __all__ = ["PromptExportMixin"]
 
 
+def refuse_existing(export_root: Path | str, export_type: ExportType, file_name: str) -> None:
+    """Raise an error naming the file when ``<export_root>/weights/<type>/<file_name>`` (anomalib's layout) exists."""
+    path = Path(export_root) / "weights" / export_type.value / file_name
+    if path.exists():
+        msg = (
+            f"'{path}' holds an earlier export, which is kept. Pass another `export_root` (`--export_root` on the "
+            "command line), or remove that file to export here again."
+        )
+        raise ExistingOutputError(msg)
+
+
 class PromptExportMixin(ExportMixin):
-    """anomalib's export, at ONNX opset 18 and with an OpenVINO IR that stays in f32 on bf16 CPUs."""
+    """anomalib's export, at ONNX opset 18, with an OpenVINO IR that stays in f32 on bf16 CPUs, never overwriting."""
+
+    def to_torch(self, export_root: Path | str, model_file_name: str = "model") -> Path:
+        """Export the whole module as anomalib does (``torch.save``), unless the file exists."""
+        refuse_existing(export_root, ExportType.TORCH, f"{model_file_name}.pt")
+        return super().to_torch(export_root, model_file_name)
 
     def to_onnx(
         self,
@@ -36,12 +56,14 @@ class PromptExportMixin(ExportMixin):
         everything that depends on the image (for FAPrompt the prior network and the DAP text-encoder pass) is
         traced, with a dynamic batch size.
         """
+        refuse_existing(export_root, ExportType.ONNX, f"{model_file_name}.onnx")
         kwargs.setdefault("opset_version", 18)
         return super().to_onnx(export_root, model_file_name, input_size, **kwargs)
 
-    def to_openvino(self, *args: Any, **kwargs: Any) -> Path:  # noqa: ANN401
+    def to_openvino(self, export_root: Path | str, model_file_name: str = "model", *args: Any, **kwargs: Any) -> Path:  # noqa: ANN401
         """Export to OpenVINO as anomalib does, with every operation of the IR marked to stay in f32.
 
         See :mod:`anomalib_faprompt.deploy`: at the CPU plugin's bf16 default, FAPrompt's outputs move by up to 1e-1.
         """
-        return keep_f32(super().to_openvino(*args, **kwargs))
+        refuse_existing(export_root, ExportType.OPENVINO, f"{model_file_name}.xml")
+        return keep_f32(super().to_openvino(export_root, model_file_name, *args, **kwargs))
