@@ -10,7 +10,10 @@ from __future__ import annotations
 
 import copy
 import functools
+import itertools
+import logging
 import math
+import re
 from pathlib import Path
 
 import open_clip
@@ -345,6 +348,20 @@ def test_benchmark_writes_a_row_per_model_and_category(benchmark_run):
         assert others[metric].between(0.0, 1.0).all(), metric
     assert others["model.init_args.weights"].isna().all()
     assert "status" not in frame  # every job has its result: no gap row
+
+
+def test_pipeline_log_has_each_record_once_with_time_logger_and_level(benchmark_run):
+    results, _ = benchmark_run
+    log = results.parents[2] / "pipeline.log"  # runs/pipeline.log
+    record = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} - [\w.]+ - (DEBUG|INFO|WARNING|ERROR|CRITICAL) - ")
+    records = [line for line in log.read_text().splitlines() if record.match(line)]
+    jobs = (len(MODELS) + len(ANOMALIB_MODELS)) * len(TARGET_CATEGORIES)
+    assert sum("Seed set to" in line for line in records) == jobs  # one seed per job
+    repeated = [first for first, second in itertools.pairwise(records) if first == second]
+    assert not repeated, repeated[:3]
+    handlers = [logging.getLogger(), *logging.root.manager.loggerDict.values()]
+    files = [h for named in handlers if isinstance(named, logging.Logger) for h in named.handlers]
+    assert not [h for h in files if isinstance(h, logging.FileHandler) and h.baseFilename == str(log.resolve())]
 
 
 def test_benchmark_never_trains_the_prompt_models(benchmark_run, checkpoints):

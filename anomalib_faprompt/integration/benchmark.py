@@ -20,10 +20,18 @@ are imported; they change behaviour only while a benchmark job or the benchmark 
    models exist (one line naming the missing ones, before any model is built or downloaded) and that each
    ``weights`` file is a readable checkpoint of its model, and ends with one line naming the jobs that failed or
    did not run; the command line then exits with status 1.
+5. ``Benchmark.run`` sends every log record to ``runs/pipeline.log`` by giving *each* logger the same file handler.
+   A record then passes that handler once per logger on its way up (up to 10 times for anomalib's loggers), and,
+   with the console handler already on the root logger, the format with time, logger and level is never set.
+   While the pipeline runs, :func:`redirect_logs` writes each record once, with that format, and removes the
+   file handler afterwards.
 """
 
 from __future__ import annotations
 
+import inspect
+import logging
+import sys
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -45,6 +53,7 @@ FILE_ARGUMENTS = ("weights", "pretrained")
 SUMMARY_METRICS = ("image_AUROC", "pixel_AUROC")
 WIDTH = 80
 LOG_FILE = "runs/pipeline.log"
+LOG_FORMAT = "%(asctime)s - %(name)s - %(levelname)s - %(message)s"  # the format anomalib means to set
 
 
 class MissingFilesError(MissingInputError):
@@ -328,10 +337,38 @@ def failed_jobs(
     return failed
 
 
+def redirect_logs(log_file: str) -> logging.FileHandler:
+    """Send every log record to ``log_file`` once: through the root logger, and each logger that does not propagate.
+
+    Other handlers of named loggers are removed, as anomalib's ``redirect_logs`` does; the root logger's stay.
+
+    Returns:
+        The file handler, for :func:`end_redirect`.
+    """
+    Path(log_file).parent.mkdir(parents=True, exist_ok=True)
+    handler = logging.FileHandler(log_file)
+    handler.setFormatter(logging.Formatter(LOG_FORMAT))
+    logging.getLogger().addHandler(handler)
+    for named in list(logging.root.manager.loggerDict.values()):
+        if isinstance(named, logging.Logger):
+            named.handlers = [] if named.propagate else [handler]
+    logging.captureWarnings(capture=True)
+    return handler
+
+
+def end_redirect(handler: logging.FileHandler) -> None:
+    """Detach and close a handler of :func:`redirect_logs`, so that later runs in this process do not write there."""
+    for named in [logging.getLogger(), *logging.root.manager.loggerDict.values()]:
+        if isinstance(named, logging.Logger) and handler in named.handlers:
+            named.removeHandler(handler)
+    handler.close()
+
+
 def patch_pipeline(module: Any) -> None:
-    """Apply fix 4 to anomalib's benchmark pipeline (``anomalib.pipelines.benchmark.pipeline``)."""
+    """Apply fixes 4 and 5 to anomalib's benchmark pipeline (``anomalib.pipelines.benchmark.pipeline``)."""
     pipeline_class = module.Benchmark
     original_run = pipeline_class.run
+    base = sys.modules[inspect.unwrap(original_run).__module__]  # the module whose run calls redirect_logs
 
     def run(self: Any, args: Any = None) -> None:
         config = self._get_args(args) if args is not None else None
@@ -352,7 +389,15 @@ def patch_pipeline(module: Any) -> None:
             if unusable:
                 msg = f"benchmark config {args.config}: {' '.join(unusable)} Nothing was run."
                 raise InvalidInputError(msg)
-        original_run(self, args)
+        handlers: list[logging.FileHandler] = []
+        anomalib_redirect = base.redirect_logs
+        base.redirect_logs = lambda log_file: handlers.append(redirect_logs(log_file))
+        try:
+            original_run(self, args)
+        finally:
+            base.redirect_logs = anomalib_redirect
+            for handler in handlers:
+                end_redirect(handler)
         if config is not None:
             STATE.failed = failed_jobs(config, STATE.collected, STATE.errors, STATE.completed)
             if STATE.failed:
@@ -365,4 +410,7 @@ def patch_pipeline(module: Any) -> None:
     run.__doc__ = original_run.__doc__
     with patching("the fixes to anomalib's benchmark pipeline") as patch:
         if patch is not None:
+            if not hasattr(base, "redirect_logs"):
+                msg = f"{base.__name__} has no redirect_logs"
+                raise AttributeError(msg)
             patch.set(pipeline_class, "run", run)
