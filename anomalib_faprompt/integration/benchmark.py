@@ -21,7 +21,7 @@ are imported; they change behaviour only while a benchmark job or the benchmark 
    ``weights`` file is a readable checkpoint of its model, and ends with one line naming the jobs that failed or
    did not run; the command line then exits with status 1.
 5. ``Benchmark.run`` sends every log record to ``runs/pipeline.log`` by giving *each* logger the same file handler.
-   A record then passes that handler once per logger on its way up (up to 10 times for anomalib's loggers), and,
+   A record then passes that handler once per logger on its way up (up to 5 times for anomalib's loggers), and,
    with the console handler already on the root logger, the format with time, logger and level is never set.
    While the pipeline runs, :func:`redirect_logs` writes each record once, with that format, and removes the
    file handler afterwards.
