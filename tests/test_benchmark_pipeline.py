@@ -230,14 +230,18 @@ def test_console_summary_fits_80_columns_and_shows_the_results(benchmark_run):
         assert rows["mean"][column] == f"{100 * values.mean():.1f}"
 
 
-def test_weights_of_the_other_model_or_unreadable_are_named_before_any_job(checkpoints, tmp_path):
+def test_unusable_weights_are_named_before_any_job(checkpoints, tmp_path):
+    """Unreadable, of the other model, or trained with other structural hyperparameters than the job's model."""
     text = tmp_path / "notes.ckpt"
     text.write_text("not a checkpoint")
+    tiny = copy.deepcopy(TINY_MODEL_ARGS)
     grid = [
-        {"class_path": "FAPrompt", "init_args": {"weights": checkpoints["FAPrompt"]}},
-        {"class_path": "AnomalyCLIP", "init_args": {"weights": checkpoints["FAPrompt"]}},
+        {"class_path": "FAPrompt", "init_args": {**tiny, "weights": checkpoints["FAPrompt"]}},
+        {"class_path": "FAPrompt", "init_args": {**tiny, "weights": checkpoints["FAPrompt"], "n_prior_patches": 3}},
+        {"class_path": "AnomalyCLIP", "init_args": {**tiny, "weights": checkpoints["FAPrompt"]}},
         {"class_path": "AnomalyCLIP", "init_args": {"weights": str(text)}},
         {"class_path": "FAPrompt", "init_args": {"weights": str(tmp_path / "missing.ckpt")}},  # missing_files' job
+        {"class_path": "FAPrompt", "init_args": {"weights": checkpoints["FAPrompt"], "n_ctx": 6}},
     ]
     config = {
         "benchmark": {
@@ -247,9 +251,16 @@ def test_weights_of_the_other_model_or_unreadable_are_named_before_any_job(check
         }
     }
     problems = benchmark.unusable_weights(config)
-    assert len(problems) == 2  # once per model and file, not per category
-    assert problems[0].startswith(f"'{checkpoints['FAPrompt']}' (AnomalyCLIP.weights) is a checkpoint of FAPrompt")
-    assert problems[1].startswith(f"'{text}' (AnomalyCLIP.weights) is not a readable anomalib checkpoint")
+    assert len(problems) == 4  # once per model, file and configuration, not per category
+    here = f"'{checkpoints['FAPrompt']}' (FAPrompt.weights) was trained with other hyperparameters: "
+    assert problems[0].startswith(here + "n_prior_patches=10 (here: 3).")
+    assert problems[1].startswith(f"'{checkpoints['FAPrompt']}' (AnomalyCLIP.weights) is a checkpoint of FAPrompt")
+    assert problems[2].startswith(f"'{text}' (AnomalyCLIP.weights) is not a readable anomalib checkpoint")
+    assert problems[3].startswith(here + f"backbone_config={TINY_MODEL_ARGS['backbone_config']!r} (here: None), ")
+    assert "n_ctx=5 (here: 6)" in problems[3]
+    with pytest.raises(ValueError, match="trained with other hyperparameters") as error:  # building the job's model
+        FAPrompt(**grid[1]["init_args"])
+    assert str(error.value) == problems[0].replace("(FAPrompt.weights)", "(argument `weights`)")
     config["benchmark"]["model"]["grid"] = grid[:1]
     assert benchmark.unusable_weights(config) == []
 

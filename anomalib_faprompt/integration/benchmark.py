@@ -18,7 +18,8 @@ are imported; they change behaviour only while a benchmark job or the benchmark 
    :func:`summary_lines`: model x category for the AUROCs, in percent.
 4. ``Benchmark.run`` first checks that the checkpoint and weights files the config names for this package's
    models exist (one line naming the missing ones, before any model is built or downloaded) and that each
-   ``weights`` file is a readable checkpoint of its model, and ends with one line naming the jobs that failed or
+   ``weights`` file is a readable checkpoint of its model, trained with the structural hyperparameters of each job
+   that names it, and ends with one line naming the jobs that failed or
    did not run; the command line then exits with status 1.
 5. ``Benchmark.run`` sends every log record to ``runs/pipeline.log`` by giving *each* logger the same file handler.
    A record then passes that handler once per logger on its way up (up to 5 times for anomalib's loggers), and,
@@ -30,6 +31,7 @@ are imported; they change behaviour only while a benchmark job or the benchmark 
 from __future__ import annotations
 
 import inspect
+import json
 import logging
 import sys
 from collections import Counter
@@ -266,34 +268,62 @@ def missing_files(args: dict[str, Any]) -> dict[str, list[str]]:
     return missing
 
 
-def unusable_weights(args: dict[str, Any]) -> list[str]:
-    """Why ``weights`` files of this package's models cannot be loaded: unreadable, or a checkpoint of the other model.
+def _hyperparameters(model_class: type, init_args: dict[str, Any]) -> dict[str, Any]:
+    """The hyperparameters a model built with ``init_args`` would have: its constructor's defaults, then those."""
+    defaults = {
+        name: parameter.default
+        for name, parameter in inspect.signature(model_class.__init__).parameters.items()
+        if parameter.default is not inspect.Parameter.empty
+    }
+    return {**defaults, **init_args}
 
-    Read once per model and file, before any model is built: anomalib's job generator builds every model while
-    it yields the jobs, so one that cannot be built would stop the whole benchmark.
+
+def unusable_weights(args: dict[str, Any]) -> list[str]:
+    """Why ``weights`` files of this package's models cannot be loaded by their jobs' models.
+
+    A file is unusable when it cannot be read, holds the other model, or was trained with other structural
+    hyperparameters (backbone, sizes, prompt lengths, ...) than a job's ``init_args`` and the model's defaults give.
+    Checked before any model is built: anomalib's job generator builds every model while it yields the jobs, so
+    one that cannot be built would stop the whole benchmark, finished jobs and ``results.csv`` included.
 
     Args:
         args: The benchmark config.
 
     Returns:
-        One message per unusable file (files that do not exist are :func:`missing_files`).
+        One message per unusable file and configuration (files that do not exist are :func:`missing_files`).
     """
     from anomalib_faprompt import models  # noqa: PLC0415 (the models, only for a config that names them)
-    from anomalib_faprompt.models.checkpoint import check_model_name, read_checkpoint  # noqa: PLC0415
+    from anomalib_faprompt.models.checkpoint import (  # noqa: PLC0415
+        check_model_name,
+        check_structure,
+        read_checkpoint,
+    )
 
-    problems, seen = [], set()
+    problems: list[str] = []
+    checkpoints: dict[tuple[str, str], dict[str, Any] | None] = {}
+    seen = set()
     for job in _jobs(args):
         model = job.get("model")
         name = _model_name(model)
-        weights = (model.get("init_args") or {}).get("weights") if isinstance(model, dict) else None
-        if name not in PACKAGE_MODELS or not isinstance(weights, str) or (name, weights) in seen:
+        init_args = dict((model.get("init_args") or {}) if isinstance(model, dict) else {})
+        weights = init_args.get("weights")
+        key = (name, json.dumps(init_args, sort_keys=True, default=str))
+        if name not in PACKAGE_MODELS or not isinstance(weights, str) or key in seen:
             continue
-        seen.add((name, weights))
+        seen.add(key)
         if not Path(weights).expanduser().is_file():
             continue
-        source = f"{name}.weights"
+        model_class, source = getattr(models, name), f"{name}.weights"
+        where = f"'{weights}' ({source})"
         try:
-            check_model_name(name, read_checkpoint(getattr(models, name), weights, source), f"'{weights}' ({source})")
+            if (name, weights) not in checkpoints:
+                checkpoints[name, weights] = None
+                checkpoint = read_checkpoint(model_class, weights, source)
+                check_model_name(name, checkpoint, where)
+                checkpoints[name, weights] = checkpoint
+            checkpoint = checkpoints[name, weights]
+            if checkpoint is not None:
+                check_structure(model_class, _hyperparameters(model_class, init_args), checkpoint, where)
         except InputError as error:
             problems.append(str(error))
     return problems

@@ -14,6 +14,7 @@ match the fingerprint. A randomly initialised CLIP is saved whole, since it coul
 from __future__ import annotations
 
 import pickle
+from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -30,8 +31,9 @@ if TYPE_CHECKING:
 
 __all__ = [
     "check_checkpoint",
-    "check_model_name",
     "check_checkpoint_file",
+    "check_model_name",
+    "check_structure",
     "guard_checkpoint_io",
     "read_checkpoint",
     "restore_frozen",
@@ -114,18 +116,36 @@ def guard_checkpoint_io(module: PromptLearningModule, trainer: Trainer) -> None:
     io.load_checkpoint = load_checkpoint
 
 
-def _structure_differences(module: PromptLearningModule, saved: dict[str, Any]) -> list[str]:
-    """``name=saved (here: ours)`` for every structural hyperparameter that differs from the checkpoint's."""
+def check_structure(
+    model_class: type[PromptLearningModule], hparams: Mapping[str, Any], checkpoint: dict[str, Any], where: str
+) -> None:
+    """Refuse a checkpoint trained with other structural hyperparameters than ``hparams`` (no model is built).
+
+    Args:
+        model_class: The model the checkpoint is for.
+        hparams: The model's hyperparameters (its constructor's arguments, defaults included).
+        checkpoint: The checkpoint dict.
+        where: The checkpoint's description for messages.
+
+    Raises:
+        ValueError: A structural hyperparameter differs; the message lists each, the checkpoint's value first.
+    """
+    saved = checkpoint.get("hyper_parameters") or {}
     differences = []
-    for name in module.STRUCTURAL_HPARAMS:
+    for name in model_class.STRUCTURAL_HPARAMS:
         if name not in saved:
             continue
-        theirs, ours = plain_config(saved[name]), plain_config(module.hparams.get(name))
+        theirs, ours = plain_config(saved[name]), plain_config(hparams.get(name))
         if isinstance(theirs, list | tuple) and isinstance(ours, list | tuple):
             theirs, ours = list(theirs), list(ours)
         if theirs != ours:
             differences.append(f"{name}={theirs!r} (here: {ours!r})")
-    return differences
+    if differences:
+        msg = (
+            f"{where} was trained with other hyperparameters: {', '.join(differences)}. Build the "
+            f"{model_class.__name__} with the checkpoint's values (e.g. the `--config` it was trained with)."
+        )
+        raise InvalidInputError(msg)
 
 
 def check_model_name(model_name: str, checkpoint: dict[str, Any], where: str) -> None:
@@ -160,13 +180,7 @@ def check_checkpoint(module: PromptLearningModule, checkpoint: dict[str, Any], w
         found = f"lacks {missing[:5]}" if missing else f"has {unexpected[:5]}, unknown to {module.name}"
         msg = f"{where} is not a checkpoint of {module.name}: it {found}. Pass a checkpoint written by training it."
         raise InvalidInputError(msg)
-    differences = _structure_differences(module, checkpoint.get("hyper_parameters") or {})
-    if differences:
-        msg = (
-            f"{where} was trained with other hyperparameters: {', '.join(differences)}. Build the {module.name} with "
-            "the checkpoint's values (e.g. the `--config` it was trained with)."
-        )
-        raise InvalidInputError(msg)
+    check_structure(type(module), module.hparams, checkpoint, where)
     resized = [
         f"{name} is {tuple(value.shape)} there, {tuple(ours[name].shape)} here"
         for name, value in saved.items()
