@@ -2,20 +2,22 @@
 
 Usage::
 
-    python -m anomalib_faprompt.report runs/benchmark/<time>/results.csv --output reports/zero_shot
+    python -m anomalib_faprompt.report runs/benchmark/<time>/results.csv [--output DIR]
 
-writes ``comparison.md`` (for every metric, a table of models x categories plus their mean, in percent)
-and ``<metric>.png`` (grouped bars with their values, one group per category and one for the mean; a
-dashed line at 50% for an AUROC). Metrics are the result columns named ``image_*`` and ``pixel_*``; a
-model is named by its class, with the ``init_args`` that tell its rows apart when one class appears in
-several configurations. Repeated rows of one model and category (e.g. a grid over seeds) are averaged.
+writes, into ``DIR`` (default: ``report/`` beside the results file), ``comparison.md`` (for every metric, a
+table of models x categories plus their mean, in percent) and ``<metric>.png`` (grouped bars with their
+values, one group per category and one for the mean; a dashed line at 50% for an AUROC). Metrics are the
+result columns named ``image_*`` and ``pixel_*``; a model is named by its class, with the ``init_args`` that
+tell its rows apart when one class appears in several configurations. Repeated rows of one model and category
+(e.g. a grid over seeds) are averaged.
 
 The tables follow :mod:`anomalib_faprompt.tables`: a missing result shows as ``–`` (never as 0), a mean
 skips missing categories and says so in a footnote, and a column's best value is bold only when at least
 two models have one. A metric that only one model reports gets no chart (there is nothing to compare);
 the Markdown says so. Notes below the title say how models that are not this package's post-process
 their scores (WinClip and AnomalyVFM normalise with statistics of the target data, at their own input
-size).
+size). A folder that holds the report of another results file is refused, with its files kept; the report of the
+same file is written again.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
+from anomalib_faprompt.errors import ExistingOutputError  # noqa: E402
 from anomalib_faprompt.tables import MEAN, MISSING, comparison_markdown, format_percent, metric_table  # noqa: E402
 
 __all__ = [
@@ -270,21 +273,47 @@ def bar_chart(table: pd.DataFrame, metric: str) -> Figure:
     return figure
 
 
-def write_report(results: str | Path, output: str | Path) -> list[Path]:
+SOURCE_MARK = "<!-- results: {} -->"  # first line of comparison.md: the results file it was made from
+
+
+def report_source(markdown: Path) -> str | None:
+    """The results file a ``comparison.md`` was made from (resolved path), or ``None`` when it does not say."""
+    try:
+        first = markdown.read_text(encoding="utf-8").split("\n", 1)[0]
+    except (OSError, UnicodeDecodeError):
+        return None
+    prefix, suffix = SOURCE_MARK.split("{}")
+    return first.removeprefix(prefix).removesuffix(suffix) if first.startswith(prefix) else None
+
+
+def write_report(results: str | Path, output: str | Path | None = None) -> list[Path]:
     """Write ``comparison.md`` and a ``<metric>.png`` per metric that two models or more report.
 
     Args:
         results: ``results.csv`` of ``anomalib benchmark``.
-        output: Output folder (created).
+        output: Output folder (created); default ``report/`` beside ``results``.
 
     Returns:
         The written files, the Markdown first.
+
+    Raises:
+        ExistingOutputError: ``output`` holds a report that was not made from ``results``; nothing is written.
     """
     frame = load_results(results)
-    output = Path(output)
-    output.mkdir(parents=True, exist_ok=True)
+    source = str(Path(results).resolve())
+    output = Path(output) if output is not None else Path(results).parent / "report"
     markdown = output / "comparison.md"
-    markdown.write_text(markdown_report(frame, str(results)), encoding="utf-8")
+    if markdown.exists() and report_source(markdown) != source:
+        made_from = report_source(markdown)
+        what = f"the report of '{made_from}'" if made_from else "a report that does not name its results file"
+        msg = (
+            f"'{output}' holds {what}, which is kept. Pass another `--output` for the report of '{results}', or "
+            "remove that folder first."
+        )
+        raise ExistingOutputError(msg)
+    output.mkdir(parents=True, exist_ok=True)
+    text = markdown_report(frame, str(results))
+    markdown.write_text(f"{SOURCE_MARK.format(source)}\n{text}", encoding="utf-8")
     written = [markdown]
     for metric in metric_columns(frame):
         table = metric_table(frame, metric)
@@ -299,14 +328,14 @@ def write_report(results: str | Path, output: str | Path) -> list[Path]:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    """Command line: ``python -m anomalib_faprompt.report RESULTS_CSV --output DIR``."""
+    """Command line: ``python -m anomalib_faprompt.report RESULTS_CSV [--output DIR]``."""
     parser = argparse.ArgumentParser(prog="anomalib-faprompt-report", description=__doc__.splitlines()[0])
     parser.add_argument("results", help="results.csv written by `anomalib benchmark`")
-    parser.add_argument("--output", default="reports/zero_shot", help="output folder (default: %(default)s)")
+    parser.add_argument("--output", default=None, help="output folder (default: report/ beside the results file)")
     args = parser.parse_args(argv)
     try:
         written = write_report(args.results, args.output)
-    except (FileNotFoundError, ValueError) as error:
+    except (FileNotFoundError, FileExistsError, ValueError) as error:
         parser.exit(1, f"{parser.prog}: error: {error}\n")
     for path in written:
         print(path)

@@ -220,3 +220,33 @@ def test_module_command_on_an_empty_csv(tmp_path):
         f"anomalib-faprompt-report: error: '{path}' is empty. "
         "Pass the results.csv that `anomalib benchmark` wrote after a job finished."
     ]
+
+
+def test_report_goes_beside_the_results_and_never_over_another_report(results, tmp_path, capsys):
+    main([str(results)])
+    report = results.parent / "report"
+    markdown = report / "comparison.md"
+    assert markdown.read_text().splitlines()[:2] == [f"<!-- results: {results.resolve()} -->", "# Zero-shot comparison"]
+    assert capsys.readouterr().out.splitlines() == [
+        str(markdown),
+        str(report / "image_AUROC.png"),
+        str(report / "pixel_AUPRO.png"),
+    ]
+    kept = {path.name: path.read_bytes() for path in report.iterdir()}
+    main([str(results), "--output", str(report)])  # the report of the same results: written again
+    assert markdown.read_text() == kept["comparison.md"].decode()
+    other = tmp_path / "other" / "results.csv"
+    other.parent.mkdir()
+    pd.read_csv(results).assign(image_AUROC=0.5).to_csv(other, index=False)
+    with pytest.raises(SystemExit) as exit_:
+        main([str(other), "--output", str(report)])
+    assert exit_.value.code == 1
+    assert capsys.readouterr().err.strip() == (
+        f"anomalib-faprompt-report: error: '{report}' holds the report of '{results.resolve()}', which is kept. "
+        f"Pass another `--output` for the report of '{other}', or remove that folder first."
+    )
+    assert {path.name: path.read_bytes() for path in report.iterdir()} == kept
+    markdown.write_text("# an older report\n")
+    with pytest.raises(SystemExit):
+        main([str(results), "--output", str(report)])
+    assert "holds a report that does not name its results file" in capsys.readouterr().err
