@@ -16,6 +16,8 @@ from typing import Any
 
 from lightning.pytorch import Callback, LightningModule, Trainer
 
+from .files import unused_stem
+
 __all__ = ["PREDICTIONS_COLUMNS", "PredictionScoresWriter"]
 
 logger = logging.getLogger(__name__)
@@ -45,12 +47,9 @@ class PredictionScoresWriter(Callback):
         """``<stem>[.rank<R>].csv`` in the run's folder; ``<stem>_<N>...`` when an earlier predict wrote that one."""
         name = Path(self.file_name)
         rank = f".rank{trainer.global_rank}" if trainer.world_size > 1 else ""
-        path = Path(trainer.default_root_dir) / f"{name.stem}{rank}{name.suffix}"
-        number = 0
-        while path.exists():
-            number += 1
-            path = path.with_name(f"{name.stem}_{number}{rank}{name.suffix}")
-        return path
+        folder = Path(trainer.default_root_dir)
+        endings = (f"{rank}{name.suffix}", f"{rank}.incomplete{name.suffix}")
+        return folder / f"{unused_stem(folder, name.stem, endings)}{rank}{name.suffix}"
 
     def on_predict_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         """Start the file with its header."""
@@ -95,4 +94,9 @@ class PredictionScoresWriter(Callback):
         incomplete = self.path.with_name(f"{self.path.stem}.incomplete{self.path.suffix}")
         self.path = self.path.replace(incomplete)
         stopped_by = type(exception).__name__
-        logger.warning("predict stopped (%s) after %d images; their scores are in %s", stopped_by, self.rows, self.path)
+        if self.rows:
+            logger.warning(
+                "predict stopped (%s) after %d images; their scores are in %s", stopped_by, self.rows, self.path
+            )
+            return
+        logger.warning("predict stopped (%s) before any image was scored; %s has no rows", stopped_by, self.path)

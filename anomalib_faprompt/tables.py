@@ -23,6 +23,8 @@ from pathlib import Path
 
 import pandas as pd
 
+from .files import unused_stem
+
 __all__ = [
     "MEAN",
     "MISSING",
@@ -206,6 +208,8 @@ def write_tables(
 ) -> tuple[Path, Path]:
     """Write ``<name>.csv`` (fractions, full precision, empty cell where missing) and ``<name>.md``.
 
+    Tables already there (an earlier test into the same folder) are kept: the new ones are ``<name>_1``, ...
+
     Args:
         results: ``{category: {metric name: fraction}}``; NaN where a value cannot be computed.
         directory: Output folder (created).
@@ -218,6 +222,7 @@ def write_tables(
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     names, rows = results_rows(results)
+    name = unused_stem(directory, name, (".csv", ".md"))
     csv_path, markdown_path = directory / f"{name}.csv", directory / f"{name}.md"
     with csv_path.open("w", newline="", encoding="utf-8") as file:
         writer = csv.writer(file)

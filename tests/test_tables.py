@@ -148,3 +148,14 @@ def test_metric_titles_use_the_logged_names():
         "other",
     ]
     assert [short_title(n) for n in ("image_AUPR", "pixel_F1Score", "other")] == ["I-AUPR", "P-F1Score", "other"]
+
+
+def test_tables_already_in_the_folder_are_kept(results, tmp_path):
+    first = write_tables(results, tmp_path, "table")
+    kept = [path.read_bytes() for path in first]
+    (tmp_path / "table_1.md").write_text("a table of another run")  # the .csv alone free is not enough
+    second = write_tables({"alpha": results["alpha"]}, tmp_path, "table")
+    assert second == (tmp_path / "table_2.csv", tmp_path / "table_2.md")
+    assert [path.read_bytes() for path in first] == kept
+    assert (tmp_path / "table_1.md").read_text() == "a table of another run"
+    assert second[0].read_text().splitlines()[1:] == ["alpha,0.75,0.5,0.875,0.625", "mean,0.75,0.5,0.875,0.625"]
