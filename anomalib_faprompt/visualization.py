@@ -16,7 +16,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from anomalib.data import ImageBatch
+from anomalib.data import ImageBatch, PredictDataset
 from anomalib.models import AnomalibModule
 from anomalib.visualization import ImageVisualizer
 from lightning.pytorch import Trainer
@@ -37,8 +37,15 @@ def _dataloaders(trainer: Trainer) -> list:
 
 
 def dataloader_category(trainer: Trainer, dataloader_idx: int) -> str | None:
-    """Category of a test or predict dataloader (:func:`dataloader_categories`), ``None`` when unnamed."""
-    names = dataloader_categories(getattr(trainer, "datamodule", None), len(_dataloaders(trainer)))
+    """Category of a test or predict dataloader (:func:`dataloader_categories`), ``None`` when unnamed.
+
+    Images given by path (a ``PredictDataset``, e.g. ``predict(data_path=...)``) have none, whatever datamodule
+    an earlier ``test`` of the same trainer left attached.
+    """
+    loaders = _dataloaders(trainer)
+    if dataloader_idx < len(loaders) and isinstance(getattr(loaders[dataloader_idx], "dataset", None), PredictDataset):
+        return None
+    names = dataloader_categories(getattr(trainer, "datamodule", None), len(loaders))
     return names[dataloader_idx] if dataloader_idx < len(names) else None
 
 

@@ -58,11 +58,10 @@ def _datamodule(source: Path, target: Path, **kwargs) -> AuxiliaryDataModule:
         val_split_ratio=0.25,
         target_dataset="MVTecAD",
         target_root=target,
-        target_categories=list(TARGETS),
         train_batch_size=4,
         eval_batch_size=4,
         num_workers=0,
-        **kwargs,
+        **{"target_categories": list(TARGETS), **kwargs},
     )
 
 
@@ -266,6 +265,9 @@ def test_testing_prompts_that_were_never_learned_warns(source, target, trained, 
     torch.manual_seed(0)
     with pytest.warns(UserWarning, match=f"FAPrompt is {untrained}.*--ckpt_path"):
         _engine(tmp_path / "fresh").test(FAPrompt(**tiny_args()), datamodule=data)
+    never = "FAPrompt is run by `predict` with prompts that were never trained.*scores and maps are those of a random"
+    with pytest.warns(UserWarning, match=never):
+        _engine(tmp_path / "predict").predict(FAPrompt(**tiny_args()), data_path=target / "gamma" / "test" / "good")
     recwarn.clear()
     _engine(tmp_path / "checkpoint").test(FAPrompt(**tiny_args()), datamodule=data, ckpt_path=trained)
     _engine(tmp_path / "loaded").test(FAPrompt.load_from_checkpoint(trained), datamodule=data)
@@ -429,3 +431,39 @@ def test_cli_errors_about_a_checkpoint_or_the_data_are_one_last_line(source, tar
     assert error.startswith("InvalidInputError: Target categories ['nosuch'] (argument `target_categories`)")
     assert error.endswith("which has ['delta', 'epsilon', 'gamma'].")
     assert "Traceback" not in output
+
+
+def test_a_second_test_or_predict_on_one_engine_replaces_nothing(source, target, trained, tmp_path, capsys):
+    """Python: ``engine.test`` twice, then ``engine.predict`` of a folder, on one Engine (one run folder)."""
+    engine = _engine(tmp_path / "results")
+    model = FAPrompt(**tiny_args(weights=str(trained)))
+    engine.test(model, datamodule=_datamodule(source, target))
+    run = Path(engine.trainer.default_root_dir)
+    first = _digests(run)
+    assert str(trained) in capsys.readouterr().out.splitlines()[-1]  # "...; weights: <file>", not "no checkpoint"
+    engine.test(model, datamodule=_datamodule(source, target, target_categories=["delta"]))
+    assert {name: digest for name, digest in _digests(run).items() if name in first} == first
+    with (run / "per_category_results_1.csv").open() as file:
+        assert [row["category"] for row in csv.DictReader(file)] == ["delta", "mean"]
+    assert (
+        capsys.readouterr()
+        .out.splitlines()[-1]
+        .startswith(f"Results in {run.resolve()}: per_category_results_1.csv, per_category_results_1.md; weights: ")
+    )
+    folder = target / "gamma" / "test" / "defect"
+    engine.predict(model, data_path=folder)
+    assert {name: digest for name, digest in _digests(run).items() if name in first} == first
+    written = {path.relative_to(run / "images") for path in (run / "images").rglob("*.png")} - {
+        Path(name).relative_to("images") for name in first if name.startswith("images/")
+    }
+    assert written == {Path(path.name) for path in folder.glob("*.png")}  # no category folder: not under delta/
+
+
+def test_fit_of_a_model_with_trained_weights_says_it_trains_nothing(source, target, trained, tmp_path, caplog):
+    model = FAPrompt(**tiny_args(weights=str(trained)))
+    engine = _engine(tmp_path / "results", max_epochs=1)
+    with caplog.at_level("WARNING", logger="anomalib_faprompt"):
+        engine.fit(model, datamodule=_datamodule(source, target))
+    assert f"FAPrompt was built with trained `weights` ({trained}), so it is a zero-shot model and `fit` trains " in (
+        caplog.text
+    )

@@ -374,7 +374,12 @@ class PerCategoryEvaluator(Evaluator):
         callback = getattr(trainer, "checkpoint_callback", None)
         if not checkpoint and callback is not None:
             checkpoint = callback.best_model_path or callback.last_model_path
-        where.append(f"checkpoint: {checkpoint}" if checkpoint else "no checkpoint")
+        hparams = getattr(getattr(trainer, "lightning_module", None), "hparams", None) or {}
+        weights = hparams.get("weights")
+        if checkpoint or not weights:
+            where.append(f"checkpoint: {checkpoint}" if checkpoint else "no checkpoint")
+        else:
+            where.append(f"weights: {weights}")
         print(f"\n{console_table(self.category_results, self.notes)}\n{'; '.join(where)}", flush=True)  # noqa: T201
         test_loop = getattr(trainer, "test_loop", None)
         if test_loop is not None:

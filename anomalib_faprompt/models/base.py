@@ -295,17 +295,31 @@ class PromptLearningModule(PromptExportMixin, AnomalibModule):
         self.targets.start(self.trainer)
         self.learned = True
 
-    def on_test_start(self) -> None:
-        """Warn when the prompts to be tested were never learned (no training, checkpoint or ``weights``)."""
-        super().on_test_start()
+    def warn_if_unlearned(self, done: str, consequence: str) -> None:
+        """Warn when the prompts were never learned (no training, checkpoint or ``weights``).
+
+        Args:
+            done: What is done with them, e.g. "tested".
+            consequence: What that means for the user, e.g. "the table below is that of a random start".
+        """
         if not self.learned:
             warnings.warn(
-                f"{self.name} is tested with prompts that were never trained: no `ckpt_path`, no `weights` and no "
-                "training in this run, so the table below is that of a random start. Pass the checkpoint of a "
-                f"training, `--ckpt_path <run>/weights/lightning/model.ckpt` (or `--model.weights`).",
+                f"{self.name} is {done} with prompts that were never trained: no `ckpt_path`, no `weights` and no "
+                f"training in this run, so {consequence}. Pass the checkpoint of a training, "
+                "`--ckpt_path <run>/weights/lightning/model.ckpt` (or `--model.weights`).",
                 UserWarning,
                 stacklevel=2,
             )
+
+    def on_test_start(self) -> None:
+        """Warn when the prompts to be tested were never learned."""
+        super().on_test_start()
+        self.warn_if_unlearned("tested", "the table below is that of a random start")
+
+    def on_predict_start(self) -> None:
+        """Warn when the prompts to predict with were never learned."""
+        super().on_predict_start()
+        self.warn_if_unlearned("run by `predict`", "its scores and maps are those of a random start")
 
     def on_train_epoch_end(self) -> None:
         """Stop when a whole epoch of data without a samples table held no anomalous image."""
