@@ -14,7 +14,7 @@ from anomalib.engine import Engine
 from conftest import tiny_args, write_checkpoint
 
 from anomalib_faprompt import AnomalyCLIP, FAPrompt
-from anomalib_faprompt.errors import ExistingOutputError
+from anomalib_faprompt.errors import ExistingOutputError, InvalidInputError, MissingInputError
 from anomalib_faprompt.integration.workspace import checkpoint_run_dir
 
 QUIET = {"logger": False, "enable_progress_bar": False, "enable_model_summary": False}
@@ -98,3 +98,28 @@ def test_cli_export_twice_names_the_kept_file(run_checkpoint: Path, tmp_path: Pa
         f"ExistingOutputError: '{exported}' holds an earlier export, which is kept. Pass another `export_root` "
         "(`--export_root` on the command line), or remove that file to export here again."
     )
+
+
+def test_export_names_a_bad_checkpoint_or_root_before_any_work(run_checkpoint: Path, tmp_path: Path):
+    engine = Engine(accelerator="cpu", devices=1, default_root_dir=tmp_path / "results", **QUIET)
+    other = write_checkpoint(AnomalyCLIP(**tiny_args()), tmp_path / "anomalyclip.ckpt")
+    with pytest.raises(MissingInputError, match=f"'{tmp_path / 'nope.ckpt'}' \\(`ckpt_path`\\) does not exist"):
+        engine.export(FAPrompt(**tiny_args()), ExportType.TORCH, ckpt_path=tmp_path / "nope.ckpt")
+    with pytest.raises(MissingInputError, match=f"'{tmp_path}' \\(`ckpt_path`\\) is a directory"):
+        engine.export(FAPrompt(**tiny_args()), ExportType.TORCH, ckpt_path=tmp_path)
+    with pytest.raises(InvalidInputError, match=f"^'{other}' \\(`ckpt_path`\\) is a checkpoint of AnomalyCLIP, not of"):
+        engine.export(FAPrompt(**tiny_args()), ExportType.TORCH, ckpt_path=other)
+    with pytest.raises(InvalidInputError, match=f"`export_root` '{other}' is a file: pass a folder"):
+        engine.export(FAPrompt(**tiny_args()), ExportType.TORCH, ckpt_path=run_checkpoint, export_root=other)
+    assert not (tmp_path / "results").exists()
+    assert not (tmp_path / "weights").exists()
+
+
+def test_exporting_prompts_that_were_never_learned_warns(run_checkpoint: Path, tmp_path: Path, recwarn):
+    untrained = "FAPrompt is exported with prompts that were never trained"
+    with pytest.warns(UserWarning, match=f"{untrained}.*the exported model scores as a random start.*--ckpt_path"):
+        FAPrompt(**tiny_args()).to_torch(tmp_path / "untrained")
+    recwarn.clear()
+    FAPrompt.load_from_checkpoint(run_checkpoint).to_torch(tmp_path / "checkpoint")
+    FAPrompt(**tiny_args(weights=str(run_checkpoint))).to_torch(tmp_path / "weights")
+    assert not [warning for warning in recwarn if untrained in str(warning.message)]

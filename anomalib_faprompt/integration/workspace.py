@@ -11,7 +11,8 @@ original. For this package's models, and only with the anomalib versions this wa
    where it points (at the last training run, whose checkpoint ``latest/weights/lightning/model.ckpt`` names);
    a ``test`` after ``fit`` on the same engine (``anomalib train``) still writes into the training's folder;
 2. makes ``latest`` a relative link (``latest -> v<N>``), so a copied results folder is self-contained, and
-   puts it back where it was when ``fit`` or ``train`` fails: ``latest`` names the last training run that ended;
+   puts it back where it was when ``fit`` or ``train`` fails: ``latest`` names the last training run that ended
+   (and ``fit`` or ``train`` of a model built with trained ``weights`` says that it trains nothing);
 3. gives every process of a multi-process run (``--trainer.strategy ddp``, whose launcher starts the other ranks
    as copies of the command) the run folder of the process that launched them: one folder per run, not one per
    rank;
@@ -44,6 +45,8 @@ from pathlib import Path
 from typing import Any
 
 from anomalib.post_processing import PostProcessor
+
+from anomalib_faprompt.errors import InvalidInputError
 
 from .patching import patching
 
@@ -183,10 +186,23 @@ def _setup_workspace(original: Any) -> Any:  # noqa: ANN401
 
 
 def _restoring_latest(original: Any) -> Any:  # noqa: ANN401
-    """``fit`` or ``train`` that puts ``latest`` back where it was when the run fails."""
+    """``fit`` or ``train`` that puts ``latest`` back where it was when the run fails.
+
+    It also says, in one line, when this package's model was built with trained ``weights``: anomalib's ``fit``
+    only validates a zero-shot model, so nothing is trained.
+    """
 
     @wraps(original)
     def run(self: Any, *args: Any, **kwargs: Any) -> Any:  # noqa: ANN401
+        model = args[0] if args else kwargs.get("model")
+        if _is_own(model) and model.zero_shot:
+            logger.warning(
+                "%s was built with trained `weights` (%s), so it is a zero-shot model and `%s` trains nothing "
+                "(anomalib only validates it). To train it, build it without `weights`.",
+                model.name,
+                model.hparams.get("weights"),
+                original.__name__,
+            )
         self.__dict__.pop(_LATEST_BEFORE, None)
         try:
             return original(self, *args, **kwargs)
@@ -258,10 +274,20 @@ def _export(original: Any) -> Any:  # noqa: ANN401
     def export(self: Any, model: Any, *args: Any, **kwargs: Any) -> Any:  # noqa: ANN401
         if not _is_own(model):
             return original(self, model, *args, **kwargs)
+        from anomalib_faprompt.models.checkpoint import check_model_name, read_checkpoint  # noqa: PLC0415
+
         bound = signature.bind(self, model, *args, **kwargs)
         arguments = bound.arguments
-        source = arguments.get("ckpt_path") or (model.hparams.get("weights") if model.zero_shot else None)
-        if arguments.get("export_root") is None and source:
+        checkpoint, root = arguments.get("ckpt_path"), arguments.get("export_root")
+        if checkpoint:
+            check_model_name(
+                model.name, read_checkpoint(type(model), checkpoint, "`ckpt_path`"), f"'{checkpoint}' (`ckpt_path`)"
+            )
+        if root is not None and Path(root).exists() and not Path(root).is_dir():
+            msg = f"`export_root` '{root}' is a file: pass a folder (the export goes to <export_root>/weights/<type>/)."
+            raise InvalidInputError(msg)
+        source = checkpoint or (model.hparams.get("weights") if model.zero_shot else None)
+        if root is None and source:
             arguments["export_root"] = checkpoint_run_dir(source)
             logger.info("Exporting %s into the run folder of %s: %s", model.name, source, arguments["export_root"])
         return original(*bound.args, **bound.kwargs)

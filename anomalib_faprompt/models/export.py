@@ -39,6 +39,7 @@ class PromptExportMixin(ExportMixin):
     def to_torch(self, export_root: Path | str, model_file_name: str = "model") -> Path:
         """Export the whole module as anomalib does (``torch.save``), unless the file exists."""
         refuse_existing(export_root, ExportType.TORCH, f"{model_file_name}.pt")
+        self.warn_if_unlearned("exported", "the exported model scores as a random start")
         return super().to_torch(export_root, model_file_name)
 
     def to_onnx(
@@ -57,6 +58,7 @@ class PromptExportMixin(ExportMixin):
         traced, with a dynamic batch size.
         """
         refuse_existing(export_root, ExportType.ONNX, f"{model_file_name}.onnx")
+        self.warn_if_unlearned("exported", "the exported model scores as a random start")
         kwargs.setdefault("opset_version", 18)
         return super().to_onnx(export_root, model_file_name, input_size, **kwargs)
 
