@@ -38,7 +38,9 @@ __all__ = [
     "mean_notes",
     "mean_of_present",
     "metric_table",
+    "repeat_notes",
     "results_rows",
+    "setting_text",
     "short_title",
     "write_tables",
 ]
@@ -237,7 +239,8 @@ def metric_table(frame: pd.DataFrame, metric: str) -> pd.DataFrame:
     """Models x categories of one metric of a benchmark, plus the mean over the categories with a value.
 
     Args:
-        frame: Rows with ``model``, ``category`` and the metric column (repeated rows are averaged).
+        frame: Rows with ``model``, ``category`` and the metric column; repeated rows of a model and category are
+            averaged (runs of a seed grid: :func:`repeat_notes` names them under the table).
         metric: The metric column.
 
     Returns:
@@ -248,6 +251,55 @@ def metric_table(frame: pd.DataFrame, metric: str) -> pd.DataFrame:
     table = table.reindex(index=list(dict.fromkeys(frame["model"])), columns=sorted(frame["category"].unique()))
     table[MEAN] = table.mean(axis=1, skipna=True)
     return table
+
+
+def setting_text(value: object) -> str:
+    """A setting or seed as written in a note: ``42.0`` (an integer column with an empty cell) -> ``42``."""
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value)
+
+
+def _runs_text(runs: pd.DataFrame, metric: str) -> str:
+    """What a cell of repeated runs is: ``mean of 3 runs (seeds 1, 2, 3)``, with the runs without a value."""
+    present = runs[metric].notna()
+    count = int(present.sum())
+    text = f"{count} runs" if count == len(runs) else f"{count} of {len(runs)} runs"
+    text = f"mean of {text}" if count > 1 else text
+    if "seed" in runs:
+        seeds = [setting_text(seed) for seed in runs["seed"][present]]
+        text += f" (seed{'s' if len(seeds) > 1 else ''} {', '.join(seeds)}"
+        absent = [setting_text(seed) for seed in runs["seed"][~present]]
+        if absent:
+            text += f"; no result for seed{'s' if len(absent) > 1 else ''} {', '.join(absent)}"
+        text += ")"
+    return text
+
+
+def repeat_notes(frame: pd.DataFrame, metric: str) -> list[str]:
+    """A note for each value of a :func:`metric_table` that is the mean of repeated rows, naming the runs.
+
+    The categories of a model with the same runs share a note (``FAPrompt, every category: mean of 3 runs
+    (seeds 1, 2, 3).``); a cell without any value gets none (it shows :data:`MISSING`).
+
+    Args:
+        frame: Rows with ``model``, ``category``, the metric column and, where known, ``seed``.
+        metric: The metric column.
+
+    Returns:
+        The notes, models in order of first appearance, categories sorted.
+    """
+    categories = sorted(frame["category"].unique())
+    notes = []
+    for model in dict.fromkeys(frame["model"]):
+        texts: dict[str, list[str]] = {}
+        for category, runs in frame[frame["model"] == model].groupby("category", sort=True):
+            if len(runs) > 1 and runs[metric].notna().any():
+                texts.setdefault(_runs_text(runs, metric), []).append(str(category))
+        for text, where in texts.items():
+            cells = "every category" if len(where) > 1 and where == categories else ", ".join(where)
+            notes.append(f"{model}, {cells}: {text}.")
+    return notes
 
 
 def _counts(table: pd.DataFrame) -> pd.Series:
@@ -266,11 +318,12 @@ def comparison_notes(table: pd.DataFrame) -> list[str]:
     return notes
 
 
-def comparison_markdown(table: pd.DataFrame) -> str:
-    """Markdown of a :func:`metric_table`: percent, best of a column in bold, partial means marked.
+def comparison_markdown(table: pd.DataFrame, notes: Sequence[str] = ()) -> str:
+    """Markdown of a :func:`metric_table`: percent, best of a column in bold, partial means marked, notes below.
 
     A column's best value is bold only when at least two models have a value there; a mean over fewer
-    categories than the others (marked ``*``, see :func:`comparison_notes`) does not compete.
+    categories than the others (marked ``*``, see :func:`comparison_notes`) does not compete. ``notes`` (e.g.
+    :func:`repeat_notes`) are listed below the table, before the footnotes on partial means.
     """
     counts = _counts(table)
     complete = counts == len(table.columns) - 1
@@ -291,7 +344,7 @@ def comparison_markdown(table: pd.DataFrame) -> str:
                 text = f"**{text}**"
             cells.append(text)
         lines.append(f"| {model} | " + " | ".join(cells) + " |")
-    notes = comparison_notes(table)
-    if notes:
-        lines += ["", *(f"- \\{PARTIAL} {note}" for note in notes)]
+    footnotes = [*notes, *(f"\\{PARTIAL} {note}" for note in comparison_notes(table))]
+    if footnotes:
+        lines += ["", *(f"- {note}" for note in footnotes)]
     return "\n".join(lines)
