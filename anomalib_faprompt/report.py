@@ -8,8 +8,12 @@ writes, into ``DIR`` (default: ``report/`` beside the results file), ``compariso
 table of models x categories plus their mean, in percent) and ``<metric>.png`` (grouped bars with their
 values, one group per category and one for the mean; a dashed line at 50% for an AUROC). Metrics are the
 result columns named ``image_*`` and ``pixel_*``; a model is named by its class, with the ``init_args`` that
-tell its rows apart when one class appears in several configurations. Repeated rows of one model and category
-(e.g. a grid over seeds) are averaged.
+tell its rows apart when one class appears in several configurations. Rows of one model and category that differ
+in the ``seed`` alone (besides their results: durations, metrics, ``status``), or not at all (the same results
+twice), are repeated runs: the table shows their mean and a note under it says of how many runs and which seeds.
+Rows of one model and category that differ in anything else (``data.class_path``, ``data.init_args.root`` or
+another data argument, the accelerator, ...) are refused with an error naming the lines, columns and values: they
+are results of different datasets or settings, and their mean would be a number of neither.
 
 The tables follow :mod:`anomalib_faprompt.tables`: a missing result shows as ``–`` (never as 0), a mean
 skips missing categories and says so in a footnote, and a column's best value is bold only when at least
@@ -35,7 +39,15 @@ import pandas as pd  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
 from anomalib_faprompt.errors import ExistingOutputError  # noqa: E402
-from anomalib_faprompt.tables import MEAN, MISSING, comparison_markdown, format_percent, metric_table  # noqa: E402
+from anomalib_faprompt.tables import (  # noqa: E402
+    MEAN,
+    MISSING,
+    comparison_markdown,
+    format_percent,
+    metric_table,
+    repeat_notes,
+    setting_text,
+)
 
 __all__ = [
     "NORMALISING_MODELS",
@@ -45,12 +57,16 @@ __all__ = [
     "markdown_report",
     "metric_table",
     "model_labels",
+    "setting_columns",
     "write_report",
 ]
 
 MODEL_COLUMN = "model.class_path"
 CATEGORY_COLUMN = "data.init_args.category"
 METRIC_PREFIXES = ("image_", "pixel_")
+RUN_COLUMNS = ("seed", "status")
+"""Columns that may differ between repeated runs of one model and dataset (besides metrics and ``*_duration``)."""
+_DERIVED_COLUMNS = ("model", "model_class", "category")
 
 NORMALISING_MODELS = {"WinClip": 240, "AnomalyVFM": 768}
 """anomalib models whose default post-processor min-max normalises with statistics of the data, and the
@@ -100,6 +116,43 @@ def _check_numbers(frame: pd.DataFrame, path: Path) -> pd.DataFrame:
     return frame
 
 
+def setting_columns(frame: pd.DataFrame) -> list[str]:
+    """The columns that say what a row ran (model, data, accelerator, ...): all but metrics, seed, status, durations."""
+    return [
+        column
+        for column in frame.columns
+        if not column.startswith(METRIC_PREFIXES)
+        and column not in (*RUN_COLUMNS, *_DERIVED_COLUMNS)
+        and not column.endswith("_duration")
+    ]
+
+
+def _check_repeats(frame: pd.DataFrame, path: Path) -> None:
+    """Refuse rows of one model and category that differ in more than the seed (their mean would be wrong).
+
+    ``frame`` keeps the index of :func:`_read_csv`, so that row ``i`` is line ``i + 2`` of the file.
+    """
+    settings = setting_columns(frame)
+    given = frame[settings].astype(object)
+    texts = given.where(given.notna(), "not set").apply(lambda column: column.map(setting_text))
+    for (model, category), rows in frame.groupby(["model", "category"], sort=False):
+        if len(rows) < 2:  # noqa: PLR2004
+            continue
+        group = texts.loc[rows.index]
+        differing = [column for column in settings if group[column].nunique() > 1]
+        if differing:
+            details = ", ".join(
+                f"{column} ({', '.join(map(repr, dict.fromkeys(group[column])))})" for column in differing
+            )
+            lines = ", ".join(str(index + 2) for index in rows.index)
+            msg = (
+                f"'{path}': the rows of {model}, category {category} (lines {lines}) differ in {details}, not in the "
+                "seed alone: the report averages only repeated runs of one model and dataset. Report each dataset "
+                "from its own results file (keep its rows only)."
+            )
+            raise ValueError(msg)
+
+
 def load_results(path: str | Path) -> pd.DataFrame:
     """Read a benchmark results CSV as rows of ``model``, ``model_class``, ``category`` and the metrics.
 
@@ -113,7 +166,9 @@ def load_results(path: str | Path) -> pd.DataFrame:
     Raises:
         FileNotFoundError: The file does not exist.
         ValueError: The file is empty or not a CSV, lacks the model column, has no metric column or no
-            row, or a metric cell is not a number (the message names the line and column).
+            row, a metric cell is not a number (the message names the line and column), or rows of one model
+            and category differ in more than the seed (e.g. the dataset root; the message names lines,
+            columns and values).
     """
     path = Path(path)
     frame = _read_csv(path)
@@ -127,11 +182,11 @@ def load_results(path: str | Path) -> pd.DataFrame:
     if frame.empty:
         msg = f"'{path}' has a header but no rows: no job finished. anomalib's benchmark log says why."
         raise ValueError(msg)
-    frame = frame.reset_index(drop=True)
     frame["model_class"] = frame[MODEL_COLUMN].astype(str).str.split(".").str[-1]
     frame["model"] = model_labels(frame)
     frame["category"] = frame[CATEGORY_COLUMN].astype(str) if CATEGORY_COLUMN in frame.columns else "all"
-    return frame
+    _check_repeats(frame, path)
+    return frame.reset_index(drop=True)
 
 
 def model_labels(frame: pd.DataFrame) -> pd.Series:
@@ -208,7 +263,7 @@ def markdown_report(frame: pd.DataFrame, source: str) -> str:
         parts += ["", *(f"- {note}" for note in notes)]
     for metric in metric_columns(frame):
         table = metric_table(frame, metric)
-        parts += ["", f"## {metric}", "", comparison_markdown(table)]
+        parts += ["", f"## {metric}", "", comparison_markdown(table, repeat_notes(frame, metric))]
         charted = _charted(table)
         if len(charted) < 2:  # noqa: PLR2004
             who = f"only {charted.index[0]} reports it" if len(charted) else "no model reports it"

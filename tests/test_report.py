@@ -250,3 +250,120 @@ def test_report_goes_beside_the_results_and_never_over_another_report(results, t
     with pytest.raises(SystemExit):
         main([str(results), "--output", str(report)])
     assert "holds a report that does not name its results file" in capsys.readouterr().err
+
+
+def _write(tmp_path, rows) -> object:
+    path = tmp_path / "results.csv"
+    pd.DataFrame(rows).to_csv(path, index=False)
+    return path
+
+
+def _section(output, metric: str) -> list[str]:
+    sections = (output / "comparison.md").read_text().split("\n## ")
+    return next(section for section in sections if section.startswith(metric + "\n")).splitlines()
+
+
+def test_runs_of_a_seed_grid_are_averaged_and_each_mean_is_named(tmp_path):
+    rows = [
+        {"seed": 1, **_row("FAPrompt", "gamma", image_AUROC=0.5)},
+        {"seed": 2, **_row("FAPrompt", "gamma", image_AUROC=0.75)},
+        {"seed": 3, **_row("FAPrompt", "gamma", image_AUROC=1.0)},
+        {"seed": 1, **_row("FAPrompt", "delta", image_AUROC=0.25)},
+        {"seed": 2, **_row("FAPrompt", "delta", image_AUROC=0.5)},
+        {"seed": 3, **_row("FAPrompt", "delta"), "status": "no result"},  # failed: 2 of 3 runs
+        {"seed": 1, **_row("WinClip", "gamma", image_AUROC=0.625)},
+        {"seed": 1, **_row("WinClip", "delta", image_AUROC=0.125)},
+    ]
+    output = tmp_path / "report"
+    main([str(_write(tmp_path, rows)), "--output", str(output)])
+    # gamma: (0.5 + 0.75 + 1.0) / 3 = 0.75; delta: (0.25 + 0.5) / 2 = 0.375; mean: (0.75 + 0.375) / 2 = 0.5625
+    # WinClip: one run each, mean (0.625 + 0.125) / 2 = 0.375
+    assert _section(output, "image_AUROC")[2:] == [
+        "| model | delta | gamma | mean |",
+        "|:--|--:|--:|--:|",
+        "| FAPrompt | **37.5** | **75.0** | **56.2** |",
+        "| WinClip | 12.5 | 62.5 | 37.5 |",
+        "",
+        "- FAPrompt, delta: mean of 2 of 3 runs (seeds 1, 2; no result for seed 3).",
+        "- FAPrompt, gamma: mean of 3 runs (seeds 1, 2, 3).",
+    ]
+
+
+def test_one_note_for_the_categories_with_the_same_runs(tmp_path):
+    rows = [
+        {"seed": seed, **_row("FAPrompt", category, image_AUROC=value)}
+        for category, values in [("gamma", [0.5, 0.25]), ("delta", [1.0, 0.75])]
+        for seed, value in zip([7, 8], values, strict=True)
+    ]
+    rows.append({"seed": 7, **_row("WinClip", "gamma", image_AUROC=0.5)})
+    output = tmp_path / "report"
+    main([str(_write(tmp_path, rows)), "--output", str(output)])
+    lines = _section(output, "image_AUROC")
+    # delta (1.0 + 0.75) / 2 = 0.875, gamma (0.5 + 0.25) / 2 = 0.375, mean 0.625
+    assert lines[4] == "| FAPrompt | 87.5 | 37.5 | 62.5 |"
+    assert "- FAPrompt, every category: mean of 2 runs (seeds 7, 8)." in lines
+    assert not [line for line in lines if line.startswith("- WinClip")]
+
+
+def test_rows_repeated_with_equal_settings_are_named_as_runs(tmp_path):
+    # the same results concatenated twice, then the case QA found: equal settings, other values
+    rows = [{"seed": 42, **_row("FAPrompt", "pcb1", image_AUROC=0.5)}, {"seed": 42, **_row("WinClip", "pcb1")}]
+    rows[1]["image_AUROC"] = 0.25
+    output = tmp_path / "report"
+    main([str(_write(tmp_path, rows + rows)), "--output", str(output)])
+    lines = _section(output, "image_AUROC")
+    assert lines[4:] == ["| FAPrompt | **50.0** | **50.0** |", "| WinClip | 25.0 | 25.0 |", ""] + [
+        "- FAPrompt, pcb1: mean of 2 runs (seeds 42, 42).",
+        "- WinClip, pcb1: mean of 2 runs (seeds 42, 42).",
+    ]
+    rows = [{"seed": 42, **_row("FAPrompt", "pcb1", image_AUROC=value)} for value in [0.5, 0.125]]
+    main([str(_write(tmp_path, rows)), "--output", str(output)])
+    lines = _section(output, "image_AUROC")
+    # (0.5 + 0.125) / 2 = 0.3125
+    assert lines[4:] == [
+        "| FAPrompt | 31.2 | 31.2 |",
+        "",
+        "- FAPrompt, pcb1: mean of 2 runs (seeds 42, 42).",
+        "",
+        "No chart: only FAPrompt reports it.",
+    ]
+
+
+@pytest.mark.parametrize(
+    ("column", "values"),
+    [
+        ("data.init_args.root", ["./datasets/visa", "/data/visa_copy"]),
+        ("data.class_path", ["Visa", "Folder"]),
+        ("data.init_args.eval_batch_size", [32, 8]),
+    ],
+)
+def test_rows_of_other_data_are_refused_not_averaged(tmp_path, capsys, column, values):
+    rows = [
+        {"seed": 1, **_row("WinClip", "pcb1", image_AUROC=0.5)},
+        {"seed": 1, **_row("FAPrompt", "pcb1", image_AUROC=0.583)},
+        {"seed": 2, **_row("FAPrompt", "pcb1", image_AUROC=0.11)},  # and another seed: still refused
+        {"seed": 1, **_row("FAPrompt", "candle", image_AUROC=0.9)},
+    ]
+    rows[1][column], rows[2][column] = values
+    path = _write(tmp_path, rows)
+    with pytest.raises(ValueError, match="differ in") as error:
+        load_results(path)
+    message = str(error.value)
+    assert message == (
+        f"'{path}': the rows of FAPrompt, category pcb1 (lines 3, 4) differ in {column} "
+        f"({', '.join(map(repr, map(str, values)))}), not in the seed alone: the report averages only repeated runs "
+        "of one model and dataset. Report each dataset from its own results file (keep its rows only)."
+    )
+    assert "seed" not in message.split("differ in")[1].split("(")[0]
+    with pytest.raises(SystemExit) as exit_info:
+        main([str(path), "--output", str(tmp_path / "out")])
+    assert exit_info.value.code == 1
+    assert capsys.readouterr().err == f"anomalib-faprompt-report: error: {message}\n"
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_setting_left_out_by_one_row_differs_too(tmp_path):
+    rows = [_row("FAPrompt", "pcb1", image_AUROC=0.5), _row("FAPrompt", "pcb1", image_AUROC=0.25)]
+    rows[1]["data.init_args.root"] = "/data/visa_copy"
+    with pytest.raises(ValueError, match=r"differ in data\.init_args\.root \('not set', '/data/visa_copy'\)"):
+        load_results(_write(tmp_path, rows))
