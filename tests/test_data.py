@@ -487,6 +487,58 @@ def test_generator_refuses_a_non_empty_folder_unless_told_to_overwrite(tmp_path)
     assert fresh.stderr == ""
 
 
+def _snapshot(root: Path) -> dict[str, tuple[int, int]]:
+    return {str(path): (path.stat().st_size, path.stat().st_mtime_ns) for path in sorted(root.rglob("*"))}
+
+
+def test_generator_keeps_a_folder_holding_the_same_dataset_and_refuses_any_other(tmp_path):
+    root = _small(tmp_path / "data", categories=("alpha", "beta"), seed=3)
+    before = _snapshot(root)
+    assert _small(root, categories=("alpha", "beta"), seed=3) == root  # the same parameters: kept as it is
+    assert _snapshot(root) == before
+
+    for categories, seed, differs in (
+        (("alpha",), 3, "categories ['alpha', 'beta'], not ['alpha']"),
+        (("alpha", "beta"), 4, "seed 3, not 4"),
+    ):
+        with pytest.raises(FileExistsError, match=re.escape(f"other parameters ({differs})")):
+            _small(root, categories=categories, seed=seed)
+    with pytest.raises(FileExistsError, match=r"image_size 64, not 32.*n_train 1, not 4"):
+        make_synthetic_dataset(root, categories=("alpha", "beta"), image_size=32, n_good=2, n_defect=2, seed=3)
+    assert _snapshot(root) == before
+
+    (root / "notes.txt").write_text("mine")  # mixed with other content: not "this dataset" any more
+    with pytest.raises(FileExistsError, match=r"besides this synthetic dataset it holds notes.txt"):
+        _small(root, categories=("alpha", "beta"), seed=3)
+    (root / "notes.txt").unlink()
+    (root / "alpha" / "test" / "good" / "000.png").write_bytes(
+        (root / "beta" / "test" / "good" / "000.png").read_bytes()
+    )
+    with pytest.raises(FileExistsError, match=r"files of this synthetic dataset were changed"):
+        _small(root, categories=("alpha", "beta"), seed=3)
+    (root / "synthetic.json").unlink()  # a folder without the manifest: as any other non-empty folder
+    with pytest.raises(FileExistsError, match=r"is not empty and holds no synthetic dataset manifest"):
+        _small(root, categories=("alpha", "beta"), seed=3)
+
+
+@pytest.mark.slow
+def test_generator_command_run_twice_keeps_the_dataset(tmp_path):
+    """README step 1 runs the generator on every run: a second run with the same arguments succeeds."""
+    root = tmp_path / "synthetic_target"
+    command = [sys.executable, "-m", "anomalib_faprompt.data.synthetic", str(root), "--categories", "gamma", "delta"]
+    first = subprocess.run([*command, "--seed", "1"], capture_output=True, text=True, check=False)
+    assert first.returncode == 0, first.stderr
+    before = _snapshot(root)
+    again = subprocess.run([*command, "--seed", "1"], capture_output=True, text=True, check=False)
+    assert again.returncode == 0, again.stderr
+    assert again.stdout == f"'{root}' already holds this synthetic dataset; kept\n"
+    assert _snapshot(root) == before
+    other = subprocess.run([*command, "--seed", "2"], capture_output=True, text=True, check=False)
+    assert other.returncode == 2
+    assert "(seed 1, not 2)" in other.stderr.strip().splitlines()[-1]
+    assert _snapshot(root) == before
+
+
 @pytest.mark.parametrize(
     ("datamodule", "count", "expected"),
     [
