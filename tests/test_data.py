@@ -16,6 +16,7 @@ import pytest
 import torch
 import yaml
 from anomalib.data.datamodules.image import mvtecad as mvtecad_module
+from anomalib.data.datamodules.image import visa as visa_module
 from anomalib.data.datasets import MVTecADDataset
 from anomalib.data.utils import read_image as anomalib_read_image
 from anomalib.data.utils import read_mask as anomalib_read_mask
@@ -27,6 +28,8 @@ from PIL import Image
 from anomalib_faprompt import FAPrompt
 from anomalib_faprompt.data import AuxiliaryDataModule, make_synthetic_dataset
 from anomalib_faprompt.data.images import UnreadableFileError, read_image, read_mask
+from anomalib_faprompt.data.sources import available_categories, prepare_category
+from anomalib_faprompt.errors import InvalidInputError
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -434,6 +437,50 @@ def test_missing_dataset_folder_fails_in_one_line_before_any_download(synthetic_
     with pytest.raises(FileNotFoundError, match=r"'datasets/target' \(argument `target_root`\)"):
         AuxiliaryDataModule(root=synthetic_source, target_dataset="Visa", target_root="datasets/target")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_an_existing_folder_without_categories_is_never_downloaded_into(tmp_path, monkeypatch):
+    """Only folders named like anomalib's defaults are downloaded into (README); a category folder names its parent."""
+
+    def no_download(*_args, **_kwargs):
+        pytest.fail("a download was tried")
+
+    monkeypatch.setattr(mvtecad_module, "download_and_extract", no_download)
+    monkeypatch.setattr(visa_module, "download_and_extract", no_download)
+    monkeypatch.chdir(tmp_path)
+    source, target = _small(Path("source")), _small(Path("datasets/target"), categories=("gamma", "delta"), seed=1)
+    before = sorted(tmp_path.rglob("*"))
+    with pytest.raises(InvalidInputError) as error:  # `--data.root ./datasets/target/gamma`
+        AuxiliaryDataModule(root="datasets/target/gamma")
+    message = str(error.value)
+    assert "\n" not in message
+    assert message.startswith(
+        "Dataset folder 'datasets/target/gamma' (argument `root`) holds no category folders with a `test/` sub-folder"
+    )
+    assert message.endswith("looks like one category folder: pass its parent 'datasets/target' as `root`.")
+    with pytest.raises(
+        InvalidInputError, match=r"'datasets/target/gamma' \(argument `target_root`\).*as `target_root`"
+    ):
+        AuxiliaryDataModule(root=source, target_dataset="MVTecAD", target_root=target / "gamma")
+
+    empty = tmp_path / "mine"
+    empty.mkdir()
+    for dataset in ("MVTecAD", "Visa"):
+        with pytest.raises(InvalidInputError, match=r"'.*mine' \(argument `target_root`\) holds no category") as error:
+            AuxiliaryDataModule(root=source, target_dataset=dataset, target_root=empty)
+        assert "looks like one category" not in str(error.value)
+        with pytest.raises(InvalidInputError, match=r"'.*mine' \(argument `root`\) holds no category"):
+            prepare_category(dataset, empty, "bottle")
+    with pytest.raises(FileNotFoundError, match=r"category 'bottle' is not under 'datasets/target', and it is not"):
+        prepare_category("MVTecAD", target, "bottle")  # a folder with other categories
+    assert sorted(tmp_path.rglob("*")) == sorted([*before, empty])
+
+    # Where anomalib may fetch the data, its category list stays: a folder named like its default (downloaded
+    # into), and VisA's raw download in any folder (split into `visa_pytorch`).
+    (tmp_path / "datasets" / "MVTecAD").mkdir()
+    assert available_categories("MVTecAD", "datasets/MVTecAD")[0] == "bottle"
+    (tmp_path / "raw" / "candle" / "Data").mkdir(parents=True)
+    assert "candle" in available_categories("Visa", "raw")
 
 
 def test_failed_download_into_the_default_folder_leaves_nothing_behind(tmp_path, monkeypatch):

@@ -168,7 +168,7 @@ class AuxiliaryDataModule(AnomalibDataModule):
         source = "+".join(dict.fromkeys(source_name(dataset, root) for dataset, root in self.sources))
         if not self.target_dataset:
             return source
-        return f"{source}_to_{source_name(self.target_dataset, self.target_root)}"
+        return f"{source}_to_{source_name(self.target_dataset, self.target_root, 'target_root')}"
 
     @property
     def category(self) -> str:
@@ -198,7 +198,7 @@ class AuxiliaryDataModule(AnomalibDataModule):
         """Names of the test dataloaders: the target's categories, or ``held_out`` (the held-out part)."""
         if not self.target_dataset:
             return ["held_out"]
-        available = available_categories(self.target_dataset, self.target_root)
+        available = available_categories(self.target_dataset, self.target_root, "target_root")
         if self.target_categories is None:
             return available
         unknown = set(self.target_categories) - set(available)

@@ -60,15 +60,44 @@ def layout_root(dataset: str, root: Path) -> Path:
     return root / "visa_pytorch" if dataset == "Visa" else root
 
 
-def available_categories(dataset: str, root: str | Path) -> list[str]:
-    """Categories of a source: the prepared category folders, else anomalib's list (to be downloaded).
+def _is_download_folder(dataset: str, root: Path) -> bool:
+    """Whether ``root`` is named like anomalib's default folder of ``dataset`` (the only folders downloaded into)."""
+    return root.name == _DOWNLOAD_FOLDERS[dataset]
+
+
+def _no_categories_message(dataset: str, root: Path, argument: str) -> str:
+    """Why an existing folder that is not a download location cannot be used: it holds no category folders."""
+    layout = "<root>/<category>/test/..." if dataset == "MVTecAD" else "<root>/visa_pytorch/<category>/test/..."
+    msg = (
+        f"Dataset folder '{root}' (argument `{argument}`) holds no category folders with a `test/` sub-folder "
+        f"({dataset} layout: {layout}), and it is not downloaded into (only folders named "
+        f"`{_DOWNLOAD_FOLDERS[dataset]}` are)."
+    )
+    if (root / "test").is_dir():
+        parent = root.parent if root.name not in ("", "..") else root.resolve().parent
+        if dataset == "Visa" and parent.name == "visa_pytorch":
+            parent = parent.parent
+        msg += f" '{root}' looks like one category folder: pass its parent '{parent}' as `{argument}`."
+    return msg
+
+
+def available_categories(dataset: str, root: str | Path, argument: str = "root") -> list[str]:
+    """Categories of a source: the prepared category folders, else anomalib's list (to be downloaded or prepared).
+
+    anomalib's list is used only where anomalib's datamodule may fetch the data: a folder named like anomalib's
+    default (``MVTecAD``, ``visa``), or a folder holding VisA's raw download (to be split into ``visa_pytorch``).
 
     Args:
         dataset: ``"MVTecAD"``, ``"Visa"`` or ``"Folder"``.
         root: Dataset root.
+        argument: The argument that names ``root``, for the error message.
 
     Returns:
         Category names; for ``Folder``, the folder's name.
+
+    Raises:
+        InvalidInputError: ``root`` exists, holds no category folders and is not a download location; the
+            message says so, and to pass the parent when ``root`` looks like a category folder itself.
     """
     _check_dataset(dataset)
     root = Path(root)
@@ -76,44 +105,54 @@ def available_categories(dataset: str, root: str | Path) -> list[str]:
         return [root.resolve().name]
     layout = layout_root(dataset, root)
     found = sorted(path.name for path in layout.iterdir() if (path / "test").is_dir()) if layout.is_dir() else []
-    return found or list(_KNOWN_CATEGORIES[dataset])
+    if found:
+        return found
+    raw_visa = dataset == "Visa" and any((root / name).is_dir() for name in VISA_CATEGORIES)
+    if not root.is_dir() or _is_download_folder(dataset, root) or raw_visa:
+        return list(_KNOWN_CATEGORIES[dataset])
+    raise InvalidInputError(_no_categories_message(dataset, root, argument))
 
 
-def source_name(dataset: str, root: str | Path) -> str:
+def source_name(dataset: str, root: str | Path, argument: str = "root") -> str:
     """A readable name of a source: the dataset's name if it holds that dataset's categories, else its folder's.
 
     ``MVTecAD`` data with MVTec AD's categories is ``"MVTecAD"``; data in the MVTec AD layout with other
     categories (a synthetic or custom dataset) and ``Folder`` data are named after their root folder.
     """
     _check_dataset(dataset)
-    if dataset != "Folder" and set(available_categories(dataset, root)) <= set(_KNOWN_CATEGORIES[dataset]):
+    if dataset != "Folder" and set(available_categories(dataset, root, argument)) <= set(_KNOWN_CATEGORIES[dataset]):
         return dataset
     return Path(root).resolve().name
 
 
 def check_root(dataset: str, root: str | Path, argument: str = "root") -> None:
-    """Fail in one line, before any download, when a dataset folder is missing and is not a download location.
+    """Fail in one line, before any download, when a dataset folder cannot be used and is not a download location.
 
     A missing root named like anomalib's default download folder (``MVTecAD``, ``visa``) is left to
     :func:`prepare_category` to download into; any other missing root is most likely a typo or a dataset
-    not written yet.
+    not written yet. An existing root other than those must hold its categories (see
+    :func:`available_categories`): nothing is downloaded into it.
 
     Raises:
-        FileNotFoundError: The folder does not exist; the message says how to create it.
+        MissingInputError: The folder does not exist; the message says how to create it.
+        InvalidInputError: The folder holds no category folders and is not a download location.
     """
     _check_dataset(dataset)
     root = Path(root)
     if root.is_dir():
+        if dataset != "Folder":
+            available_categories(dataset, root, argument)
         return
     if dataset == "Folder":
         msg = f"Custom dataset folder '{root}' (argument `{argument}`) does not exist."
         raise MissingInputError(msg)
-    if root.name == _DOWNLOAD_FOLDERS[dataset]:
+    if _is_download_folder(dataset, root):
         return
+    default = _DOWNLOAD_FOLDERS[dataset]
     msg = (
         f"Dataset folder '{root}' (argument `{argument}`) does not exist. Write a synthetic dataset there with "
-        f"`python -m anomalib_faprompt.data.synthetic {root}`, point `{argument}` at your {dataset} data, or create "
-        f"the folder (`mkdir -p {root}`) to let anomalib download {dataset} into it."
+        f"`python -m anomalib_faprompt.data.synthetic {root}`, point `{argument}` at your {dataset} data, or at a "
+        f"folder named `{default}` (e.g. `./datasets/{default}`) to let anomalib download {dataset} into it."
     )
     raise MissingInputError(msg)
 
@@ -130,7 +169,9 @@ def _missing_parents(path: Path) -> list[Path]:
 def prepare_category(dataset: str, root: str | Path, category: str) -> None:
     """Make sure a category is on disk, downloading or preparing it with anomalib's datamodule if needed.
 
-    When the download fails, the folders it created are removed again.
+    Only a root named like anomalib's default folder (``MVTecAD``, ``visa``) is downloaded into; in another
+    root, anomalib only prepares data that is there (VisA's split). When the download fails, the folders it
+    created are removed again.
 
     Raises:
         FileNotFoundError: The data is missing and could not be downloaded; the message says where to place it.
@@ -143,6 +184,12 @@ def prepare_category(dataset: str, root: str | Path, category: str) -> None:
     if (layout_root(dataset, root) / category / "test").is_dir():
         return
     check_root(dataset, root)
+    if root.is_dir() and not _is_download_folder(dataset, root) and not (root / category).is_dir():
+        msg = (
+            f"{dataset} category '{category}' is not under '{root}', and it is not downloaded there (only folders "
+            f"named `{_DOWNLOAD_FOLDERS[dataset]}` are downloaded into): place the category there, or leave it out."
+        )
+        raise MissingInputError(msg)
     created = _missing_parents(root.resolve())
     try:
         _DATAMODULES[dataset](root=root, category=category).prepare_data()
