@@ -319,6 +319,18 @@ def test_summary_has_a_column_per_configuration_of_one_model_class():
     assert lines[2].split() == ["a", "90.0", "50.0"]
 
 
+def test_summary_shows_the_mean_of_repeated_jobs_and_names_them():
+    rows = [
+        {"model.class_path": "FAPrompt", "data.init_args.category": category, "seed": seed, "image_AUROC": value}
+        for category, seed, value in (("a", 1, 0.9), ("a", 2, 0.5), ("b", 1, 0.6))
+    ]
+    lines = benchmark.summary_lines(pd.DataFrame(rows))
+    assert lines[2].split() == ["a", "70.0"]  # (0.9 + 0.5) / 2, not the first job's 90.0
+    assert lines[3].split() == ["b", "60.0"]
+    assert lines[4].split() == ["mean", "65.0"]
+    assert "image_AUROC: FAPrompt, a: mean of 2 runs (seeds 1, 2)." in lines
+
+
 def test_failed_jobs_are_named():
     config = {
         "benchmark": {

@@ -118,6 +118,7 @@ def summary_lines(frame: pd.DataFrame, width: int = WIDTH) -> list[str]:
     """The benchmark's console summary: per AUROC, categories x models in percent, and the mean; fits ``width``.
 
     A model without a value for a category shows ``-``; its mean is then over the categories it has, marked ``*``.
+    Repeated jobs of a model and category (a grid over seeds) show their mean, and a note below names them.
 
     Args:
         frame: The collected results (one row per job).
@@ -129,6 +130,7 @@ def summary_lines(frame: pd.DataFrame, width: int = WIDTH) -> list[str]:
     if frame is None or frame.empty or "model.class_path" not in frame:
         return ["benchmark: no results"]
     from anomalib_faprompt.report import model_labels  # noqa: PLC0415 (matplotlib, only once there are results)
+    from anomalib_faprompt.tables import repeat_notes  # noqa: PLC0415
 
     categories = frame.get("data.init_args.category", pd.Series(["-"] * len(frame), index=frame.index)).fillna("-")
     frame = frame.assign(model_class=frame["model.class_path"].map(_model_name))
@@ -136,9 +138,11 @@ def summary_lines(frame: pd.DataFrame, width: int = WIDTH) -> list[str]:
     models = list(dict.fromkeys(frame["_model"]))
     names = list(dict.fromkeys(frame["_category"]))
     first = max(len(name) for name in [*names, "category", "mean"])
-    lines, footnote = [], False
+    lines, footnote, repeats = [], False, {}
     for metric in (metric for metric in SUMMARY_METRICS if metric in frame):
-        values = frame.pivot_table(index="_category", columns="_model", values=metric, aggfunc="first")
+        values = frame.pivot_table(index="_category", columns="_model", values=metric, aggfunc="mean")
+        runs = frame.assign(model=frame["_model"], category=frame["_category"])
+        repeats.update(dict.fromkeys(f"{metric}: {note}" for note in repeat_notes(runs, metric)))
         columns = [max(len(model), 6) for model in models]
         start = 0
         while start < len(models):  # as many model columns as fit the width
@@ -166,6 +170,7 @@ def summary_lines(frame: pd.DataFrame, width: int = WIDTH) -> list[str]:
             start = stop
     if footnote:
         lines.append("* mean over the categories with a result (a job failed or did not run)")
+    lines.extend(repeats)
     lines.append("All metrics: results.csv (below); report: python -m anomalib_faprompt.report")
     return lines
 
