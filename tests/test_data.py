@@ -29,7 +29,7 @@ from anomalib_faprompt import FAPrompt
 from anomalib_faprompt.data import AuxiliaryDataModule, make_synthetic_dataset
 from anomalib_faprompt.data.images import UnreadableFileError, read_image, read_mask
 from anomalib_faprompt.data.sources import available_categories, prepare_category
-from anomalib_faprompt.errors import InvalidInputError
+from anomalib_faprompt.errors import InvalidInputError, MissingInputError
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -135,6 +135,18 @@ def test_predict_dataset_reads_as_anomalib_and_names_a_damaged_file(tmp_path):
     damaged.write_bytes((tmp_path / "a_color.png").read_bytes()[:100])
     with pytest.raises(UnreadableFileError, match=rf"Cannot read '{re.escape(str(damaged))}' .* then predict again"):
         ImagePredictDataset(tmp_path)[3]
+
+
+def test_predict_paths_that_hold_no_images_are_named(tmp_path):
+    from anomalib_faprompt.data.dataset import ImagePredictDataset
+
+    with pytest.raises(MissingInputError, match=rf"^'{re.escape(str(tmp_path / 'nope'))}' \(the images to predict"):
+        ImagePredictDataset(tmp_path / "nope")
+    with pytest.raises(InvalidInputError, match=rf"^'{re.escape(str(tmp_path))}' .*: Found 0 images in .* folder of"):
+        ImagePredictDataset(tmp_path)
+    (tmp_path / "notes.txt").write_text("not an image")
+    with pytest.raises(InvalidInputError, match=r"notes.txt' \(the images to predict, `--data`\): ``filename`` is not"):
+        ImagePredictDataset(tmp_path / "notes.txt")
 
 
 def test_items_equal_anomalib_mvtecad_dataset(synthetic_source):

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import pandas as pd
@@ -28,7 +29,7 @@ from torch.utils.data import DataLoader
 from torchvision.transforms.v2 import Transform
 from torchvision.tv_tensors import Mask
 
-from anomalib_faprompt.errors import InvalidInputError
+from anomalib_faprompt.errors import InvalidInputError, MissingInputError
 
 from .images import UnreadableFileError, read_image, read_mask
 
@@ -181,8 +182,20 @@ class ImagePredictDataset(PredictDataset):
 
     What ``anomalib predict --data <image or folder>`` reads for this package's models: a file that cannot be
     decoded is an error naming it (anomalib: ``OSError: image file is truncated`` and no name), and 16-bit
-    images read like their 8-bit versions. The items are otherwise anomalib's.
+    images read like their 8-bit versions. A path that does not exist, is no image or holds none is an error that
+    names it. The items are otherwise anomalib's.
     """
+
+    def __init__(self, path: str | Path, *args: Any, **kwargs: Any) -> None:  # noqa: ANN401
+        path = Path(path)
+        if not path.exists():
+            msg = f"'{path}' (the images to predict, `--data`) does not exist: pass an image file or a folder of them."
+            raise MissingInputError(msg)
+        try:
+            super().__init__(path, *args, **kwargs)
+        except ValueError as error:
+            msg = f"'{path}' (the images to predict, `--data`): {error}. Pass an image file or a folder of images."
+            raise InvalidInputError(msg) from error
 
     def __getitem__(self, index: int) -> ImageItem:
         """The image at ``index`` (transformed, if a ``transform`` is set) and its path."""
