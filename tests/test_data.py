@@ -295,7 +295,9 @@ def test_skip_unreadable_in_lightning_test_and_predict_with_workers(tmp_path):
         num_workers=1,
     )
     model = _Recorder()
-    with pytest.warns(UserWarning, match=r"Skipped 1 unreadable file.*gamma/test/defect/000\.png"):
+    with pytest.warns(
+        UserWarning, match=r"Skipped 1 unreadable file\(s\) in stage 'test': .*gamma/test/defect/000\.png"
+    ):
         _trainer().test(model, datamodule=datamodule, verbose=False)
     expected = [
         (index, str(path))

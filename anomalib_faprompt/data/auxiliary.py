@@ -312,5 +312,6 @@ class AuxiliaryDataModule(AnomalibDataModule):
         new = {path: reason for path, reason in self.skipped_files.items() if path not in self._reported}
         if new:
             files = "; ".join(f"{path} ({reason})" for path, reason in new.items())
-            warnings.warn(f"Skipped {len(new)} unreadable file(s) in stage '{stage}': {files}", stacklevel=2)
+            when = getattr(stage, "value", stage)  # Lightning passes its TrainerFn enum: 'fit', 'test', ...
+            warnings.warn(f"Skipped {len(new)} unreadable file(s) in stage '{when}': {files}", stacklevel=1)
             self._reported |= set(new)
