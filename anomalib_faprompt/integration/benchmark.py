@@ -65,6 +65,8 @@ class MissingFilesError(MissingInputError):
 class BenchmarkEngine(Engine):
     """anomalib's :class:`~anomalib.engine.Engine`, taking a datamodule given as training dataloaders."""
 
+    expects_zero_shot = True  # a job fits zero-shot models on purpose: no "trains nothing" line per job
+
     def fit(
         self,
         model: AnomalibModule,

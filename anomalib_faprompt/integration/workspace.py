@@ -185,17 +185,18 @@ def _setup_workspace(original: Any) -> Any:  # noqa: ANN401
     return setup_workspace
 
 
-def _restoring_latest(original: Any) -> Any:  # noqa: ANN401
+def _training_run(original: Any) -> Any:  # noqa: ANN401
     """``fit`` or ``train`` that puts ``latest`` back where it was when the run fails.
 
     It also says, in one line, when this package's model was built with trained ``weights``: anomalib's ``fit``
-    only validates a zero-shot model, so nothing is trained.
+    only validates a zero-shot model, so nothing is trained. An engine whose ``expects_zero_shot`` is true (the
+    benchmark's, which fits zero-shot models on purpose) is not told.
     """
 
     @wraps(original)
     def run(self: Any, *args: Any, **kwargs: Any) -> Any:  # noqa: ANN401
         model = args[0] if args else kwargs.get("model")
-        if _is_own(model) and model.zero_shot:
+        if _is_own(model) and model.zero_shot and not getattr(self, "expects_zero_shot", False):
             logger.warning(
                 "%s was built with trained `weights` (%s), so it is a zero-shot model and `%s` trains nothing "
                 "(anomalib only validates it). To train it, build it without `weights`.",
@@ -317,4 +318,4 @@ def patch_engine(module: Any) -> None:  # noqa: ANN401
         patch.set(engine_class, "predict", _predict(engine_class.predict))
         patch.set(engine_class, "export", _export(engine_class.export))
         for name in ("fit", "train"):
-            patch.set(engine_class, name, _restoring_latest(getattr(engine_class, name)))
+            patch.set(engine_class, name, _training_run(getattr(engine_class, name)))
