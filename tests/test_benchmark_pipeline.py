@@ -265,6 +265,34 @@ def test_unusable_weights_are_named_before_any_job(checkpoints, tmp_path):
     assert benchmark.unusable_weights(config) == []
 
 
+def test_unknown_arguments_and_unusable_data_are_named_before_any_job(target_root, tmp_path):
+    def config(data_args: dict, model_args: dict | None = None) -> dict:
+        models = [{"class_path": "FAPrompt", "init_args": model_args or {}}, {"class_path": "WinClip"}]
+        data = {"class_path": "MVTecAD", "init_args": {"category": {"grid": ["gamma", "delta"]}, **data_args}}
+        return {"benchmark": {"seed": 1, "model": {"grid": models}, "data": data}}
+
+    synthetic = make_synthetic_dataset(tmp_path / "target", categories=("gamma", "delta"), n_good=1, n_defect=1)
+    assert benchmark.unknown_arguments(config({"root": str(synthetic)})) == []
+    assert benchmark.unusable_data(config({"root": str(synthetic)})) == []
+    assert benchmark.unusable_data(config({"root": str(tmp_path / "MVTecAD")})) == []  # anomalib downloads there
+    problems = benchmark.unknown_arguments(config({"root": str(synthetic), "rot": 1}, {"n_ctxx": 3}))
+    assert problems[0].startswith("FAPrompt has no argument 'n_ctxx' (model.init_args); its arguments are ")
+    assert problems[1].startswith("MVTecAD has no argument 'rot' (data.init_args); its arguments are root, ")
+    assert len(problems) == 2  # once each, not once per category
+    typo = tmp_path / "targt"
+    (problem,) = benchmark.unusable_data(config({"root": str(typo)}))
+    assert problem.startswith(f"Dataset folder '{typo}' (argument `data.init_args.root`) does not exist.")
+    extra = config({"root": str(synthetic)})
+    extra["benchmark"]["data"]["init_args"]["category"]["grid"].append("zeta")
+    assert benchmark.unusable_data(extra) == [
+        f"MVTecAD category 'zeta' (data.init_args.category) is not under '{synthetic}', which holds delta, gamma; "
+        "nothing is downloaded into that folder."
+    ]
+    (problem,) = benchmark.unusable_data(config({"root": str(synthetic / "gamma")}))
+    assert f"pass its parent '{synthetic}' as `data.init_args.root`" in problem
+    assert not typo.exists()
+
+
 def test_a_job_without_a_result_gets_a_row_and_marks_the_means():
     """A failed job's model and category stay in the table (no metric, status "no result") and in failed_jobs."""
     config = {

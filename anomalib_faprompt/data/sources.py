@@ -31,6 +31,7 @@ __all__ = [
     "available_categories",
     "category_dataset",
     "check_root",
+    "is_download_folder",
     "missing_masks",
     "prepare_category",
     "source_name",
@@ -60,7 +61,7 @@ def layout_root(dataset: str, root: Path) -> Path:
     return root / "visa_pytorch" if dataset == "Visa" else root
 
 
-def _is_download_folder(dataset: str, root: Path) -> bool:
+def is_download_folder(dataset: str, root: Path) -> bool:
     """Whether ``root`` is named like anomalib's default folder of ``dataset`` (the only folders downloaded into)."""
     return root.name == _DOWNLOAD_FOLDERS[dataset]
 
@@ -108,7 +109,7 @@ def available_categories(dataset: str, root: str | Path, argument: str = "root")
     if found:
         return found
     raw_visa = dataset == "Visa" and any((root / name).is_dir() for name in VISA_CATEGORIES)
-    if not root.is_dir() or _is_download_folder(dataset, root) or raw_visa:
+    if not root.is_dir() or is_download_folder(dataset, root) or raw_visa:
         return list(_KNOWN_CATEGORIES[dataset])
     raise InvalidInputError(_no_categories_message(dataset, root, argument))
 
@@ -146,7 +147,7 @@ def check_root(dataset: str, root: str | Path, argument: str = "root") -> None:
     if dataset == "Folder":
         msg = f"Custom dataset folder '{root}' (argument `{argument}`) does not exist."
         raise MissingInputError(msg)
-    if _is_download_folder(dataset, root):
+    if is_download_folder(dataset, root):
         return
     default = _DOWNLOAD_FOLDERS[dataset]
     msg = (
@@ -184,7 +185,7 @@ def prepare_category(dataset: str, root: str | Path, category: str) -> None:
     if (layout_root(dataset, root) / category / "test").is_dir():
         return
     check_root(dataset, root)
-    if root.is_dir() and not _is_download_folder(dataset, root) and not (root / category).is_dir():
+    if root.is_dir() and not is_download_folder(dataset, root) and not (root / category).is_dir():
         msg = (
             f"{dataset} category '{category}' is not under '{root}', and it is not downloaded there (only folders "
             f"named `{_DOWNLOAD_FOLDERS[dataset]}` are downloaded into): place the category there, or leave it out."

@@ -19,7 +19,9 @@ are imported; they change behaviour only while a benchmark job or the benchmark 
 4. ``Benchmark.run`` first checks that the checkpoint and weights files the config names for this package's
    models exist (one line naming the missing ones, before any model is built or downloaded) and that each
    ``weights`` file is a readable checkpoint of its model, trained with the structural hyperparameters of each job
-   that names it, and ends with one line naming the jobs that failed or
+   that names it; that every ``init_args`` name exists in its class; and that MVTecAD or Visa data is where the
+   config says, so that anomalib never downloads into a mistyped folder. It ends with one line naming the jobs
+   that failed or
    did not run; the command line then exits with status 1.
 5. ``Benchmark.run`` sends every log record to ``runs/pipeline.log`` by giving *each* logger the same file handler.
    A record then passes that handler once per logger on its way up (up to 5 times for anomalib's loggers), and,
@@ -336,6 +338,96 @@ def unusable_weights(args: dict[str, Any]) -> list[str]:
     return problems
 
 
+def _class_of(part: str, name: str) -> type | None:
+    """The class a job's ``model`` or ``data`` names (this package's models, anomalib's), or ``None``."""
+    if part == "model" and name in PACKAGE_MODELS:
+        from anomalib_faprompt import models  # noqa: PLC0415
+
+        return getattr(models, name)
+    import anomalib.data  # noqa: PLC0415
+    import anomalib.models  # noqa: PLC0415
+
+    found = getattr(anomalib.models if part == "model" else anomalib.data, name, None)
+    return found if isinstance(found, type) else None
+
+
+def unknown_arguments(args: dict[str, Any]) -> list[str]:
+    """The ``init_args`` a job's model or data class does not have (anomalib's generator would stop on them).
+
+    Args:
+        args: The benchmark config.
+
+    Returns:
+        One message per class and unknown argument set.
+    """
+    problems = []
+    for job in _jobs(args):
+        for part in ("model", "data"):
+            spec = job.get(part)
+            if not isinstance(spec, dict):
+                continue
+            name, init_args = _model_name(spec), spec.get("init_args") or {}
+            cls = _class_of(part, name)
+            if cls is None:
+                continue
+            parameters = inspect.signature(cls.__init__).parameters
+            if any(parameter.kind is inspect.Parameter.VAR_KEYWORD for parameter in parameters.values()):
+                continue
+            unknown = sorted(set(init_args) - set(parameters))
+            if unknown:
+                message = (
+                    f"{name} has no argument {', '.join(map(repr, unknown))} ({part}.init_args); its arguments are "
+                    f"{', '.join(name for name in parameters if name != 'self')}."
+                )
+                if message not in problems:
+                    problems.append(message)
+    return problems
+
+
+def unusable_data(args: dict[str, Any]) -> list[str]:
+    """Why the MVTecAD or Visa data of the jobs cannot be read, before anomalib's datamodule would download into it.
+
+    A root that does not exist (unless named like anomalib's download folder), an existing root without category
+    folders, or a category that is not under an existing root that is not a download folder: anomalib's
+    ``prepare_data`` would download the dataset there (and offline, every job fails with a ``URLError``).
+
+    Args:
+        args: The benchmark config.
+
+    Returns:
+        One message per problem.
+    """
+    from anomalib_faprompt.data.sources import (  # noqa: PLC0415
+        available_categories,
+        check_root,
+        is_download_folder,
+    )
+
+    problems = []
+    for job in _jobs(args):
+        data = job.get("data")
+        dataset = _model_name(data)
+        if not isinstance(data, dict) or dataset not in ("MVTecAD", "Visa"):
+            continue
+        defaults = inspect.signature(_class_of("data", dataset).__init__).parameters
+        init_args = {name: parameter.default for name, parameter in defaults.items()} | (data.get("init_args") or {})
+        root, category = Path(init_args["root"]), str(init_args["category"])
+        try:
+            check_root(dataset, root, "data.init_args.root")
+            if root.is_dir() and not is_download_folder(dataset, root):
+                available = available_categories(dataset, root, "data.init_args.root")
+                if category not in available:
+                    message = (
+                        f"{dataset} category '{category}' (data.init_args.category) is not under '{root}', which "
+                        f"holds {', '.join(available)}; nothing is downloaded into that folder."
+                    )
+                    raise InvalidInputError(message)
+        except InputError as error:
+            if str(error) not in problems:
+                problems.append(str(error))
+    return problems
+
+
 def failed_jobs(
     args: dict[str, Any],
     collected: pd.DataFrame | None,
@@ -419,10 +511,11 @@ def patch_pipeline(module: Any) -> None:
                 names = ", ".join(f"{path} ({', '.join(models)})" for path, models in missing.items())
                 msg = (
                     f"benchmark config {args.config}: missing files: {names}. Train the models and copy their "
-                    "checkpoints there first (README, 'Comparing FAPrompt, AnomalyCLIP and WinCLIP'); nothing was run."
+                    "checkpoints there first (README, 'Comparing FAPrompt, AnomalyCLIP, WinCLIP and AnomalyVFM'); "
+                    "nothing was run."
                 )
                 raise MissingFilesError(msg)
-            unusable = unusable_weights(config)
+            unusable = unknown_arguments(config) + unusable_data(config) + unusable_weights(config)
             if unusable:
                 msg = f"benchmark config {args.config}: {' '.join(unusable)} Nothing was run."
                 raise InvalidInputError(msg)
