@@ -21,8 +21,7 @@ are imported; they change behaviour only while a benchmark job or the benchmark 
    ``weights`` file is a readable checkpoint of its model, trained with the structural hyperparameters of each job
    that names it; that every ``init_args`` name exists in its class; and that MVTecAD or Visa data is where the
    config says, so that anomalib never downloads into a mistyped folder. It ends with one line naming the jobs
-   that failed or
-   did not run; the command line then exits with status 1.
+   that failed or did not run; the command line then exits with status 1.
 5. ``Benchmark.run`` sends every log record to ``runs/pipeline.log`` by giving *each* logger the same file handler.
    A record then passes that handler once per logger on its way up (up to 5 times for anomalib's loggers), and,
    with the console handler already on the root logger, the format with time, logger and level is never set.
