@@ -20,13 +20,15 @@ skips missing categories and says so in a footnote, and a column's best value is
 two models have one. A metric that only one model reports gets no chart (there is nothing to compare);
 the Markdown says so. Notes below the title say how models that are not this package's post-process
 their scores (WinClip and AnomalyVFM normalise with statistics of the target data, at their own input
-size). A folder that holds the report of another results file is refused, with its files kept; the report of the
-same file is written again.
+size). A folder that holds the report of other results (another content: ``comparison.md``'s first line names
+the results file and its SHA-256) is refused, with its files kept; the report of the same results is written again,
+also from a copied or moved folder.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -328,17 +330,24 @@ def bar_chart(table: pd.DataFrame, metric: str) -> Figure:
     return figure
 
 
-SOURCE_MARK = "<!-- results: {} -->"  # first line of comparison.md: the results file it was made from
+SOURCE_PREFIX, SOURCE_SUFFIX = "<!-- results: ", " -->"  # comparison.md's first line: its results file
 
 
-def report_source(markdown: Path) -> str | None:
-    """The results file a ``comparison.md`` was made from (resolved path), or ``None`` when it does not say."""
+def _digest(results: Path) -> str:
+    """SHA-256 of a results file's content."""
+    return hashlib.sha256(results.read_bytes()).hexdigest()
+
+
+def report_source(markdown: Path) -> tuple[str, str] | None:
+    """The results file a ``comparison.md`` was made from and its SHA-256, or ``None`` when it does not say."""
     try:
         first = markdown.read_text(encoding="utf-8").split("\n", 1)[0]
     except (OSError, UnicodeDecodeError):
         return None
-    prefix, suffix = SOURCE_MARK.split("{}")
-    return first.removeprefix(prefix).removesuffix(suffix) if first.startswith(prefix) else None
+    if not (first.startswith(SOURCE_PREFIX) and first.endswith(SOURCE_SUFFIX)):
+        return None
+    path, _, digest = first.removeprefix(SOURCE_PREFIX).removesuffix(SOURCE_SUFFIX).rpartition(" sha256 ")
+    return (path, digest) if path else None
 
 
 def write_report(results: str | Path, output: str | Path | None = None) -> list[Path]:
@@ -355,12 +364,12 @@ def write_report(results: str | Path, output: str | Path | None = None) -> list[
         ExistingOutputError: ``output`` holds a report that was not made from ``results``; nothing is written.
     """
     frame = load_results(results)
-    source = str(Path(results).resolve())
+    digest = _digest(Path(results))
     output = Path(output) if output is not None else Path(results).parent / "report"
     markdown = output / "comparison.md"
-    if markdown.exists() and report_source(markdown) != source:
-        made_from = report_source(markdown)
-        what = f"the report of '{made_from}'" if made_from else "a report that does not name its results file"
+    made_from = report_source(markdown) if markdown.exists() else None
+    if markdown.exists() and (made_from is None or made_from[1] != digest):
+        what = f"the report of '{made_from[0]}'" if made_from else "a report that does not name its results file"
         msg = (
             f"'{output}' holds {what}, which is kept. Pass another `--output` for the report of '{results}', or "
             "remove that folder first."
@@ -368,7 +377,9 @@ def write_report(results: str | Path, output: str | Path | None = None) -> list[
         raise ExistingOutputError(msg)
     output.mkdir(parents=True, exist_ok=True)
     text = markdown_report(frame, str(results))
-    markdown.write_text(f"{SOURCE_MARK.format(source)}\n{text}", encoding="utf-8")
+    markdown.write_text(
+        f"{SOURCE_PREFIX}{Path(results).resolve()} sha256 {digest}{SOURCE_SUFFIX}\n{text}", encoding="utf-8"
+    )
     written = [markdown]
     for metric in metric_columns(frame):
         table = metric_table(frame, metric)

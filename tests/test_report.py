@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import hashlib
 import math
 import re
+import shutil
 import subprocess
 import sys
 
@@ -226,7 +228,9 @@ def test_report_goes_beside_the_results_and_never_over_another_report(results, t
     main([str(results)])
     report = results.parent / "report"
     markdown = report / "comparison.md"
-    assert markdown.read_text().splitlines()[:2] == [f"<!-- results: {results.resolve()} -->", "# Zero-shot comparison"]
+    digest = hashlib.sha256(results.read_bytes()).hexdigest()
+    first_lines = [f"<!-- results: {results.resolve()} sha256 {digest} -->", "# Zero-shot comparison"]
+    assert markdown.read_text().splitlines()[:2] == first_lines
     assert capsys.readouterr().out.splitlines() == [
         str(markdown),
         str(report / "image_AUROC.png"),
@@ -246,6 +250,10 @@ def test_report_goes_beside_the_results_and_never_over_another_report(results, t
         f"Pass another `--output` for the report of '{other}', or remove that folder first."
     )
     assert {path.name: path.read_bytes() for path in report.iterdir()} == kept
+    moved = tmp_path / "moved"
+    shutil.copytree(results.parent, moved, ignore=shutil.ignore_patterns("other"))
+    main([str(moved / "results.csv")])  # the same results in a copied folder: written again
+    assert (moved / "report" / "comparison.md").read_text().startswith(f"<!-- results: {moved / 'results.csv'} ")
     markdown.write_text("# an older report\n")
     with pytest.raises(SystemExit):
         main([str(results), "--output", str(report)])
@@ -317,6 +325,7 @@ def test_rows_repeated_with_equal_settings_are_named_as_runs(tmp_path):
         "- WinClip, pcb1: mean of 2 runs (seeds 42, 42).",
     ]
     rows = [{"seed": 42, **_row("FAPrompt", "pcb1", image_AUROC=value)} for value in [0.5, 0.125]]
+    output = tmp_path / "report_2"  # other results: not into the first report's folder
     main([str(_write(tmp_path, rows)), "--output", str(output)])
     lines = _section(output, "image_AUROC")
     # (0.5 + 0.125) / 2 = 0.3125
