@@ -285,8 +285,9 @@ def test_unknown_arguments_and_unusable_data_are_named_before_any_job(target_roo
     extra = config({"root": str(synthetic)})
     extra["benchmark"]["data"]["init_args"]["category"]["grid"].append("zeta")
     assert benchmark.unusable_data(extra) == [
-        f"MVTecAD category 'zeta' (data.init_args.category) is not under '{synthetic}', which holds delta, gamma; "
-        "nothing is downloaded into that folder."
+        f"MVTecAD category 'zeta' is not under '{synthetic}' (argument `data.init_args.root`), which holds delta, "
+        "gamma, and it is not downloaded there (only folders named `MVTecAD` are downloaded into): place the "
+        "category there, or leave it out."
     ]
     (problem,) = benchmark.unusable_data(config({"root": str(synthetic / "gamma")}))
     assert f"pass its parent '{synthetic}' as `data.init_args.root`" in problem

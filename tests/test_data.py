@@ -485,7 +485,9 @@ def test_an_existing_folder_without_categories_is_never_downloaded_into(tmp_path
         assert "looks like one category" not in str(error.value)
         with pytest.raises(InvalidInputError, match=r"'.*mine' \(argument `root`\) holds no category"):
             prepare_category(dataset, empty, "bottle")
-    with pytest.raises(FileNotFoundError, match=r"category 'bottle' is not under 'datasets/target', and it is not"):
+    with pytest.raises(
+        FileNotFoundError, match=r"category 'bottle' is not under 'datasets/target' \(argument `root`\), which holds"
+    ):
         prepare_category("MVTecAD", target, "bottle")  # a folder with other categories
     assert sorted(tmp_path.rglob("*")) == sorted([*before, empty])
 

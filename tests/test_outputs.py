@@ -432,6 +432,22 @@ def test_cli_errors_about_a_checkpoint_or_the_data_are_one_last_line(source, tar
     assert error.endswith("which has ['delta', 'epsilon', 'gamma'].")
     assert "Traceback" not in output
 
+    config = _config(tmp_path / "mvtec.yaml", data={"class_path": "MVTecAD", "init_args": {"root": str(target)}})
+    output = _cli(
+        ["test", "--config", str(config), "--ckpt_path", str(trained), "--data.category", "zeta",
+         "--default_root_dir", str(tmp_path / "results")],
+        tmp_path,
+        returncode=2,
+    )  # fmt: skip
+    *_, what, error = output.rstrip().splitlines()
+    assert what == "anomalib test:"
+    assert error == (
+        f"MissingInputError: MVTecAD category 'zeta' is not under '{target}' (argument `data.init_args.root`), which "
+        "holds delta, epsilon, gamma, and it is not downloaded there (only folders named `MVTecAD` are downloaded "
+        "into): place the category there, or leave it out."
+    )
+    assert "Downloading" not in output
+
 
 def test_a_second_test_or_predict_on_one_engine_replaces_nothing(source, target, trained, tmp_path, capsys):
     """Python: ``engine.test`` twice, then ``engine.predict`` of a folder, on one Engine (one run folder)."""

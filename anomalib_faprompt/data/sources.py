@@ -30,6 +30,7 @@ __all__ = [
     "DATASETS",
     "available_categories",
     "category_dataset",
+    "check_category",
     "check_root",
     "is_download_folder",
     "missing_masks",
@@ -167,6 +168,38 @@ def _missing_parents(path: Path) -> list[Path]:
     return missing
 
 
+def check_category(dataset: str, root: str | Path, category: str, argument: str = "root") -> None:
+    """Fail in one line where anomalib's datamodule would download ``category`` into a folder it must not write to.
+
+    The root must pass :func:`check_root`; an existing root not named like a download folder must hold the
+    category (prepared, or VisA's raw data that anomalib splits). Nothing is read beyond folder names.
+
+    Args:
+        dataset: ``"MVTecAD"``, ``"Visa"`` or ``"Folder"``.
+        root: Dataset root.
+        category: The category to read.
+        argument: The argument that names ``root``, for the message.
+
+    Raises:
+        MissingInputError: The root or the category is missing where nothing may be downloaded.
+        InvalidInputError: The root exists but holds no category folders.
+    """
+    _check_dataset(dataset)
+    root = Path(root)
+    check_root(dataset, root, argument)
+    if dataset == "Folder" or not root.is_dir() or is_download_folder(dataset, root):
+        return
+    if (layout_root(dataset, root) / category / "test").is_dir() or (root / category).is_dir():
+        return
+    available = ", ".join(available_categories(dataset, root, argument))
+    msg = (
+        f"{dataset} category '{category}' is not under '{root}' (argument `{argument}`), which holds {available}, "
+        f"and it is not downloaded there (only folders named `{_DOWNLOAD_FOLDERS[dataset]}` are downloaded into): "
+        "place the category there, or leave it out."
+    )
+    raise MissingInputError(msg)
+
+
 def prepare_category(dataset: str, root: str | Path, category: str) -> None:
     """Make sure a category is on disk, downloading or preparing it with anomalib's datamodule if needed.
 
@@ -184,13 +217,7 @@ def prepare_category(dataset: str, root: str | Path, category: str) -> None:
         return
     if (layout_root(dataset, root) / category / "test").is_dir():
         return
-    check_root(dataset, root)
-    if root.is_dir() and not is_download_folder(dataset, root) and not (root / category).is_dir():
-        msg = (
-            f"{dataset} category '{category}' is not under '{root}', and it is not downloaded there (only folders "
-            f"named `{_DOWNLOAD_FOLDERS[dataset]}` are downloaded into): place the category there, or leave it out."
-        )
-        raise MissingInputError(msg)
+    check_category(dataset, root, category)
     created = _missing_parents(root.resolve())
     try:
         _DATAMODULES[dataset](root=root, category=category).prepare_data()

@@ -396,11 +396,7 @@ def unusable_data(args: dict[str, Any]) -> list[str]:
     Returns:
         One message per problem.
     """
-    from anomalib_faprompt.data.sources import (  # noqa: PLC0415
-        available_categories,
-        check_root,
-        is_download_folder,
-    )
+    from anomalib_faprompt.data.sources import check_category  # noqa: PLC0415
 
     problems = []
     for job in _jobs(args):
@@ -410,17 +406,8 @@ def unusable_data(args: dict[str, Any]) -> list[str]:
             continue
         defaults = inspect.signature(_class_of("data", dataset).__init__).parameters
         init_args = {name: parameter.default for name, parameter in defaults.items()} | (data.get("init_args") or {})
-        root, category = Path(init_args["root"]), str(init_args["category"])
         try:
-            check_root(dataset, root, "data.init_args.root")
-            if root.is_dir() and not is_download_folder(dataset, root):
-                available = available_categories(dataset, root, "data.init_args.root")
-                if category not in available:
-                    message = (
-                        f"{dataset} category '{category}' (data.init_args.category) is not under '{root}', which "
-                        f"holds {', '.join(available)}; nothing is downloaded into that folder."
-                    )
-                    raise InvalidInputError(message)
+            check_category(dataset, init_args["root"], str(init_args["category"]), "data.init_args.root")
         except InputError as error:
             if str(error) not in problems:
                 problems.append(str(error))

@@ -1,4 +1,4 @@
-"""anomalib's command line (``anomalib train/fit/test/predict/export/benchmark``), three narrow fixes.
+"""anomalib's command line (``anomalib train/fit/test/predict/export/benchmark``), four narrow fixes.
 
 1. **Seed.** anomalib 2.7's CLI defines ``--seed_everything`` (and every config of this package sets it) but
    never applies it. An integer seed is now applied with ``lightning.seed_everything(seed, workers=True)`` (what
@@ -12,6 +12,9 @@
    naming missing checkpoints, a file that cannot be decoded) are reported the same way; a benchmark with failed
    jobs exits with 1.
 3. **Quiet.** A run of this package's models filters the known harmless messages of :mod:`.quiet`.
+4. **No download into a mistyped folder.** A run of this package's models on anomalib's ``MVTecAD`` or ``Visa``
+   datamodule whose category is not under ``root`` stops in one line (exit 2) when anomalib would download the
+   dataset into a folder not named like its default (``MVTecAD``, ``visa``).
 """
 
 from __future__ import annotations
@@ -99,6 +102,20 @@ def exit_with(error: BaseException, what: str) -> None:
     raise SystemExit(2) from None
 
 
+def check_anomalib_data(datamodule: Any) -> None:  # noqa: ANN401
+    """Refuse, in one line, anomalib's MVTecAD or Visa data whose category is not where ``root`` says.
+
+    anomalib's datamodule would download the dataset into a mistyped or custom folder (offline: a ``URLError``
+    traceback); the package's own datamodule checks this itself.
+    """
+    from anomalib.data import MVTecAD, Visa  # noqa: PLC0415
+
+    from anomalib_faprompt.data.sources import check_category  # noqa: PLC0415
+
+    if type(datamodule) in (MVTecAD, Visa):
+        check_category(type(datamodule).__name__, datamodule.root, str(datamodule.category), "data.init_args.root")
+
+
 def patch_cli(module: Any) -> None:
     """Apply the fixes to ``anomalib.cli.cli.AnomalibCLI``."""
     cli_class = module.AnomalibCLI
@@ -110,6 +127,7 @@ def patch_cli(module: Any) -> None:
         ours = config is not None and any(_is_package_class(_class_path(config, key)) for key in ("model", "data"))
         if config is not None:
             apply_seed(subcommand, config)
+        self.package_run = ours
         if not ours:
             original_instantiate(self)
             return
@@ -131,6 +149,8 @@ def patch_cli(module: Any) -> None:
         from anomalib_faprompt.integration.benchmark import STATE
 
         try:
+            if getattr(self, "package_run", False):
+                check_anomalib_data(self.datamodule)
             original_run(self)
         except InputError as error:
             exit_with(error, f"anomalib {self.subcommand}")
