@@ -82,7 +82,7 @@ class PredictionScoresWriter(Callback):
         del trainer, pl_module
         self._writing = False
         logger.info(
-            "Scores of %d images (%s; label 1: anomalous): %s", self.rows, ", ".join(PREDICTIONS_COLUMNS), self.path
+            "Scores of %d image(s) (%s; label 1: anomalous): %s", self.rows, ", ".join(PREDICTIONS_COLUMNS), self.path
         )
 
     def on_exception(self, trainer: Trainer, pl_module: LightningModule, exception: BaseException) -> None:
