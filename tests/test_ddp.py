@@ -139,15 +139,19 @@ def test_two_processes_give_the_single_process_table(tmp_path):
     (single_table,) = (tmp_path / "single").rglob("per_category_results.csv")
 
     lines, single_lines = table.read_text().splitlines(), single_table.read_text().splitlines()
-    # The same images, gathered in another order: equal up to float32 summation order (pixel AUROC).
+    # The same images, gathered in another order and computed in other batches (each rank batches its own share):
+    # equal up to float32 rounding. The papers' AUPRO bins the thresholds between the maps' minimum and maximum, so
+    # a rounding difference that moves a bin edge past a pixel moves it by a step (4.6e-6 seen once in CI).
     assert lines[0] == single_lines[0]
+    names = lines[0].split(",")[1:]
+    tolerance = [1e-4 if name == "pixel_AUPRO_paper" else 1e-6 for name in names]  # a lost or doubled image: >1e-2
     for line, single_line in zip(lines[1:], single_lines[1:], strict=True):
-        cells, single_cells = line.split(","), single_line.split(",")
-        assert cells[0] == single_cells[0]
+        cells, single_cells = line.split(",")[1:], single_line.split(",")[1:]
+        assert line.split(",")[0] == single_line.split(",")[0]
         assert [cell == "" for cell in cells] == [cell == "" for cell in single_cells]
-        assert [float(cell) for cell in cells[1:] if cell] == pytest.approx(
-            [float(cell) for cell in single_cells[1:] if cell], abs=1e-6
-        )
+        for name, cell, single_cell, bound in zip(names, cells, single_cells, tolerance, strict=True):
+            if cell:
+                assert float(cell) == pytest.approx(float(single_cell), abs=bound), (line, name)
     assert lines[0] == "category,image_AUROC,image_AUPR,pixel_AUROC,pixel_AUPRO,pixel_AUPRO_paper"
     assert [line.split(",")[0] for line in lines[1:]] == ["delta", "gamma", "solo", "mean"]
     assert lines[3].startswith("solo,,,0.")  # no normal image: image metrics empty; pixel metrics computed
