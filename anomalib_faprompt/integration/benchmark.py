@@ -136,15 +136,15 @@ def summary_lines(frame: pd.DataFrame, width: int = WIDTH) -> list[str]:
     from anomalib_faprompt.tables import repeat_notes  # noqa: PLC0415
 
     categories = frame.get("data.init_args.category", pd.Series(["-"] * len(frame), index=frame.index)).fillna("-")
-    frame = frame.assign(model_class=frame["model.class_path"].map(_model_name))
+    frame = frame.assign(model_class=frame["model.class_path"].map(_class_name))
     frame = frame.assign(_category=categories.astype(str), _model=model_labels(frame))
+    runs = frame.assign(model=frame["_model"], category=frame["_category"])  # the columns repeat_notes reads
     models = list(dict.fromkeys(frame["_model"]))
     names = list(dict.fromkeys(frame["_category"]))
     first = max(len(name) for name in [*names, "category", "mean"])
     lines, footnote, repeats = [], False, {}
     for metric in (metric for metric in SUMMARY_METRICS if metric in frame):
         values = frame.pivot_table(index="_category", columns="_model", values=metric, aggfunc="mean")
-        runs = frame.assign(model=frame["_model"], category=frame["_category"])
         repeats.update(dict.fromkeys(f"{metric}: {note}" for note in repeat_notes(runs, metric)))
         columns = [max(len(model), 6) for model in models]
         start = 0
@@ -246,8 +246,9 @@ def _jobs(args: dict[str, Any]) -> list[dict[str, Any]]:
     return list(get_iterator_from_grid_dict(args.get("benchmark") or {}))
 
 
-def _model_name(model: Any) -> str:
-    class_path = model if isinstance(model, str) else (model or {}).get("class_path", "")
+def _class_name(spec: Any) -> str:
+    """The class name of a job's ``model`` or ``data``: a class path or a ``{"class_path": ...}`` dict."""
+    class_path = spec if isinstance(spec, str) else (spec or {}).get("class_path", "")
     return str(class_path).rsplit(".", 1)[-1]
 
 
@@ -263,7 +264,7 @@ def missing_files(args: dict[str, Any]) -> dict[str, list[str]]:
     missing: dict[str, list[str]] = {}
     for job in _jobs(args):
         model = job.get("model") or {}
-        name = _model_name(model)
+        name = _class_name(model)
         if name not in PACKAGE_MODELS or not isinstance(model, dict):
             continue
         for argument in FILE_ARGUMENTS:
@@ -276,11 +277,11 @@ def missing_files(args: dict[str, Any]) -> dict[str, list[str]]:
     return missing
 
 
-def _hyperparameters(model_class: type, init_args: dict[str, Any]) -> dict[str, Any]:
-    """The hyperparameters a model built with ``init_args`` would have: its constructor's defaults, then those."""
+def _hyperparameters(cls: type, init_args: dict[str, Any]) -> dict[str, Any]:
+    """The arguments a class built with ``init_args`` would get: its constructor's defaults, then those."""
     defaults = {
         name: parameter.default
-        for name, parameter in inspect.signature(model_class.__init__).parameters.items()
+        for name, parameter in inspect.signature(cls.__init__).parameters.items()
         if parameter.default is not inspect.Parameter.empty
     }
     return {**defaults, **init_args}
@@ -300,7 +301,6 @@ def unusable_weights(args: dict[str, Any]) -> list[str]:
     Returns:
         One message per unusable file and configuration (files that do not exist are :func:`missing_files`).
     """
-    from anomalib_faprompt import models  # noqa: PLC0415 (the models, only for a config that names them)
     from anomalib_faprompt.models.checkpoint import (  # noqa: PLC0415
         check_model_name,
         check_structure,
@@ -312,7 +312,7 @@ def unusable_weights(args: dict[str, Any]) -> list[str]:
     seen = set()
     for job in _jobs(args):
         model = job.get("model")
-        name = _model_name(model)
+        name = _class_name(model)
         init_args = dict((model.get("init_args") or {}) if isinstance(model, dict) else {})
         weights = init_args.get("weights")
         key = (name, json.dumps(init_args, sort_keys=True, default=str))
@@ -321,7 +321,7 @@ def unusable_weights(args: dict[str, Any]) -> list[str]:
         seen.add(key)
         if not Path(weights).expanduser().is_file():
             continue
-        model_class, source = getattr(models, name), f"{name}.weights"
+        model_class, source = _class_of("model", name), f"{name}.weights"
         where = f"'{weights}' ({source})"
         try:
             if (name, weights) not in checkpoints:
@@ -365,7 +365,7 @@ def unknown_arguments(args: dict[str, Any]) -> list[str]:
             spec = job.get(part)
             if not isinstance(spec, dict):
                 continue
-            name, init_args = _model_name(spec), spec.get("init_args") or {}
+            name, init_args = _class_name(spec), spec.get("init_args") or {}
             cls = _class_of(part, name)
             if cls is None:
                 continue
@@ -401,11 +401,10 @@ def unusable_data(args: dict[str, Any]) -> list[str]:
     problems = []
     for job in _jobs(args):
         data = job.get("data")
-        dataset = _model_name(data)
+        dataset = _class_name(data)
         if not isinstance(data, dict) or dataset not in ("MVTecAD", "Visa"):
             continue
-        defaults = inspect.signature(_class_of("data", dataset).__init__).parameters
-        init_args = {name: parameter.default for name, parameter in defaults.items()} | (data.get("init_args") or {})
+        init_args = _hyperparameters(_class_of("data", dataset), data.get("init_args") or {})
         try:
             check_category(dataset, init_args["root"], str(init_args["category"]), "data.init_args.root")
         except InputError as error:
@@ -432,7 +431,7 @@ def failed_jobs(
         ``"<model>/<category> (<error or 'did not run'>)"`` per job without a result.
     """
     expected = Counter(
-        _label(_model_name(job.get("model")), ((job.get("data") or {}).get("init_args") or {}).get("category"))
+        _label(_class_name(job.get("model")), ((job.get("data") or {}).get("init_args") or {}).get("category"))
         for job in _jobs(args)
     )
     done: Counter = Counter(completed or [])
@@ -441,7 +440,7 @@ def failed_jobs(
     if collected is not None and not collected.empty and "model.class_path" in collected:
         categories = collected.get("data.init_args.category", pd.Series([None] * len(collected), index=collected.index))
         done = Counter(
-            _label(_model_name(model), category)
+            _label(_class_name(model), category)
             for model, category in zip(collected["model.class_path"], categories, strict=True)
         )
     failed = []
@@ -490,7 +489,7 @@ def patch_pipeline(module: Any) -> None:
         STATE.reset()
         if config is not None:
             STATE.expected = _jobs(config)
-            if any(_model_name(job.get("model")) in PACKAGE_MODELS for job in STATE.expected):
+            if any(_class_name(job.get("model")) in PACKAGE_MODELS for job in STATE.expected):
                 quiet_command("benchmark")
             missing = missing_files(config)
             if missing:
