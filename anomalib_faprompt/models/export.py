@@ -36,10 +36,14 @@ def refuse_existing(export_root: Path | str, export_type: ExportType, file_name:
 class PromptExportMixin(ExportMixin):
     """anomalib's export, at ONNX opset 18, with an OpenVINO IR that stays in f32 on bf16 CPUs, never overwriting."""
 
+    def _start_export(self, export_root: Path | str, export_type: ExportType, file_name: str) -> None:
+        """Refuse to replace an earlier export; warn when the prompts were never learned."""
+        refuse_existing(export_root, export_type, file_name)
+        self.warn_if_unlearned("exported", "the exported model scores as a random start")
+
     def to_torch(self, export_root: Path | str, model_file_name: str = "model") -> Path:
         """Export the whole module as anomalib does (``torch.save``), unless the file exists."""
-        refuse_existing(export_root, ExportType.TORCH, f"{model_file_name}.pt")
-        self.warn_if_unlearned("exported", "the exported model scores as a random start")
+        self._start_export(export_root, ExportType.TORCH, f"{model_file_name}.pt")
         return super().to_torch(export_root, model_file_name)
 
     def to_onnx(
@@ -57,8 +61,7 @@ class PromptExportMixin(ExportMixin):
         everything that depends on the image (for FAPrompt the prior network and the DAP text-encoder pass) is
         traced, with a dynamic batch size.
         """
-        refuse_existing(export_root, ExportType.ONNX, f"{model_file_name}.onnx")
-        self.warn_if_unlearned("exported", "the exported model scores as a random start")
+        self._start_export(export_root, ExportType.ONNX, f"{model_file_name}.onnx")
         kwargs.setdefault("opset_version", 18)
         return super().to_onnx(export_root, model_file_name, input_size, **kwargs)
 
@@ -66,6 +69,7 @@ class PromptExportMixin(ExportMixin):
         """Export to OpenVINO as anomalib does, with every operation of the IR marked to stay in f32.
 
         See :mod:`anomalib_faprompt.deploy`: at the CPU plugin's bf16 default, FAPrompt's outputs move by up to 1e-1.
+        The never-trained warning comes from :meth:`to_onnx`, which this export goes through.
         """
         refuse_existing(export_root, ExportType.OPENVINO, f"{model_file_name}.xml")
         return keep_f32(super().to_openvino(export_root, model_file_name, *args, **kwargs))
