@@ -398,49 +398,37 @@ def test_cli_predict_names_a_damaged_image(target, trained, tmp_path):
     assert f"their scores are in {incomplete}" in output
 
 
+def _cli_error(subcommand: str, config: Path, tmp_path: Path, *args: str) -> tuple[str, str]:
+    """Run ``anomalib <subcommand> --config <config> <args>``, which must fail in one last line; that line and all."""
+    command = [subcommand, "--config", str(config), *args, "--default_root_dir", str(tmp_path / "results")]
+    output = _cli(command, tmp_path, returncode=2)
+    *_, what, error = output.rstrip().splitlines()
+    assert what == f"anomalib {subcommand}:"
+    assert "Traceback" not in output
+    return error, output
+
+
 def test_cli_errors_about_a_checkpoint_or_the_data_are_one_last_line(source, target, trained, tmp_path):
     """Errors raised while the command runs (not while it builds the model) name the file or argument, briefly."""
     damaged = tmp_path / "damaged.ckpt"
     damaged.write_bytes(trained.read_bytes()[:5000])
     folder = target / "delta" / "test" / "good"
     config = _config(tmp_path / "config.yaml")
-    output = _cli(
-        ["predict", "--config", str(config), "--ckpt_path", str(damaged), "--data", str(folder),
-         "--default_root_dir", str(tmp_path / "results")],
-        tmp_path,
-        returncode=2,
-    )  # fmt: skip
-    *_, what, error = output.rstrip().splitlines()
-    assert what == "anomalib predict:"
+    error, _ = _cli_error("predict", config, tmp_path, "--ckpt_path", str(damaged), "--data", str(folder))
     assert error.startswith(f"InvalidInputError: '{damaged}' (`ckpt_path`) is not a readable anomalib checkpoint")
-    assert "Traceback" not in output
 
     data = {
         "class_path": "anomalib_faprompt.data.AuxiliaryDataModule",
         "init_args": {"root": str(source), "target_dataset": "MVTecAD", "target_root": str(target), "num_workers": 0},
     }
     config = _config(tmp_path / "data.yaml", data=data)
-    output = _cli(
-        ["test", "--config", str(config), "--ckpt_path", str(trained), "--data.target_categories", "[gamma,nosuch]",
-         "--default_root_dir", str(tmp_path / "results")],
-        tmp_path,
-        returncode=2,
-    )  # fmt: skip
-    *_, what, error = output.rstrip().splitlines()
-    assert what == "anomalib test:"
+    categories = ["--data.target_categories", "[gamma,nosuch]"]
+    error, _ = _cli_error("test", config, tmp_path, "--ckpt_path", str(trained), *categories)
     assert error.startswith("InvalidInputError: Target categories ['nosuch'] (argument `target_categories`)")
     assert error.endswith("which has ['delta', 'epsilon', 'gamma'].")
-    assert "Traceback" not in output
 
     config = _config(tmp_path / "mvtec.yaml", data={"class_path": "MVTecAD", "init_args": {"root": str(target)}})
-    output = _cli(
-        ["test", "--config", str(config), "--ckpt_path", str(trained), "--data.category", "zeta",
-         "--default_root_dir", str(tmp_path / "results")],
-        tmp_path,
-        returncode=2,
-    )  # fmt: skip
-    *_, what, error = output.rstrip().splitlines()
-    assert what == "anomalib test:"
+    error, output = _cli_error("test", config, tmp_path, "--ckpt_path", str(trained), "--data.category", "zeta")
     assert error == (
         f"MissingInputError: MVTecAD category 'zeta' is not under '{target}' (argument `data.init_args.root`), which "
         "holds delta, epsilon, gamma, and it is not downloaded there (only folders named `MVTecAD` are downloaded "
