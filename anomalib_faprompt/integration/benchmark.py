@@ -301,10 +301,12 @@ def unusable_weights(args: dict[str, Any]) -> list[str]:
     Returns:
         One message per unusable file and configuration (files that do not exist are :func:`missing_files`).
     """
+    from anomalib_faprompt.models.authors import check_authors_model, is_authors_file  # noqa: PLC0415
     from anomalib_faprompt.models.checkpoint import (  # noqa: PLC0415
+        check_is_checkpoint,
         check_model_name,
         check_structure,
-        read_checkpoint,
+        load_file,
     )
 
     problems: list[str] = []
@@ -326,12 +328,19 @@ def unusable_weights(args: dict[str, Any]) -> list[str]:
         try:
             if (name, weights) not in checkpoints:
                 checkpoints[name, weights] = None
-                checkpoint = read_checkpoint(model_class, weights, source)
+                checkpoint = load_file(model_class, weights, source)
+                if is_authors_file(checkpoint):
+                    # The model checks sizes, prompt texts and CLIP weights when it is built.
+                    check_authors_model(name, checkpoint["prompt_learner"], where)
+                    continue
+                check_is_checkpoint(checkpoint, where)
                 check_model_name(name, checkpoint, where)
                 checkpoints[name, weights] = checkpoint
             checkpoint = checkpoints[name, weights]
             if checkpoint is not None:
-                check_structure(model_class, _hyperparameters(model_class, init_args), checkpoint, where)
+                hparams = _hyperparameters(model_class, init_args)
+                hparams.update(model_class.resolved_defaults(hparams, authors_file=False))
+                check_structure(model_class, hparams, checkpoint, where)
         except InputError as error:
             problems.append(str(error))
     return problems

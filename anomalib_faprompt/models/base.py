@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import inspect
 import warnings
-from pathlib import Path
+from collections.abc import Mapping
 from typing import Any, ClassVar
 
 import torch
@@ -32,17 +32,19 @@ from anomalib.visualization import Visualizer
 from torch import nn
 from torchvision.transforms.v2 import Compose, InterpolationMode, Normalize, Resize
 
-from anomalib_faprompt.components import PromptedCLIPModel, build_backbone, local_loss
+from anomalib_faprompt.components import PromptedCLIPModel, build_backbone, local_loss, plain_config
 from anomalib_faprompt.components.options import check_count, check_positive, check_sigma
 from anomalib_faprompt.metrics import PerCategoryEvaluator
 from anomalib_faprompt.predictions import PredictionScoresWriter
 from anomalib_faprompt.visualization import CategoryImageVisualizer
 
+from .authors import is_authors_file, load_authors_prompts
 from .checkpoint import (
     check_checkpoint,
     check_checkpoint_file,
+    check_is_checkpoint,
     guard_checkpoint_io,
-    read_checkpoint,
+    load_file,
     restore_frozen,
     strip_frozen,
 )
@@ -93,6 +95,10 @@ class PromptLearningModule(PromptExportMixin, AnomalibModule):
 
     LOSS_TERMS: ClassVar[tuple[str, ...]] = ()
     STRUCTURAL_HPARAMS: ClassVar[tuple[str, ...]] = ()
+    # The hyperparameters that change scores and maps but that an authors' prompt file does not record.
+    UNRECORDED_HPARAMS: ClassVar[tuple[str, ...]] = ()
+    # Hyperparameters whose default is ``None``: ``(value, value with an authors' prompt file)``.
+    AUTHORS_DEFAULTS: ClassVar[dict[str, tuple[Any, Any]]] = {}
     model: PromptedCLIPModel
 
     def __init__(
@@ -121,6 +127,11 @@ class PromptLearningModule(PromptExportMixin, AnomalibModule):
             visualizer=visualizer,
         )
         _check_hyperparameters(self.hparams, self.LOSS_TERMS, self.name)
+        weights = self.hparams.weights
+        content = load_file(type(self), weights, "argument `weights`") if weights is not None else None
+        self.hparams.update(self.resolved_defaults(self.hparams, authors_file=is_authors_file(content)))
+        if is_authors_file(content):
+            self._warn_unlike_authors_test(f"'{weights}'")
         if pre_processor is True:
             self.pre_processor = self.configure_pre_processor((self.image_size,) * 2)
         model = self.build_model()
@@ -133,8 +144,8 @@ class PromptLearningModule(PromptExportMixin, AnomalibModule):
         self.zero_shot = False
         # Whether the prompts were learned: trained in this run, or loaded from a checkpoint or `weights`.
         self.learned = False
-        if self.hparams.weights is not None:
-            self.load_trained_weights(self.hparams.weights)
+        if content is not None:
+            self._load_weights(content, f"'{weights}' (argument `weights`)")
 
     @property
     def image_size(self) -> int:
@@ -245,30 +256,61 @@ class PromptLearningModule(PromptExportMixin, AnomalibModule):
         """No trainer overrides."""
         return {}
 
-    def load_trained_weights(self, weights: str | Path) -> None:
-        """Start from a trained checkpoint of this model, and be zero-shot from then on.
+    @classmethod
+    def resolved_defaults(cls, hparams: Mapping[str, Any], authors_file: bool) -> dict[str, Any]:
+        """The values of the ``None`` defaults of :attr:`AUTHORS_DEFAULTS` in ``hparams`` (theirs with their file)."""
+        defaults = cls.AUTHORS_DEFAULTS.items()
+        return {name: values[authors_file] for name, values in defaults if hparams.get(name) is None}
 
-        Loads what the checkpoint holds of ``self.model``: the learned parameters (prompts, prior network)
-        and, when it has them, the CLIP weights (a randomly initialised CLIP travels with the checkpoint;
-        pretrained CLIP weights come from ``pretrained`` and must be the ones the prompts were trained on).
-        The model then reports ``LearningType.ZERO_SHOT``, so ``Engine.fit`` only validates: anomalib's
-        benchmark, which calls ``fit`` and then ``test`` on the target dataset, never trains there.
+    def authors_test_settings(self) -> dict[str, Any]:
+        """The :attr:`UNRECORDED_HPARAMS` as the authors' ``test.sh`` runs them with their prompt files."""
+        defaults = inspect.signature(type(self).__init__).parameters
+        return {
+            name: self.AUTHORS_DEFAULTS[name][1] if name in self.AUTHORS_DEFAULTS else defaults[name].default
+            for name in self.UNRECORDED_HPARAMS
+        }
 
-        Args:
-            weights: A checkpoint written by training this model (``.../weights/lightning/model.ckpt``).
+    def _warn_unlike_authors_test(self, file: str) -> None:
+        """Warn once, naming them, about the settings that differ from the authors' test with their file."""
+        differing = [
+            f"{name}={self.hparams[name]!r} (their test: {value!r})"
+            for name, value in self.authors_test_settings().items()
+            if plain_config(self.hparams[name]) != plain_config(value)
+        ]
+        if differing:
+            warnings.warn(
+                f"{self.name} runs the authors' prompt file {file} with other settings than their test.py/test.sh: "
+                f"{', '.join(differing)}. Its scores and maps will differ from theirs; leave these arguments out to "
+                "compute what their code computes.",
+                UserWarning,
+                stacklevel=4,
+            )
+
+    def _load_weights(self, content: object, where: str) -> None:
+        """Start from trained prompts, and be zero-shot from then on.
+
+        ``content`` is a checkpoint written by training this model (``.../weights/lightning/model.ckpt``), or a
+        prompt file of the authors' code (:mod:`.authors`). Loads what it holds of ``self.model``: the learned
+        parameters (prompts, prior network) and, when a checkpoint has them, the CLIP weights (a randomly
+        initialised CLIP travels with the checkpoint; pretrained CLIP weights come from ``pretrained`` and must be
+        the ones the prompts were trained on). The model then reports ``LearningType.ZERO_SHOT``, so
+        ``Engine.fit`` only validates: anomalib's benchmark, which calls ``fit`` and then ``test`` on the target
+        dataset, never trains there.
 
         Raises:
-            FileNotFoundError: The file does not exist.
-            ValueError: The file is no anomalib checkpoint, or holds another model, other hyperparameters or
-                sizes, or prompts trained on other CLIP weights.
+            ValueError: The file is no anomalib checkpoint nor authors' prompt file, or holds another model, other
+                hyperparameters or sizes, or prompts trained on other CLIP weights or prompt texts.
         """
-        checkpoint = read_checkpoint(type(self), weights, "argument `weights`")
-        check_checkpoint(self, checkpoint, f"'{weights}' (argument `weights`)")
-        state = checkpoint["state_dict"]
-        self.model.load_state_dict(
-            {key.removeprefix("model."): value for key, value in state.items() if key.startswith("model.")},
-            strict=False,
-        )
+        if is_authors_file(content):
+            load_authors_prompts(self.model, self.name, content, where)
+        else:
+            check_is_checkpoint(content, where)
+            check_checkpoint(self, content, where)
+            state = content["state_dict"]
+            self.model.load_state_dict(
+                {key.removeprefix("model."): value for key, value in state.items() if key.startswith("model.")},
+                strict=False,
+            )
         self.zero_shot = True
         self.learned = True
 

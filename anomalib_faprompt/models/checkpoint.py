@@ -24,6 +24,8 @@ from anomalib.utils.serialization import anomalib_safe_globals
 from anomalib_faprompt.components import plain_config
 from anomalib_faprompt.errors import InvalidInputError, MissingInputError
 
+from .authors import is_authors_file
+
 if TYPE_CHECKING:
     from lightning.pytorch import Trainer
 
@@ -32,9 +34,11 @@ if TYPE_CHECKING:
 __all__ = [
     "check_checkpoint",
     "check_checkpoint_file",
+    "check_is_checkpoint",
     "check_model_name",
     "check_structure",
     "guard_checkpoint_io",
+    "load_file",
     "read_checkpoint",
     "restore_frozen",
     "strip_frozen",
@@ -62,26 +66,26 @@ def check_checkpoint_file(path: str | Path, source: str, model_name: str) -> Non
         raise MissingInputError(msg)
 
 
-def read_checkpoint(model_class: type[PromptLearningModule], path: str | Path, source: str) -> dict[str, Any]:
-    """Read a checkpoint file (CPU, memory-mapped), or raise an error that names it.
+def load_file(model_class: type[PromptLearningModule], path: str | Path, source: str) -> object:
+    """Load a ``.pth``/``.ckpt`` file (CPU, memory-mapped, weights only), or raise an error that names it.
 
     Args:
-        model_class: The model class the checkpoint is for.
+        model_class: The model class the file is for.
         path: The file.
         source: How the user passed it, for messages (e.g. "argument `weights`").
 
     Returns:
-        The checkpoint dict.
+        What the file holds.
 
     Raises:
         FileNotFoundError: The file does not exist.
-        ValueError: The file is no readable anomalib checkpoint.
+        ValueError: The file cannot be read by ``torch.load``.
     """
     path = Path(path)
     check_checkpoint_file(path, source, model_class.__name__)
     try:
         with anomalib_safe_globals(extra=model_class.checkpoint_safe_globals()):
-            checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+            return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError) as error:
         reason = str(error).splitlines()[0] if str(error) else type(error).__name__
         msg = (
@@ -89,9 +93,34 @@ def read_checkpoint(model_class: type[PromptLearningModule], path: str | Path, s
             f"kind (torch: {reason}). Pass the checkpoint file written by training the model."
         )
         raise InvalidInputError(msg) from error
-    if not isinstance(checkpoint, dict) or not isinstance(checkpoint.get("state_dict"), dict):
-        msg = f"'{path}' ({source}) is not an anomalib checkpoint: it has no 'state_dict'."
-        raise InvalidInputError(msg)
+
+
+def check_is_checkpoint(content: object, where: str) -> None:
+    """Refuse a loaded file that is no anomalib checkpoint (no ``state_dict``); name an authors' prompt file as such."""
+    if isinstance(content, dict) and isinstance(content.get("state_dict"), dict):
+        return
+    if is_authors_file(content):
+        msg = (
+            f"{where} is a prompt file of the authors' code, not an anomalib checkpoint: pass it as the model's "
+            "`weights` (`--model.weights`)."
+        )
+    else:
+        msg = (
+            f"{where} is not an anomalib checkpoint: it has no 'state_dict', nor is it a prompt file of the authors' "
+            "code ({'prompt_learner': ...})."
+        )
+    raise InvalidInputError(msg)
+
+
+def read_checkpoint(model_class: type[PromptLearningModule], path: str | Path, source: str) -> dict[str, Any]:
+    """Read an anomalib checkpoint file, or raise an error that names it (see :func:`load_file`).
+
+    Raises:
+        FileNotFoundError: The file does not exist.
+        ValueError: The file is no readable anomalib checkpoint.
+    """
+    checkpoint = load_file(model_class, path, source)
+    check_is_checkpoint(checkpoint, f"'{path}' ({source})")
     return checkpoint
 
 

@@ -57,7 +57,8 @@ class AnomalyCLIP(PromptLearningModule, AnomalibModule):
         learning_rate: Adam learning rate.
         betas: Adam betas.
         pixel_losses: Train with the local (pixel) losses; ``False``: image-level losses only (data without masks).
-        weights: Checkpoint of a trained model to start from; the model is then zero-shot (``Engine.fit``
+        weights: Checkpoint of a trained model to start from, or a prompt file of the authors' code
+            (``{"prompt_learner": ...}``, docs/authors-files.md); the model is then zero-shot (``Engine.fit``
             only validates), e.g. in anomalib's benchmark on another dataset.
         pre_processor: Pre-processor, or ``True`` for the default (bicubic resize, CLIP mean/std).
         post_processor: Post-processor, or ``True`` for thresholding of the probabilities at 0.5.
@@ -79,6 +80,7 @@ class AnomalyCLIP(PromptLearningModule, AnomalibModule):
         "sigma",
         "feature_layers",
     )
+    UNRECORDED_HPARAMS = ("image_size", "vv_layers", "temperature", "sigma", "feature_layers")
 
     def __init__(
         self,

@@ -66,8 +66,10 @@ class FAPrompt(PromptLearningModule, AnomalibModule):
         prompt_depth: Deep-prompt depth.
         prompt_length: Deep-prompt length ``t``.
         abnormal_word: Word before "object" in the abnormal prompts (``""``: none, as in the paper).
-        patch_selection: ``"topk"`` (paper) or ``"first_k"`` (released code).
-        local_score: ``"paper"`` or ``"released"`` local image score.
+        patch_selection: ``"topk"`` (paper) or ``"first_k"`` (released code); ``None``: ``"topk"``, or
+            ``"first_k"`` with an authors' prompt file as ``weights`` (as their test).
+        local_score: ``"paper"`` or ``"released"`` local image score; ``None``: ``"paper"``, or ``"released"``
+            with an authors' prompt file as ``weights``.
         temperature: Softmax temperature ``tau``.
         sigma: Gaussian blur sigma of the pixel map, in pixels at ``image_size``.
         local_weight: Weight of ``L_local(M)``.
@@ -80,7 +82,8 @@ class FAPrompt(PromptLearningModule, AnomalibModule):
         learning_rate: Adam learning rate.
         betas: Adam betas.
         pixel_losses: Train with the local (pixel) losses; ``False``: image-level losses only (data without masks).
-        weights: Checkpoint of a trained model to start from; the model is then zero-shot (``Engine.fit``
+        weights: Checkpoint of a trained model to start from, or a prompt file of the authors' code
+            (``{"prompt_learner": ...}``, docs/authors-files.md); the model is then zero-shot (``Engine.fit``
             only validates), e.g. in anomalib's benchmark on another dataset.
         pre_processor: Pre-processor, or ``True`` for the default (bicubic resize, CLIP mean/std).
         post_processor: Post-processor, or ``True`` for thresholding of the probabilities at 0.5.
@@ -106,6 +109,8 @@ class FAPrompt(PromptLearningModule, AnomalibModule):
         "temperature",
         "sigma",
     )
+    UNRECORDED_HPARAMS = ("image_size", "vv_layers", "patch_selection", "local_score", "temperature", "sigma")
+    AUTHORS_DEFAULTS = {"patch_selection": ("topk", "first_k"), "local_score": ("paper", "released")}
 
     def __init__(
         self,
@@ -121,8 +126,8 @@ class FAPrompt(PromptLearningModule, AnomalibModule):
         prompt_depth: int = 9,
         prompt_length: int = 4,
         abnormal_word: str = "damaged",
-        patch_selection: PatchSelection = "topk",
-        local_score: LocalScore = "paper",
+        patch_selection: PatchSelection | None = None,
+        local_score: LocalScore | None = None,
         temperature: float = 0.07,
         sigma: float = 10.0,
         local_weight: float = 1.0,
@@ -141,9 +146,13 @@ class FAPrompt(PromptLearningModule, AnomalibModule):
         evaluator: Evaluator | bool = True,
         visualizer: Visualizer | bool = True,
     ) -> None:
-        check_choice("patch_selection", patch_selection, PatchSelection)
-        check_choice("local_score", local_score, LocalScore)
-        check_choice("global_loss_input", global_loss_input, GlobalLossInput)
+        for name, value, options in (
+            ("patch_selection", patch_selection, PatchSelection),
+            ("local_score", local_score, LocalScore),
+            ("global_loss_input", global_loss_input, GlobalLossInput),
+        ):
+            if value is not None:
+                check_choice(name, value, options)
         super().__init__(
             pre_processor=pre_processor,
             post_processor=post_processor,

@@ -1,0 +1,236 @@
+"""Prompt files of the authors' released code (``{"prompt_learner": state_dict}``) as ``weights``.
+
+The files are built here from the format's description (keys, shapes, and the ``token_*`` buffers computed from the
+prompt texts with CLIP's tokenizer and token embedding), not with the package's loader.
+"""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import tiny_args
+
+from anomalib_faprompt import AnomalyCLIP, FAPrompt
+from anomalib_faprompt.errors import InvalidInputError
+from anomalib_faprompt.models.checkpoint import read_checkpoint
+
+IMAGES = torch.randn(3, 3, 64, 64)
+
+
+def _buffers(model, suffix: str, text: str, n_learned: int, copies: int) -> dict[str, torch.Tensor]:
+    clip = model.model.backbone.clip
+    tokens = model.model.backbone.tokenize([text])  # (1, 77)
+    with torch.no_grad():
+        embedding = clip.token_embedding(tokens)  # (1, 77, C)
+    expand = (1, copies, -1, -1)
+    return {
+        f"token_prefix_{suffix}": embedding[:, None, :1].expand(*expand).clone(),
+        f"token_suffix_{suffix}": embedding[:, None, 1 + n_learned :].expand(*expand).clone(),
+        f"tokenized_prompts_{suffix}": tokens[:, None].expand(1, copies, -1).to(torch.int32).clone(),
+    }
+
+
+def _deep(model, width: int) -> dict[str, torch.Tensor]:
+    prompts = model.model.deep_prompts.prompts.detach()
+    state = {f"compound_prompts_text.{i}": prompts[i].clone() for i in range(prompts.shape[0])}
+    for i in range(prompts.shape[0]):  # created by the released code, never used
+        state[f"compound_prompt_projections.{i}.weight"] = torch.randn(896, width)
+        state[f"compound_prompt_projections.{i}.bias"] = torch.randn(896)
+    return state
+
+
+def authors_faprompt_file(model: FAPrompt, path: Path, abnormal_word: str = "damaged") -> Path:
+    """What FAPrompt's train.py saves for the prompts of ``model`` (normal ``X*E object.``, abnormal ``X*(E+E')``)."""
+    inner = model.model
+    n_ctx, width = inner.normal_ctx.shape
+    n_prompts, n_abnormal, _ = inner.abnormal_ctx.shape
+    first, second = inner.prior_net.layers[0], inner.prior_net.layers[2]
+    state = {
+        "ctx_pos": inner.normal_ctx.detach()[None, None].clone(),
+        "ctx_neg": inner.abnormal_ctx.detach()[None].clone(),
+        **_deep(model, width),
+        "patch_meta_net.linear1.weight": first.weight.detach().clone(),
+        "patch_meta_net.linear1.bias": first.bias.detach().clone(),
+        "patch_meta_net.linear2.weight": second.weight.detach().clone(),
+        "patch_meta_net.linear2.bias": second.bias.detach().clone(),
+        **_buffers(model, "pos", " ".join(["X"] * n_ctx) + " object.", n_ctx, 1),
+        **_buffers(
+            model,
+            "neg",
+            " ".join(["X"] * (n_ctx + n_abnormal)) + f" {abnormal_word} object.",
+            n_ctx + n_abnormal,
+            n_prompts,
+        ),
+    }
+    torch.save({"prompt_learner": state}, path)
+    return path
+
+
+def authors_anomalyclip_file(model: AnomalyCLIP, path: Path) -> Path:
+    """What AnomalyCLIP's train.py saves for the prompts of ``model``."""
+    inner = model.model
+    n_ctx, width = inner.normal_ctx.shape
+    prefix = " ".join(["X"] * n_ctx)
+    state = {
+        "ctx_pos": inner.normal_ctx.detach()[None, None].clone(),
+        "ctx_neg": inner.abnormal_ctx.detach()[None, None].clone(),
+        **_deep(model, width),
+        **_buffers(model, "pos", f"{prefix} object.", n_ctx, 1),
+        **_buffers(model, "neg", f"{prefix} damaged object.", n_ctx, 1),
+    }
+    torch.save({"prompt_learner": state}, path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def clip_file(tmp_path_factory) -> Path:
+    """Tiny CLIP weights in a file: the stand-in for `pretrained="openai"` (the same CLIP in every model)."""
+    torch.manual_seed(0)
+    model = FAPrompt(**tiny_args())
+    path = tmp_path_factory.mktemp("clip") / "tiny_clip.pt"
+    torch.save(model.model.backbone.clip.state_dict(), path)
+    return path
+
+
+def _trained(model_class: type, clip_file: Path, **overrides):
+    """A model whose learned parameters are random (as if trained), on the CLIP of ``clip_file``."""
+    model = model_class(**tiny_args(pretrained=str(clip_file), **overrides))
+    with torch.no_grad():
+        for parameter in model.model.learned_parameters():
+            parameter.normal_(0, 0.05)
+    return model.eval()
+
+
+def _quiet(model_class: type, **arguments):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return model_class(**arguments).eval()
+
+
+def _outputs(model) -> tuple[torch.Tensor, torch.Tensor]:
+    with torch.no_grad():
+        output = model.model(IMAGES)
+    return output.pred_score, output.anomaly_map
+
+
+def test_faprompt_file_gives_the_maps_and_scores_of_the_same_parameters_set_directly(clip_file, tmp_path):
+    direct = _trained(FAPrompt, clip_file, patch_selection="first_k", local_score="released")
+    path = authors_faprompt_file(direct, tmp_path / "epoch_7.pth")
+    loaded = _quiet(FAPrompt, **tiny_args(pretrained=str(clip_file), weights=str(path)))
+    assert (loaded.hparams.patch_selection, loaded.hparams.local_score) == ("first_k", "released")
+    assert loaded.learning_type.value == "zero_shot"
+    for ours, theirs in zip(_outputs(loaded), _outputs(direct), strict=True):
+        torch.testing.assert_close(ours, theirs, rtol=0, atol=0)
+    fresh = _quiet(FAPrompt, **tiny_args(pretrained=str(clip_file), patch_selection="first_k", local_score="released"))
+    assert not torch.allclose(_outputs(fresh)[0], _outputs(direct)[0])
+
+
+def test_anomalyclip_file_gives_the_maps_and_scores_of_the_same_parameters_set_directly(clip_file, tmp_path):
+    direct = _trained(AnomalyCLIP, clip_file)
+    path = authors_anomalyclip_file(direct, tmp_path / "epoch_15.pth")
+    loaded = _quiet(AnomalyCLIP, **tiny_args(pretrained=str(clip_file), weights=str(path)))
+    for ours, theirs in zip(_outputs(loaded), _outputs(direct), strict=True):
+        torch.testing.assert_close(ours, theirs, rtol=0, atol=0)
+
+
+def test_without_an_authors_file_the_defaults_are_the_papers(clip_file):
+    model = _quiet(FAPrompt, **tiny_args(pretrained=str(clip_file)))
+    assert (model.hparams.patch_selection, model.hparams.local_score) == ("topk", "paper")
+
+
+def test_settings_unlike_the_authors_test_are_named_once_and_kept(clip_file, tmp_path):
+    path = authors_faprompt_file(_trained(FAPrompt, clip_file), tmp_path / "epoch_7.pth")
+    with pytest.warns(UserWarning, match="other settings than their test") as caught:
+        model = FAPrompt(**tiny_args(pretrained=str(clip_file), weights=str(path), patch_selection="topk"))
+    messages = [str(item.message) for item in caught if "their test" in str(item.message)]
+    assert len(messages) == 1
+    assert "patch_selection='topk' (their test: 'first_k')" in messages[0]
+    assert "sigma=2.0 (their test: 10.0)" in messages[0]
+    assert "local_score" not in messages[0]
+    assert model.hparams.patch_selection == "topk"
+
+
+@pytest.mark.parametrize(
+    ("overrides", "expected"),
+    [
+        ({"n_ctx": 3}, "`ctx_pos` is (1, 1, 5, 32) there, (1, 1, 3, 32) here: set `n_ctx` to the file's 5"),
+        ({"n_abnormal_prompts": 4}, "set `n_abnormal_prompts` to the file's 10"),
+        ({"n_abnormal_ctx": 3}, "set `n_abnormal_ctx` to the file's 2"),
+        ({"n_prior_patches": 4}, "set `n_prior_patches` to the file's 10"),
+        ({"prompt_length": 2}, "set `prompt_length` to the file's 4"),
+        ({"prompt_depth": 2}, "has 2 deep text prompts (compound_prompts_text.*), this FAPrompt 1: set `prompt_depth`"),
+    ],
+)
+def test_a_file_of_other_sizes_is_refused_naming_the_argument(clip_file, tmp_path, overrides, expected):
+    path = authors_faprompt_file(_trained(FAPrompt, clip_file), tmp_path / "epoch_7.pth")
+    with pytest.raises(InvalidInputError) as caught:
+        _quiet(FAPrompt, **tiny_args(pretrained=str(clip_file), weights=str(path), **overrides))
+    message = str(caught.value)
+    assert expected in message
+    assert message.startswith(f"'{path}' (argument `weights`)")
+    assert "\n" not in message
+
+
+def test_the_other_models_file_is_named_as_such(clip_file, tmp_path):
+    faprompt_file = authors_faprompt_file(_trained(FAPrompt, clip_file), tmp_path / "fa.pth")
+    anomalyclip_file = authors_anomalyclip_file(_trained(AnomalyCLIP, clip_file), tmp_path / "ac.pth")
+    with pytest.raises(InvalidInputError, match=r"prompt file of the authors' FAPrompt .*`--model FAPrompt`"):
+        _quiet(AnomalyCLIP, **tiny_args(pretrained=str(clip_file), weights=str(faprompt_file)))
+    with pytest.raises(InvalidInputError, match=r"prompt file of the authors' AnomalyCLIP .*`--model AnomalyCLIP`"):
+        _quiet(FAPrompt, **tiny_args(pretrained=str(clip_file), weights=str(anomalyclip_file)))
+
+
+def test_other_prompt_texts_are_refused_naming_the_texts(clip_file, tmp_path):
+    path = authors_faprompt_file(_trained(FAPrompt, clip_file), tmp_path / "epoch_7.pth", abnormal_word="broken")
+    with pytest.raises(InvalidInputError) as caught:
+        _quiet(FAPrompt, **tiny_args(pretrained=str(clip_file), weights=str(path)))
+    message = str(caught.value)
+    assert "other prompt texts" in message
+    assert "broken object" in message
+    assert "damaged object" in message
+    assert "`abnormal_word`" in message
+
+
+def test_other_clip_weights_are_refused(clip_file, tmp_path):
+    path = authors_anomalyclip_file(_trained(AnomalyCLIP, clip_file), tmp_path / "epoch_15.pth")
+    torch.manual_seed(1)
+    with pytest.raises(InvalidInputError, match=r"trained on other CLIP weights: its `token_prefix_pos` differs"):
+        _quiet(AnomalyCLIP, **tiny_args(weights=str(path)))  # another random CLIP
+
+
+def test_damaged_and_unrelated_files_get_the_checkpoint_errors(clip_file, tmp_path):
+    path = authors_anomalyclip_file(_trained(AnomalyCLIP, clip_file), tmp_path / "epoch_15.pth")
+    truncated = tmp_path / "truncated.pth"
+    truncated.write_bytes(path.read_bytes()[:1000])
+    with pytest.raises(InvalidInputError, match="is not a readable anomalib checkpoint"):
+        _quiet(AnomalyCLIP, **tiny_args(pretrained=str(clip_file), weights=str(truncated)))
+    unrelated = tmp_path / "unrelated.pth"
+    torch.save({"model": {"weight": torch.zeros(2)}}, unrelated)
+    with pytest.raises(InvalidInputError, match=r"no 'state_dict', nor is it a prompt file of the authors' code"):
+        _quiet(AnomalyCLIP, **tiny_args(pretrained=str(clip_file), weights=str(unrelated)))
+    other_learner = tmp_path / "other_learner.pth"
+    torch.save({"prompt_learner": {"ctx": torch.zeros(1, 4, 32)}}, other_learner)
+    with pytest.raises(InvalidInputError, match=r"not a prompt file of the authors' AnomalyCLIP: .* lacks"):
+        _quiet(AnomalyCLIP, **tiny_args(pretrained=str(clip_file), weights=str(other_learner)))
+
+
+def test_an_authors_file_as_ckpt_path_says_to_pass_it_as_weights(clip_file, tmp_path):
+    path = authors_anomalyclip_file(_trained(AnomalyCLIP, clip_file), tmp_path / "epoch_15.pth")
+    with pytest.raises(InvalidInputError, match=r"prompt file of the authors' code, .*`--model.weights`"):
+        read_checkpoint(AnomalyCLIP, path, "`ckpt_path`")
+
+
+def test_the_benchmark_takes_an_authors_file_and_names_one_of_the_other_model(clip_file, tmp_path):
+    from anomalib_faprompt.integration import benchmark
+
+    path = authors_faprompt_file(_trained(FAPrompt, clip_file), tmp_path / "epoch_7.pth")
+    init_args = {**tiny_args(pretrained=str(clip_file)), "weights": str(path)}
+    grid = [{"class_path": "FAPrompt", "init_args": init_args}]
+    config = {"benchmark": {"seed": 1, "model": {"grid": grid}, "data": {"class_path": "MVTecAD"}}}
+    assert benchmark.unusable_weights(config) == []
+    grid.append({"class_path": "AnomalyCLIP", "init_args": init_args})
+    (problem,) = benchmark.unusable_weights(config)
+    assert problem.startswith(f"'{path}' (AnomalyCLIP.weights) is a prompt file of the authors' FAPrompt")
