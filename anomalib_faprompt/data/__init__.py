@@ -6,9 +6,9 @@ import the module it runs (runpy warns about that) and importing this package st
 
 from importlib import import_module
 
-__all__ = ["AuxiliaryDataModule", "make_synthetic_dataset"]
+__all__ = ["AuxiliaryDataModule", "MetaJson", "make_synthetic_dataset"]
 
-_MODULES = {"AuxiliaryDataModule": ".auxiliary", "make_synthetic_dataset": ".synthetic"}
+_MODULES = {"AuxiliaryDataModule": ".auxiliary", "MetaJson": ".meta_json", "make_synthetic_dataset": ".synthetic"}
 
 
 def __getattr__(name: str) -> object:

@@ -61,8 +61,9 @@ class AuxiliaryDataModule(AnomalibDataModule):
 
     Args:
         root: Root of the auxiliary dataset, or one root per entry of ``dataset``.
-        dataset: ``"MVTecAD"``, ``"Visa"`` (anomalib's layouts) or ``"Folder"`` (custom data: ``root`` holds
-            ``normal_dir``, ``abnormal_dir`` and ``mask_dir``), or a list of them (one per root).
+        dataset: ``"MVTecAD"``, ``"Visa"`` (anomalib's layouts), ``"Folder"`` (custom data: ``root`` holds
+            ``normal_dir``, ``abnormal_dir`` and ``mask_dir``) or ``"MetaJson"`` (the authors' index: ``root``
+            holds ``meta.json``, whose ``test`` part is read), or a list of them (one per root).
         categories: Categories to train on (in any source that has them); ``None`` for all.
         masks: Load defect masks, of the training and the target data (required by the pixel losses and metrics).
             ``False`` trains with image labels only (set ``pixel_losses=False`` on the model too) and tests with image
@@ -71,8 +72,9 @@ class AuxiliaryDataModule(AnomalibDataModule):
         abnormal_dir: ``Folder`` only: sub-folder of defect images.
         mask_dir: ``Folder`` only: sub-folder of defect masks.
         val_split_ratio: Fraction of the training data held out for validation, in [0, 1); 0 trains on all of it.
-        target_dataset: ``"MVTecAD"`` or ``"Visa"`` to test zero-shot on; ``None`` tests on the held-out part.
-        target_root: Root of the target dataset.
+        target_dataset: ``"MVTecAD"``, ``"Visa"`` or ``"MetaJson"`` to test zero-shot on; ``None`` tests on the
+            held-out part.
+        target_root: Root of the target dataset (for ``MetaJson``, the folder that holds ``meta.json``).
         target_categories: Target categories to test on; ``None`` for all.
         train_batch_size: Training batch size.
         eval_batch_size: Validation and test batch size.
@@ -134,7 +136,10 @@ class AuxiliaryDataModule(AnomalibDataModule):
                 msg = f"Unknown dataset '{dataset_name}': use one of {DATASETS}."
                 raise InvalidInputError(msg)
         if target_dataset == "Folder":
-            msg = "`target_dataset` must be 'MVTecAD' or 'Visa'; test a folder with `anomalib test --data Folder`."
+            msg = (
+                "`target_dataset` must be 'MVTecAD', 'Visa' or 'MetaJson'; test a folder with "
+                "`anomalib test --data Folder`."
+            )
             raise InvalidInputError(msg)
         if target_dataset and target_root is None:
             msg = f"`target_root` is required with `target_dataset='{target_dataset}'`."

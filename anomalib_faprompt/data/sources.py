@@ -1,10 +1,11 @@
 """The test splits of anomalib's image datasets, one category at a time, as training or evaluation data.
 
-A *source* is a dataset name (``"MVTecAD"``, ``"Visa"`` or ``"Folder"``) and a root folder. MVTecAD
+A *source* is a dataset name (``"MVTecAD"``, ``"Visa"``, ``"Folder"`` or ``"MetaJson"``) and a root folder. MVTecAD
 and Visa data are read in anomalib's MVTec AD layout (Visa's prepared ``visa_pytorch`` folder); missing
 data is downloaded and prepared with anomalib's own datamodules (``prepare_data``: Visa's raw download is
 split into the ``visa_pytorch`` layout next to it, as anomalib does). ``Folder`` is custom data: a folder
-of normal images, a folder of defect images and a folder of their masks.
+of normal images, a folder of defect images and a folder of their masks. ``MetaJson`` is a dataset indexed by
+the authors' ``meta.json`` (:mod:`.authors_index`): its root is the folder that holds the file; nothing is downloaded.
 
 A defect image's mask is the file in the mask folder named like the image (``000.png``) or with a
 ``_mask`` suffix (``000_mask.png``), with any image suffix (PNG, JPEG, BMP, TIFF), as in anomalib's
@@ -24,6 +25,7 @@ from anomalib.data.datasets.image.visa import CATEGORIES as VISA_CATEGORIES
 
 from anomalib_faprompt.errors import InvalidInputError, MissingInputError
 
+from .authors_index import meta_categories, meta_samples
 from .dataset import CheckedImageDataset
 
 __all__ = [
@@ -38,7 +40,7 @@ __all__ = [
     "source_name",
 ]
 
-DATASETS = ("MVTecAD", "Visa", "Folder")
+DATASETS = ("MVTecAD", "Visa", "Folder", "MetaJson")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 _DATAMODULES = {"MVTecAD": MVTecAD, "Visa": Visa}
 _KNOWN_CATEGORIES = {"MVTecAD": MVTECAD_CATEGORIES, "Visa": VISA_CATEGORIES}
@@ -90,7 +92,7 @@ def available_categories(dataset: str, root: str | Path, argument: str = "root")
     default (``MVTecAD``, ``visa``), or a folder holding VisA's raw download (to be split into ``visa_pytorch``).
 
     Args:
-        dataset: ``"MVTecAD"``, ``"Visa"`` or ``"Folder"``.
+        dataset: ``"MVTecAD"``, ``"Visa"``, ``"Folder"`` or ``"MetaJson"``.
         root: Dataset root.
         argument: The argument that names ``root``, for the error message.
 
@@ -105,6 +107,8 @@ def available_categories(dataset: str, root: str | Path, argument: str = "root")
     root = Path(root)
     if dataset == "Folder":
         return [root.resolve().name]
+    if dataset == "MetaJson":
+        return meta_categories(root, argument)
     layout = layout_root(dataset, root)
     found = sorted(path.name for path in layout.iterdir() if (path / "test").is_dir()) if layout.is_dir() else []
     if found:
@@ -122,7 +126,9 @@ def source_name(dataset: str, root: str | Path, argument: str = "root") -> str:
     categories (a synthetic or custom dataset) and ``Folder`` data are named after their root folder.
     """
     _check_dataset(dataset)
-    if dataset != "Folder" and set(available_categories(dataset, root, argument)) <= set(_KNOWN_CATEGORIES[dataset]):
+    if dataset in ("Folder", "MetaJson"):
+        return Path(root).resolve().name
+    if set(available_categories(dataset, root, argument)) <= set(_KNOWN_CATEGORIES[dataset]):
         return dataset
     return Path(root).resolve().name
 
@@ -141,6 +147,9 @@ def check_root(dataset: str, root: str | Path, argument: str = "root") -> None:
     """
     _check_dataset(dataset)
     root = Path(root)
+    if dataset == "MetaJson":
+        meta_categories(root, argument)
+        return
     if root.is_dir():
         if dataset != "Folder":
             available_categories(dataset, root, argument)
@@ -175,7 +184,7 @@ def check_category(dataset: str, root: str | Path, category: str, argument: str 
     category (prepared, or VisA's raw data that anomalib splits). Nothing is read beyond folder names.
 
     Args:
-        dataset: ``"MVTecAD"``, ``"Visa"`` or ``"Folder"``.
+        dataset: ``"MVTecAD"``, ``"Visa"``, ``"Folder"`` or ``"MetaJson"``.
         root: Dataset root.
         category: The category to read.
         argument: The argument that names ``root``, for the message.
@@ -187,6 +196,14 @@ def check_category(dataset: str, root: str | Path, category: str, argument: str 
     _check_dataset(dataset)
     root = Path(root)
     check_root(dataset, root, argument)
+    if dataset == "MetaJson":
+        if category not in meta_categories(root, argument):
+            msg = (
+                f"Category '{category}' is not in '{root / 'meta.json'}' (argument `{argument}`), which has "
+                f"{', '.join(meta_categories(root, argument))}."
+            )
+            raise MissingInputError(msg)
+        return
     if dataset == "Folder" or not root.is_dir() or is_download_folder(dataset, root):
         return
     if (layout_root(dataset, root) / category / "test").is_dir() or (root / category).is_dir():
@@ -212,8 +229,8 @@ def prepare_category(dataset: str, root: str | Path, category: str) -> None:
     """
     _check_dataset(dataset)
     root = Path(root)
-    if dataset == "Folder":
-        check_root(dataset, root)
+    if dataset in ("Folder", "MetaJson"):
+        check_category(dataset, root, category)
         return
     if (layout_root(dataset, root) / category / "test").is_dir():
         return
@@ -330,7 +347,7 @@ def category_dataset(
     """The test split of one category (for ``Folder``: every image of the folder); empty if it has no images.
 
     Args:
-        dataset: ``"MVTecAD"``, ``"Visa"`` or ``"Folder"``.
+        dataset: ``"MVTecAD"``, ``"Visa"``, ``"Folder"`` or ``"MetaJson"``.
         root: Dataset root (relative to the working directory, or absolute).
         category: Category name (ignored for ``Folder``).
         masks: Load defect masks; with ``False`` the dataset is image-level only (no ``gt_mask``).
@@ -356,6 +373,8 @@ def category_dataset(
                 raise MissingInputError(msg)
         name, category, where = root.name, root.name, abnormal
         samples, unused = _samples(_images(normal), [(_images(abnormal), root / mask_dir)], masks, where)
+    elif dataset == "MetaJson":
+        name, samples, unused = root.name, meta_samples(root, category, masks), []
     else:
         category_root = layout_root(dataset, root) / category
         abnormal_dirs, mask_dirs = _defect_dirs(category_root)
