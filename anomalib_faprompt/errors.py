@@ -2,12 +2,13 @@
 
 Their messages name the file or argument and say what to do. anomalib's command line, for this package's models,
 prints such an error as its last line and exits with status 2, without a traceback (:mod:`.integration.cli`).
-Each also is the built-in error it used to be (``ValueError``, ``FileNotFoundError``, ``FileExistsError``).
+Each also is the built-in error it used to be (``ValueError``, ``FileNotFoundError``, ``FileExistsError``,
+``ModuleNotFoundError``).
 """
 
 from __future__ import annotations
 
-__all__ = ["ExistingOutputError", "InputError", "InvalidInputError", "MissingInputError"]
+__all__ = ["ExistingOutputError", "InputError", "InvalidInputError", "MissingInputError", "MissingPackageError"]
 
 
 class InputError(Exception):
@@ -24,3 +25,7 @@ class MissingInputError(InputError, FileNotFoundError):
 
 class ExistingOutputError(InputError, FileExistsError):
     """A file the package would write already exists; it is kept, and the message says where to write instead."""
+
+
+class MissingPackageError(InputError, ModuleNotFoundError):
+    """An optional package that what was asked for needs is not installed; the message names it."""

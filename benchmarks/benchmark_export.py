@@ -1,26 +1,28 @@
-"""Benchmark the OpenVINO export of FAPrompt (or AnomalyCLIP) against the torch model on this machine's CPU.
+"""Benchmark every OpenVINO export of FAPrompt (or AnomalyCLIP) against the torch model, at equal threads.
 
 Builds the model on the real ``ViT-L-14-336`` architecture (or ``--backbone``) with random weights (no download)
-at the working size 518, exports the whole anomalib module (pre-processor, model, post-processor) with
-``to_openvino``, and prints a Markdown table: torch CPU images/s and OpenVINO CPU images/s (with an f32 hint; fp16
-weights as ``--compression_type FP16`` writes them; at the CPU plugin's default precision, which is bf16 on CPUs with
-bf16 instructions, for the exported IR, whose operations are marked to stay in f32, and for the same IR without the
-marks; where the default is f32, also under a bf16 hint), export time, peak memory and the largest difference to
-the torch outputs.
+at the working size 518, exports the whole anomalib module with ``to_openvino`` in f32 and with each of anomalib's
+compressions (``FP16``, ``INT8``, ``INT8_PTQ``, ``INT8_ACQ``; the last two calibrated on synthetic images at the
+working size, the datamodule's validation part), and prints a Markdown table: images/s, speed-up against torch, the
+largest score and map difference to the f32 export (run with the f32 hint), the memory the compiled model holds,
+and for the quantised exports how many of the operations the CPU plugin runs in int8. torch and OpenVINO use the
+same number of threads (``--threads``, default: every core), both printed.
 
-Run: ``python benchmarks/benchmark_export.py`` (several minutes and several GB of memory for ViT-L);
-``--tiny`` runs the same pipeline on the tiny test backbone in seconds.
+Run: ``python benchmarks/benchmark_export.py`` (tens of minutes and several GB of memory for ViT-L on two cores);
+``--tiny`` runs the same pipeline on the tiny test backbone in a minute.
 """
 
 from __future__ import annotations
 
 import argparse
+import gc
 import os
 import resource
 import shutil
 import sys
 import tempfile
 import time
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -28,15 +30,25 @@ import openvino as ov
 import torch
 
 from anomalib_faprompt import AnomalyCLIP, FAPrompt
+from anomalib_faprompt.data import AuxiliaryDataModule, make_synthetic_dataset
 from anomalib_faprompt.deploy import remove_f32_marks
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from conftest import TINY_MODEL_ARGS  # noqa: E402
 
+MODELS = {"FAPrompt": FAPrompt, "AnomalyCLIP": AnomalyCLIP}
+COMPRESSIONS = ("FP16", "INT8", "INT8_PTQ", "INT8_ACQ")
+
 
 def peak_rss_gib() -> float:
     """Peak resident memory of this process so far, in GiB."""
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+
+
+def rss_gib() -> float:
+    """Resident memory of this process now, in GiB."""
+    with open("/proc/self/statm") as file:
+        return int(file.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**30
 
 
 def throughput(run: callable, batch_size: int, warmup: int, repeats: int) -> float:
@@ -49,33 +61,42 @@ def throughput(run: callable, batch_size: int, warmup: int, repeats: int) -> flo
     return batch_size * repeats / (time.perf_counter() - start)
 
 
-MODELS = {"FAPrompt": FAPrompt, "AnomalyCLIP": AnomalyCLIP}
-
-
 def build_model(name: str, backbone: str | None, image_size: int | None) -> FAPrompt | AnomalyCLIP:
-    """The model with random backbone weights: an open_clip architecture (default 518) or the tiny test backbone."""
+    """The model with random weights (prompts as if trained): an open_clip architecture or the tiny test backbone."""
     if backbone is None:
         args = dict(TINY_MODEL_ARGS)
         if image_size:
             args["image_size"] = image_size
-        return MODELS[name](**args)
-    return MODELS[name](backbone=backbone, pretrained=None, image_size=image_size or 518)
+        model = MODELS[name](**args)
+    else:
+        model = MODELS[name](backbone=backbone, pretrained=None, image_size=image_size or 518)
+    with torch.no_grad():
+        for parameter in model.model.learned_parameters():
+            parameter.normal_(0, 0.05)
+    model.model.text_cache.invalidate()
+    model.learned = True
+    return model.eval()
 
 
-def runs_bf16(core: ov.Core) -> bool:
-    """Whether the CPU plugin honours a bf16 hint (natively, or emulated on AVX-512 CPUs without bf16)."""
-    parameter = ov.opset13.parameter([1, 4], np.float32)
-    probe = ov.Model([ov.opset13.relu(parameter)], [parameter])
-    compiled = core.compile_model(probe, "CPU", {"INFERENCE_PRECISION_HINT": "bf16"})
-    return compiled.get_property("INFERENCE_PRECISION_HINT") == ov.Type.bf16
+def int8_share(compiled: ov.CompiledModel) -> str:
+    """The share of the compiled model's compute operations the plugin runs in int8, and the precisions of the rest."""
+    precisions = Counter()
+    for op in compiled.get_runtime_model().get_ops():
+        info = op.get_rt_info()
+        layer = info["layerType"].astype(str) if "layerType" in info else op.get_type_name()
+        if layer in {"Input", "Output", "Const", "Reorder", "Reshape"}:
+            continue
+        precisions[info["runtimePrecision"].astype(str).lower() if "runtimePrecision" in info else "?"] += 1
+    total = sum(precisions.values())
+    int8 = precisions["i8"] + precisions["u8"]
+    rest = ", ".join(f"{name} {count}" for name, count in precisions.most_common() if name not in {"i8", "u8"})
+    return f"{int8}/{total} int8 ({rest})"
 
 
-def without_f32_marks(xml: Path) -> Path:
-    """A copy of the IR without ``keep_f32``'s marks (what anomalib's own export writes), sharing its weights."""
-    unmarked = xml.with_name(f"{xml.stem}_unmarked.xml")
-    shutil.copy(xml, unmarked)
-    unmarked.with_suffix(".bin").symlink_to(xml.with_suffix(".bin").resolve())
-    return remove_f32_marks(unmarked)
+def calibration_data(root: Path, size: int, images: int) -> AuxiliaryDataModule:
+    """Synthetic images at the working size; half of them are the validation part that calibrates."""
+    data = make_synthetic_dataset(root, categories=("alpha",), image_size=size, n_good=images, n_defect=images)
+    return AuxiliaryDataModule(root=data, val_split_ratio=0.5, num_workers=0, eval_batch_size=1)
 
 
 def main() -> None:
@@ -84,77 +105,87 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=1)
     parser.add_argument("--repeats", type=int, default=3, help="timed batches per runtime")
     parser.add_argument("--warmup", type=int, default=1, help="untimed batches per runtime")
+    parser.add_argument("--threads", type=int, default=os.cpu_count(), help="threads of torch and of OpenVINO")
     parser.add_argument("--model", choices=sorted(MODELS), default="FAPrompt")
     parser.add_argument("--backbone", default="ViT-L-14-336", help="open_clip architecture, random weights")
     parser.add_argument("--tiny", action="store_true", help="tiny test backbone instead of --backbone")
     parser.add_argument("--image-size", type=int, default=None, help="working size (default 518; tiny: 64)")
-    parser.add_argument("--export-root", type=Path, default=None, help="keep the export here (default: temporary)")
+    parser.add_argument("--calibration-images", type=int, default=4, help="INT8_PTQ/INT8_ACQ: images per label")
+    parser.add_argument("--max-drop", type=float, default=1.0, help="INT8_ACQ's max_drop (random weights: 1)")
+    parser.add_argument("--compressions", nargs="*", default=list(COMPRESSIONS), choices=COMPRESSIONS)
     args = parser.parse_args()
 
+    torch.set_num_threads(args.threads)
+    threads = {"INFERENCE_NUM_THREADS": args.threads}
     torch.manual_seed(0)
     start = time.perf_counter()
-    model = build_model(args.model, None if args.tiny else args.backbone, args.image_size).eval()
+    model = build_model(args.model, None if args.tiny else args.backbone, args.image_size)
     build_seconds = time.perf_counter() - start
     size = model.image_size
-    rss_before_export = peak_rss_gib()
+    images = torch.rand(args.batch_size, 3, size, size)
+    batch = images.numpy()
+    with torch.inference_mode():
+        torch_ips = throughput(lambda: model(images), args.batch_size, args.warmup, args.repeats)
+    rss_model = peak_rss_gib()
+    core = ov.Core()
 
     with tempfile.TemporaryDirectory() as temporary:
-        export_root = args.export_root or Path(temporary)
-        start = time.perf_counter()
-        xml = model.to_openvino(export_root)
-        export_seconds = time.perf_counter() - start
-        rss_after_export = peak_rss_gib()
-
-        images = torch.rand(args.batch_size, 3, size, size)
-        core = ov.Core()
-        # What `--compression_type FP16` writes: the same IR saved with fp16 weights.
-        fp16_xml = xml.with_name("model_fp16.xml")
-        ov.save_model(core.read_model(str(xml)), fp16_xml, compress_to_fp16=True)
-        unmarked_xml = without_f32_marks(xml)
-        f32 = {"INFERENCE_PRECISION_HINT": "f32"}
-        compiled = {
-            "OpenVINO (f32 hint)": core.compile_model(str(xml), "CPU", f32),
-            "OpenVINO (fp16 weights, f32 hint)": core.compile_model(str(fp16_xml), "CPU", f32),
-        }
-        # The CPU plugin's default precision; where that is f32, also the bf16 hint (emulated without native bf16).
-        default_precision = core.get_property("CPU", "INFERENCE_PRECISION_HINT").get_type_name()
-        low = {f"CPU default: {default_precision}": {}}
-        if default_precision != "bf16" and runs_bf16(core):
-            native = "BF16" in core.get_property("CPU", "OPTIMIZATION_CAPABILITIES")
-            low["bf16 hint" + ("" if native else ", emulated")] = {"INFERENCE_PRECISION_HINT": "bf16"}
-        for precision, config in low.items():
-            compiled[f"OpenVINO ({precision}, ops kept in f32)"] = core.compile_model(str(xml), "CPU", config)
-            compiled[f"OpenVINO ({precision}, without the f32 marks)"] = core.compile_model(
-                str(unmarked_xml), "CPU", config
+        root = Path(temporary)
+        datamodule = calibration_data(root / "calibration", size, args.calibration_images)
+        exports, seconds = {}, {}
+        for name in (None, *args.compressions):
+            start = time.perf_counter()
+            exports[name] = model.to_openvino(
+                root / str(name), compression_type=name, datamodule=datamodule, max_drop=args.max_drop
             )
-
-        with torch.inference_mode():
-            expected = model(images)
-            torch_ips = throughput(lambda: model(images), args.batch_size, args.warmup, args.repeats)
-        rows = [("torch (fp32)", torch_ips, 0.0, 0.0)]
-        for name, network in compiled.items():
-            outputs = {key.get_any_name(): value for key, value in network(images.numpy()).items()}
-            score_diff = float(np.abs(outputs["pred_score"] - expected.pred_score.numpy()).max())
-            map_diff = float(np.abs(outputs["anomaly_map"] - expected.anomaly_map.numpy()).max())
-            ips = throughput(
-                lambda network=network: network(images.numpy()), args.batch_size, args.warmup, args.repeats
-            )
-            rows.append((name, ips, score_diff, map_diff))
+            seconds[name] = time.perf_counter() - start
+        unmarked = exports[None].with_name("model_unmarked.xml")
+        shutil.copy(exports[None], unmarked)
+        unmarked.with_suffix(".bin").symlink_to(exports[None].with_suffix(".bin"))
+        remove_f32_marks(unmarked)
+        runs = [("f32 hint", exports[None], {"INFERENCE_PRECISION_HINT": "f32"})]
+        default = core.get_property("CPU", "INFERENCE_PRECISION_HINT").get_type_name()
+        runs.append((f"CPU default ({default}), no compression", exports[None], {}))
+        runs.append((f"CPU default ({default}), no compression, without the f32 marks", unmarked, {}))
+        runs += [(f"CPU default ({default}), {name}", exports[name], {}) for name in args.compressions]
+        reference = None
+        rows = []
+        for label, xml, config in runs:
+            before = rss_gib()
+            compiled = core.compile_model(str(xml), "CPU", {**config, **threads})
+            outputs = {key.get_any_name(): value for key, value in compiled(images.numpy()).items()}
+            reference = reference or outputs
+            score = float(np.abs(outputs["pred_score"] - reference["pred_score"]).max())
+            anomaly_map = float(np.abs(outputs["anomaly_map"] - reference["anomaly_map"]).max())
+            ips = throughput(lambda compiled=compiled: compiled(batch), args.batch_size, args.warmup, args.repeats)
+            held = rss_gib() - before
+            quantised = int8_share(compiled) if "INT8" in label else "-"
+            rows.append((label, ips, score, anomaly_map, held, quantised))
+            del compiled
+            gc.collect()
 
     backbone = "tiny test ViT" if args.tiny else f"{args.backbone} (random weights)"
     print(f"\n{args.model} {backbone}, working size {size}, batch {args.batch_size}, {args.repeats} timed batches")
-    print(f"torch {torch.__version__} ({torch.get_num_threads()} threads), OpenVINO {ov.__version__}")
-    print(f"CPU {core.get_property('CPU', 'FULL_DEVICE_NAME')}, {os.cpu_count()} logical cores\n")
-    print("| runtime | images/s | speed-up vs torch | max diff score | max diff map |")
-    print("|---|---|---|---|---|")
-    for label, ips, score_diff, map_diff in rows:
-        print(f"| {label} | {ips:.3f} | {ips / torch_ips:.2f}x | {score_diff:.2e} | {map_diff:.2e} |")
-    print("\n| step | value |")
+    print(f"torch {torch.__version__}: {torch.get_num_threads()} threads")
+    print(f"OpenVINO {ov.__version__}: {args.threads} threads (INFERENCE_NUM_THREADS)")
+    print(f"CPU {core.get_property('CPU', 'FULL_DEVICE_NAME')}, {os.cpu_count()} logical cores")
+    print(f"calibration (INT8_PTQ, INT8_ACQ): {args.calibration_images} images; INT8_ACQ max_drop {args.max_drop}\n")
+    print("| runtime | images/s | speed-up vs torch | max diff score | max diff map | memory held (GiB) | int8 ops |")
+    print("|---|---|---|---|---|---|---|")
+    print(f"| torch (fp32) | {torch_ips:.3f} | 1.00x | - | - | - | - |")
+    for label, ips, score, anomaly_map, held, quantised in rows:
+        print(
+            f"| OpenVINO, {label} | {ips:.3f} | {ips / torch_ips:.2f}x | {score:.2e} | {anomaly_map:.2e} | "
+            f"{held:.2f} | {quantised} |"
+        )
+    print("\nDifferences are to the f32 export run with the f32 hint (first row), on one random batch.\n")
+    print("| step | value |")
     print("|---|---|")
     print(f"| model build | {build_seconds:.1f} s |")
-    print(f"| export (`to_openvino`: torch.export, ONNX, OpenVINO conversion) | {export_seconds:.1f} s |")
-    print(f"| peak RSS before export (model built) | {rss_before_export:.2f} GiB |")
-    print(f"| peak RSS after export | {rss_after_export:.2f} GiB |")
+    for name, value in seconds.items():
+        print(f"| export {name or 'f32'} (`to_openvino`) | {value:.1f} s |")
+    print(f"| peak RSS with the model built and run in torch | {rss_model:.2f} GiB |")
+    print(f"| peak RSS of the whole run | {peak_rss_gib():.2f} GiB |")
 
 
 if __name__ == "__main__":

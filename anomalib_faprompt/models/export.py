@@ -13,11 +13,14 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from anomalib.deploy.export import ExportType
+from anomalib.data import AnomalibDataModule
+from anomalib.deploy.export import CompressionType, ExportType
 from anomalib.models.components.base.export_mixin import ExportMixin
 
 from anomalib_faprompt.deploy import keep_f32
-from anomalib_faprompt.errors import ExistingOutputError
+from anomalib_faprompt.errors import ExistingOutputError, InvalidInputError
+
+from .compression import as_compression, compression_datamodule
 
 __all__ = ["PromptExportMixin"]
 
@@ -37,8 +40,9 @@ class PromptExportMixin(ExportMixin):
     """anomalib's export, at ONNX opset 18, with an OpenVINO IR that stays in f32 on bf16 CPUs, never overwriting."""
 
     def _start_export(self, export_root: Path | str, export_type: ExportType, file_name: str) -> None:
-        """Refuse to replace an earlier export; warn when the prompts were never learned."""
+        """Refuse to replace an earlier export, or a few-shot one without references; warn about unlearned prompts."""
         refuse_existing(export_root, export_type, file_name)
+        self.check_references_for_export()
         self.warn_if_unlearned("exported", "the exported model scores as a random start")
 
     def to_torch(self, export_root: Path | str, model_file_name: str = "model") -> Path:
@@ -65,11 +69,44 @@ class PromptExportMixin(ExportMixin):
         kwargs.setdefault("opset_version", 18)
         return super().to_onnx(export_root, model_file_name, input_size, **kwargs)
 
-    def to_openvino(self, export_root: Path | str, model_file_name: str = "model", *args: Any, **kwargs: Any) -> Path:  # noqa: ANN401
+    def to_openvino(
+        self,
+        export_root: Path | str,
+        model_file_name: str = "model",
+        input_size: tuple[int, int] | None = None,
+        compression_type: CompressionType | None = None,
+        datamodule: AnomalibDataModule | None = None,
+        **kwargs: Any,  # noqa: ANN401
+    ) -> Path:
         """Export to OpenVINO as anomalib does, with every operation of the IR marked to stay in f32.
 
         See :mod:`anomalib_faprompt.deploy`: at the CPU plugin's bf16 default, FAPrompt's outputs move by up to 1e-1.
-        The never-trained warning comes from :meth:`to_onnx`, which this export goes through.
+        What a compression needs (NNCF, calibration images) is checked first (:mod:`.compression`). The
+        never-trained warning comes from :meth:`to_onnx`, which this export goes through. ``kwargs`` are anomalib's
+        (``metric``, ``task``, ``max_drop``, ``ov_kwargs``, ``onnx_kwargs``).
         """
         refuse_existing(export_root, ExportType.OPENVINO, f"{model_file_name}.xml")
-        return keep_f32(super().to_openvino(export_root, model_file_name, *args, **kwargs))
+        compression_type = as_compression(compression_type)
+        datamodule = compression_datamodule(compression_type, datamodule)
+        xml = super().to_openvino(
+            export_root, model_file_name, input_size, compression_type=compression_type, datamodule=datamodule, **kwargs
+        )
+        return keep_f32(xml)
+
+    def _accuracy_control_quantization_ov(self, *args: Any, **kwargs: Any) -> Any:  # noqa: ANN401
+        """The ``INT8_ACQ`` of anomalib, with NNCF's failure to revert these graphs' quantizers told in one line.
+
+        NNCF's accuracy control reverts groups of quantizers to f32 when the quantised model drops the metric by
+        more than ``max_drop``; on these graphs NNCF 3.4 can register one quantizer twice and stop with a
+        ``KeyError`` (NNCF issue 3118).
+        """
+        try:
+            return super()._accuracy_control_quantization_ov(*args, **kwargs)
+        except KeyError as error:
+            msg = (
+                f"--compression_type INT8_ACQ: NNCF's accuracy control stopped while reverting {self.name}'s "
+                f"quantizers to f32 (KeyError {error}; NNCF issue 3118), after INT8_PTQ's quantisation dropped the "
+                "metric by more than `max_drop`. Export INT8_PTQ (the same quantisation without accuracy control), "
+                "or pass a larger `--max_drop`."
+            )
+            raise InvalidInputError(msg) from error
