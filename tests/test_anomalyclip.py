@@ -113,7 +113,7 @@ def test_score_is_global_only_and_map_is_patch_probability_blurred_with_sigma_4(
     normal_text, abnormal_text = torch.randn(dim), torch.randn(1, dim)
     global_embedding, patches = torch.randn(3, dim), torch.randn(3, N, dim)
     monkeypatch.setattr(model, "static_text", lambda: (normal_text, abnormal_text))
-    monkeypatch.setattr(model.backbone, "encode_image_layers", lambda _, __: (global_embedding, (patches,)))
+    monkeypatch.setattr(model.backbone, "encode_image_tokens", lambda *_: (global_embedding, (patches,), ()))
     model.text_cache.invalidate()  # the cache holds what the real prompts gave
     with torch.no_grad():
         output = model(images)
@@ -132,7 +132,8 @@ def test_score_is_global_only_and_map_is_patch_probability_blurred_with_sigma_4(
     torch.testing.assert_close(output.anomaly_map[:, 0], torch.tensor(expected_map).float(), atol=1e-5, rtol=0)
 
     # The score ignores the patches: other patches change the map only.
-    monkeypatch.setattr(model.backbone, "encode_image_layers", lambda _, __: (global_embedding, (patches.flip(1),)))
+    flipped = (global_embedding, (patches.flip(1),), ())
+    monkeypatch.setattr(model.backbone, "encode_image_tokens", lambda *_: flipped)
     with torch.no_grad():
         other = model(images)
     torch.testing.assert_close(other.pred_score, output.pred_score, rtol=0, atol=0)

@@ -218,7 +218,8 @@ def test_fusion_on_hand_made_example(local_score, monkeypatch):
     patches[1] = patches[1].flip(0)
     global_embedding = torch.stack([_unit(dim, 0.3), _unit(dim, 1.2)])
 
-    monkeypatch.setattr(model.backbone, "encode_image", lambda images: (2.0 * global_embedding, 3.0 * patches))
+    encoded = (2.0 * global_embedding, (3.0 * patches,), ())
+    monkeypatch.setattr(model.backbone, "encode_image_tokens", lambda images, layers, ordinary: encoded)
     monkeypatch.setattr(model, "static_text", lambda: (normal_text, abnormal_text[None]))
     monkeypatch.setattr(model, "dap_text", lambda prior: dap_text.expand(prior.shape[0], -1))
     model.text_cache.invalidate()  # the cache holds what the real prompts gave

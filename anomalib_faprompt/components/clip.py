@@ -330,11 +330,33 @@ class CLIPBackbone(nn.Module):
             Global embedding ``(B, D)`` and one ``(B, N, D)`` patch embedding per layer (``ln_post`` and
             the projection applied to the V-V stream after that block), both unnormalised.
         """
+        global_embedding, patches, _ = self.encode_image_tokens(images, layers)
+        return global_embedding, patches
+
+    def encode_image_tokens(
+        self, images: torch.Tensor, layers: Sequence[int], ordinary_layers: Sequence[int] = ()
+    ) -> tuple[torch.Tensor, tuple[torch.Tensor, ...], tuple[torch.Tensor, ...]]:
+        """:meth:`encode_image_layers`, and the ordinary stream's patch tokens after each of ``ordinary_layers``.
+
+        Args:
+            images: ``(B, 3, S, S)`` images, CLIP-normalised.
+            layers: Block numbers (from 1) with the value-value path, see :meth:`check_patch_layers`.
+            ordinary_layers: Block numbers (from 1, any block) whose ordinary-stream patch tokens ``(B, N, W)``
+                (the residual stream, class token left out, before ``ln_post``) are returned too. With the last
+                block among them, that block runs for every token instead of the class token only.
+
+        Returns:
+            Global embedding ``(B, D)``, one V-V patch embedding per layer of ``layers`` and one ordinary-stream
+            token tensor per layer of ``ordinary_layers``.
+        """
         visual = self.clip.visual
         x = visual._embeds(images)  # noqa: SLF001
         blocks = visual.transformer.resblocks
-        for block in blocks[: self.vv_start]:
+        ordinary = {}
+        for index, block in enumerate(blocks[: self.vv_start]):
             x = _ordinary_block(block, x)
+            if index + 1 in ordinary_layers:
+                ordinary[index + 1] = x[:, 1:]
         x_vv = x
         last = len(blocks) - 1
         taken = {}
@@ -344,12 +366,14 @@ class CLIPBackbone(nn.Module):
             x_vv = x_vv + block.ls_1(_attend(block, v, v, v))
             if index + 1 in layers:
                 taken[index + 1] = visual.ln_post(x_vv[:, 1:]) @ visual.proj
-            if index == last:
+            if index == last and last + 1 not in ordinary_layers:
                 # Only the class token of the ordinary stream is used after the last block.
                 q, x = q[:, :, :1], x[:, :1]
             x = _finish_block(block, x, _attend(block, q, k, v))
+            if index + 1 in ordinary_layers:
+                ordinary[index + 1] = x[:, 1:]
         global_embedding = x[:, 0] @ visual.proj
-        return global_embedding, tuple(taken[layer] for layer in layers)
+        return global_embedding, tuple(taken[layer] for layer in layers), tuple(ordinary[n] for n in ordinary_layers)
 
     def tokenize(self, texts: list[str]) -> torch.Tensor:
         """Tokenize prompt texts to ``(P, context_length)`` token ids."""

@@ -10,6 +10,7 @@ holds as constants.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import NamedTuple
 
 import torch
@@ -18,6 +19,7 @@ from torch import nn
 
 from .blur import GaussianBlur
 from .clip import CLIPBackbone
+from .few_shot import FewShotBank, default_few_shot_layers
 from .maps import upsample_patches
 from .options import check_positive, check_sigma
 from .precision import autocast_off, float32
@@ -60,6 +62,9 @@ class PromptedCLIPModel(nn.Module):
         temperature: Softmax temperature ``tau`` (positive).
         sigma: Gaussian blur sigma of the pixel map, in pixels of the working image (positive, at most the
             image side).
+        few_shot_layers: Image blocks (from 1) whose ordinary-stream patch tokens form the few-shot memory bank;
+            ``None``: the quarter points of the depth. The bank is used once references are stored in it
+            (:attr:`few_shot`), in eval mode.
     """
 
     frozen_prefix = "backbone.clip."
@@ -71,6 +76,7 @@ class PromptedCLIPModel(nn.Module):
         prompt_length: int,
         temperature: float,
         sigma: float,
+        few_shot_layers: Sequence[int] | None = None,
     ) -> None:
         super().__init__()
         if not 1 <= prompt_depth <= backbone.text_depth:
@@ -89,6 +95,11 @@ class PromptedCLIPModel(nn.Module):
         self.deep_prompts = DeepPrompts(prompt_depth, prompt_length, backbone.text_width)
         self.blur = GaussianBlur(sigma)
         self.text_cache = StaticTextCache()
+        layers = tuple(few_shot_layers) if few_shot_layers is not None else default_few_shot_layers(backbone.depth)
+        if not layers or any(not 1 <= layer <= backbone.depth for layer in layers):
+            msg = f"few_shot_layers={list(layers)} must be block numbers between 1 and {backbone.depth}."
+            raise ValueError(msg)
+        self.few_shot = FewShotBank(layers)
 
     def static_text(self) -> tuple[torch.Tensor, torch.Tensor]:
         """Raw normal embedding ``(D,)`` and raw static abnormal embeddings ``(K, D)`` (``K >= 1``)."""
@@ -111,10 +122,27 @@ class PromptedCLIPModel(nn.Module):
         with autocast_off(self.deep_prompts.prompts.device.type):
             return _normalise(*self.static_text())
 
-    def encode_image(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """L2-normalised global ``(B, D)`` and patch ``(B, N, D)`` embeddings."""
-        global_embedding, patches = self.backbone.encode_image(images)
-        return F.normalize(global_embedding, dim=-1), F.normalize(patches, dim=-1)
+    def encode_image(
+        self, images: torch.Tensor, layers: Sequence[int]
+    ) -> tuple[torch.Tensor, tuple[torch.Tensor, ...], tuple[torch.Tensor, ...]]:
+        """L2-normalised global ``(B, D)`` and V-V patch ``(B, N, D)`` embeddings of ``layers``, and few-shot tokens.
+
+        The few-shot tokens (the ordinary stream's patch tokens of the bank's blocks) are computed only when the
+        bank is in use (references stored, eval mode); otherwise the third element is ``()``.
+        """
+        in_use = not self.training and self.few_shot.is_set
+        global_embedding, patches, tokens = self.backbone.encode_image_tokens(
+            images, layers, self.few_shot.layers if in_use else ()
+        )
+        return F.normalize(global_embedding, dim=-1), tuple(F.normalize(p, dim=-1) for p in patches), tokens
+
+    def fuse_few_shot(
+        self, score: torch.Tensor, patch_probabilities: torch.Tensor, tokens: tuple[torch.Tensor, ...]
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Image score and patch values with the few-shot map fused in; unchanged without few-shot tokens."""
+        if not tokens:
+            return score, patch_probabilities
+        return FewShotBank.fuse(score, patch_probabilities, self.few_shot.association(tokens))
 
     @float32
     def global_logits(

@@ -22,7 +22,7 @@ import pandas as pd
 
 from anomalib_faprompt.errors import InvalidInputError, MissingInputError
 
-__all__ = ["META_FILE", "meta_categories", "meta_samples", "read_meta"]
+__all__ = ["META_FILE", "meta_categories", "meta_samples", "meta_train_normals", "read_meta"]
 
 META_FILE = "meta.json"
 PART = "test"
@@ -144,3 +144,19 @@ def meta_samples(root: str | Path, category: str, masks: bool) -> pd.DataFrame:
     samples["split"] = "test"
     samples.attrs["task"] = "segmentation" if segmentation else "classification"
     return samples
+
+
+def meta_train_normals(root: str | Path, category: str) -> list[Path]:
+    """The normal images of ``category`` in the ``train`` part of ``<root>/meta.json`` (few-shot references).
+
+    The ``train`` part is read only here; it may be missing or empty (several generators write none).
+    """
+    root = Path(root).resolve()
+    index = json.loads((root / META_FILE).read_text(encoding="utf-8"))
+    part = index.get("train") if isinstance(index, dict) else None
+    items = [item for items in (part or {}).values() if isinstance(items, list) for item in items]
+    return [
+        root / item["img_path"]
+        for item in items
+        if isinstance(item, dict) and item.get("cls_name") == category and item.get("anomaly") == 0
+    ]

@@ -21,8 +21,18 @@ from torchvision.transforms.v2 import Transform
 
 from anomalib_faprompt.errors import InvalidInputError
 
+from .authors_index import META_FILE, meta_train_normals
 from .dataset import SkippingDataLoader
-from .sources import DATASETS, available_categories, category_dataset, check_root, prepare_category, source_name
+from .sources import (
+    DATASETS,
+    IMAGE_SUFFIXES,
+    available_categories,
+    category_dataset,
+    check_root,
+    layout_root,
+    prepare_category,
+    source_name,
+)
 
 __all__ = ["AuxiliaryDataModule", "concatenate"]
 
@@ -214,6 +224,30 @@ class AuxiliaryDataModule(AnomalibDataModule):
             )
             raise InvalidInputError(msg)
         return list(self.target_categories)
+
+    def normal_training_images(self, index: int) -> tuple[str, list[Path], str]:
+        """The category of test dataloader ``index`` and its normal training images (the few-shot candidates).
+
+        Returns:
+            The category, its normal training images, and where they were looked for (for messages).
+
+        Raises:
+            InvalidInputError: There is no target dataset (the held-out part mixes the auxiliary categories).
+        """
+        if not self.target_dataset:
+            msg = (
+                "k_shot > 0 takes each target category's references from its training images, and this "
+                "AuxiliaryDataModule has no target (it tests on the held-out part): set `target_dataset`, or give "
+                "the references with the model's `few_shot_source`."
+            )
+            raise InvalidInputError(msg)
+        category = self.test_categories[index]
+        if self.target_dataset == "MetaJson":
+            where = f"the 'train' part of '{self.target_root / META_FILE}'"
+            return category, meta_train_normals(self.target_root, category), where
+        folder = layout_root(self.target_dataset, self.target_root) / category / "train" / "good"
+        images = sorted(path for path in folder.glob("*") if path.suffix.lower() in IMAGE_SUFFIXES)
+        return category, images, f"'{folder}'"
 
     def prepare_data(self) -> None:
         """Download or prepare (with anomalib's datamodules) whatever category is missing; else fail clearly."""

@@ -366,21 +366,27 @@ class PerCategoryEvaluator(Evaluator):
     def _report(self, trainer: Trainer) -> None:
         """Write the tables; print the table and one line naming the results folder, its files and the checkpoint."""
         where = []
+        hparams = getattr(getattr(trainer, "lightning_module", None), "hparams", None) or {}
+        notes = list(self.notes)
+        if hparams.get("k_shot"):
+            notes.append(
+                f"k_shot = {hparams['k_shot']}: each category scored against its own normal references "
+                "(few_shot_references.csv)."
+            )
         if self.results_name:
             directory = Path(trainer.default_root_dir)
-            csv_path, markdown_path = write_tables(self.category_results, directory, self.results_name, self.notes)
+            csv_path, markdown_path = write_tables(self.category_results, directory, self.results_name, notes)
             where.append(f"Results in {directory.resolve()}: {csv_path.name}, {markdown_path.name}")
         checkpoint = getattr(trainer, "ckpt_path", None)
         callback = getattr(trainer, "checkpoint_callback", None)
         if not checkpoint and callback is not None:
             checkpoint = callback.best_model_path or callback.last_model_path
-        hparams = getattr(getattr(trainer, "lightning_module", None), "hparams", None) or {}
         weights = hparams.get("weights")
         if checkpoint or not weights:
             where.append(f"checkpoint: {checkpoint}" if checkpoint else "no checkpoint")
         else:
             where.append(f"weights: {weights}")
-        print(f"\n{console_table(self.category_results, self.notes)}\n{'; '.join(where)}", flush=True)  # noqa: T201
+        print(f"\n{console_table(self.category_results, notes)}\n{'; '.join(where)}", flush=True)  # noqa: T201
         test_loop = getattr(trainer, "test_loop", None)
         if test_loop is not None:
             test_loop.verbose = False  # this table replaces Lightning's per-dataloader one

@@ -34,6 +34,7 @@ from torchvision.transforms.v2 import Compose, InterpolationMode, Normalize, Res
 
 from anomalib_faprompt.components import PromptedCLIPModel, build_backbone, local_loss, plain_config
 from anomalib_faprompt.components.options import check_count, check_positive, check_sigma
+from anomalib_faprompt.data.references import folder_candidates
 from anomalib_faprompt.metrics import PerCategoryEvaluator
 from anomalib_faprompt.predictions import PredictionScoresWriter
 from anomalib_faprompt.visualization import CategoryImageVisualizer
@@ -49,6 +50,7 @@ from .checkpoint import (
     strip_frozen,
 )
 from .export import PromptExportMixin
+from .few_shot import FewShotMixin
 from .pre_processor import CLIPPreProcessor
 from .targets import TrainingTargets
 
@@ -77,9 +79,21 @@ def _check_hyperparameters(hparams: Any, loss_terms: tuple[str, ...], model_name
             raise ValueError(msg)
     if hparams.weights is not None:
         check_checkpoint_file(hparams.weights, "argument `weights`", model_name)
+    check_count("k_shot", hparams.k_shot, minimum=0)
+    if hparams.few_shot_layers is not None:
+        if not hparams.few_shot_layers:
+            msg = "few_shot_layers=[] names no block: give block numbers (from 1), or None for the default."
+            raise ValueError(msg)
+        for layer in hparams.few_shot_layers:
+            check_count("few_shot_layers", layer)
+    if hparams.few_shot_source is not None:
+        if not hparams.k_shot:
+            msg = "few_shot_source is used only with k_shot > 0: set `k_shot` (how many of its images to use)."
+            raise ValueError(msg)
+        folder_candidates(hparams.few_shot_source)
 
 
-class PromptLearningModule(PromptExportMixin, AnomalibModule):
+class PromptLearningModule(FewShotMixin, PromptExportMixin, AnomalibModule):
     """Base of the prompt-learning CLIP models (FAPrompt, AnomalyCLIP).
 
     Args:

@@ -60,6 +60,12 @@ class AnomalyCLIP(PromptLearningModule, AnomalibModule):
         weights: Checkpoint of a trained model to start from, or a prompt file of the authors' code
             (``{"prompt_learner": ...}``, docs/authors-files.md); the model is then zero-shot (``Engine.fit``
             only validates), e.g. in anomalib's benchmark on another dataset.
+        k_shot: Normal reference images per category at test and predict time (0: zero-shot); not from the paper,
+            see docs/faprompt.md, "Few-shot".
+        few_shot_layers: Image blocks (from 1) of the few-shot memory bank; ``None``: the quarter points of the
+            image encoder's depth.
+        few_shot_source: Folder of normal images whose ``k_shot`` references serve every image; ``None``: each
+            category's own training images.
         pre_processor: Pre-processor, or ``True`` for the default (bicubic resize, CLIP mean/std).
         post_processor: Post-processor, or ``True`` for thresholding of the probabilities at 0.5.
         evaluator: Evaluator, or ``True`` for image AUROC/AUPR and pixel AUROC/AUPRO.
@@ -102,6 +108,9 @@ class AnomalyCLIP(PromptLearningModule, AnomalibModule):
         betas: tuple[float, float] = (0.5, 0.999),
         pixel_losses: bool = True,
         weights: str | None = None,
+        k_shot: int = 0,
+        few_shot_layers: list[int] | None = None,
+        few_shot_source: str | None = None,
         pre_processor: nn.Module | bool = True,
         post_processor: nn.Module | bool = True,
         evaluator: Evaluator | bool = True,
@@ -126,6 +135,7 @@ class AnomalyCLIP(PromptLearningModule, AnomalibModule):
             temperature=hparams.temperature,
             sigma=hparams.sigma,
             feature_layers=hparams.feature_layers,
+            few_shot_layers=hparams.few_shot_layers,
         )
 
     def compute_losses(

@@ -6,7 +6,6 @@ from collections.abc import Sequence
 from typing import NamedTuple
 
 import torch
-import torch.nn.functional as F  # noqa: N812
 from anomalib.data import InferenceBatch
 
 from anomalib_faprompt.components import (
@@ -49,6 +48,7 @@ class AnomalyCLIPModel(PromptedCLIPModel):
         sigma: Gaussian blur sigma of the pixel map, in pixels of the working image.
         feature_layers: Image blocks (numbered from 1) whose V-V patch tokens give abnormal maps: the local
             loss sums over them, the pixel map is their mean. ``None``: the last block only.
+        few_shot_layers: Image blocks of the few-shot memory bank (``None``: the quarter points of the depth).
     """
 
     def __init__(
@@ -62,11 +62,12 @@ class AnomalyCLIPModel(PromptedCLIPModel):
         temperature: float,
         sigma: float,
         feature_layers: Sequence[int] | None,
+        few_shot_layers: Sequence[int] | None,
     ) -> None:
         check_count("n_ctx", n_ctx)
         feature_layers = tuple(feature_layers) if feature_layers is not None else (backbone.depth,)
         backbone.check_patch_layers(feature_layers)
-        super().__init__(backbone, prompt_depth, prompt_length, temperature, sigma)
+        super().__init__(backbone, prompt_depth, prompt_length, temperature, sigma, few_shot_layers)
         self.feature_layers = feature_layers
         width = backbone.text_width
         self.normal_ctx = init_learned(n_ctx, width)
@@ -98,11 +99,9 @@ class AnomalyCLIPModel(PromptedCLIPModel):
             layers) as ``anomaly_map``.
         """
         normal_text, abnormal_text, _ = self.text_embeddings()
-        global_embedding, layer_patches = self.backbone.encode_image_layers(images, self.feature_layers)
-        global_embedding = F.normalize(global_embedding, dim=-1)
+        global_embedding, layer_patches, few_shot_tokens = self.encode_image(images, self.feature_layers)
         probabilities = [
-            abnormal_probability(F.normalize(patches, dim=-1), normal_text, abnormal_text, self.temperature)
-            for patches in layer_patches
+            abnormal_probability(patches, normal_text, abnormal_text, self.temperature) for patches in layer_patches
         ]
         global_logits = self.global_logits(global_embedding, normal_text, abnormal_text)
         if self.training:
@@ -111,7 +110,5 @@ class AnomalyCLIPModel(PromptedCLIPModel):
                 abnormal_maps=tuple(self.upsample(layer) for layer in probabilities),
             )
         mean_probabilities = probabilities[0] if len(probabilities) == 1 else torch.stack(probabilities).mean(dim=0)
-        return InferenceBatch(
-            pred_score=global_logits.softmax(dim=-1)[:, 1],
-            anomaly_map=self.pixel_map(mean_probabilities),
-        )
+        score, patch_map = self.fuse_few_shot(global_logits.softmax(dim=-1)[:, 1], mean_probabilities, few_shot_tokens)
+        return InferenceBatch(pred_score=score, anomaly_map=self.pixel_map(patch_map))

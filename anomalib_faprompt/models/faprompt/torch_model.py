@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import NamedTuple
 
 import torch
@@ -88,6 +89,7 @@ class FAPromptModel(PromptedCLIPModel):
         local_score: ``"paper"``: ``0.5 (max S^a + max S^_a)``; ``"released"``: ``(2 max S^a + max S^_a) / 3``.
         temperature: Softmax temperature ``tau``.
         sigma: Gaussian blur sigma of the pixel map, in pixels of the working image.
+        few_shot_layers: Image blocks of the few-shot memory bank (``None``: the quarter points of the depth).
     """
 
     def __init__(
@@ -105,6 +107,7 @@ class FAPromptModel(PromptedCLIPModel):
         local_score: LocalScore,
         temperature: float,
         sigma: float,
+        few_shot_layers: Sequence[int] | None,
     ) -> None:
         check_choice("patch_selection", patch_selection, PatchSelection)
         check_choice("local_score", local_score, LocalScore)
@@ -112,7 +115,7 @@ class FAPromptModel(PromptedCLIPModel):
         check_count("n_abnormal_ctx", n_abnormal_ctx)
         check_count("n_abnormal_prompts", n_abnormal_prompts)
         check_count("n_prior_patches", n_prior_patches, maximum=backbone.grid**2, why="the number of patches")
-        super().__init__(backbone, prompt_depth, prompt_length, temperature, sigma)
+        super().__init__(backbone, prompt_depth, prompt_length, temperature, sigma, few_shot_layers)
         self.n_prior_patches = n_prior_patches
         self.patch_selection = patch_selection
         # Weight of max S^a in the local score; max S^_a gets the rest.
@@ -179,7 +182,7 @@ class FAPromptModel(PromptedCLIPModel):
             ``pred_score`` ``(B,)`` and ``anomaly_map`` ``(B, 1, S, S)``, both probabilities in [0, 1].
         """
         normal_text, abnormal_text, abnormal_raw = self.text_embeddings()
-        global_embedding, patches = self.encode_image(images)
+        global_embedding, (patches,), few_shot_tokens = self.encode_image(images, (self.backbone.depth,))
 
         static_probs = abnormal_probability(patches, normal_text, abnormal_text, self.temperature)
         prior = self.prior_net(self.select_patches(patches, static_probs))
@@ -202,4 +205,5 @@ class FAPromptModel(PromptedCLIPModel):
                 prior=prior,
             )
         # 0.25 (M^a + 1 - M^n + M^_a + 1 - M^_n) = 0.5 (M^a + M^_a): one upsampling of the mean.
-        return InferenceBatch(pred_score=pred_score, anomaly_map=self.pixel_map(0.5 * (static_probs + dap_probs)))
+        pred_score, patch_map = self.fuse_few_shot(pred_score, 0.5 * (static_probs + dap_probs), few_shot_tokens)
+        return InferenceBatch(pred_score=pred_score, anomaly_map=self.pixel_map(patch_map))
