@@ -91,6 +91,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="also time the bare encoder with nn.MultiheadAttention's fast path off (attention by SDPA)",
     )
     parser.add_argument("--profile", type=int, default=0, metavar="ROWS", help="print a torch.profiler table")
+    parser.add_argument(
+        "--k-shot", type=int, default=0, help="also time few-shot inference with a bank of this many references"
+    )
     args = parser.parse_args(argv)
     if args.image_size is None:
         args.image_size = 64 if args.tiny else 518
@@ -224,15 +227,37 @@ def build_model(args: argparse.Namespace, device: torch.device) -> FAPrompt:
     return model.to(device)
 
 
+def set_bank(model: FAPrompt, args: argparse.Namespace, device: torch.device) -> tuple[float, float]:
+    """Fill the few-shot bank from ``--k-shot`` random reference images: seconds taken and the bank's MiB."""
+    torch_model = model.model.eval()
+    references = synthetic_batch(args.k_shot, args.image_size, device)[0]
+    layers = torch_model.few_shot.layers
+
+    def store() -> None:
+        with torch.inference_mode():
+            _, _, tokens = torch_model.backbone.encode_image_tokens(references, (), layers)
+        torch_model.few_shot.store(tokens)
+
+    seconds = timed(store, device)
+    bank_mib = sum(bank.numel() * bank.element_size() for bank in torch_model.few_shot.banks()) / 2**20
+    return seconds, bank_mib
+
+
 def measure_inference(
-    model: FAPrompt, batch: int, args: argparse.Namespace, device: torch.device, memory: PeakMemory, precision: str
+    model: FAPrompt,
+    batch: int,
+    args: argparse.Namespace,
+    device: torch.device,
+    memory: PeakMemory,
+    precision: str,
+    with_floors: bool = True,
 ) -> dict[str, float]:
     """FAPrompt and bare-encoder (floor) seconds per batch (medians) at ``precision``, and FAPrompt's peak memory."""
     torch_model = model.model.eval()
     visual = torch_model.backbone.clip.visual
     images = synthetic_batch(batch, args.image_size, device)[0]
-    floors = {"encoder_s": lambda: visual(images)}
-    if args.sdpa_floor:
+    floors = {"encoder_s": lambda: visual(images)} if with_floors else {}
+    if with_floors and args.sdpa_floor:
         floors["sdpa_encoder_s"] = lambda: without_mha_fastpath(visual, images)
     times: dict[str, list[float]] = {"faprompt_s": [], **{name: [] for name in floors}}
     with torch.inference_mode(), autocast(precision, device):
@@ -374,6 +399,15 @@ def table(results: dict[int, dict[str, float]], memory_label: str) -> str:
             else []
         ),
         row(f"inference memory (MiB, {memory_label})", get("inference_mib"), 0),
+        *(
+            [
+                row("few-shot inference (s/batch)", get("few_shot_s")),
+                row("ratio few-shot / zero-shot", lambda _, r: r["few_shot_s"] / r["faprompt_s"], 2),
+                row(f"few-shot inference memory (MiB, {memory_label})", get("few_shot_mib"), 0),
+            ]
+            if any("few_shot_s" in result for result in results.values())
+            else []
+        ),
         row("training step (s/step)", get("train_s")),
         row(f"training memory (MiB, {memory_label})", get("train_mib"), 0),
     ]
@@ -408,6 +442,16 @@ def main(argv: list[str] | None = None) -> None:
         results: dict[int, dict[str, float]] = {}
         for batch in args.batch_sizes:
             results.setdefault(batch, {}).update(measure_inference(model, batch, args, device, memory, precision))
+        if args.k_shot:
+            bank_seconds, bank_mib = set_bank(model, args, device)
+            for batch in args.batch_sizes:
+                few = measure_inference(model, batch, args, device, memory, precision, with_floors=False)
+                results[batch].update(few_shot_s=few["faprompt_s"], few_shot_mib=few["inference_mib"])
+            model.model.few_shot.clear()
+            print(
+                f"\nfew-shot bank: k_shot {args.k_shot}, layers {list(model.model.few_shot.layers)}, "
+                f"{bank_mib:.1f} MiB, set up in {bank_seconds:.2f} s ({args.k_shot} encoder passes)"
+            )
         if args.train_batch_size:
             results.setdefault(args.train_batch_size, {}).update(
                 measure_training(model, args.train_batch_size, args, device, memory, precision)

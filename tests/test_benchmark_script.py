@@ -84,3 +84,36 @@ def test_half_precision_difference_is_to_the_current_weights() -> None:
     score, anomaly_map = (float(part.split()[-1]) for part in lines[0].split(":")[-1].split(","))
     assert score < 2e-3
     assert anomaly_map < 5e-3
+
+
+def test_tiny_few_shot_rows_compare_with_the_zero_shot_time() -> None:
+    result = run_script(
+        "--tiny", "--batch-sizes", "2", "--train-batch-size", "0", "--repeats", "1", "--threads", "1", "--k-shot", "2"
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    _, rows = parse_table(result.stdout)
+    assert float(rows["few-shot inference (s/batch)"][0]) > 0
+    ratio = float(rows["ratio few-shot / zero-shot"][0])
+    # The times are printed to 3 decimals (a few ms on the tiny model): their ratio agrees only roughly.
+    expected = float(rows["few-shot inference (s/batch)"][0]) / float(rows["FAPrompt inference (s/batch)"][0])
+    assert ratio == pytest.approx(expected, rel=0.3)
+    assert "few-shot bank: k_shot 2, layers [1, 2, 3]" in result.stdout
+
+
+def test_export_benchmark_runs_torch_and_openvino_at_equal_threads() -> None:
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+    command = [
+        sys.executable, str(ROOT / "benchmarks" / "benchmark_export.py"), "--tiny", "--threads", "1", "--repeats", "1",
+        "--warmup", "0", "--compressions", "INT8", "INT8_PTQ",
+    ]  # fmt: skip
+    result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=600, check=False)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert any(line.startswith("torch ") and line.endswith(": 1 threads") for line in result.stdout.splitlines())
+    assert "1 threads (INFERENCE_NUM_THREADS)" in result.stdout
+    rows = [line for line in result.stdout.splitlines() if line.startswith("| OpenVINO")]
+    labels = [line.split("|")[1].strip() for line in rows]
+    assert labels[0] == "OpenVINO, f32 hint"
+    assert any(label.endswith(", INT8") for label in labels)
+    assert any(label.endswith(", INT8_PTQ") for label in labels)
+    ptq = next(line for line in rows if line.split("|")[1].strip().endswith("INT8_PTQ"))
+    assert " int8 (" in ptq.split("|")[7]

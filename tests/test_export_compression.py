@@ -170,3 +170,11 @@ def test_int8_ptq_from_the_cli_calibrates_on_the_data(data, tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     xml = root / "weights" / "openvino" / "model.xml"
     assert "FakeQuantize" in {op.get_type_name() for op in ov.Core().read_model(str(xml)).get_ops()}
+
+
+def test_the_overridden_anomalib_method_still_exists():
+    """The models override anomalib's private ``_accuracy_control_quantization_ov``: a rename must fail here."""
+    from anomalib.models.components.base.export_mixin import ExportMixin
+
+    assert callable(getattr(ExportMixin, "_accuracy_control_quantization_ov", None))
+    assert FAPrompt._accuracy_control_quantization_ov is not ExportMixin._accuracy_control_quantization_ov

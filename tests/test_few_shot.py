@@ -259,3 +259,23 @@ def test_cli_toy_protocol_with_two_shots(tmp_path):
     assert all(len(files) == 2 for files in references.values())
     (table,) = (tmp_path / "results").rglob("per_category_results.md")
     assert "k_shot = 2" in table.read_text()
+
+
+def test_the_few_shot_benchmark_config_puts_every_k_shot_beside_winclip(tmp_path):
+    import yaml
+
+    from anomalib_faprompt.integration import benchmark
+    from anomalib_faprompt.report import load_results
+
+    config = yaml.safe_load((REPO / "configs" / "benchmark_few_shot.yaml").read_text())
+    assert benchmark.unknown_arguments(config) == []
+    jobs = benchmark._jobs(config)
+    shots = {}
+    for job in jobs:
+        shots.setdefault(job["model"]["class_path"], set()).add(job["model"]["init_args"]["k_shot"])
+    assert shots == {name: {0, 1, 2, 4} for name in ("FAPrompt", "AnomalyCLIP", "WinClip")}
+    rows = ["model.class_path,model.init_args.k_shot,data.init_args.category,image_AUROC"]
+    rows += [f"{name},{k},candle,0.{50 + k}" for name in ("FAPrompt", "WinClip") for k in (0, 4)]
+    (tmp_path / "results.csv").write_text("\n".join(rows) + "\n")
+    labels = list(dict.fromkeys(load_results(tmp_path / "results.csv")["model"]))
+    assert labels == ["FAPrompt (k_shot=0)", "FAPrompt (k_shot=4)", "WinClip (k_shot=0)", "WinClip (k_shot=4)"]
