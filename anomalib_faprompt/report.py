@@ -40,7 +40,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
-from anomalib_faprompt.errors import ExistingOutputError  # noqa: E402
+from anomalib_faprompt.errors import ExistingOutputError, InvalidInputError  # noqa: E402
 from anomalib_faprompt.tables import (  # noqa: E402
     MEAN,
     MISSING,
@@ -102,18 +102,19 @@ def _read_csv(path: Path) -> pd.DataFrame:
 
 
 def _check_numbers(frame: pd.DataFrame, path: Path) -> pd.DataFrame:
-    """The metric columns as floats; a cell that is not a number is an error naming its line and column."""
+    """The metric columns as floats; a cell that is not a fraction in [0, 1] is an error naming its line and column."""
     frame = frame.copy()
     for column in metric_columns(frame):
         numbers = pd.to_numeric(frame[column], errors="coerce")
-        bad = frame[column].notna() & numbers.isna()
+        bad = frame[column].notna() & (numbers.isna() | ~numbers.between(0.0, 1.0))
         if bad.any():
             row = bad.idxmax()
+            what = "is not a number" if pd.isna(numbers[row]) else "is outside [0, 1]"
             msg = (
-                f"'{path}', line {row + 2}, column '{column}': {frame[column][row]!r} is not a number. "
+                f"'{path}', line {row + 2}, column '{column}': '{frame[column][row]}' {what}. "
                 "Correct it (metrics are fractions in [0, 1]) or leave the cell empty where there is no result."
             )
-            raise ValueError(msg)
+            raise InvalidInputError(msg)
         frame[column] = numbers.astype(float)
     return frame
 

@@ -16,12 +16,14 @@ import os
 from pathlib import Path
 from typing import Any
 
-from anomalib.data import ImageBatch, PredictDataset
+from anomalib.data import ImageBatch, ImageItem, PredictDataset
 from anomalib.models import AnomalibModule
 from anomalib.visualization import ImageVisualizer
 from lightning.pytorch import Trainer
+from PIL import Image as PILImage
 
 from .data.categories import dataloader_categories
+from .data.images import is_sixteen_bit, read_image
 
 __all__ = ["CategoryImageVisualizer", "dataloader_category"]
 
@@ -94,6 +96,17 @@ class CategoryImageVisualizer(ImageVisualizer):
         if root is not None and path.is_relative_to(root):
             return folder / path.relative_to(root)
         return folder / path.parent.name / path.name
+
+    def visualize(self, predictions: ImageItem) -> PILImage.Image | None:
+        """Anomalib's panels; a 16-bit grayscale image drawn from the values the model read, not clipped to white.
+
+        anomalib draws the image panel from ``PIL.Image.open(image_path).convert("RGB")``, which turns every
+        non-zero 16-bit value white; such an item is drawn from :func:`~.data.images.read_image` instead.
+        """
+        path = getattr(predictions, "image_path", None)
+        if isinstance(path, str) and is_sixteen_bit(path):
+            predictions = predictions.update(in_place=False, image_path=None, image=read_image(path))
+        return super().visualize(predictions)
 
     def on_test_start(self, trainer: Trainer, pl_module: AnomalibModule) -> None:
         """Forget the dataloaders and files of an earlier run."""

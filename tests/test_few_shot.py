@@ -279,3 +279,25 @@ def test_the_few_shot_benchmark_config_puts_every_k_shot_beside_winclip(tmp_path
     (tmp_path / "results.csv").write_text("\n".join(rows) + "\n")
     labels = list(dict.fromkeys(load_results(tmp_path / "results.csv")["model"]))
     assert labels == ["FAPrompt (k_shot=0)", "FAPrompt (k_shot=4)", "WinClip (k_shot=0)", "WinClip (k_shot=4)"]
+
+
+@pytest.mark.slow
+def test_predict_on_files_takes_its_references_from_few_shot_source(target, tmp_path):
+    source = target / "delta" / "train" / "good"
+    model = _model(FAPrompt, k_shot=3, few_shot_source=str(source))
+    engine = Engine(accelerator="cpu", default_root_dir=tmp_path, logger=False, enable_progress_bar=False)
+    predictions = engine.predict(model, data_path=target / "delta" / "test" / "defect")
+    (files,) = _references_file(tmp_path).values()
+    assert len(files) == 3
+    assert all(Path(file).parent == source for file in files)
+    paths = [path for batch in predictions for path in batch.image_path]
+    images = model.pre_processor.transform(torch.stack([read_image(p, as_tensor=True) for p in paths]))
+    model.set_references(files)
+    with torch.no_grad():
+        direct = model.model(images).pred_score
+    torch.testing.assert_close(torch.cat([batch.pred_score for batch in predictions]), direct, rtol=0, atol=1e-5)
+    with pytest.raises(InputError, match=r"Reference folder '.*missing' \(argument `few_shot_source`\) does not exist"):
+        FAPrompt(**tiny_args(k_shot=2, few_shot_source=str(tmp_path / "missing")))
+    without = _model(FAPrompt, k_shot=2)
+    with pytest.raises(InvalidInputError, match=r"k_shot=2 needs normal reference images.*`few_shot_source`"):
+        engine.predict(without, data_path=target / "delta" / "test" / "defect")

@@ -471,3 +471,33 @@ def test_fit_of_a_model_with_trained_weights_says_it_trains_nothing(source, targ
     assert f"FAPrompt was built with trained `weights` ({trained}), so it is a zero-shot model and `fit` trains " in (
         caplog.text
     )
+
+
+def test_a_sixteen_bit_image_is_drawn_as_its_eight_bit_copy(tmp_path):
+    from anomalib.data import ImageItem
+
+    from anomalib_faprompt.visualization import CategoryImageVisualizer
+
+    rng = np.random.default_rng(0)
+    gray = rng.integers(0, 256, (48, 48), dtype=np.uint8)
+    Image.fromarray(gray).save(tmp_path / "eight.png")
+    Image.fromarray(gray.astype(np.uint16) * 257).save(tmp_path / "sixteen.png")
+    anomaly_map = torch.rand(1, 48, 48, generator=torch.Generator().manual_seed(0))
+    mask = torch.zeros(48, 48, dtype=torch.bool)
+    mask[10:20, 10:30] = True
+    drawn = []
+    for name in ("eight", "sixteen"):
+        item = ImageItem(
+            image=torch.zeros(3, 48, 48),
+            image_path=str(tmp_path / f"{name}.png"),
+            anomaly_map=anomaly_map,
+            pred_score=torch.tensor(0.7),
+            pred_label=torch.tensor(True),
+            pred_mask=anomaly_map[0] > 0.5,
+            gt_mask=mask,
+            gt_label=torch.tensor(1),
+        )
+        drawn.append(np.asarray(CategoryImageVisualizer().visualize(item), dtype=np.int16))
+    assert drawn[0].shape == drawn[1].shape
+    assert np.abs(drawn[0] - drawn[1]).max() <= 1
+    assert drawn[1].mean() < 250  # not white

@@ -193,8 +193,17 @@ def test_bad_results_files_are_named(tmp_path):
             r"'.*results\.csv', line 4, column 'image_AUROC': 'abc' is not a number\. Correct it",
         ),
         ('model.class_path,image_AUROC\nFAPrompt,0.5\n"x\n', r"'.*results\.csv' is not a readable CSV file"),
+        (
+            "model.class_path,image_AUROC\nFAPrompt,0.5\nWinClip,inf\n",
+            r"'.*results\.csv', line 3, column 'image_AUROC': 'inf' is outside \[0, 1\]\. Correct it",
+        ),
+        (
+            "model.class_path,pixel_AUPRO\nFAPrompt,1.5\n",
+            r"'.*results\.csv', line 2, column 'pixel_AUPRO': '1.5' is outside \[0, 1\]",
+        ),
+        ("model.class_path,image_AUPR\nFAPrompt,-0.2\n", r"line 2, column 'image_AUPR': '-0.2' is outside \[0, 1\]"),
     ],
-    ids=["empty", "header-only", "non-numeric", "broken"],
+    ids=["empty", "header-only", "non-numeric", "broken", "infinite", "above-one", "negative"],
 )
 def test_cli_names_the_file_and_what_to_do_in_one_line(tmp_path, capsys, text, message):
     path = tmp_path / "results.csv"

@@ -72,6 +72,15 @@ def _sixteen_bit(image: PILImage.Image, path: str | Path) -> np.ndarray:
     return array.astype(np.float32) / _SIXTEEN_BIT_MAX
 
 
+def is_sixteen_bit(path: str | Path) -> bool:
+    """Whether an image file holds 16-bit grayscale values (which PIL's ``convert("RGB")`` clips to white)."""
+    try:
+        with PILImage.open(path) as image:
+            return image.mode in SIXTEEN_BIT_MODES
+    except (OSError, SyntaxError, ValueError):
+        return False
+
+
 def read_image(path: str | Path) -> Image:
     """An image file as a float RGB tensor ``(3, H, W)`` in [0, 1].
 
