@@ -172,19 +172,21 @@ def test_each_category_is_scored_against_its_own_bank(target, tmp_path):
 @pytest.mark.slow
 def test_k_shot_zero_writes_the_zero_shot_table_and_no_references(target, tmp_path):
     tables = {}
-    for k_shot in (0, 2):
+    source = str(target / "delta" / "train" / "good")
+    for name, arguments in (("zero", {}), ("own", {"k_shot": 2}), ("source", {"k_shot": 2, "few_shot_source": source})):
         datamodule = AuxiliaryDataModule(
             root=target, target_dataset="MVTecAD", target_root=target, target_categories=["gamma"], num_workers=0
         )
-        root = tmp_path / str(k_shot)
+        root = tmp_path / name
         Engine(accelerator="cpu", default_root_dir=root, logger=False, enable_progress_bar=False).test(
-            _model(FAPrompt, k_shot=k_shot), datamodule=datamodule
+            _model(FAPrompt, **arguments), datamodule=datamodule
         )
-        tables[k_shot] = (next(root.rglob("per_category_results.md")).read_text(), list(root.rglob("few_shot_*")))
-    assert "k_shot" not in tables[0][0]
-    assert not tables[0][1]
-    assert "k_shot = 2" in tables[2][0]
-    assert len(tables[2][1]) == 1
+        tables[name] = (next(root.rglob("per_category_results.md")).read_text(), list(root.rglob("few_shot_*")))
+    assert "k_shot" not in tables["zero"][0]
+    assert not tables["zero"][1]
+    assert "k_shot = 2: each category scored against its own normal references" in tables["own"][0]
+    assert len(tables["own"][1]) == 1
+    assert f"k_shot = 2: every category scored against the same references from `{source}`" in tables["source"][0]
 
 
 @pytest.mark.slow
@@ -201,7 +203,9 @@ def test_missing_and_unreadable_references_are_named_before_any_test_image(targe
     broken = sorted((damaged / "epsilon" / "train" / "good").glob("*.png"))
     for path in broken:
         path.write_bytes(b"not a png")
-    with pytest.raises(InputError, match=rf"Cannot read '{damaged}/epsilon/train/good/"):
+    with pytest.raises(
+        InputError, match=rf"Cannot read '{damaged}/epsilon/train/good/.*Replace or remove this reference"
+    ):
         test(_model(FAPrompt, k_shot=4), damaged)
     assert not list((tmp_path / "run").rglob("per_category_results*"))
     empty = tmp_path / "empty"

@@ -4,8 +4,8 @@ Each test dataloader (one per target category in the zero-shot protocol) gets ``
 category's normal training images, never of its test split: ``<category>/train/good`` in the MVTec AD and VisA
 layouts, the normal items of the ``train`` part of a ``meta.json`` index, the normal images of an anomalib
 datamodule's train split. With ``few_shot_source``, a folder of normal images, ``k_shot`` of its images serve every
-image of the run. The choice is reproducible: the sorted candidates sampled with a generator seeded by the run's
-seed (``seed_everything``; 0 without) and the category name.
+image of the run. The choice is reproducible: the sorted candidates (absolute paths) sampled with a generator
+seeded by the run's seed (``seed_everything``; 0 without) and the category name.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from .sources import IMAGE_SUFFIXES
 
 __all__ = [
     "REFERENCES_FILE",
+    "SOURCE",
     "choose_references",
     "datamodule_candidates",
     "folder_candidates",
@@ -31,6 +32,8 @@ __all__ = [
 ]
 
 REFERENCES_FILE = "few_shot_references"
+# The category name of the references of `few_shot_source`, which serve every category.
+SOURCE = "few_shot_source"
 
 
 def run_seed() -> int:
@@ -47,7 +50,7 @@ def folder_candidates(folder: str | Path) -> list[Path]:
     """
     folder = Path(folder)
     if not folder.is_dir():
-        msg = f"Reference folder '{folder}' (argument `few_shot_source`) does not exist: pass a folder of normal images"
+        msg = f"Reference folder '{folder}' (argument `few_shot_source`) does not exist: pass a folder of images."
         raise MissingInputError(msg)
     images = sorted(path for path in folder.iterdir() if path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES)
     if not images:
@@ -93,11 +96,13 @@ def choose_references(candidates: Sequence[str | Path], k_shot: int, seed: int, 
     Raises:
         InvalidInputError: Fewer candidates than ``k_shot``.
     """
-    files = sorted(dict.fromkeys(str(candidate) for candidate in candidates))
+    files = sorted(dict.fromkeys(str(Path(candidate).resolve()) for candidate in candidates))
     if len(files) < k_shot:
+        fix = "add images to it" if category == SOURCE else "give references with `few_shot_source`"
+        of = "" if category == SOURCE else f" of '{category}'"
         msg = (
-            f"k_shot={k_shot} needs {k_shot} normal reference images of '{category}', and {where} has {len(files)}: "
-            "lower `k_shot`, or give references with `few_shot_source`."
+            f"k_shot={k_shot} needs {k_shot} normal reference images{of}, and {where} has {len(files)}: "
+            f"lower `k_shot`, or {fix}."
         )
         raise InvalidInputError(msg)
     return sorted(random.Random(f"{seed}:{category}").sample(files, k_shot))

@@ -369,10 +369,12 @@ class PerCategoryEvaluator(Evaluator):
         hparams = getattr(getattr(trainer, "lightning_module", None), "hparams", None) or {}
         notes = list(self.notes)
         if hparams.get("k_shot"):
-            notes.append(
-                f"k_shot = {hparams['k_shot']}: each category scored against its own normal references "
-                "(few_shot_references.csv)."
+            against = (
+                f"every category scored against the same references from `{hparams['few_shot_source']}`"
+                if hparams.get("few_shot_source")
+                else "each category scored against its own normal references"
             )
+            notes.append(f"k_shot = {hparams['k_shot']}: {against} (few_shot_references.csv).")
         if self.results_name:
             directory = Path(trainer.default_root_dir)
             csv_path, markdown_path = write_tables(self.category_results, directory, self.results_name, notes)

@@ -90,7 +90,8 @@ def load_file(model_class: type[PromptLearningModule], path: str | Path, source:
         reason = str(error).splitlines()[0] if str(error) else type(error).__name__
         msg = (
             f"'{path}' ({source}) is not a readable anomalib checkpoint: the file is damaged, truncated or of another "
-            f"kind (torch: {reason}). Pass the checkpoint file written by training the model."
+            f"kind (torch: {reason}). Pass the checkpoint file written by training the model, or a prompt file of "
+            "the authors' code as it was saved."
         )
         raise InvalidInputError(msg) from error
 

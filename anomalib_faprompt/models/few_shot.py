@@ -15,8 +15,9 @@ from pathlib import Path
 
 import torch
 
-from anomalib_faprompt.data.images import read_image
+from anomalib_faprompt.data.images import UnreadableFileError, read_image
 from anomalib_faprompt.data.references import (
+    SOURCE,
     choose_references,
     datamodule_candidates,
     folder_candidates,
@@ -60,12 +61,12 @@ class FewShotMixin:
         """``k_shot`` images of ``few_shot_source``, chosen with the run's seed."""
         source = self.hparams.few_shot_source
         k_shot = self.hparams.k_shot
-        return choose_references(folder_candidates(source), k_shot, run_seed(), "few_shot_source", f"'{source}'")
+        return choose_references(folder_candidates(source), k_shot, run_seed(), SOURCE, f"'{source}'")
 
     def _plan_references(self, dataloaders: object) -> None:
         """Choose and read every dataloader's references, and list them in the run's folder."""
         if self.hparams.few_shot_source:
-            self._references = {EVERY_DATALOADER: ("few_shot_source", self.source_references())}
+            self._references = {EVERY_DATALOADER: (SOURCE, self.source_references())}
         else:
             datamodule = self.trainer.datamodule
             if datamodule is None:
@@ -83,7 +84,11 @@ class FewShotMixin:
                 self._references[index] = (category, files)
         for _, files in self._references.values():
             for file in files:
-                read_image(file)
+                try:
+                    read_image(file)
+                except UnreadableFileError as error:
+                    advice = "Replace or remove this reference image, or give others with `few_shot_source`."
+                    raise error.with_advice(advice) from error.__cause__
         self._bank_of = None
         if self.trainer.is_global_zero:
             write_references(self.trainer.default_root_dir, dict(self._references.values()))
