@@ -94,3 +94,21 @@ def test_the_shipped_benchmark_config_names_its_missing_checkpoints(tmp_path):
     assert "./checkpoints/faprompt_mvtec.ckpt (FAPrompt.weights)" in last
     assert "./checkpoints/anomalyclip_mvtec.ckpt (AnomalyCLIP.weights)" in last
     assert not (tmp_path / "datasets").exists()  # nothing downloaded
+
+
+def test_other_models_are_not_seeded_as_with_the_hook_switched_off(tmp_path):
+    """Padim through `anomalib fit --seed_everything 5`: with the hook as with ANOMALIB_FAPROMPT_NO_HOOK=1, no seed."""
+    import os
+
+    arguments = [
+        ANOMALIB, "fit", "--model", "Padim", "--model.pre_trained", "false", "--data", "MVTecAD",
+        "--data.root", str(tmp_path / "missing" / "MVTecAD"), "--seed_everything", "5",
+        "--trainer.max_epochs", "0", "--default_root_dir", str(tmp_path / "results"),
+    ]  # fmt: skip
+    outputs = []
+    for switch in ("0", "1"):
+        env = {**os.environ, "ANOMALIB_FAPROMPT_NO_HOOK": switch, "HF_HUB_OFFLINE": "1"}
+        result = subprocess.run(arguments, capture_output=True, text=True, timeout=600, cwd=tmp_path, env=env)
+        outputs.append(result.stdout + result.stderr)
+    assert all("Seed set to 5" not in output for output in outputs)
+    assert all("Padim" in output or "padim" in output.lower() for output in outputs)

@@ -1,9 +1,10 @@
 """anomalib's command line (``anomalib train/fit/test/predict/export/benchmark``), four narrow fixes.
 
 1. **Seed.** anomalib 2.7's CLI defines ``--seed_everything`` (and every config of this package sets it) but
-   never applies it. An integer seed is now applied with ``lightning.seed_everything(seed, workers=True)`` (what
-   Lightning's own CLI does) before the model and data are built, for every model. ``true`` (anomalib's
-   default, "a random seed") and ``false`` change nothing: no seed is set, as before.
+   never applies it. For a run of this package's models or datamodules an integer seed is now applied with
+   ``lightning.seed_everything(seed, workers=True)`` (what Lightning's own CLI does) before the model and data are
+   built; every other model runs as in anomalib, unseeded. ``true`` (anomalib's default, "a random seed") and
+   ``false`` change nothing: no seed is set, as before.
 2. **Errors.** A ``ValueError``/``FileNotFoundError``... raised by a constructor of this package's models or
    datamodules reaches jsonargparse, which buries its message in a long "Expected a <class 'NoneType'>"
    traceback. It is printed instead as the last line, and the command exits with status 2. The errors the
@@ -125,12 +126,11 @@ def patch_cli(module: Any) -> None:
         subcommand = self.config["subcommand"]
         config = self.config.get(subcommand)
         ours = config is not None and any(_is_package_class(_class_path(config, key)) for key in ("model", "data"))
-        if config is not None:
-            apply_seed(subcommand, config)
         self.package_run = ours
         if not ours:
             original_instantiate(self)
             return
+        apply_seed(subcommand, config)
         quiet_command(subcommand)
         errors: list[tuple[type, BaseException]] = []
         recording = _recording(_package_classes(), errors)
