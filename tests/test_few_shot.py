@@ -305,3 +305,20 @@ def test_predict_on_files_takes_its_references_from_few_shot_source(target, tmp_
     without = _model(FAPrompt, k_shot=2)
     with pytest.raises(InvalidInputError, match=r"k_shot=2 needs normal reference images.*`few_shot_source`"):
         engine.predict(without, data_path=target / "delta" / "test" / "defect")
+
+
+@pytest.mark.slow
+def test_an_anomalib_datamodule_gives_its_train_split_as_references(target, tmp_path):
+    """What a benchmark job runs: one anomalib datamodule per category, fit (zero-shot: validates) then test."""
+    from anomalib.data import MVTecAD
+
+    datamodule = MVTecAD(root=target, category="gamma", num_workers=0, train_batch_size=4, eval_batch_size=4)
+    engine = Engine(accelerator="cpu", default_root_dir=tmp_path, logger=False, enable_progress_bar=False)
+    model = _model(FAPrompt, k_shot=2)
+    model.zero_shot = True
+    engine.fit(model, datamodule=datamodule)
+    engine.test(model, datamodule=datamodule)
+    ((category, files),) = _references_file(tmp_path).items()
+    assert category == "gamma"
+    assert len(files) == 2
+    assert all(Path(file).parent == target / "gamma" / "train" / "good" for file in files)
