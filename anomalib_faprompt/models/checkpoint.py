@@ -9,6 +9,8 @@ other sizes, or (when it holds only the prompts) was trained on other CLIP weigh
 A model built from pretrained CLIP weights saves only what it learned (the prompts and FAPrompt's prior
 network, a few MB) and a fingerprint of the CLIP weights; on load, CLIP comes from ``pretrained`` and must
 match the fingerprint. A randomly initialised CLIP is saved whole, since it could not be re-created.
+The functions take the models of :mod:`.base`, typed as anomalib's ``AnomalibModule`` so that this module does
+not import them.
 """
 
 from __future__ import annotations
@@ -27,9 +29,8 @@ from anomalib_faprompt.errors import InvalidInputError, MissingInputError
 from .authors import is_authors_file
 
 if TYPE_CHECKING:
+    from anomalib.models.components import AnomalibModule
     from lightning.pytorch import Trainer
-
-    from .base import PromptLearningModule
 
 __all__ = [
     "check_checkpoint",
@@ -49,7 +50,7 @@ FINGERPRINT_KEY = "backbone_fingerprint"
 ZERO_SHOT_KEY = "anomalib_faprompt_zero_shot"
 
 
-def _frozen_prefix(module: PromptLearningModule) -> str:
+def _frozen_prefix(module: AnomalibModule) -> str:
     """State-dict prefix of the frozen CLIP weights inside the anomalib module."""
     return f"model.{module.model.frozen_prefix}"
 
@@ -66,7 +67,7 @@ def check_checkpoint_file(path: str | Path, source: str, model_name: str) -> Non
         raise MissingInputError(msg)
 
 
-def load_file(model_class: type[PromptLearningModule], path: str | Path, source: str) -> object:
+def load_file(model_class: type[AnomalibModule], path: str | Path, source: str) -> object:
     """Load a ``.pth``/``.ckpt`` file (CPU, memory-mapped, weights only), or raise an error that names it.
 
     Args:
@@ -113,7 +114,7 @@ def check_is_checkpoint(content: object, where: str) -> None:
     raise InvalidInputError(msg)
 
 
-def read_checkpoint(model_class: type[PromptLearningModule], path: str | Path, source: str) -> dict[str, Any]:
+def read_checkpoint(model_class: type[AnomalibModule], path: str | Path, source: str) -> dict[str, Any]:
     """Read an anomalib checkpoint file, or raise an error that names it (see :func:`load_file`).
 
     Raises:
@@ -125,7 +126,7 @@ def read_checkpoint(model_class: type[PromptLearningModule], path: str | Path, s
     return checkpoint
 
 
-def guard_checkpoint_io(module: PromptLearningModule, trainer: Trainer) -> None:
+def guard_checkpoint_io(module: AnomalibModule, trainer: Trainer) -> None:
     """Make the trainer read a ``ckpt_path`` through :func:`read_checkpoint` first, for its clear errors.
 
     Lightning reads ``trainer.test(..., ckpt_path=...)`` files with the strategy's checkpoint IO after the
@@ -147,7 +148,7 @@ def guard_checkpoint_io(module: PromptLearningModule, trainer: Trainer) -> None:
 
 
 def check_structure(
-    model_class: type[PromptLearningModule], hparams: Mapping[str, Any], checkpoint: dict[str, Any], where: str
+    model_class: type[AnomalibModule], hparams: Mapping[str, Any], checkpoint: dict[str, Any], where: str
 ) -> None:
     """Refuse a checkpoint trained with other structural hyperparameters than ``hparams`` (no model is built).
 
@@ -189,7 +190,7 @@ def check_model_name(model_name: str, checkpoint: dict[str, Any], where: str) ->
         raise InvalidInputError(msg)
 
 
-def check_checkpoint(module: PromptLearningModule, checkpoint: dict[str, Any], where: str) -> None:
+def check_checkpoint(module: AnomalibModule, checkpoint: dict[str, Any], where: str) -> None:
     """Refuse a checkpoint of another model, structure, size or CLIP; the message names ``where`` it came from.
 
     Args:
@@ -227,13 +228,13 @@ def check_checkpoint(module: PromptLearningModule, checkpoint: dict[str, Any], w
         _check_fingerprint(module, checkpoint, where)
 
 
-def _fingerprint(module: PromptLearningModule) -> float:
+def _fingerprint(module: AnomalibModule) -> float:
     """A float that changes with the frozen CLIP weights (sum of all their values)."""
     with torch.no_grad():
         return float(sum(parameter.double().sum() for parameter in module.model.backbone.clip.parameters()))
 
 
-def _check_fingerprint(module: PromptLearningModule, checkpoint: dict[str, Any], where: str) -> None:
+def _check_fingerprint(module: AnomalibModule, checkpoint: dict[str, Any], where: str) -> None:
     """Refuse a checkpoint without CLIP weights whose prompts were trained on other CLIP weights."""
     expected = checkpoint.get(FINGERPRINT_KEY)
     if expected is not None and abs(_fingerprint(module) - expected) > 1e-6 * max(1.0, abs(expected)):
@@ -245,7 +246,7 @@ def _check_fingerprint(module: PromptLearningModule, checkpoint: dict[str, Any],
         raise InvalidInputError(msg)
 
 
-def strip_frozen(module: PromptLearningModule, checkpoint: dict[str, Any]) -> None:
+def strip_frozen(module: AnomalibModule, checkpoint: dict[str, Any]) -> None:
     """Make a checkpoint stand on its own, and leave pretrained CLIP weights out of it.
 
     The ``weights`` file a model was started from is not needed to load the checkpoint (its prompts are in
@@ -266,7 +267,7 @@ def strip_frozen(module: PromptLearningModule, checkpoint: dict[str, Any]) -> No
     checkpoint[FINGERPRINT_KEY] = _fingerprint(module)
 
 
-def restore_frozen(module: PromptLearningModule, checkpoint: dict[str, Any]) -> None:
+def restore_frozen(module: AnomalibModule, checkpoint: dict[str, Any]) -> None:
     """Fill in the CLIP weights a checkpoint left out (after the checks), and take over its zero-shot flag."""
     prefix = _frozen_prefix(module)
     state = checkpoint["state_dict"]
