@@ -57,12 +57,18 @@ def _check_item(root: Path, file: Path, category: str, index: int, item: object)
 
 
 @cache
-def _read(file: Path, modified: float) -> tuple[tuple[str, tuple[dict, ...]], ...]:  # noqa: ARG001  (cache key)
+def _load(file: Path, modified: float) -> object:  # noqa: ARG001  (cache key)
+    """The parsed index file, read once per version of the file (never changed by the callers)."""
     try:
-        index = json.loads(file.read_text(encoding="utf-8"))
+        return json.loads(file.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
         msg = f"'{file}' is not a readable JSON index ({error}). Write it again with the dataset's generator script."
         raise InvalidInputError(msg) from error
+
+
+@cache
+def _read(file: Path, modified: float) -> tuple[tuple[str, tuple[dict, ...]], ...]:
+    index = _load(file, modified)
     part = index.get(PART) if isinstance(index, dict) else None
     if not isinstance(part, dict) or not part:
         msg = f"'{file}' has no '{PART}' part with categories ({{\"{PART}\": {{\"<cls_name>\": [<item>, ...]}}}})."
@@ -151,12 +157,12 @@ def meta_train_normals(root: str | Path, category: str) -> list[Path]:
 
     The ``train`` part is read only here; it may be missing or empty (several generators write none).
     """
-    root = Path(root).resolve()
-    index = json.loads((root / META_FILE).read_text(encoding="utf-8"))
+    file = (Path(root) / META_FILE).resolve()
+    index = _load(file, file.stat().st_mtime)
     part = index.get("train") if isinstance(index, dict) else None
     items = [item for items in (part or {}).values() if isinstance(items, list) for item in items]
     return [
-        root / item["img_path"]
+        file.parent / item["img_path"]
         for item in items
         if isinstance(item, dict) and item.get("cls_name") == category and item.get("anomaly") == 0
     ]

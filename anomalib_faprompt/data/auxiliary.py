@@ -25,10 +25,10 @@ from .authors_index import META_FILE, meta_train_normals
 from .dataset import SkippingDataLoader
 from .sources import (
     DATASETS,
-    IMAGE_SUFFIXES,
     available_categories,
     category_dataset,
     check_root,
+    image_files,
     layout_root,
     prepare_category,
     source_name,
@@ -246,8 +246,7 @@ class AuxiliaryDataModule(AnomalibDataModule):
             where = f"the 'train' part of '{self.target_root / META_FILE}'"
             return category, meta_train_normals(self.target_root, category), where
         folder = layout_root(self.target_dataset, self.target_root) / category / "train" / "good"
-        images = sorted(path for path in folder.glob("*") if path.suffix.lower() in IMAGE_SUFFIXES)
-        return category, images, f"'{folder}'"
+        return category, image_files(folder), f"'{folder}'"
 
     def prepare_data(self) -> None:
         """Download or prepare (with anomalib's datamodules) whatever category is missing; else fail clearly."""

@@ -19,7 +19,7 @@ from pathlib import Path
 from anomalib_faprompt.errors import InvalidInputError, MissingInputError
 from anomalib_faprompt.files import unused_stem
 
-from .sources import IMAGE_SUFFIXES
+from .sources import IMAGE_SUFFIXES, image_files
 
 __all__ = [
     "REFERENCES_FILE",
@@ -52,7 +52,7 @@ def folder_candidates(folder: str | Path) -> list[Path]:
     if not folder.is_dir():
         msg = f"Reference folder '{folder}' (argument `few_shot_source`) does not exist: pass a folder of images."
         raise MissingInputError(msg)
-    images = sorted(path for path in folder.iterdir() if path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES)
+    images = image_files(folder)
     if not images:
         msg = (
             f"Reference folder '{folder}' (argument `few_shot_source`) holds no image file "

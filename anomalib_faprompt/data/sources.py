@@ -34,6 +34,7 @@ __all__ = [
     "category_dataset",
     "check_category",
     "check_root",
+    "image_files",
     "is_download_folder",
     "missing_masks",
     "prepare_category",
@@ -254,7 +255,8 @@ def prepare_category(dataset: str, root: str | Path, category: str) -> None:
         raise MissingInputError(msg) from error
 
 
-def _images(folder: Path) -> list[Path]:
+def image_files(folder: Path) -> list[Path]:
+    """The image files directly in ``folder`` (PNG, JPEG, BMP, TIFF), sorted; none if it is not a folder."""
     if not folder.is_dir():
         return []
     return sorted(path for path in folder.iterdir() if path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES)
@@ -267,7 +269,7 @@ def _pair_masks(images: list[Path], mask_dir: Path) -> tuple[dict[Path, Path], l
         ValueError: An image has two mask files (e.g. ``000.png`` and ``000_mask.png``).
     """
     masks: dict[str, list[Path]] = {}
-    for mask in _images(mask_dir):
+    for mask in image_files(mask_dir):
         masks.setdefault(mask.stem, []).append(mask)
     paired, missing = {}, []
     for image in images:
@@ -289,7 +291,7 @@ def missing_masks(abnormal_dirs: list[Path], mask_dirs: list[Path]) -> list[Path
     return [
         image
         for abnormal_dir, mask_dir in zip(abnormal_dirs, mask_dirs, strict=True)
-        for image in _pair_masks(_images(abnormal_dir), mask_dir)[1]
+        for image in _pair_masks(image_files(abnormal_dir), mask_dir)[1]
     ]
 
 
@@ -372,15 +374,15 @@ def category_dataset(
                 msg = f"Folder '{folder}' (argument `{argument}`, under `root`) does not exist."
                 raise MissingInputError(msg)
         name, category, where = root.name, root.name, abnormal
-        samples, unused = _samples(_images(normal), [(_images(abnormal), root / mask_dir)], masks, where)
+        samples, unused = _samples(image_files(normal), [(image_files(abnormal), root / mask_dir)], masks, where)
     elif dataset == "MetaJson":
         name, samples, unused = root.name, meta_samples(root, category, masks), []
     else:
         category_root = layout_root(dataset, root) / category
         abnormal_dirs, mask_dirs = _defect_dirs(category_root)
         name, where = dataset, category_root / "test"
-        defects = [(_images(folder), truth) for folder, truth in zip(abnormal_dirs, mask_dirs, strict=True)]
-        samples, unused = _samples(_images(where / "good"), defects, masks, where)
+        defects = [(image_files(folder), truth) for folder, truth in zip(abnormal_dirs, mask_dirs, strict=True)]
+        samples, unused = _samples(image_files(where / "good"), defects, masks, where)
     if unused:
         warnings.warn(
             f"{len(unused)} mask file(s) under '{root}' belong to no defect image and are ignored: "
