@@ -36,7 +36,7 @@ from anomalib_faprompt.data import AuxiliaryDataModule, make_synthetic_dataset
 from anomalib_faprompt.deploy import remove_f32_marks
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from conftest import TINY_MODEL_ARGS  # noqa: E402
+from conftest import TINY_MODEL_ARGS, as_if_trained  # noqa: E402
 
 MODELS = {"FAPrompt": FAPrompt, "AnomalyCLIP": AnomalyCLIP}
 COMPRESSIONS = ("FP16", "INT8", "INT8_PTQ", "INT8_ACQ")
@@ -72,12 +72,7 @@ def build_model(name: str, backbone: str | None, image_size: int | None) -> FAPr
         model = MODELS[name](**args)
     else:
         model = MODELS[name](backbone=backbone, pretrained=None, image_size=image_size or 518)
-    with torch.no_grad():
-        for parameter in model.model.learned_parameters():
-            parameter.normal_(0, 0.05)
-    model.model.text_cache.invalidate()
-    model.learned = True
-    return model.eval()
+    return as_if_trained(model)
 
 
 def int8_share(compiled: ov.CompiledModel) -> str:

@@ -76,6 +76,19 @@ def tiny_args(**overrides) -> dict:
     return {**copy.deepcopy(TINY_MODEL_ARGS), **overrides}
 
 
+def as_if_trained(model: LightningModule) -> LightningModule:
+    """``model`` with its learned parameters drawn from N(0, 0.05), away from their start as after training; eval mode.
+
+    The prompts count as learned (no never-trained warning); the text cache is recomputed on the next eval call.
+    """
+    with torch.no_grad():
+        for parameter in model.model.learned_parameters():
+            parameter.normal_(0, 0.05)
+    model.model.text_cache.invalidate()
+    model.learned = True
+    return model.eval()
+
+
 def write_checkpoint(model: LightningModule, path: Path) -> Path:
     """Write the model's checkpoint as Lightning does, without training."""
     trainer = Trainer(accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False)

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import tiny_args
+from conftest import as_if_trained, tiny_args
 
 from anomalib_faprompt import AnomalyCLIP, FAPrompt
 from anomalib_faprompt.errors import InvalidInputError
@@ -97,11 +97,7 @@ def clip_file(tmp_path_factory) -> Path:
 
 def _trained(model_class: type, clip_file: Path, **overrides):
     """A model whose learned parameters are random (as if trained), on the CLIP of ``clip_file``."""
-    model = model_class(**tiny_args(pretrained=str(clip_file), **overrides))
-    with torch.no_grad():
-        for parameter in model.model.learned_parameters():
-            parameter.normal_(0, 0.05)
-    return model.eval()
+    return as_if_trained(model_class(**tiny_args(pretrained=str(clip_file), **overrides)))
 
 
 def _quiet(model_class: type, **arguments):

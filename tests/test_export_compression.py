@@ -20,7 +20,7 @@ import torch
 from anomalib.data.utils import read_image
 from anomalib.deploy import ExportType
 from anomalib.engine import Engine
-from conftest import tiny_args
+from conftest import as_if_trained, tiny_args
 
 from anomalib_faprompt import AnomalyCLIP, FAPrompt
 from anomalib_faprompt.data import AuxiliaryDataModule, make_synthetic_dataset
@@ -59,13 +59,7 @@ def images(data: Path) -> np.ndarray:
 
 def _model(model_class: type):
     torch.manual_seed(0)
-    model = model_class(**tiny_args())
-    with torch.no_grad():
-        for parameter in model.model.learned_parameters():
-            parameter.normal_(0, 0.05)
-    model.model.text_cache.invalidate()
-    model.learned = True
-    return model.eval()
+    return as_if_trained(model_class(**tiny_args()))
 
 
 def _run(xml: Path, images: np.ndarray, config: dict) -> dict[str, np.ndarray]:

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F  # noqa: N812
 from anomalib.data.utils import read_image
 from anomalib.engine import Engine
-from conftest import tiny_args
+from conftest import as_if_trained, tiny_args
 
 from anomalib_faprompt import AnomalyCLIP, FAPrompt
 from anomalib_faprompt.components.few_shot import default_few_shot_layers
@@ -38,13 +38,7 @@ def _images(folder: Path) -> torch.Tensor:
 
 def _model(model_class: type, **overrides):
     torch.manual_seed(0)
-    model = model_class(**tiny_args(visualizer=False, **overrides))
-    with torch.no_grad():
-        for parameter in model.model.learned_parameters():
-            parameter.normal_(0, 0.05)
-    model.model.text_cache.invalidate()
-    model.learned = True
-    return model.eval()
+    return as_if_trained(model_class(**tiny_args(visualizer=False, **overrides)))
 
 
 def _ordinary_tokens(model, images: torch.Tensor, layers: tuple[int, ...]) -> list[torch.Tensor]:
