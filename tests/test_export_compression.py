@@ -1,8 +1,9 @@
 """anomalib's four OpenVINO compressions (FP16, INT8, INT8_PTQ, INT8_ACQ) for both models, and what they need.
 
-Bounds: the largest difference of scores and maps to the f32 export of the same model, measured on the tiny random
-models below (``python benchmarks/benchmark_export.py --tiny`` prints them), pinned with a margin. They hold at the
-f32 hint and at the CPU plugin's default precision (bf16 on CPUs with bf16 instructions).
+Bounds: the largest difference of scores and maps to the f32 export of the same model, measured with these very
+exports and synthetic images (the differences ``test_each_compression_runs_close_to_the_f32_export`` computes), pinned
+with a margin. They hold at the f32 hint and at the CPU plugin's default precision (bf16 on CPUs with bf16
+instructions). ``python benchmarks/benchmark_export.py --tiny`` prints the same comparison on a random image.
 """
 
 from __future__ import annotations
