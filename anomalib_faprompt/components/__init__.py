@@ -1,7 +1,7 @@
 """Pieces shared by every model of this package: backbone, prompts, maps and losses."""
 
 from .clip import CLIPBackbone, build_backbone, load_open_clip, plain_config, resize_positional_embedding
-from .losses import binary_focal_loss, dice_loss, focal_loss, local_loss, orthogonality_loss, prior_loss
+from .losses import binary_focal_loss, dice_loss, focal_loss, local_loss, local_losses, orthogonality_loss, prior_loss
 from .maps import abnormal_probability, binarise_masks, upsample_patches
 from .model import PromptedCLIPModel
 from .prompts import DeepPrompts, PromptTemplate, encode_prompts, init_learned
@@ -24,6 +24,7 @@ __all__ = [
     "load_open_clip",
     "plain_config",
     "local_loss",
+    "local_losses",
     "orthogonality_loss",
     "prior_loss",
     "resize_positional_embedding",

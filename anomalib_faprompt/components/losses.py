@@ -16,6 +16,7 @@ __all__ = [
     "dice_loss",
     "focal_loss",
     "local_loss",
+    "local_losses",
     "orthogonality_loss",
     "prior_loss",
 ]
@@ -75,6 +76,16 @@ def local_loss(abnormal_map: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 
 
 @float32
+def local_losses(
+    masks: torch.Tensor | None, **abnormal_maps: torch.Tensor | tuple[torch.Tensor, ...]
+) -> dict[str, torch.Tensor]:
+    """``L_local`` of each named abnormal map (summed over a tuple of maps); none when training image-level only."""
+    if masks is None:
+        return {}
+    layers = {name: maps if isinstance(maps, tuple) else (maps,) for name, maps in abnormal_maps.items()}
+    return {name: sum(local_loss(layer, masks) for layer in maps) for name, maps in layers.items()}
+
+
 def binary_focal_loss(
     scores: torch.Tensor,
     labels: torch.Tensor,

@@ -25,14 +25,13 @@ import torch
 from anomalib import LearningType
 from anomalib.data import Batch
 from anomalib.metrics import Evaluator
-from anomalib.models.components import AnomalibModule
 from anomalib.post_processing import PostProcessor
 from anomalib.pre_processing import PreProcessor
 from anomalib.visualization import Visualizer
 from torch import nn
 from torchvision.transforms.v2 import Compose, InterpolationMode, Normalize, Resize
 
-from anomalib_faprompt.components import PromptedCLIPModel, build_backbone, local_loss, plain_config
+from anomalib_faprompt.components import PromptedCLIPModel, build_backbone, plain_config
 from anomalib_faprompt.components.options import check_count, check_positive, check_sigma
 from anomalib_faprompt.data.references import folder_candidates
 from anomalib_faprompt.metrics import PerCategoryEvaluator
@@ -93,8 +92,11 @@ def _check_hyperparameters(hparams: Any, loss_terms: tuple[str, ...], model_name
         folder_candidates(hparams.few_shot_source)
 
 
-class PromptLearningModule(FewShotMixin, PromptExportMixin, AnomalibModule):
-    """Base of the prompt-learning CLIP models (FAPrompt, AnomalyCLIP).
+class PromptLearningModule(FewShotMixin, PromptExportMixin):
+    """What the prompt-learning CLIP models (FAPrompt, AnomalyCLIP) share: a mixin put before ``AnomalibModule``.
+
+    A model is ``class FAPrompt(PromptLearningModule, AnomalibModule)``; this class is no ``AnomalibModule``
+    itself, so anomalib's ``list_models()`` (the direct subclasses of ``AnomalibModule``) lists the models only.
 
     Args:
         pre_processor: Pre-processor or ``True`` for the default.
@@ -186,16 +188,6 @@ class PromptLearningModule(FewShotMixin, PromptExportMixin, AnomalibModule):
     def weighted_loss(self, losses: dict[str, torch.Tensor]) -> torch.Tensor:
         """The training objective: the sum of the loss terms, each times its weight."""
         return sum(self.loss_weights[name] * value for name, value in losses.items())
-
-    @staticmethod
-    def local_losses(
-        masks: torch.Tensor | None, **abnormal_maps: torch.Tensor | tuple[torch.Tensor, ...]
-    ) -> dict[str, torch.Tensor]:
-        """``L_local`` of each named abnormal map (summed over a tuple of maps); none when training image-level only."""
-        if masks is None:
-            return {}
-        layers = {name: maps if isinstance(maps, tuple) else (maps,) for name, maps in abnormal_maps.items()}
-        return {name: sum(local_loss(layer, masks) for layer in maps) for name, maps in layers.items()}
 
     def training_step(self, batch: Batch, *args, **kwargs) -> torch.Tensor:  # noqa: ARG002
         """One training step: every loss term, each logged, and their weighted sum."""

@@ -23,6 +23,7 @@ from anomalib.models.components import AnomalibModule
 from anomalib.visualization import Visualizer
 from torch import nn
 
+from anomalib_faprompt.components import local_losses
 from anomalib_faprompt.models.base import PromptLearningModule
 
 from .torch_model import AnomalyCLIPModel
@@ -153,6 +154,6 @@ class AnomalyCLIP(PromptLearningModule, AnomalibModule):
         """
         output = self.model(images)
         return {
-            **self.local_losses(masks, local=output.abnormal_maps),
+            **local_losses(masks, local=output.abnormal_maps),
             "ce": F.cross_entropy(output.global_logits, labels.long()),
         }

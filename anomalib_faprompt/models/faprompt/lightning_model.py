@@ -26,7 +26,7 @@ from anomalib.models.components import AnomalibModule
 from anomalib.visualization import Visualizer
 from torch import nn
 
-from anomalib_faprompt.components import binary_focal_loss, orthogonality_loss, prior_loss
+from anomalib_faprompt.components import binary_focal_loss, local_losses, orthogonality_loss, prior_loss
 from anomalib_faprompt.components.options import GlobalLossInput, LocalScore, PatchSelection, check_choice
 from anomalib_faprompt.models.base import PromptLearningModule
 
@@ -208,7 +208,7 @@ class FAPrompt(PromptLearningModule, AnomalibModule):
         """
         output = self.model(images)
         return {
-            **self.local_losses(masks, local=output.abnormal_map, dap_local=output.dap_abnormal_map),
+            **local_losses(masks, local=output.abnormal_map, dap_local=output.dap_abnormal_map),
             "ce": F.cross_entropy(output.global_logits, labels.long()),
             "global": binary_focal_loss(
                 output.pred_score, labels, scores_are_logits=self.hparams.global_loss_input == "logits"
