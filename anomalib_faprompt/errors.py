@@ -14,6 +14,8 @@ __all__ = ["ExistingOutputError", "InputError", "InvalidInputError", "MissingInp
 class InputError(Exception):
     """Something the user gave is wrong; the message says what and what to do."""
 
+    exit_code = 2  # of the command line that reports it
+
 
 class InvalidInputError(InputError, ValueError):
     """A file, data set or argument that exists but cannot be used as it is."""

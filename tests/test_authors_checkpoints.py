@@ -220,15 +220,15 @@ def test_an_authors_file_as_ckpt_path_says_to_pass_it_as_weights(clip_file, tmp_
 
 
 def test_the_benchmark_takes_an_authors_file_and_names_one_of_the_other_model(clip_file, tmp_path):
-    from anomalib_faprompt.integration import benchmark
+    from anomalib_faprompt.pipelines import checks
 
     path = authors_faprompt_file(_trained(FAPrompt, clip_file), tmp_path / "epoch_7.pth")
     init_args = {**tiny_args(pretrained=str(clip_file)), "weights": str(path)}
     grid = [{"class_path": "FAPrompt", "init_args": init_args}]
     config = {"benchmark": {"seed": 1, "model": {"grid": grid}, "data": {"class_path": "MVTecAD"}}}
-    assert benchmark.unusable_weights(config) == []
+    assert checks.unusable_weights(config) == []
     grid.append({"class_path": "AnomalyCLIP", "init_args": init_args})
-    (problem,) = benchmark.unusable_weights(config)
+    (problem,) = checks.unusable_weights(config)
     assert problem.startswith(f"'{path}' (AnomalyCLIP.weights) is a prompt file of the authors' FAPrompt")
 
 

@@ -28,18 +28,15 @@ from anomalib.engine import Engine
 from anomalib.models.image.anomalyvfm import lightning_model as vfm_lightning
 from anomalib.models.image.anomalyvfm import torch_model as vfm_torch
 from anomalib.models.image.anomalyvfm.components import radio
-from anomalib.pipelines.benchmark import generator
-from anomalib.pipelines.benchmark import job as job_module
-from anomalib.pipelines.benchmark.job import BenchmarkJob
-from anomalib.utils.config import flatten_dict
 from conftest import TINY_MODEL_ARGS
 from matplotlib.image import imread
 
 from anomalib_faprompt import AnomalyCLIP, FAPrompt
 from anomalib_faprompt.components import load_open_clip
 from anomalib_faprompt.data import AuxiliaryDataModule, make_synthetic_dataset
-from anomalib_faprompt.integration import benchmark
-from anomalib_faprompt.report import main as report_main
+from anomalib_faprompt.pipelines import benchmark, checks
+from anomalib_faprompt.report.benchmark import main as report_main
+from anomalib_faprompt.report.summary import summary_lines
 
 CONFIG = Path(__file__).parents[1] / "configs" / "benchmark_zero_shot.yaml"
 MODELS = {"FAPrompt": FAPrompt, "AnomalyCLIP": AnomalyCLIP}
@@ -187,10 +184,10 @@ def benchmark_run(checkpoints, target_root, tmp_path_factory):
     def random_clip(*args, **kwargs):
         return open_clip.CLIP(**copy.deepcopy(WINCLIP_TINY_CLIP)).eval(), None, None
 
-    get_model = generator.get_model
+    get_model = benchmark.get_model
     with pytest.MonkeyPatch.context() as patch:
         patch.chdir(workdir)  # anomalib writes runs/benchmark/<time>/results.csv and runs/pipeline.log here
-        patch.setattr(generator, "get_model", recording_get_model)
+        patch.setattr(benchmark, "get_model", recording_get_model)
         patch.setattr(open_clip, "create_model_and_transforms", random_clip)
         patch.setattr(vfm_torch, "_HAS_HF_DEPS", True)
         patch.setattr(vfm_torch, "hf_hub_download", lambda **kwargs: "offline", raising=False)
@@ -208,16 +205,10 @@ def benchmark_run(checkpoints, target_root, tmp_path_factory):
     return results[0], created
 
 
-def test_benchmark_fixes_are_installed_by_the_start_up_hook():
-    assert BenchmarkJob.collect.__module__ == benchmark.__name__
-    assert BenchmarkJob.run.__module__ == benchmark.__name__
-    assert job_module.Engine is Engine  # anomalib's Engine outside a benchmark job's run
-
-
 def test_console_summary_fits_80_columns_and_shows_the_results(benchmark_run):
     results, _ = benchmark_run
     frame = pd.read_csv(results)
-    lines = benchmark.summary_lines(frame)
+    lines = summary_lines(frame)
     assert max(len(line) for line in lines) <= 80
     header = next(line for line in lines if line.startswith("category"))
     assert header.split() == ["category", "FAPrompt", "AnomalyCLIP", *ANOMALIB_MODELS]
@@ -250,7 +241,7 @@ def test_unusable_weights_are_named_before_any_job(checkpoints, tmp_path):
             "data": {"class_path": "MVTecAD", "init_args": {"category": {"grid": ["a", "b"]}}},
         }
     }
-    problems = benchmark.unusable_weights(config)
+    problems = checks.unusable_weights(config)
     assert len(problems) == 4  # once per model, file and configuration, not per category
     here = f"'{checkpoints['FAPrompt']}' (FAPrompt.weights) was trained with other hyperparameters: "
     assert problems[0].startswith(here + "n_prior_patches=10 (here: 3).")
@@ -262,7 +253,7 @@ def test_unusable_weights_are_named_before_any_job(checkpoints, tmp_path):
         FAPrompt(**grid[1]["init_args"])
     assert str(error.value) == problems[0].replace("(FAPrompt.weights)", "(argument `weights`)")
     config["benchmark"]["model"]["grid"] = grid[:1]
-    assert benchmark.unusable_weights(config) == []
+    assert checks.unusable_weights(config) == []
 
 
 def test_unknown_arguments_and_unusable_data_are_named_before_any_job(target_root, tmp_path):
@@ -272,46 +263,51 @@ def test_unknown_arguments_and_unusable_data_are_named_before_any_job(target_roo
         return {"benchmark": {"seed": 1, "model": {"grid": models}, "data": data}}
 
     synthetic = make_synthetic_dataset(tmp_path / "target", categories=("gamma", "delta"), n_good=1, n_defect=1)
-    assert benchmark.unknown_arguments(config({"root": str(synthetic)})) == []
-    assert benchmark.unusable_data(config({"root": str(synthetic)})) == []
-    assert benchmark.unusable_data(config({"root": str(tmp_path / "MVTecAD")})) == []  # anomalib downloads there
-    problems = benchmark.unknown_arguments(config({"root": str(synthetic), "rot": 1}, {"n_ctxx": 3}))
+    assert checks.unknown_arguments(config({"root": str(synthetic)})) == []
+    assert checks.unusable_data(config({"root": str(synthetic)})) == []
+    assert checks.unusable_data(config({"root": str(tmp_path / "MVTecAD")})) == []  # anomalib downloads there
+    problems = checks.unknown_arguments(config({"root": str(synthetic), "rot": 1}, {"n_ctxx": 3}))
     assert problems[0].startswith("FAPrompt has no argument 'n_ctxx' (model.init_args); its arguments are ")
     assert problems[1].startswith("MVTecAD has no argument 'rot' (data.init_args); its arguments are root, ")
     assert len(problems) == 2  # once each, not once per category
     typo = tmp_path / "targt"
-    (problem,) = benchmark.unusable_data(config({"root": str(typo)}))
+    (problem,) = checks.unusable_data(config({"root": str(typo)}))
     assert problem.startswith(f"Dataset folder '{typo}' (argument `data.init_args.root`) does not exist.")
     extra = config({"root": str(synthetic)})
     extra["benchmark"]["data"]["init_args"]["category"]["grid"].append("zeta")
-    assert benchmark.unusable_data(extra) == [
+    assert checks.unusable_data(extra) == [
         f"MVTecAD category 'zeta' is not under '{synthetic}' (argument `data.init_args.root`), which holds delta, "
         "gamma, and it is not downloaded there (only folders named `MVTecAD` are downloaded into): place the "
         "category there, or leave it out."
     ]
-    (problem,) = benchmark.unusable_data(config({"root": str(synthetic / "gamma")}))
+    (problem,) = checks.unusable_data(config({"root": str(synthetic / "gamma")}))
     assert f"pass its parent '{synthetic}' as `data.init_args.root`" in problem
     assert not typo.exists()
 
 
-def test_a_job_without_a_result_gets_a_row_and_marks_the_means():
-    """A failed job's model and category stay in the table (no metric, status "no result") and in failed_jobs."""
+def test_a_failed_job_gets_a_row_saying_why_and_marks_the_means(tmp_path):
+    """A job whose data cannot be read: its settings, status "no result" and its error; the mean says so."""
     config = {
+        "accelerator": "cpu",
         "benchmark": {
             "seed": 1,
-            "model": {"grid": [{"class_path": "FAPrompt", "init_args": {"weights": "fa.ckpt"}}]},
-            "data": {"class_path": "MVTecAD", "init_args": {"category": {"grid": ["gamma", "zeta"]}}},
-        }
+            "model": {"class_path": "FAPrompt", "init_args": copy.deepcopy(TINY_MODEL_ARGS)},
+            "data": {"class_path": "MVTecAD", "init_args": {"root": str(tmp_path / "MVTecAD"), "category": "zeta"}},
+        },
     }
-    jobs = benchmark._jobs(config)
-    ran = {**flatten_dict(jobs[0]), "accelerator": "cpu", "image_AUROC": 0.9, "pixel_AUROC": 0.8}
-    frame = benchmark.collect([ran], jobs)
+    (job,) = benchmark.ZeroShotBenchmarkJobGenerator("cpu").generate_jobs(config["benchmark"], None)
+    job.datamodule.prepare_data = lambda: (_ for _ in ()).throw(FileNotFoundError("no folder zeta"))
+    failed = job.run()
+    assert failed["status"] == "no result"
+    assert failed["error"] == "FileNotFoundError: no folder zeta"
+    assert failed["model.class_path"] == "FAPrompt"
+    ran = {**failed, "data.init_args.category": "gamma", "image_AUROC": 0.9, "pixel_AUROC": 0.8}
+    del ran["status"], ran["error"]
+    frame = benchmark.collect([ran, failed])
     assert frame["data.init_args.category"].tolist() == ["gamma", "zeta"]
-    assert frame["model.init_args.weights"].tolist() == ["fa.ckpt", "fa.ckpt"]
     assert pd.isna(frame["status"][0])
-    assert frame["status"][1] == "no result"
     assert pd.isna(frame["image_AUROC"][1])
-    lines = benchmark.summary_lines(frame)
+    lines = summary_lines(frame)
     assert [line.split() for line in lines[:5]] == [
         ["image_AUROC", "(%)"],
         ["category", "FAPrompt"],
@@ -319,13 +315,24 @@ def test_a_job_without_a_result_gets_a_row_and_marks_the_means():
         ["zeta", "-"],
         ["mean", "90.0*"],
     ]
-    errors = {"FAPrompt/zeta": [benchmark._reason(_wrapped(FileNotFoundError("no folder zeta")))]}
-    assert benchmark.failed_jobs(config, frame, errors) == ["FAPrompt/zeta (FileNotFoundError: no folder zeta)"]
-    assert benchmark.collect([ran], jobs[:1]).shape[0] == 1  # every job has its result: no extra row
+    config["benchmark"]["data"]["init_args"]["category"] = {"grid": ["gamma", "zeta"]}
+    assert benchmark.failed_jobs(config, frame) == ["FAPrompt/zeta (FileNotFoundError: no folder zeta)"]
+
+
+def test_a_model_that_cannot_be_built_gets_a_row_saying_why():
+    config = {
+        "seed": 1,
+        "model": {"class_path": "FAPrompt", "init_args": {"image_size": 0}},
+        "data": {"class_path": "MVTecAD"},
+    }
+    (job,) = benchmark.ZeroShotBenchmarkJobGenerator("cpu").generate_jobs(config, None)
+    row = job.run()
+    assert row["status"] == "no result"
+    assert row["error"] == "ValueError: image_size=0 must be an integer of at least 1."
 
 
 def _wrapped(cause: Exception) -> Exception:
-    """``cause`` as anomalib's runner re-raises it: wrapped in another error."""
+    """``cause`` as anomalib wraps it: raised from another error."""
     try:
         try:
             raise cause
@@ -336,13 +343,17 @@ def _wrapped(cause: Exception) -> Exception:
         return wrapper
 
 
+def test_the_reason_of_a_wrapped_error_is_its_cause():
+    assert benchmark._reason(_wrapped(FileNotFoundError("no folder zeta"))) == "FileNotFoundError: no folder zeta"
+
+
 def test_summary_has_a_column_per_configuration_of_one_model_class():
     rows = [
         {"model.class_path": "FAPrompt", "model.init_args.weights": weights, "data.init_args.category": "a",
          "image_AUROC": value}
         for weights, value in (("one.ckpt", 0.9), ("two.ckpt", 0.5))
     ]  # fmt: skip
-    lines = benchmark.summary_lines(pd.DataFrame(rows))
+    lines = summary_lines(pd.DataFrame(rows))
     assert "FAPrompt (weights=one.ckpt)" in lines[1]
     assert "FAPrompt (weights=two.ckpt)" in lines[1]
     assert lines[2].split() == ["a", "90.0", "50.0"]
@@ -353,7 +364,7 @@ def test_summary_shows_the_mean_of_repeated_jobs_and_names_them():
         {"model.class_path": "FAPrompt", "data.init_args.category": category, "seed": seed, "image_AUROC": value}
         for category, seed, value in (("a", 1, 0.9), ("a", 2, 0.5), ("b", 1, 0.6))
     ]
-    lines = benchmark.summary_lines(pd.DataFrame(rows))
+    lines = summary_lines(pd.DataFrame(rows))
     assert lines[2].split() == ["a", "70.0"]  # (0.9 + 0.5) / 2, not the first job's 90.0
     assert lines[3].split() == ["b", "60.0"]
     assert lines[4].split() == ["mean", "65.0"]
@@ -369,18 +380,17 @@ def test_failed_jobs_are_named():
         }
     }
     collected = pd.DataFrame(
-        {"model.class_path": ["FAPrompt", "FAPrompt", "WinClip"], "data.init_args.category": ["a", "b", "a"]}
+        {
+            "model.class_path": ["FAPrompt", "FAPrompt", "WinClip", "WinClip"],
+            "data.init_args.category": ["a", "b", "a", "b"],
+            "status": [None, None, None, "no result"],
+            "error": [None, None, None, "ValueError: bad"],
+        }
     )
-    failed = benchmark.failed_jobs(config, collected, {"WinClip/b": ["ValueError: bad"]})
-    assert failed == ["WinClip/b (ValueError: bad)"]
-    assert benchmark.failed_jobs(config, None, {}) == [
+    assert benchmark.failed_jobs(config, collected) == ["WinClip/b (ValueError: bad)"]
+    assert benchmark.failed_jobs(config, collected[:3].drop(columns=["status", "error"])) == ["WinClip/b (did not run)"]
+    assert benchmark.failed_jobs(config, None) == [
         f"{model}/{category} (did not run)" for model in ("FAPrompt", "WinClip") for category in "ab"
-    ]
-    # the runner stopped before collecting (a model could not be built): the jobs that ran are not named
-    assert benchmark.failed_jobs(config, None, {}, completed=["FAPrompt/a"]) == [
-        "FAPrompt/b (did not run)",
-        "WinClip/a (did not run)",
-        "WinClip/b (did not run)",
     ]
 
 

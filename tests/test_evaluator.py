@@ -22,7 +22,7 @@ from anomalib_faprompt import FAPrompt
 from anomalib_faprompt.data import make_synthetic_dataset
 from anomalib_faprompt.metrics import PaperAUPRO, PerCategoryEvaluator, paper_aupro
 from anomalib_faprompt.metrics.aupro import pro_curve
-from anomalib_faprompt.tables import console_table
+from anomalib_faprompt.report.tables import console_table
 
 METRICS = ["image_AUROC", "image_AUPR", "pixel_AUROC", "pixel_AUPRO"]
 

@@ -262,12 +262,12 @@ def test_cli_toy_protocol_with_two_shots(tmp_path):
 def test_the_few_shot_benchmark_config_puts_every_k_shot_beside_winclip(tmp_path):
     import yaml
 
-    from anomalib_faprompt.integration import benchmark
-    from anomalib_faprompt.report import load_results
+    from anomalib_faprompt.pipelines import checks
+    from anomalib_faprompt.report.benchmark import load_results
 
     config = yaml.safe_load((REPO / "configs" / "benchmark_few_shot.yaml").read_text())
-    assert benchmark.unknown_arguments(config) == []
-    jobs = benchmark._jobs(config)
+    assert checks.unknown_arguments(config) == []
+    jobs = checks.jobs(config)
     shots = {}
     for job in jobs:
         shots.setdefault(job["model"]["class_path"], set()).add(job["model"]["init_args"]["k_shot"])

@@ -476,7 +476,7 @@ def test_fit_of_a_model_with_trained_weights_says_it_trains_nothing(source, targ
 def test_a_sixteen_bit_image_is_drawn_as_its_eight_bit_copy(tmp_path):
     from anomalib.data import ImageItem
 
-    from anomalib_faprompt.visualization import CategoryImageVisualizer
+    from anomalib_faprompt.models.visualizer import CategoryImageVisualizer
 
     rng = np.random.default_rng(0)
     gray = rng.integers(0, 256, (48, 48), dtype=np.uint8)

@@ -9,6 +9,7 @@ import json
 import os
 import subprocess
 import sys
+import types
 import warnings
 
 import pytest
@@ -20,18 +21,17 @@ TINY = (
 )
 # What a process sees of the integration, printed as JSON.
 STATE = (
-    "import json, sys, anomalib.models as m, anomalib.engine as e, anomalib.pipelines.benchmark.job as j; "
+    "import json, sys, anomalib.models as m, anomalib.engine as e; "
     "print(json.dumps({'published': [hasattr(m, n) for n in ('FAPrompt', 'AnomalyCLIP')], "
     "'listed': sorted(n for n in m.list_models('pascal') if n in ('FAPrompt', 'AnomalyCLIP', "
-    "'PromptLearningModule')), 'collect': j.BenchmarkJob.collect.__module__, 'engine': j.Engine is e.Engine, "
+    "'PromptLearningModule')), 'engine': hasattr(e.Engine.fit, '__wrapped__'), "
     "'finder': any(type(f).__name__ == '_Finder' for f in sys.meta_path)}))"
 )
 PUBLISHED = {
     "published": [True, True],
     "listed": ["AnomalyCLIP", "FAPrompt"],
-    "collect": "anomalib_faprompt.integration.benchmark",
-    "engine": True,  # the job module's Engine is anomalib's outside a benchmark job run
-    "finder": True,  # still waiting for anomalib's CLI and benchmark pipeline modules
+    "engine": True,  # Engine.fit wrapped once
+    "finder": True,  # still waiting for anomalib's CLI module
 }
 
 
@@ -90,8 +90,7 @@ def test_switch_turns_everything_off_for_a_plain_import():
     assert state == {
         "published": [False, False],
         "listed": ["AnomalyCLIP", "FAPrompt"],  # anomalib's own list_models: the shared base is a mixin, not listed
-        "collect": "anomalib.pipelines.benchmark.job",
-        "engine": True,
+        "engine": False,
         "finder": False,
     }
 
@@ -102,35 +101,36 @@ def test_switch_skips_the_start_up_import():
 
 
 def test_a_failing_patch_leaves_anomalib_as_it_was_with_one_warning():
-    from anomalib.pipelines.benchmark import job as job_module
-
-    from anomalib_faprompt.integration import benchmark
+    from anomalib_faprompt.integration.cli import patch_cli
 
     class Refusing(type):
         def __setattr__(cls, name, value):
-            if name == "_print_tabular_results":
+            if name == "_run_subcommand":
                 raise AttributeError(name)
             super().__setattr__(name, value)
 
-    class Job(metaclass=Refusing):
-        def run(self):
+    class CLI(metaclass=Refusing):
+        @staticmethod
+        def init_parser(**kwargs):
+            return "anomalib's parser"
+
+        def instantiate_classes(self):
+            return "anomalib's instantiate_classes"
+
+        def _run_subcommand(self):
             return "anomalib's run"
 
-        @staticmethod
-        def collect(results):
-            return "anomalib's collect"
-
-    fake = type(job_module)("fake_job_module")
-    fake.BenchmarkJob, fake.Engine = Job, job_module.Engine
-    before = dict(vars(Job))
+    fake = types.ModuleType("fake_cli_module")
+    fake.AnomalibCLI = CLI
+    before = dict(vars(CLI))
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        benchmark.patch_job(fake)
+        patch_cli(fake)
     assert len(caught) == 1
-    assert "benchmark job not applied, anomalib left as it was" in str(caught[0].message)
-    assert dict(vars(Job)) == before
-    assert Job().run() == "anomalib's run"
-    assert Job.collect([]) == "anomalib's collect"
+    assert "command line not applied, anomalib left as it was" in str(caught[0].message)
+    assert dict(vars(CLI)) == before
+    assert CLI().instantiate_classes() == "anomalib's instantiate_classes"
+    assert CLI.init_parser() == "anomalib's parser"
 
 
 def test_an_unsupported_anomalib_version_is_not_patched(monkeypatch):

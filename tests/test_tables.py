@@ -9,7 +9,7 @@ import math
 
 import pytest
 
-from anomalib_faprompt.tables import (
+from anomalib_faprompt.report.tables import (
     MISSING,
     column_title,
     console_table,

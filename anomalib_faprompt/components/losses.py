@@ -75,7 +75,6 @@ def local_loss(abnormal_map: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return focal + dice_loss(abnormal_map, mask) + dice_loss(normal_map, 1.0 - mask.to(abnormal_map.dtype))
 
 
-@float32
 def local_losses(
     masks: torch.Tensor | None, **abnormal_maps: torch.Tensor | tuple[torch.Tensor, ...]
 ) -> dict[str, torch.Tensor]:
@@ -86,6 +85,7 @@ def local_losses(
     return {name: sum(local_loss(layer, masks) for layer in maps) for name, maps in layers.items()}
 
 
+@float32
 def binary_focal_loss(
     scores: torch.Tensor,
     labels: torch.Tensor,

@@ -1,48 +1,49 @@
-"""anomalib's command line (``anomalib train/fit/test/predict/export/benchmark``), four narrow fixes.
+"""anomalib's command line with this package's models: seeded, quiet, one-line errors, the zero-shot benchmark.
 
-1. **Seed.** anomalib 2.7's CLI defines ``--seed_everything`` (and every config of this package sets it) but
-   never applies it. For a run of this package's models or datamodules an integer seed is now applied with
+Each change applies to a run whose ``--model`` or ``--data`` is one of this package's classes (a run of any other
+model is anomalib's, unchanged), except the benchmark's, which applies to a config naming this package's models:
+
+1. **Seed.** anomalib 2.7 defines ``--seed_everything`` but never applies it. An integer seed is applied with
    ``lightning.seed_everything(seed, workers=True)`` (what Lightning's own CLI does) before the model and data are
-   built; every other model runs as in anomalib, unseeded. ``true`` (anomalib's default, "a random seed") and
-   ``false`` change nothing: no seed is set, as before.
-2. **Errors.** A ``ValueError``/``FileNotFoundError``... raised by a constructor of this package's models or
-   datamodules reaches jsonargparse, which buries its message in a long "Expected a <class 'NoneType'>"
-   traceback. It is printed instead as the last line, and the command exits with status 2. The errors the
-   package raises while the command runs about what the user gave (:class:`~anomalib_faprompt.errors.InputError`:
-   a checkpoint that does not fit or cannot be read, data that is missing or inconsistent, a benchmark config
-   naming missing checkpoints, a file that cannot be decoded) are reported the same way; a benchmark with failed
-   jobs exits with 1.
-3. **Quiet.** A run of this package's models filters the known harmless messages of :mod:`.quiet`.
-4. **No download into a mistyped folder.** A run of this package's models on anomalib's ``MVTecAD`` or ``Visa``
-   datamodule whose category is not under ``root`` stops in one line (exit 2) when anomalib would download the
-   dataset into a folder not named like its default (``MVTecAD``, ``visa``).
+   built; ``true`` (anomalib's default, "a random seed") and ``false`` set no seed, as anomalib.
+2. **Errors.** jsonargparse buries a constructor's error, or a value it cannot parse (``--model.temperature nan``),
+   in a block of 10 to 20 lines. The command prints the error alone, as its last line, and exits with 2; so it does
+   for the errors about what the user gave (:class:`~anomalib_faprompt.errors.InputError`) raised while it runs.
+3. **Quiet.** The known harmless messages of :mod:`.quiet` are filtered.
+4. **No download into a mistyped folder.** anomalib's ``MVTecAD`` or ``Visa`` data whose category is not under
+   ``root`` stops in one line when anomalib would download the dataset into a folder not named like its default.
+5. **Benchmark.** ``anomalib benchmark`` runs :class:`anomalib_faprompt.pipelines.Benchmark`, which runs a config
+   of anomalib's models alone as anomalib does; a benchmark with jobs without a result exits with 1.
 """
 
 from __future__ import annotations
 
-import functools
+import re
 import sys
 from typing import Any
 
-from anomalib_faprompt.integration.patching import Patch, patching
+from anomalib_faprompt.integration.patching import patching
+from anomalib_faprompt.integration.publish import MODEL_NAMES
 from anomalib_faprompt.integration.quiet import quiet_command
 
 SEEDED_SUBCOMMANDS = {"fit", "validate", "test", "train", "predict", "export"}
+_PARSER_KEY = re.compile(r'Parser key "([^"]+)":')
+_CLASS_PATH = re.compile(r"class_path[= ]'(anomalib_faprompt\.[\w.]+)'")
 
 
-def _class_path(config: Any, key: str) -> str:
+def _class_path(config: Any, key: str) -> str:  # noqa: ANN401
     value = config.get(key) if hasattr(config, "get") else None
     class_path = value.get("class_path") if hasattr(value, "get") else value
     return class_path if isinstance(class_path, str) else ""
 
 
-def _is_package_class(class_path: str) -> bool:
-    from anomalib_faprompt.integration.publish import MODEL_NAMES
+def is_package_run(config: Any) -> bool:  # noqa: ANN401
+    """Whether a subcommand's config builds one of this package's models or datamodules."""
+    paths = [_class_path(config, key) for key in ("model", "data")] if config is not None else []
+    return any(path.startswith("anomalib_faprompt.") or path in MODEL_NAMES for path in paths)
 
-    return class_path.startswith("anomalib_faprompt.") or class_path in MODEL_NAMES
 
-
-def apply_seed(subcommand: str, config: Any) -> int | None:
+def apply_seed(subcommand: str, config: Any) -> int | None:  # noqa: ANN401
     """Apply an integer ``seed_everything`` of a Lightning subcommand's config; return it."""
     seed = config.get("seed_everything") if subcommand in SEEDED_SUBCOMMANDS else None
     if isinstance(seed, bool) or not isinstance(seed, int):
@@ -52,45 +53,29 @@ def apply_seed(subcommand: str, config: Any) -> int | None:
     return seed_everything(seed, workers=True)
 
 
-def _package_classes() -> list[type]:
-    """The classes a CLI user builds from this package: its models and datamodules."""
-    from anomalib.data import AnomalibDataModule
+def package_error(message: str) -> str | None:
+    """The error about one of this package's classes in a jsonargparse message, as one line; ``None`` if none.
 
-    import anomalib_faprompt.data as data
-    import anomalib_faprompt.models as models
-
-    classes = [getattr(models, name) for name in models.__all__]
-    classes += [
-        value
-        for value in (getattr(data, name) for name in getattr(data, "__all__", []))
-        if isinstance(value, type) and issubclass(value, AnomalibDataModule)
-    ]
-    return classes
-
-
-def _recorded(init: Any, cls: type, errors: list[tuple[type, BaseException]]) -> Any:
-    @functools.wraps(init)
-    def recorded(self: Any, *args: Any, **kwargs: Any) -> None:
-        try:
-            init(self, *args, **kwargs)
-        except Exception as error:
-            errors.append((cls, error))
-            raise
-
-    return recorded
-
-
-def _recording(classes: list[type], errors: list[tuple[type, BaseException]]) -> Patch:
-    """Wrap the constructors of ``classes`` so that an exception they raise is also appended to ``errors``."""
-    patch = Patch()
-    for cls in classes:
-        if "__init__" in vars(cls):
-            patch.set(cls, "__init__", _recorded(vars(cls)["__init__"], cls, errors))
-    return patch
+    jsonargparse lists, under ``Errors:``, why a value fits none of the types it may have (a model is ``None`` or
+    an ``AnomalibModule``): the constructor's message, or the nested ``Parser key`` and what it expected.
+    """
+    if not _CLASS_PATH.search(message) or "Errors:" not in message:
+        return None
+    head, _, errors = message.partition("Errors:")
+    errors = errors.split("Given value type:")[0]
+    bullets = [bullet for bullet in re.split(r"\n\s*- ", errors) if bullet.strip()]
+    for bullet in bullets:
+        lines = [line.strip() for line in bullet.strip().splitlines()]
+        if lines[0].startswith("Expected a <class 'NoneType'>"):
+            continue
+        keys = _PARSER_KEY.findall(head)[:1] + [key for line in lines for key in _PARSER_KEY.findall(line)]
+        text = " ".join(line for line in lines if not _PARSER_KEY.fullmatch(line) and "given class_path" not in line)
+        return f"--{'.'.join(keys)}: {text}" if len(keys) > 1 else text
+    return None
 
 
 def exit_with(error: BaseException, what: str) -> None:
-    """Print ``what`` and the package's error as the last line(s); exit with status 2.
+    """Print ``what`` and the package's error as the last line(s); exit with the error's ``exit_code`` (else 2).
 
     An error re-raised from a ``DataLoader`` worker carries the worker's traceback in its message: only its
     last line, the error itself, is printed.
@@ -100,15 +85,11 @@ def exit_with(error: BaseException, what: str) -> None:
         message = message.rstrip().splitlines()[-1]
     print(f"{what}:", file=sys.stderr)  # noqa: T201
     print(message, file=sys.stderr)  # noqa: T201
-    raise SystemExit(2) from None
+    raise SystemExit(getattr(error, "exit_code", 2)) from None
 
 
 def check_anomalib_data(datamodule: Any) -> None:  # noqa: ANN401
-    """Refuse, in one line, anomalib's MVTecAD or Visa data whose category is not where ``root`` says.
-
-    anomalib's datamodule would download the dataset into a mistyped or custom folder (offline: a ``URLError``
-    traceback); the package's own datamodule checks this itself.
-    """
+    """Refuse, in one line, anomalib's MVTecAD or Visa data whose category is not where ``root`` says."""
     from anomalib.data import MVTecAD, Visa  # noqa: PLC0415
 
     from anomalib_faprompt.data.sources import check_category  # noqa: PLC0415
@@ -117,49 +98,67 @@ def check_anomalib_data(datamodule: Any) -> None:  # noqa: ANN401
         check_category(type(datamodule).__name__, datamodule.root, str(datamodule.category), "data.init_args.root")
 
 
-def patch_cli(module: Any) -> None:
-    """Apply the fixes to ``anomalib.cli.cli.AnomalibCLI``."""
+def _one_line_parser_errors(parser: Any, subcommand: str = "") -> Any:  # noqa: ANN401
+    """Make ``parser.error`` print a parse error about this package's classes as one line (exit 2)."""
+    error = parser.error
+
+    def one_line_error(message: str, *args: Any, **kwargs: Any) -> None:  # noqa: ANN401
+        line = package_error(str(message))
+        if line is None:
+            error(message, *args, **kwargs)
+        print(f"anomalib{' ' + subcommand if subcommand else ''}: {line}", file=sys.stderr)  # noqa: T201
+        raise SystemExit(2)
+
+    parser.error = one_line_error
+    return parser
+
+
+def patch_cli(module: Any) -> None:  # noqa: ANN401
+    """Apply the changes above to ``anomalib.cli.cli.AnomalibCLI``, once."""
     cli_class = module.AnomalibCLI
+    original_init_parser = cli_class.init_parser
     original_instantiate, original_run = cli_class.instantiate_classes, cli_class._run_subcommand  # noqa: SLF001
 
-    def instantiate_classes(self: Any) -> None:
+    def init_parser(**kwargs: Any) -> Any:  # noqa: ANN401
+        return _one_line_parser_errors(original_init_parser(**kwargs))
+
+    def instantiate_classes(self: Any) -> None:  # noqa: ANN401
         subcommand = self.config["subcommand"]
-        config = self.config.get(subcommand)
-        ours = config is not None and any(_is_package_class(_class_path(config, key)) for key in ("model", "data"))
-        self.package_run = ours
-        if not ours:
+        if not is_package_run(self.config.get(subcommand)):
             original_instantiate(self)
             return
-        apply_seed(subcommand, config)
+        apply_seed(subcommand, self.config[subcommand])
         quiet_command(subcommand)
-        errors: list[tuple[type, BaseException]] = []
-        recording = _recording(_package_classes(), errors)
         try:
             original_instantiate(self)
-        except Exception:
-            if not errors:
+        except ValueError as error:
+            line = package_error(str(error))
+            if line is None:
                 raise
-            cls, error = errors[-1]
-            exit_with(error, f"anomalib {subcommand}: {cls.__name__} could not be built")
-        finally:
-            recording.undo()
+            name = _CLASS_PATH.search(str(error)).group(1).rsplit(".", 1)[-1]
+            print(f"anomalib {subcommand}: {name} could not be built:", file=sys.stderr)  # noqa: T201
+            print(line, file=sys.stderr)  # noqa: T201
+            raise SystemExit(2) from None
 
-    def run_subcommand(self: Any) -> None:
-        from anomalib_faprompt.errors import InputError
-        from anomalib_faprompt.integration.benchmark import STATE
+    def run_subcommand(self: Any) -> None:  # noqa: ANN401
+        from anomalib_faprompt.errors import InputError  # noqa: PLC0415
 
         try:
-            if getattr(self, "package_run", False):
-                check_anomalib_data(self.datamodule)
+            if self.subcommand == "benchmark":
+                from anomalib_faprompt.pipelines import Benchmark  # noqa: PLC0415
+
+                Benchmark().run(self.config["benchmark"])
+                return
+            if is_package_run(self.config.get(self.subcommand)):
+                check_anomalib_data(getattr(self, "datamodule", None))
             original_run(self)
         except InputError as error:
             exit_with(error, f"anomalib {self.subcommand}")
-        if self.subcommand == "benchmark" and STATE.failed:
-            raise SystemExit(1)
 
     instantiate_classes.__doc__ = original_instantiate.__doc__
     run_subcommand.__doc__ = original_run.__doc__
-    with patching("the fixes to anomalib's command line") as patch:
+    with patching("the changes to anomalib's command line") as patch:
         if patch is not None:
+            patch.set(cli_class, "init_parser", staticmethod(init_parser))
             patch.set(cli_class, "instantiate_classes", instantiate_classes)
             patch.set(cli_class, "_run_subcommand", run_subcommand)

@@ -19,8 +19,6 @@ SWITCH = "ANOMALIB_FAPROMPT_NO_HOOK"
 HOOKS = {
     "anomalib.models": ("anomalib_faprompt.integration.publish", "on_anomalib_models"),
     "anomalib_faprompt.models": ("anomalib_faprompt.integration.publish", "on_package_models"),
-    "anomalib.pipelines.benchmark.job": ("anomalib_faprompt.integration.benchmark", "patch_job"),
-    "anomalib.pipelines.benchmark.pipeline": ("anomalib_faprompt.integration.benchmark", "patch_pipeline"),
     "anomalib.cli.cli": ("anomalib_faprompt.integration.cli", "patch_cli"),
     "anomalib.engine.engine": ("anomalib_faprompt.integration.workspace", "patch_engine"),
 }

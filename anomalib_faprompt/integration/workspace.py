@@ -40,6 +40,7 @@ import logging
 import os
 import re
 import sys
+from contextvars import ContextVar
 from functools import wraps
 from pathlib import Path
 from typing import Any
@@ -50,7 +51,7 @@ from anomalib_faprompt.errors import InvalidInputError
 
 from .patching import patching
 
-__all__ = ["checkpoint_run_dir", "new_version_dir", "patch_engine", "relative_latest_link"]
+__all__ = ["checkpoint_run_dir", "new_version_dir", "patch_engine", "run_root"]
 
 logger = logging.getLogger(__name__)
 
@@ -80,14 +81,6 @@ def new_version_dir(root: Path) -> Path:
             number += 1
         else:
             return folder
-
-
-def relative_latest_link(run_dir: Path) -> None:
-    """Point ``run_dir.parent / "latest"`` at ``run_dir`` by a relative link, when it is a link to ``run_dir``."""
-    latest = run_dir.parent / "latest"
-    if sys.platform.startswith("win") or not latest.is_symlink() or latest.resolve() != run_dir.resolve():
-        return
-    _point_latest(latest, run_dir.name)
 
 
 def checkpoint_run_dir(checkpoint: str | Path) -> Path:
@@ -132,55 +125,51 @@ def _restore_latest(record: tuple[Path, Path, str | None] | None) -> None:
         _point_latest(latest, previous)
 
 
-def _setup_workspace(original: Any) -> Any:  # noqa: ANN401
-    engine = sys.modules[original.__module__]
+def run_root(engine: Any, model: Any, *loaders: Any, datamodule: Any = None, dataset: Any = None) -> Path:  # noqa: ANN401
+    """``<default_root_dir>/<model>/<dataset>/<category>``: the folder of version folders, as anomalib names it."""
+    source = datamodule if datamodule is not None else dataset
+    name, category = (source.name, source.category) if source is not None else ("", None)
+    if not name or category is None:
+        loader = next((loader for loader in loaders if hasattr(loader, "train_data")), None)
+        if loader is not None:
+            name, category = getattr(loader.train_data, "name", ""), getattr(loader.train_data, "category", "")
+    return Path(engine._cache.args["default_root_dir"]) / model.name / name / (category or "")  # noqa: SLF001
 
+
+def _setup_workspace(original: Any) -> Any:  # noqa: ANN401
     @wraps(original)
-    def setup_workspace(self: Any, model: Any, *args: Any, versioned_dir: bool = False, **kwargs: Any) -> None:  # noqa: ANN401
-        if not _is_own(model):
-            original(self, model, *args, versioned_dir=versioned_dir, **kwargs)
-            return
-        inherited = _launcher_run_dir()
+    def setup_workspace(  # noqa: PLR0913
+        self: Any,  # noqa: ANN401
+        model: Any,  # noqa: ANN401
+        train_dataloaders: Any = None,  # noqa: ANN401
+        val_dataloaders: Any = None,  # noqa: ANN401
+        test_dataloaders: Any = None,  # noqa: ANN401
+        datamodule: Any = None,  # noqa: ANN401
+        dataset: Any = None,  # noqa: ANN401
+        versioned_dir: bool = False,
+    ) -> None:
+        loaders = (train_dataloaders, val_dataloaders, test_dataloaders)
+        inherited = _launcher_run_dir() if _is_own(model) else None
         if inherited is not None and self._trainer is None:
             # another rank of a multi-process run: the launching process's folder, no folder or link of its own
             self._cache.args["default_root_dir"] = inherited
             return
-        if not versioned_dir and self._trainer is not None:
-            # test or predict after fit on the same engine: the training's run folder
-            original(self, model, *args, versioned_dir=versioned_dir, **kwargs)
+        if not _is_own(model) or (not versioned_dir and self._trainer is not None) or sys.platform.startswith("win"):
+            # anomalib's folder (test or predict after fit on the same engine: the training's run folder)
+            original(self, model, *loaders, datamodule, dataset, versioned_dir=versioned_dir)
             return
-        if versioned_dir:
-            # fit or train: anomalib's new version folder, and the link's previous target for a failed run
-            previous: list[str | None] = []
-            create = engine.create_versioned_dir
-
-            def create_versioned_dir(root_dir: str | Path) -> Path:
-                latest = Path(root_dir).resolve() / "latest"
-                previous.append(os.readlink(latest) if latest.is_symlink() else None)
-                return create(root_dir)
-
-            engine.create_versioned_dir = create_versioned_dir
-            try:
-                original(self, model, *args, versioned_dir=versioned_dir, **kwargs)
-            finally:
-                engine.create_versioned_dir = create
-            run_dir = Path(self._cache.args["default_root_dir"])
-            setattr(self, _LATEST_BEFORE, (run_dir.parent / "latest", run_dir, previous[0] if previous else None))
-            relative_latest_link(run_dir)
-            _share_run_dir(run_dir)
-            return
-        # test or predict on a fresh engine: anomalib's root for this model and data, then a new version folder
-        resolve = engine.resolve_versioned_path
-        engine.resolve_versioned_path = Path  # leaves <root>/latest as it is, unresolved
-        try:
-            original(self, model, *args, versioned_dir=False, **kwargs)
-        finally:
-            engine.resolve_versioned_path = resolve
-        root = Path(self._cache.args["default_root_dir"]).parent.resolve()
+        root = run_root(self, model, *loaders, datamodule=datamodule, dataset=dataset).resolve()
         run_dir = new_version_dir(root)
+        if versioned_dir:
+            # fit or train: `latest` points at the new folder by a relative link; its previous target is kept
+            latest = root / "latest"
+            previous = os.readlink(latest) if latest.is_symlink() else None
+            setattr(self, _LATEST_BEFORE, (latest, run_dir, previous))
+            _point_latest(latest, run_dir.name)
+        else:
+            logger.info("Writing this run's results to %s (earlier runs in %s are left as they are).", run_dir, root)
         self._cache.args["default_root_dir"] = run_dir
         _share_run_dir(run_dir)
-        logger.info("Writing this run's results to %s (earlier runs in %s are left as they are).", run_dir, root)
 
     return setup_workspace
 
@@ -228,19 +217,17 @@ def _should_run_validation(original: Any) -> Any:  # noqa: ANN401
     return staticmethod(should_run_validation)
 
 
-class _DropMessage(logging.Filter):
-    """Drops the records of one exact message."""
+_OWN_WEIGHTS: ContextVar[bool] = ContextVar("anomalib_faprompt_predicts_with_own_weights", default=False)
 
-    def __init__(self, message: str) -> None:
-        super().__init__()
-        self.message = message
+
+class _NoCheckpointWarning(logging.Filter):
+    """Drops anomalib's "ckpt_path is not provided" while a model built with trained ``weights`` predicts."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        return record.msg != self.message
+        return not (_OWN_WEIGHTS.get() and record.msg == NO_CKPT_WARNING)
 
 
 def _predict(original: Any) -> Any:  # noqa: ANN401
-    engine = sys.modules[original.__module__]
     signature = inspect.signature(original)
 
     @wraps(original)
@@ -258,12 +245,11 @@ def _predict(original: Any) -> Any:  # noqa: ANN401
         if weights is None or arguments.get("ckpt_path"):
             return original(*bound.args, **bound.kwargs)
         logger.info("%s predicts with the weights it was built with: %s", target.name, weights)
-        drop = _DropMessage(NO_CKPT_WARNING)
-        engine.logger.addFilter(drop)
+        token = _OWN_WEIGHTS.set(True)
         try:
             return original(*bound.args, **bound.kwargs)
         finally:
-            engine.logger.removeFilter(drop)
+            _OWN_WEIGHTS.reset(token)
 
     return predict
 
@@ -304,10 +290,6 @@ def patch_engine(module: Any) -> None:  # noqa: ANN401
     with patching("run folders of test/predict") as patch:
         if patch is None:
             return
-        for name in ("resolve_versioned_path", "create_versioned_dir"):
-            if not hasattr(module, name):
-                msg = f"anomalib.engine.engine has no {name}"
-                raise AttributeError(msg)
         engine_class = module.Engine
         patch.set(engine_class, "_setup_workspace", _setup_workspace(engine_class._setup_workspace))  # noqa: SLF001
         patch.set(
@@ -319,3 +301,4 @@ def patch_engine(module: Any) -> None:  # noqa: ANN401
         patch.set(engine_class, "export", _export(engine_class.export))
         for name in ("fit", "train"):
             patch.set(engine_class, name, _training_run(getattr(engine_class, name)))
+        module.logger.addFilter(_NoCheckpointWarning())

@@ -47,7 +47,7 @@ from torch import distributed
 from torch.utils.data import DistributedSampler
 
 from ..data.categories import dataloader_categories
-from ..tables import console_table, results_rows, write_tables
+from ..report.tables import console_table, results_rows, write_tables
 from .aupro import AUPRO, PaperAUPRO
 
 __all__ = ["AUPRO_DEFINITIONS", "PerCategoryEvaluator", "category_names", "default_test_metrics"]

@@ -35,15 +35,13 @@ from anomalib_faprompt.components import PromptedCLIPModel, build_backbone, plai
 from anomalib_faprompt.components.options import check_count, check_positive, check_sigma
 from anomalib_faprompt.data.references import folder_candidates
 from anomalib_faprompt.metrics import PerCategoryEvaluator
-from anomalib_faprompt.predictions import PredictionScoresWriter
-from anomalib_faprompt.visualization import CategoryImageVisualizer
 
 from .authors import is_authors_file, load_authors_prompts
 from .checkpoint import (
+    CheckedCheckpointIO,
     check_checkpoint,
     check_checkpoint_file,
     check_is_checkpoint,
-    guard_checkpoint_io,
     load_file,
     restore_frozen,
     strip_frozen,
@@ -51,7 +49,9 @@ from .checkpoint import (
 from .export import PromptExportMixin
 from .few_shot import FewShotMixin
 from .pre_processor import CLIPPreProcessor
+from .predictions import PredictionScoresWriter
 from .targets import TrainingTargets
+from .visualizer import CategoryImageVisualizer
 
 __all__ = ["PromptLearningModule"]
 
@@ -259,8 +259,8 @@ class PromptLearningModule(FewShotMixin, PromptExportMixin):
 
     @property
     def trainer_arguments(self) -> dict:
-        """No trainer overrides."""
-        return {}
+        """A checkpoint IO naming a missing or damaged ``ckpt_path`` file in one line (:class:`CheckedCheckpointIO`)."""
+        return {"plugins": [CheckedCheckpointIO(type(self))]}
 
     @classmethod
     def resolved_defaults(cls, hparams: Mapping[str, Any], authors_file: bool) -> dict[str, Any]:
@@ -319,11 +319,6 @@ class PromptLearningModule(FewShotMixin, PromptExportMixin):
             )
         self.zero_shot = True
         self.learned = True
-
-    def setup(self, stage: str) -> None:
-        """Have a missing or damaged ``ckpt_path`` file named in the error (see :func:`guard_checkpoint_io`)."""
-        super().setup(stage)
-        guard_checkpoint_io(self, self.trainer)
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         """Save a checkpoint that stands on its own, without pretrained CLIP weights (see :mod:`.checkpoint`)."""

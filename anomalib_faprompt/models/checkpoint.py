@@ -1,9 +1,9 @@
 """Checkpoints of the prompt-learning models: reading, checking, and leaving the frozen CLIP out.
 
 One set of checks serves every way a checkpoint reaches a model: ``weights=`` at construction,
-``--ckpt_path`` of anomalib's ``test``/``predict``/``fit`` (checked in ``setup``, before Lightning reads
-the file) and ``load_from_checkpoint``. A checkpoint is refused, with a message naming it, when it is not
-a readable anomalib checkpoint, holds another model, was trained with other structural hyperparameters or
+``--ckpt_path`` of anomalib's ``test``/``predict``/``fit`` (read by :class:`CheckedCheckpointIO` before
+Lightning loads it) and ``load_from_checkpoint``. A checkpoint is refused, with a message naming it, when it is
+not a readable anomalib checkpoint, holds another model, was trained with other structural hyperparameters or
 other sizes, or (when it holds only the prompts) was trained on other CLIP weights.
 
 A model built from pretrained CLIP weights saves only what it learned (the prompts and FAPrompt's prior
@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 from anomalib.utils.serialization import anomalib_safe_globals
+from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from anomalib_faprompt.components import plain_config
 from anomalib_faprompt.errors import InvalidInputError, MissingInputError
@@ -30,15 +31,14 @@ from .authors import is_authors_file
 
 if TYPE_CHECKING:
     from anomalib.models.components import AnomalibModule
-    from lightning.pytorch import Trainer
 
 __all__ = [
+    "CheckedCheckpointIO",
     "check_checkpoint",
     "check_checkpoint_file",
     "check_is_checkpoint",
     "check_model_name",
     "check_structure",
-    "guard_checkpoint_io",
     "load_file",
     "read_checkpoint",
     "restore_frozen",
@@ -126,25 +126,32 @@ def read_checkpoint(model_class: type[AnomalibModule], path: str | Path, source:
     return checkpoint
 
 
-def guard_checkpoint_io(module: AnomalibModule, trainer: Trainer) -> None:
-    """Make the trainer read a ``ckpt_path`` through :func:`read_checkpoint` first, for its clear errors.
+class CheckedCheckpointIO(TorchCheckpointIO):
+    """Lightning's checkpoint IO, reading a ``ckpt_path`` through :func:`read_checkpoint` first, for its clear errors.
 
-    Lightning reads ``trainer.test(..., ckpt_path=...)`` files with the strategy's checkpoint IO after the
-    module's ``setup`` hook and before any hook that sees the path, so a damaged file would surface as a
-    raw zip-reader error. Only this trainer's IO object is wrapped, once; the file's content is then
-    checked in ``on_load_checkpoint``.
+    Lightning reads ``trainer.test(..., ckpt_path=...)`` files with the strategy's checkpoint IO before any hook
+    of the model sees the path, so a damaged file would surface as a raw zip-reader error. The models give this
+    plugin to their trainer (``trainer_arguments``); the file's content is then checked in ``on_load_checkpoint``.
+
+    Args:
+        model_class: The model class the checkpoints are for.
     """
-    io = trainer.strategy.checkpoint_io
-    if getattr(io.load_checkpoint, "checks_for", None) is module:
-        return
-    load = type(io).load_checkpoint.__get__(io)
 
-    def load_checkpoint(path: str | Path, *args: Any, **kwargs: Any) -> dict[str, Any]:  # noqa: ANN401
-        read_checkpoint(type(module), path, "`ckpt_path`")
-        return load(path, *args, **kwargs)
+    def __init__(self, model_class: type[AnomalibModule]) -> None:
+        super().__init__()
+        self.model_class = model_class
 
-    load_checkpoint.checks_for = module
-    io.load_checkpoint = load_checkpoint
+    def load_checkpoint(self, path: str | Path, *args: Any, **kwargs: Any) -> dict[str, Any]:  # noqa: ANN401
+        """Check the file (one line naming it), then load it as Lightning does."""
+        read_checkpoint(self.model_class, path, "`ckpt_path`")
+        return super().load_checkpoint(path, *args, **kwargs)
+
+    def __eq__(self, other: object) -> bool:
+        """Equal for one model class, so that anomalib's ``Engine`` keeps its trainer across calls."""
+        return type(other) is type(self) and other.model_class is self.model_class
+
+    def __hash__(self) -> int:
+        return hash((type(self), self.model_class))
 
 
 def check_structure(

@@ -15,7 +15,7 @@ Rows of one model and category that differ in anything else (``data.class_path``
 another data argument, the accelerator, ...) are refused with an error naming the lines, columns and values: they
 are results of different datasets or settings, and their mean would be a number of neither.
 
-The tables follow :mod:`anomalib_faprompt.tables`: a missing result shows as ``–`` (never as 0), a mean
+The tables follow :mod:`anomalib_faprompt.report.tables`: a missing result shows as ``–`` (never as 0), a mean
 skips missing categories and says so in a footnote, and a column's best value is bold only when at least
 two models have one. A metric that only one model reports gets no chart (there is nothing to compare);
 the Markdown says so. Notes below the title say how models that are not this package's post-process
@@ -41,7 +41,7 @@ import pandas as pd  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
 from anomalib_faprompt.errors import ExistingOutputError, InvalidInputError  # noqa: E402
-from anomalib_faprompt.tables import (  # noqa: E402
+from anomalib_faprompt.report.tables import (  # noqa: E402
     MEAN,
     MISSING,
     comparison_markdown,
@@ -406,7 +406,3 @@ def main(argv: Sequence[str] | None = None) -> None:
         parser.exit(1, f"{parser.prog}: error: {error}\n")
     for path in written:
         print(path)
-
-
-if __name__ == "__main__":
-    main()

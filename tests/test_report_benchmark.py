@@ -14,9 +14,16 @@ import pandas as pd
 import pytest
 from matplotlib.image import imread
 
-from anomalib_faprompt.integration.benchmark import collect
-from anomalib_faprompt.report import NORMALISING_MODELS, bar_chart, load_results, main, markdown_report, metric_table
-from anomalib_faprompt.tables import MISSING, comparison_notes
+from anomalib_faprompt.pipelines.benchmark import collect
+from anomalib_faprompt.report.benchmark import (
+    NORMALISING_MODELS,
+    bar_chart,
+    load_results,
+    main,
+    markdown_report,
+    metric_table,
+)
+from anomalib_faprompt.report.tables import MISSING, comparison_notes
 
 
 def _row(model: str, category: str, **metrics: float) -> dict:

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from .files import unused_stem
+from anomalib_faprompt.files import unused_stem
 
 __all__ = [
     "MEAN",

@@ -16,7 +16,7 @@ from typing import Any
 
 from lightning.pytorch import Callback, LightningModule, Trainer
 
-from .files import unused_stem
+from anomalib_faprompt.files import unused_stem
 
 __all__ = ["PREDICTIONS_COLUMNS", "PredictionScoresWriter"]
 

@@ -22,8 +22,8 @@ from anomalib.visualization import ImageVisualizer
 from lightning.pytorch import Trainer
 from PIL import Image as PILImage
 
-from .data.categories import dataloader_categories
-from .data.images import is_sixteen_bit, read_image
+from anomalib_faprompt.data.categories import dataloader_categories
+from anomalib_faprompt.data.images import is_sixteen_bit, read_image
 
 __all__ = ["CategoryImageVisualizer", "dataloader_category"]
 
