@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import copy
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -51,7 +53,7 @@ N_DEFECT = 6  # defect test images per category
 # Integration tests of files whose owners mark them in the file itself later; marked ``slow`` here until then.
 SLOW_FILES = {
     "test_benchmark_pipeline.py",  # trains both models, runs `anomalib benchmark`
-    "test_cli_integration.py",  # `anomalib` in subprocesses
+    "test_cli.py",  # `anomalib` in subprocesses
     "test_export.py",  # trains, exports to ONNX and OpenVINO, `anomalib export`
 }
 SLOW_TESTS = {
@@ -69,6 +71,30 @@ SLOW_TESTS = {
 }
 # Fixtures that train: a test that uses one is an integration test.
 TRAINING_FIXTURES = {"faprompt_checkpoint", "anomalyclip_checkpoint"}
+
+
+REPO = Path(__file__).parents[1]
+ANOMALIB = str(Path(sys.executable).parent / "anomalib")
+
+
+def anomalib_cli(
+    *args: str | Path, cwd: Path = REPO, returncode: int | None = 0, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """``anomalib ARGS`` in a fresh interpreter of this environment (with its start-up hook), output captured.
+
+    Args:
+        args: The command line after ``anomalib``.
+        cwd: Where it runs.
+        returncode: The exit status it must end with (``None``: any).
+        env: Environment variables to set for it (a 200-column console is set).
+    """
+    environment = {**os.environ, "COLUMNS": "200", **(env or {})}
+    process = subprocess.run(  # noqa: S603
+        [ANOMALIB, *map(str, args)], cwd=cwd, env=environment, capture_output=True, text=True, timeout=900, check=False
+    )
+    if returncode is not None:
+        assert process.returncode == returncode, (process.stdout + process.stderr)[-5000:]
+    return process
 
 
 def tiny_args(**overrides) -> dict:

@@ -15,7 +15,7 @@ from conftest import tiny_args, write_checkpoint
 
 from anomalib_faprompt import AnomalyCLIP, FAPrompt
 from anomalib_faprompt.errors import ExistingOutputError, InvalidInputError, MissingInputError
-from anomalib_faprompt.integration.workspace import checkpoint_run_dir
+from anomalib_faprompt.runs import checkpoint_run_dir
 
 QUIET = {"logger": False, "enable_progress_bar": False, "enable_model_summary": False}
 FILES = {ExportType.TORCH: "model.pt", ExportType.ONNX: "model.onnx", ExportType.OPENVINO: "model.xml"}

@@ -227,7 +227,7 @@ def _config(path: Path, **sections) -> Path:
 
 
 def test_a_failed_fit_leaves_latest_on_the_last_run_that_ended(source, target, tmp_path, monkeypatch):
-    """``latest`` names the last training that ended: a failing fit keeps its folder but puts the link back."""
+    """``latest`` names the last training that ended: a failing fit that wrote nothing leaves no folder, nor link."""
     results = tmp_path / "results"
 
     def fit() -> None:
@@ -244,16 +244,15 @@ def test_a_failed_fit_leaves_latest_on_the_last_run_that_ended(source, target, t
         with pytest.raises(RuntimeError, match="a training step that fails"):
             fit()
     runs = _run_dir(results)
-    assert (runs / "v0").is_dir()
-    assert not (runs / "latest").is_symlink()  # no run has ended: no link
+    assert list(runs.iterdir()) == []  # no run has ended: no folder, no link
 
     fit()
-    assert os.readlink(runs / "latest") == "v1"
+    assert os.readlink(runs / "latest") == "v0"
     monkeypatch.setattr(FAPrompt, "training_step", fail)
     with pytest.raises(RuntimeError, match="a training step that fails"):
         fit()
-    assert (runs / "v2").is_dir()
-    assert os.readlink(runs / "latest") == "v1"
+    assert sorted(path.name for path in runs.iterdir()) == ["latest", "v0"]
+    assert os.readlink(runs / "latest") == "v0"
     assert (runs / "latest" / "weights" / "lightning" / "model.ckpt").is_file()
 
 

@@ -9,6 +9,7 @@ model is anomalib's, unchanged), except the benchmark's, which applies to a conf
 2. **Errors.** jsonargparse buries a constructor's error, or a value it cannot parse (``--model.temperature nan``),
    in a block of 10 to 20 lines. The command prints the error alone, as its last line, and exits with 2; so it does
    for the errors about what the user gave (:class:`~anomalib_faprompt.errors.InputError`) raised while it runs.
+   A ``--default_root_dir`` that cannot be written is named before anything is built.
 3. **Quiet.** The known harmless messages of :mod:`.quiet` are filtered.
 4. **No download into a mistyped folder.** anomalib's ``MVTecAD`` or ``Visa`` data whose category is not under
    ``root`` stops in one line when anomalib would download the dataset into a folder not named like its default.
@@ -127,8 +128,17 @@ def patch_cli(module: Any) -> None:  # noqa: ANN401
         if not is_package_run(self.config.get(subcommand)):
             original_instantiate(self)
             return
+        from anomalib_faprompt.errors import InputError  # noqa: PLC0415
+        from anomalib_faprompt.runs import check_writable  # noqa: PLC0415
+
         apply_seed(subcommand, self.config[subcommand])
         quiet_command(subcommand)
+        results = self.config[subcommand].get("default_root_dir")
+        try:
+            if results is not None:
+                check_writable(results, "--default_root_dir")
+        except InputError as error:
+            exit_with(error, f"anomalib {subcommand}")
         try:
             original_instantiate(self)
         except ValueError as error:

@@ -4,8 +4,8 @@ Each filter names one message (and its category or logger); nothing is silenced 
 
 - Importing ``anomalib.models`` imports every anomalib model, and two of them use deprecated modules (timm's
   ``timm.models.layers``, anomalib's own ``dinov2`` package): two ``FutureWarning``s on every command. They
-  are filtered only when the importer of ``anomalib.models`` is anomalib's command line or this package's
-  models (:func:`importing_anomalib_models`); a plain ``import anomalib.models`` keeps them.
+  are filtered only when the importer of ``anomalib.models`` is this package's models, or anomalib's command
+  line with arguments that name this package's models (:func:`importing_anomalib_models`).
 - The rest is filtered by :func:`quiet_command` for a command line run whose model is one of this package's.
 """
 
@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import sys
 import warnings
+from pathlib import Path
 
 IMPORT_WARNINGS = (
     (r"Importing from timm\.models\.layers is deprecated", FutureWarning),
@@ -45,13 +46,22 @@ LIGHTNING_INFO_LOGGERS = (  # the name depends on which of Lightning's packages 
 EXPORT_LOGGERS = ("onnx_ir", "onnxscript")
 
 
+def _command_names_package(argv: list[str]) -> bool:
+    """Whether a command line, or a ``--config``/``-c`` file it names, mentions this package's models."""
+    names = ("FAPrompt", "AnomalyCLIP", "anomalib_faprompt")
+    files = [value for option, value in zip(argv, argv[1:], strict=False) if option in {"--config", "-c"}]
+    texts = [*argv, *(Path(file).read_text(errors="replace") for file in files if Path(file).is_file())]
+    return any(name in text for text in texts for name in names)
+
+
 def importing_anomalib_models() -> None:
-    """Before ``anomalib.models`` executes: filter its two import warnings if anomalib's CLI or the package imports it.
+    """Before ``anomalib.models`` executes: filter its two import warnings if it is imported for this package.
 
     The filters stay (other modules imported meanwhile may add filters of their own, which must not be undone);
     they match only these two messages, which are issued only while ``anomalib.models`` is first imported.
     """
-    if "anomalib.cli.cli" in sys.modules or "anomalib_faprompt.models" in sys.modules:
+    for_cli = "anomalib.cli.cli" in sys.modules and _command_names_package(sys.argv[1:])
+    if for_cli or "anomalib_faprompt.models" in sys.modules:
         for message, category in IMPORT_WARNINGS:
             warnings.filterwarnings("ignore", message=message, category=category)
 

@@ -1,0 +1,171 @@
+"""anomalib's command line with this package: the seed applied, the package's errors last, benchmark checks."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import REPO, anomalib_cli
+
+from anomalib_faprompt.data import make_synthetic_dataset
+
+ROOT = REPO
+
+
+@pytest.fixture(scope="module")
+def datasets(tmp_path_factory) -> tuple[Path, Path]:
+    root = tmp_path_factory.mktemp("cli_data")
+    source = make_synthetic_dataset(root / "source", categories=("alpha",), n_good=4, n_defect=4)
+    target = make_synthetic_dataset(root / "target", categories=("gamma", "delta"), n_good=2, n_defect=2, seed=1)
+    return source, target
+
+
+def _learned(checkpoint: Path) -> dict[str, torch.Tensor]:
+    state = torch.load(checkpoint, map_location="cpu", weights_only=False)["state_dict"]
+    return {key: value for key, value in state.items() if "prompt" in key or "prior_net" in key or "ctx" in key}
+
+
+def test_seed_everything_makes_two_cli_runs_bit_identical(datasets, tmp_path):
+    source, target = datasets
+    runs = []
+    for name in ("a", "b"):
+        result = anomalib_cli(
+            "train",
+            "--config",
+            "configs/faprompt_synthetic_tiny.yaml",
+            "--data.root",
+            str(source),
+            "--data.target_root",
+            str(target),
+            "--trainer.max_epochs",
+            "1",
+            "--default_root_dir",
+            str(tmp_path / name),
+        )
+        assert result.returncode == 0, result.stderr[-3000:]
+        assert "Seed set to 111" in result.stdout + result.stderr
+        runs.append(tmp_path / name)
+    tables = [next(run.rglob("per_category_results.csv")).read_bytes() for run in runs]
+    assert tables[0] == tables[1]
+    prompts = [_learned(next(run.rglob("model.ckpt"))) for run in runs]
+    assert prompts[0]
+    assert prompts[0].keys() == prompts[1].keys()
+    for key, value in prompts[0].items():
+        assert torch.equal(value, prompts[1][key]), key
+
+
+def test_a_constructor_error_is_the_last_line(tmp_path):
+    missing = tmp_path / "nonexistent.ckpt"
+    result = anomalib_cli(
+        "train", "--config", "configs/faprompt_synthetic_tiny.yaml", "--model.weights", missing, returncode=2
+    )
+    lines = (result.stdout + result.stderr).strip().splitlines()
+    assert lines[-2] == "anomalib train: FAPrompt could not be built:"
+    assert str(missing) in lines[-1]
+    assert "does not exist" in lines[-1]
+    assert "Expected a <class 'NoneType'>" not in result.stderr
+
+
+def test_the_shipped_benchmark_config_names_unreadable_checkpoints_before_any_job(tmp_path):
+    (tmp_path / "checkpoints").mkdir()
+    for name in ("faprompt_mvtec.ckpt", "anomalyclip_mvtec.ckpt"):
+        (tmp_path / "checkpoints" / name).write_text("not a checkpoint")
+    result = anomalib_cli(
+        "benchmark", "--config", ROOT / "configs" / "benchmark_zero_shot.yaml", cwd=tmp_path, returncode=2
+    )
+    last = (result.stdout + result.stderr).strip().splitlines()[-1]
+    assert last.startswith("InvalidInputError: benchmark config")
+    assert "checkpoints/faprompt_mvtec.ckpt' (FAPrompt.weights) is not a readable anomalib checkpoint" in last
+    assert "checkpoints/anomalyclip_mvtec.ckpt' (AnomalyCLIP.weights)" in last
+    assert last.endswith("Nothing was run.")
+    assert not (tmp_path / "datasets").exists()  # nothing downloaded
+
+
+def test_the_shipped_benchmark_config_names_its_missing_checkpoints(tmp_path):
+    result = anomalib_cli(
+        "benchmark", "--config", ROOT / "configs" / "benchmark_zero_shot.yaml", cwd=tmp_path, returncode=2
+    )
+    last = (result.stdout + result.stderr).strip().splitlines()[-1]
+    assert "./checkpoints/faprompt_mvtec.ckpt (FAPrompt.weights)" in last
+    assert "./checkpoints/anomalyclip_mvtec.ckpt (AnomalyCLIP.weights)" in last
+    assert not (tmp_path / "datasets").exists()  # nothing downloaded
+
+
+@pytest.mark.parametrize(
+    ("model", "extra"),
+    [
+        ("Padim", ["--model.pre_trained", "false"]),
+        ("WinClip", []),
+    ],
+)
+def test_anomalib_models_run_as_with_the_hook_switched_off(model, extra, tmp_path):
+    """``anomalib fit --seed_everything 5`` of anomalib's models: the same output with the hook and without it."""
+    arguments = [
+        "fit", "--model", model, *extra, "--data", "MVTecAD", "--data.root", tmp_path / "missing" / "MVTecAD",
+        "--seed_everything", "5", "--trainer.max_epochs", "0", "--default_root_dir", tmp_path / "results",
+    ]  # fmt: skip
+    runs = [
+        anomalib_cli(
+            *arguments, cwd=tmp_path, returncode=None, env={"ANOMALIB_FAPROMPT_NO_HOOK": switch, "HF_HUB_OFFLINE": "1"}
+        )
+        for switch in ("0", "1")
+    ]
+    outputs = [_comparable(run.stdout + run.stderr, tmp_path) for run in runs]
+    assert runs[0].returncode == runs[1].returncode
+    assert outputs[0] == outputs[1]
+    assert not any("Seed set to 5" in line for line in outputs[0])  # anomalib 2.7 never applies it
+    assert any(model in line for line in outputs[0])
+
+
+def _comparable(output: str, tmp_path: Path) -> list[str]:
+    """The output's lines without times and addresses, nor the frames of a traceback (the wrappers' included)."""
+    output = output.replace(str(tmp_path), "<tmp>")
+    output = re.sub(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d+|\[\d\d/\d\d/\d\d \d\d:\d\d:\d\d\]", "", output)
+    output = re.sub(r"0x[0-9a-f]+", "<address>", output)
+    return [line.strip() for line in output.splitlines() if not line.startswith(("│", "╭", "╰"))]
+
+
+def test_an_unwritable_results_root_is_one_line_before_any_work(tmp_path):
+    blocker = tmp_path / "results"
+    blocker.write_text("a file where the results should go")
+    result = anomalib_cli(
+        "train",
+        "--config",
+        "configs/faprompt_synthetic_tiny.yaml",
+        "--default_root_dir",
+        blocker / "runs",
+        returncode=2,
+    )
+    *_, what, error = result.stderr.strip().splitlines()
+    assert what == "anomalib train:"
+    assert error == (
+        f"InvalidInputError: Results folder '{blocker / 'runs'}' (--default_root_dir): '{blocker}' is a file. "
+        "Pass a folder that can be written."
+    )
+    assert "Initializing FAPrompt model" not in result.stdout + result.stderr  # nothing was built
+    assert blocker.read_text() == "a file where the results should go"
+
+
+def test_a_run_refused_at_construction_leaves_no_folder(datasets, tmp_path):
+    source, target = datasets
+    results = tmp_path / "results"
+    common = ["--config", "configs/faprompt_synthetic_tiny.yaml", "--data.root", source, "--data.target_root", target]
+    trained = anomalib_cli("fit", *common, "--trainer.max_epochs", "1", "--default_root_dir", results)
+    (checkpoint,) = results.rglob("model.ckpt")
+    before = sorted(path.relative_to(results) for path in results.rglob("*"))
+    for refused in (["--ckpt_path", checkpoint, "--model.n_ctx", "6"], ["--data.target_categories", "[zeta]"]):
+        result = anomalib_cli("test", *common, "--default_root_dir", results, *refused, returncode=2)
+        assert "Traceback" not in result.stderr, result.stderr[-3000:]
+        assert sorted(path.relative_to(results) for path in results.rglob("*")) == before
+    assert "Seed set to 111" in trained.stdout + trained.stderr
+
+
+def test_a_value_jsonargparse_cannot_read_is_one_line(tmp_path):
+    result = anomalib_cli(
+        "fit", "--config", "configs/faprompt_synthetic_tiny.yaml", "--model.temperature", "nan", returncode=2
+    )
+    assert result.stderr.strip().splitlines() == [
+        "anomalib: --model.temperature: Expected a <class 'float'>. Got value: nan"
+    ]
