@@ -8,7 +8,16 @@ Each also is the built-in error it used to be (``ValueError``, ``FileNotFoundErr
 
 from __future__ import annotations
 
-__all__ = ["ExistingOutputError", "InputError", "InvalidInputError", "MissingInputError", "MissingPackageError"]
+import sys
+
+__all__ = [
+    "ExistingOutputError",
+    "InputError",
+    "InvalidInputError",
+    "MissingInputError",
+    "MissingPackageError",
+    "exit_with",
+]
 
 
 class InputError(Exception):
@@ -31,3 +40,17 @@ class ExistingOutputError(InputError, FileExistsError):
 
 class MissingPackageError(InputError, ModuleNotFoundError):
     """An optional package that what was asked for needs is not installed; the message names it."""
+
+
+def exit_with(error: BaseException, what: str) -> None:
+    """Print ``what`` and the package's error as the last line(s); exit with the error's ``exit_code`` (else 2).
+
+    An error re-raised from a ``DataLoader`` worker carries the worker's traceback in its message: only its
+    last line, the error itself, is printed.
+    """
+    message = f"{type(error).__name__}: {error}"
+    if "Original Traceback" in message:
+        message = message.rstrip().splitlines()[-1]
+    print(f"{what}:", file=sys.stderr)  # noqa: T201
+    print(message, file=sys.stderr)  # noqa: T201
+    raise SystemExit(getattr(error, "exit_code", 2)) from None

@@ -624,7 +624,7 @@ def test_an_unreadable_file_from_a_loader_worker_is_one_line_of_the_cli(tmp_path
     """A worker's error carries the worker's traceback in its message; the CLI prints only the error."""
     from torch._utils import ExceptionWrapper
 
-    from anomalib_faprompt.integration.cli import exit_with
+    from anomalib_faprompt.errors import exit_with
 
     damaged = tmp_path / "damaged.png"
     damaged.write_bytes(b"not an image")

@@ -31,6 +31,7 @@ from .dataset import CheckedImageDataset
 __all__ = [
     "DATASETS",
     "available_categories",
+    "check_anomalib_datamodule",
     "category_dataset",
     "check_category",
     "check_root",
@@ -391,3 +392,11 @@ def category_dataset(
             stacklevel=2,
         )
     return CheckedImageDataset(samples, name=name, category=category)
+
+
+def check_anomalib_datamodule(datamodule: object) -> None:
+    """Refuse, in one line, anomalib's MVTecAD or Visa data whose category is not where ``root`` says."""
+    from anomalib.data import MVTecAD, Visa  # noqa: PLC0415
+
+    if type(datamodule) in (MVTecAD, Visa):
+        check_category(type(datamodule).__name__, datamodule.root, str(datamodule.category), "data.init_args.root")

@@ -1,20 +1,12 @@
 """anomalib's command line with this package's models: seeded, quiet, one-line errors, the zero-shot benchmark.
 
-Each change applies to a run whose ``--model`` or ``--data`` is one of this package's classes (a run of any other
-model is anomalib's, unchanged), except the benchmark's, which applies to a config naming this package's models:
-
-1. **Seed.** anomalib 2.7 defines ``--seed_everything`` but never applies it. An integer seed is applied with
-   ``lightning.seed_everything(seed, workers=True)`` (what Lightning's own CLI does) before the model and data are
-   built; ``true`` (anomalib's default, "a random seed") and ``false`` set no seed, as anomalib.
-2. **Errors.** jsonargparse buries a constructor's error, or a value it cannot parse (``--model.temperature nan``),
-   in a block of 10 to 20 lines. The command prints the error alone, as its last line, and exits with 2; so it does
-   for the errors about what the user gave (:class:`~anomalib_faprompt.errors.InputError`) raised while it runs.
-   A ``--default_root_dir`` that cannot be written is named before anything is built.
-3. **Quiet.** The known harmless messages of :mod:`.quiet` are filtered.
-4. **No download into a mistyped folder.** anomalib's ``MVTecAD`` or ``Visa`` data whose category is not under
-   ``root`` stops in one line when anomalib would download the dataset into a folder not named like its default.
-5. **Benchmark.** ``anomalib benchmark`` runs :class:`anomalib_faprompt.pipelines.Benchmark`, which runs a config
-   of anomalib's models alone as anomalib does; a benchmark with jobs without a result exits with 1.
+For a run whose ``--model`` or ``--data`` is one of this package's classes (any other run is anomalib's): an integer
+``--seed_everything`` is applied as Lightning's CLI does (anomalib 2.7 never applies it); a constructor's error,
+a value jsonargparse cannot parse, an unwritable ``--default_root_dir`` or an
+:class:`~anomalib_faprompt.errors.InputError` is the last line (exit 2); the messages of :mod:`.quiet` are
+filtered; anomalib's MVTecAD or Visa data not under ``root`` is refused before anomalib downloads into it.
+``anomalib benchmark`` runs :class:`anomalib_faprompt.pipelines.Benchmark` (a config of anomalib's models alone
+runs as in anomalib).
 """
 
 from __future__ import annotations
@@ -23,6 +15,7 @@ import re
 import sys
 from typing import Any
 
+from anomalib_faprompt.errors import InputError, exit_with
 from anomalib_faprompt.integration.patching import patching
 from anomalib_faprompt.integration.publish import MODEL_NAMES
 from anomalib_faprompt.integration.quiet import quiet_command
@@ -75,45 +68,6 @@ def package_error(message: str) -> str | None:
     return None
 
 
-def exit_with(error: BaseException, what: str) -> None:
-    """Print ``what`` and the package's error as the last line(s); exit with the error's ``exit_code`` (else 2).
-
-    An error re-raised from a ``DataLoader`` worker carries the worker's traceback in its message: only its
-    last line, the error itself, is printed.
-    """
-    message = f"{type(error).__name__}: {error}"
-    if "Original Traceback" in message:
-        message = message.rstrip().splitlines()[-1]
-    print(f"{what}:", file=sys.stderr)  # noqa: T201
-    print(message, file=sys.stderr)  # noqa: T201
-    raise SystemExit(getattr(error, "exit_code", 2)) from None
-
-
-def check_anomalib_data(datamodule: Any) -> None:  # noqa: ANN401
-    """Refuse, in one line, anomalib's MVTecAD or Visa data whose category is not where ``root`` says."""
-    from anomalib.data import MVTecAD, Visa  # noqa: PLC0415
-
-    from anomalib_faprompt.data.sources import check_category  # noqa: PLC0415
-
-    if type(datamodule) in (MVTecAD, Visa):
-        check_category(type(datamodule).__name__, datamodule.root, str(datamodule.category), "data.init_args.root")
-
-
-def _one_line_parser_errors(parser: Any, subcommand: str = "") -> Any:  # noqa: ANN401
-    """Make ``parser.error`` print a parse error about this package's classes as one line (exit 2)."""
-    error = parser.error
-
-    def one_line_error(message: str, *args: Any, **kwargs: Any) -> None:  # noqa: ANN401
-        line = package_error(str(message))
-        if line is None:
-            error(message, *args, **kwargs)
-        print(f"anomalib{' ' + subcommand if subcommand else ''}: {line}", file=sys.stderr)  # noqa: T201
-        raise SystemExit(2)
-
-    parser.error = one_line_error
-    return parser
-
-
 def patch_cli(module: Any) -> None:  # noqa: ANN401
     """Apply the changes above to ``anomalib.cli.cli.AnomalibCLI``, once."""
     cli_class = module.AnomalibCLI
@@ -121,14 +75,24 @@ def patch_cli(module: Any) -> None:  # noqa: ANN401
     original_instantiate, original_run = cli_class.instantiate_classes, cli_class._run_subcommand  # noqa: SLF001
 
     def init_parser(**kwargs: Any) -> Any:  # noqa: ANN401
-        return _one_line_parser_errors(original_init_parser(**kwargs))
+        parser = original_init_parser(**kwargs)
+        error = parser.error
+
+        def one_line_error(message: str, *args: Any, **kwargs: Any) -> None:  # noqa: ANN401
+            line = package_error(str(message))
+            if line is None:
+                error(message, *args, **kwargs)
+            print(f"anomalib: {line}", file=sys.stderr)  # noqa: T201
+            raise SystemExit(2)
+
+        parser.error = one_line_error  # a parse error about this package's classes in one line
+        return parser
 
     def instantiate_classes(self: Any) -> None:  # noqa: ANN401
         subcommand = self.config["subcommand"]
         if not is_package_run(self.config.get(subcommand)):
             original_instantiate(self)
             return
-        from anomalib_faprompt.errors import InputError  # noqa: PLC0415
         from anomalib_faprompt.runs import check_writable  # noqa: PLC0415
 
         apply_seed(subcommand, self.config[subcommand])
@@ -151,7 +115,7 @@ def patch_cli(module: Any) -> None:  # noqa: ANN401
             raise SystemExit(2) from None
 
     def run_subcommand(self: Any) -> None:  # noqa: ANN401
-        from anomalib_faprompt.errors import InputError  # noqa: PLC0415
+        from anomalib_faprompt.data.sources import check_anomalib_datamodule  # noqa: PLC0415
 
         try:
             if self.subcommand == "benchmark":
@@ -160,7 +124,7 @@ def patch_cli(module: Any) -> None:  # noqa: ANN401
                 Benchmark().run(self.config["benchmark"])
                 return
             if is_package_run(self.config.get(self.subcommand)):
-                check_anomalib_data(getattr(self, "datamodule", None))
+                check_anomalib_datamodule(getattr(self, "datamodule", None))
             original_run(self)
         except InputError as error:
             exit_with(error, f"anomalib {self.subcommand}")

@@ -1,13 +1,9 @@
 """The start-up hook: run this package's anomalib integration when anomalib's modules load.
 
-anomalib has no plugin registry. ``anomalib_faprompt_models.pth``, installed into site-packages, imports
-``anomalib_faprompt`` at interpreter start-up, which calls :func:`install` (standard library only, nothing
-else is imported). :func:`install` puts an import finder first on ``sys.meta_path``; when one of the modules
-in :data:`HOOKS` is executed, the finder lets it load as usual and then calls its hook, by name, from this
-package's integration modules. Modules already imported get their hook at once.
-
-``ANOMALIB_FAPROMPT_NO_HOOK=1`` switches all of it off, for the start-up hook and for a plain
-``from anomalib_faprompt import FAPrompt`` alike; the models then work by their class paths only.
+anomalib has no plugin registry. ``anomalib_faprompt_models.pth`` (in site-packages) imports ``anomalib_faprompt``
+at start-up, which calls :func:`install` (standard library only). It puts an import finder first on
+``sys.meta_path`` that runs a hook of :data:`HOOKS` after its module executes (at once for one already imported).
+``ANOMALIB_FAPROMPT_NO_HOOK=1`` switches all of it off; the models then work by their class paths only.
 """
 
 import os
@@ -33,25 +29,18 @@ def switched_off() -> bool:
     return os.environ.get(SWITCH, "") not in {"", "0"}
 
 
-def _warn(what: str, error: BaseException) -> None:
-    import warnings
-
-    warnings.warn(f"anomalib_faprompt: {what}: {error!r}", stacklevel=3)
-
-
 def _call(target: tuple[str, str], *args: object) -> object:
     """Import ``target`` lazily and call it; a failure becomes one warning and never breaks the import."""
     try:
         module = __import__(target[0], fromlist=[target[1]])
         return getattr(module, target[1])(*args)
     except Exception as error:  # noqa: BLE001  (a broken plugin must never break anomalib itself)
-        _warn(f"{target[0]}.{target[1]} failed, anomalib is left as it was", error)
+        import warnings
+
+        warnings.warn(
+            f"anomalib_faprompt: {target[0]}.{target[1]} failed, anomalib is left as it was: {error!r}", stacklevel=3
+        )
         return None
-
-
-def run_hook(name: str, module: object) -> None:
-    """Run the hook of ``name`` on the loaded module."""
-    _call(HOOKS[name], module)
 
 
 class _Loader:
@@ -65,9 +54,6 @@ class _Loader:
     def __getattr__(self, name: str) -> object:
         return getattr(self._loader, name)
 
-    def create_module(self, spec: object) -> object:
-        return self._loader.create_module(spec)
-
     def exec_module(self, module: object) -> None:
         self._finder.done(self._name)
         if self._name in BEFORE:
@@ -77,7 +63,7 @@ class _Loader:
         except BaseException:
             self._finder.retry(self._name)  # a failed import leaves no module: hook the next try
             raise
-        run_hook(self._name, module)
+        _call(HOOKS[self._name], module)
 
 
 class _Finder:
@@ -124,7 +110,7 @@ def install() -> None:
     pending = set()
     for name in HOOKS:
         if name in sys.modules:
-            run_hook(name, sys.modules[name])
+            _call(HOOKS[name], sys.modules[name])
         else:
             pending.add(name)
     if pending:

@@ -1,12 +1,8 @@
-"""The specific upstream messages this package's commands silence: known, harmless, not actionable by a user.
+"""The upstream messages this package's commands silence: known, harmless, not actionable; each named alone.
 
-Each filter names one message (and its category or logger); nothing is silenced globally.
-
-- Importing ``anomalib.models`` imports every anomalib model, and two of them use deprecated modules (timm's
-  ``timm.models.layers``, anomalib's own ``dinov2`` package): two ``FutureWarning``s on every command. They
-  are filtered only when the importer of ``anomalib.models`` is this package's models, or anomalib's command
-  line with arguments that name this package's models (:func:`importing_anomalib_models`).
-- The rest is filtered by :func:`quiet_command` for a command line run whose model is one of this package's.
+:func:`importing_anomalib_models` filters the two deprecation warnings of importing ``anomalib.models`` (timm's
+``timm.models.layers``, anomalib's ``dinov2``) when this package, or a command naming its models, imports it;
+:func:`quiet_command` filters the rest for a command line run of this package's models.
 """
 
 from __future__ import annotations

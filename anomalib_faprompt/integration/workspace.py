@@ -1,20 +1,10 @@
 """FAPrompt and AnomalyCLIP in anomalib 2.7's ``Engine``: run folders that replace nothing, zero-shot ``predict``.
 
 anomalib's ``test`` and ``predict`` on a fresh engine write into whatever ``<root>/latest`` points at (replacing a
-training run's ``config.yaml`` and tables, or, in a copied results folder, the original's). For this package's
-models (every other model runs exactly as in anomalib), the ``Engine``
-
-1. gives ``test`` and ``predict`` a new version folder ``<root>/v<N>`` of their own, and ``fit``/``train`` one
-   that ``latest`` points at by a relative link (:class:`~anomalib_faprompt.runs.RunFolder`); a failed run puts
-   ``latest`` back and leaves no folder holding only its ``config.yaml``; a results root that cannot be written
-   is named in one line; the ranks of a multi-process run share the launching process's folder;
-2. says, in one line, that ``fit``/``train`` of a model built with trained ``weights`` trains nothing;
-3. runs no validation before ``test`` or ``predict`` of a zero-shot model whose post-processor normalises nothing
-   (it would only collect statistics that are never used; ``predict`` on images has no validation data);
-4. reads ``predict``'s ``data_path`` with :class:`~anomalib_faprompt.data.dataset.ImagePredictDataset` (a damaged
-   image is named) and, for a model built with trained ``weights``, names them instead of anomalib's
-   "ckpt_path is not provided" warning;
-5. exports, when no ``export_root`` is given, into the run folder of ``ckpt_path`` (else of ``weights``).
+training run's ``config.yaml`` and tables). For this package's models only, runs get a folder of their own
+(:class:`~anomalib_faprompt.runs.RunFolder`, undone when the run fails); a zero-shot model is tested and predicts
+without a validation run whose statistics it never uses; ``predict`` names a damaged image and the ``weights`` it
+predicts with; ``export`` writes into the run folder of its checkpoint.
 """
 
 from __future__ import annotations
@@ -115,8 +105,7 @@ def _undone_on_failure(original: Any) -> Any:  # noqa: ANN401
         try:
             return original(self, *args, **kwargs)
         except BaseException:
-            run_folder = self.__dict__.pop(_RUN, None)
-            if run_folder is not None:
+            if (run_folder := self.__dict__.pop(_RUN, None)) is not None:
                 run_folder.undo()
             raise
 
@@ -126,13 +115,9 @@ def _undone_on_failure(original: Any) -> Any:  # noqa: ANN401
 def _should_run_validation(original: Any) -> Any:  # noqa: ANN401
     @wraps(original)
     def should_run_validation(model: Any, ckpt_path: Any) -> bool:  # noqa: ANN401
-        if (
-            _is_own(model)
-            and type(model.post_processor) is PostProcessor
-            and not model.post_processor.enable_normalization
-        ):
-            return False
-        return original(model, ckpt_path)
+        processor = model.post_processor if _is_own(model) else None
+        plain = type(processor) is PostProcessor and not processor.enable_normalization
+        return False if plain else original(model, ckpt_path)
 
     return staticmethod(should_run_validation)
 
