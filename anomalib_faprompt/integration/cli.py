@@ -11,6 +11,7 @@ runs as in anomalib).
 
 from __future__ import annotations
 
+import functools
 import re
 import sys
 from typing import Any
@@ -25,16 +26,11 @@ _PARSER_KEY = re.compile(r'Parser key "([^"]+)":')
 _CLASS_PATH = re.compile(r"class_path[= ]'(anomalib_faprompt\.[\w.]+)'")
 
 
-def _class_path(config: Any, key: str) -> str:  # noqa: ANN401
-    value = config.get(key) if hasattr(config, "get") else None
-    class_path = value.get("class_path") if hasattr(value, "get") else value
-    return class_path if isinstance(class_path, str) else ""
-
-
 def is_package_run(config: Any) -> bool:  # noqa: ANN401
     """Whether a subcommand's config builds one of this package's models or datamodules."""
-    paths = [_class_path(config, key) for key in ("model", "data")] if config is not None else []
-    return any(path.startswith("anomalib_faprompt.") or path in MODEL_NAMES for path in paths)
+    values = [config.get(key) for key in ("model", "data")] if hasattr(config, "get") else []
+    paths = [value.get("class_path") if hasattr(value, "get") else value for value in values]
+    return any(isinstance(p, str) and (p.startswith("anomalib_faprompt.") or p in MODEL_NAMES) for p in paths)
 
 
 def apply_seed(subcommand: str, config: Any) -> int | None:  # noqa: ANN401
@@ -74,6 +70,7 @@ def patch_cli(module: Any) -> None:  # noqa: ANN401
     original_init_parser = cli_class.init_parser
     original_instantiate, original_run = cli_class.instantiate_classes, cli_class._run_subcommand  # noqa: SLF001
 
+    @functools.wraps(original_init_parser)
     def init_parser(**kwargs: Any) -> Any:  # noqa: ANN401
         parser = original_init_parser(**kwargs)
         error = parser.error
@@ -88,6 +85,7 @@ def patch_cli(module: Any) -> None:  # noqa: ANN401
         parser.error = one_line_error  # a parse error about this package's classes in one line
         return parser
 
+    @functools.wraps(original_instantiate)
     def instantiate_classes(self: Any) -> None:  # noqa: ANN401
         subcommand = self.config["subcommand"]
         if not is_package_run(self.config.get(subcommand)):
@@ -114,6 +112,7 @@ def patch_cli(module: Any) -> None:  # noqa: ANN401
             print(line, file=sys.stderr)  # noqa: T201
             raise SystemExit(2) from None
 
+    @functools.wraps(original_run)
     def run_subcommand(self: Any) -> None:  # noqa: ANN401
         from anomalib_faprompt.data.sources import check_anomalib_datamodule  # noqa: PLC0415
 
@@ -129,8 +128,6 @@ def patch_cli(module: Any) -> None:  # noqa: ANN401
         except InputError as error:
             exit_with(error, f"anomalib {self.subcommand}")
 
-    instantiate_classes.__doc__ = original_instantiate.__doc__
-    run_subcommand.__doc__ = original_run.__doc__
     with patching("the changes to anomalib's command line") as patch:
         if patch is not None:
             patch.set(cli_class, "init_parser", staticmethod(init_parser))
