@@ -21,7 +21,6 @@ from .blur import GaussianBlur
 from .clip import CLIPBackbone
 from .few_shot import FewShotBank, default_few_shot_layers
 from .maps import upsample_patches
-from .options import check_positive, check_sigma
 from .precision import autocast_off, float32
 from .prompts import DeepPrompts
 from .text_cache import StaticTextCache
@@ -88,8 +87,6 @@ class PromptedCLIPModel(nn.Module):
                 "context length less the start token)."
             )
             raise ValueError(msg)
-        check_positive("temperature", temperature)
-        check_sigma(sigma, backbone.image_size)
         self.backbone = backbone
         self.temperature = temperature
         self.deep_prompts = DeepPrompts(prompt_depth, prompt_length, backbone.text_width)

@@ -32,7 +32,7 @@ from torch import nn
 from torchvision.transforms.v2 import Compose, InterpolationMode, Normalize, Resize
 
 from anomalib_faprompt.components import PromptedCLIPModel, build_backbone, plain_config
-from anomalib_faprompt.components.options import check_count, check_positive, check_sigma
+from anomalib_faprompt.components.options import check_choice, check_count, check_positive, check_sigma
 from anomalib_faprompt.data.references import folder_candidates
 from anomalib_faprompt.metrics import PerCategoryEvaluator
 
@@ -59,8 +59,15 @@ OPENAI_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
 
-def _check_hyperparameters(hparams: Any, loss_terms: tuple[str, ...], model_name: str) -> None:  # noqa: ANN401
-    """Checks of the numbers that need no backbone, so that a bad value fails before CLIP is loaded."""
+def _check_hyperparameters(model: PromptLearningModule) -> None:
+    """Every check of a hyperparameter that needs no backbone, so that a bad value fails before CLIP is loaded.
+
+    The torch models check only what depends on the backbone (depths, the patch grid, the context length).
+    """
+    hparams, loss_terms = model.hparams, model.LOSS_TERMS
+    for name, options in model.CHOICES.items():
+        if hparams[name] is not None:
+            check_choice(name, hparams[name], options)
     check_count("image_size", hparams.image_size)
     for name in ("vv_layers", "prompt_depth", "prompt_length", *(key for key in hparams if key.startswith("n_"))):
         check_count(name, hparams[name])
@@ -77,7 +84,7 @@ def _check_hyperparameters(hparams: Any, loss_terms: tuple[str, ...], model_name
             msg = f"{term}_weight={weight!r} must be a number of at least 0."
             raise ValueError(msg)
     if hparams.weights is not None:
-        check_checkpoint_file(hparams.weights, "argument `weights`", model_name)
+        check_checkpoint_file(hparams.weights, "argument `weights`", model.name)
     check_count("k_shot", hparams.k_shot, minimum=0)
     if hparams.few_shot_layers is not None:
         if not hparams.few_shot_layers:
@@ -115,6 +122,8 @@ class PromptLearningModule(FewShotMixin, PromptExportMixin):
     UNRECORDED_HPARAMS: ClassVar[tuple[str, ...]] = ()
     # Hyperparameters whose default is ``None``: ``(value, value with an authors' prompt file)``.
     AUTHORS_DEFAULTS: ClassVar[dict[str, tuple[Any, Any]]] = {}
+    # Hyperparameters that take one of a ``Literal``'s values (``None``: the default of AUTHORS_DEFAULTS).
+    CHOICES: ClassVar[dict[str, Any]] = {}
     model: PromptedCLIPModel
 
     def __init__(
@@ -142,7 +151,7 @@ class PromptLearningModule(FewShotMixin, PromptExportMixin):
             evaluator=evaluator,
             visualizer=visualizer,
         )
-        _check_hyperparameters(self.hparams, self.LOSS_TERMS, self.name)
+        _check_hyperparameters(self)
         weights = self.hparams.weights
         content = load_file(type(self), weights, "argument `weights`") if weights is not None else None
         self.hparams.update(self.resolved_defaults(self.hparams, authors_file=is_authors_file(content)))

@@ -16,7 +16,6 @@ from anomalib_faprompt.components import (
     encode_prompts,
     init_learned,
 )
-from anomalib_faprompt.components.options import check_count
 
 __all__ = ["AnomalyCLIPModel", "AnomalyCLIPTrainOutput"]
 
@@ -64,7 +63,6 @@ class AnomalyCLIPModel(PromptedCLIPModel):
         feature_layers: Sequence[int] | None,
         few_shot_layers: Sequence[int] | None,
     ) -> None:
-        check_count("n_ctx", n_ctx)
         feature_layers = tuple(feature_layers) if feature_layers is not None else (backbone.depth,)
         backbone.check_patch_layers(feature_layers)
         super().__init__(backbone, prompt_depth, prompt_length, temperature, sigma, few_shot_layers)

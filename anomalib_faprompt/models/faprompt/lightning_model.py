@@ -27,7 +27,7 @@ from anomalib.visualization import Visualizer
 from torch import nn
 
 from anomalib_faprompt.components import binary_focal_loss, local_losses, orthogonality_loss, prior_loss
-from anomalib_faprompt.components.options import GlobalLossInput, LocalScore, PatchSelection, check_choice
+from anomalib_faprompt.components.options import GlobalLossInput, LocalScore, PatchSelection
 from anomalib_faprompt.models.base import PromptLearningModule
 
 from .torch_model import FAPromptModel
@@ -117,6 +117,7 @@ class FAPrompt(PromptLearningModule, AnomalibModule):
     )
     UNRECORDED_HPARAMS = ("image_size", "vv_layers", "patch_selection", "local_score", "temperature", "sigma")
     AUTHORS_DEFAULTS = {"patch_selection": ("topk", "first_k"), "local_score": ("paper", "released")}
+    CHOICES = {"patch_selection": PatchSelection, "local_score": LocalScore, "global_loss_input": GlobalLossInput}
 
     def __init__(
         self,
@@ -155,13 +156,6 @@ class FAPrompt(PromptLearningModule, AnomalibModule):
         evaluator: Evaluator | bool = True,
         visualizer: Visualizer | bool = True,
     ) -> None:
-        for name, value, options in (
-            ("patch_selection", patch_selection, PatchSelection),
-            ("local_score", local_score, LocalScore),
-            ("global_loss_input", global_loss_input, GlobalLossInput),
-        ):
-            if value is not None:
-                check_choice(name, value, options)
         super().__init__(
             pre_processor=pre_processor,
             post_processor=post_processor,

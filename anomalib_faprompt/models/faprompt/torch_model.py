@@ -18,7 +18,7 @@ from anomalib_faprompt.components import (
     encode_prompts,
     init_learned,
 )
-from anomalib_faprompt.components.options import LocalScore, PatchSelection, check_choice, check_count
+from anomalib_faprompt.components.options import LocalScore, PatchSelection, check_count
 
 __all__ = ["FAPromptModel", "FAPromptTrainOutput", "PriorNetwork"]
 
@@ -109,11 +109,6 @@ class FAPromptModel(PromptedCLIPModel):
         sigma: float,
         few_shot_layers: Sequence[int] | None,
     ) -> None:
-        check_choice("patch_selection", patch_selection, PatchSelection)
-        check_choice("local_score", local_score, LocalScore)
-        check_count("n_ctx", n_ctx)
-        check_count("n_abnormal_ctx", n_abnormal_ctx)
-        check_count("n_abnormal_prompts", n_abnormal_prompts)
         check_count("n_prior_patches", n_prior_patches, maximum=backbone.grid**2, why="the number of patches")
         super().__init__(backbone, prompt_depth, prompt_length, temperature, sigma, few_shot_layers)
         self.n_prior_patches = n_prior_patches
