@@ -2,9 +2,8 @@
 
 Two tiers: ``python -m pytest -m "not slow"`` runs the fast unit tests; ``python -m pytest`` runs everything. A test
 is ``slow`` when it starts a subprocess (the ``anomalib`` command line, a script), exports, runs a pipeline, trains
-through anomalib's Engine (the trained checkpoints below included) or takes more than about two seconds. Mark it
-with ``@pytest.mark.slow`` in its file; the files listed in ``SLOW_FILES`` and the tests in ``SLOW_TESTS`` are marked
-here instead.
+through anomalib's Engine (the trained checkpoints below included) or takes more than about two seconds. It is marked
+in its own file, one way: ``@pytest.mark.slow``, or ``pytestmark = pytest.mark.slow`` for a file of such tests.
 
 The session fixtures (datasets, checkpoints) are shared by every test of the run: read them, never write into them
 (copy a dataset with ``shutil.copytree`` before changing it).
@@ -50,29 +49,6 @@ TARGET_CATEGORIES = ("gamma", "delta", "epsilon")
 N_GOOD = 6  # normal test images per category
 N_DEFECT = 6  # defect test images per category
 
-# Integration tests of files whose owners mark them in the file itself later; marked ``slow`` here until then.
-SLOW_FILES = {
-    "test_benchmark_pipeline.py",  # trains both models, runs `anomalib benchmark`
-    "test_cli.py",  # `anomalib` in subprocesses
-    "test_export.py",  # trains, exports to ONNX and OpenVINO, `anomalib export`
-}
-SLOW_TESTS = {
-    # subprocesses (a fresh interpreter importing anomalib)
-    "test_export_destination.py::test_cli_export_twice_names_the_kept_file",
-    "test_register.py::test_startup_imports_nothing_heavy",
-    "test_register.py::test_models_are_published_whatever_the_import_order",
-    "test_register.py::test_get_model_by_short_name_and_class_path",
-    "test_register.py::test_switch_turns_everything_off_for_a_plain_import",
-    "test_register.py::test_switch_skips_the_start_up_import",
-    "test_register.py::test_import_deprecations_are_filtered_only_for_the_package",
-    "test_mixed_precision.py::test_benchmark_script_bf16_on_cpu",
-    # trains through anomalib's Engine
-    "test_mixed_precision.py::test_engine_bf16_mixed_fit_test_predict",
-}
-# Fixtures that train: a test that uses one is an integration test.
-TRAINING_FIXTURES = {"faprompt_checkpoint", "anomalyclip_checkpoint"}
-
-
 REPO = Path(__file__).parents[1]
 ANOMALIB = str(Path(sys.executable).parent / "anomalib")
 
@@ -82,18 +58,22 @@ def anomalib_cli(
 ) -> subprocess.CompletedProcess[str]:
     """``anomalib ARGS`` in a fresh interpreter of this environment (with its start-up hook), output captured.
 
+    The returned process also has ``output``: its stdout, then its stderr.
+
     Args:
         args: The command line after ``anomalib``.
         cwd: Where it runs.
         returncode: The exit status it must end with (``None``: any).
         env: Environment variables to set for it (a 200-column console is set).
     """
-    environment = {**os.environ, "COLUMNS": "200", **(env or {})}
+    path = os.pathsep.join([str(REPO), *filter(None, [os.environ.get("PYTHONPATH")])])  # this checkout's package
+    environment = {**os.environ, "PYTHONPATH": path, "COLUMNS": "200", **(env or {})}
     process = subprocess.run(  # noqa: S603
         [ANOMALIB, *map(str, args)], cwd=cwd, env=environment, capture_output=True, text=True, timeout=900, check=False
     )
+    process.output = process.stdout + process.stderr
     if returncode is not None:
-        assert process.returncode == returncode, (process.stdout + process.stderr)[-5000:]
+        assert process.returncode == returncode, process.output[-5000:]
     return process
 
 
@@ -138,14 +118,6 @@ def prediction_fields(seed: int, labels: list[int], size: int = 8) -> dict[str, 
         "anomaly_map": 0.8 * torch.rand(len(labels), 1, size, size, generator=generator) + 0.2 * masks[:, None],
         "gt_mask": masks,
     }
-
-
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Mark the integration tests of ``SLOW_FILES``, ``SLOW_TESTS`` and those that use a training fixture."""
-    for item in items:
-        name = f"{item.path.name}::{getattr(item, 'originalname', item.name)}"
-        if item.path.name in SLOW_FILES or name in SLOW_TESTS or TRAINING_FIXTURES & set(item.fixturenames):
-            item.add_marker(pytest.mark.slow)
 
 
 @pytest.fixture

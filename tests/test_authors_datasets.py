@@ -7,17 +7,14 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 import yaml
 from anomalib.engine import Engine
-from conftest import tiny_args
+from conftest import anomalib_cli, tiny_args
 from test_authors_checkpoints import authors_faprompt_file
 
 from anomalib_faprompt import FAPrompt
@@ -25,7 +22,6 @@ from anomalib_faprompt.data import AuxiliaryDataModule, MetaJson
 from anomalib_faprompt.errors import InvalidInputError, MissingInputError
 
 REPO = Path(__file__).resolve().parents[1]
-ANOMALIB = Path(sys.executable).parent / "anomalib"
 
 
 def write_meta(root: Path, mask_folders: bool = False) -> Path:
@@ -184,18 +180,10 @@ def test_cli_test_with_an_authors_file_on_a_meta_json_dataset(indexed_target, tm
         "data": {"class_path": "anomalib_faprompt.data.MetaJson", "init_args": {"root": str(indexed_target)}},
     }
     (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
-    env = {**os.environ, "COLUMNS": "200"}
-    process = subprocess.run(  # noqa: S603
-        [str(ANOMALIB), "test", "--config", str(tmp_path / "config.yaml"), "--default_root_dir", str(tmp_path / "r")],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-        check=False,
+    process = anomalib_cli(
+        "test", "--config", tmp_path / "config.yaml", "--default_root_dir", tmp_path / "r", cwd=tmp_path
     )
-    assert process.returncode == 0, (process.stdout + process.stderr)[-4000:]
-    assert "other settings than their test" in process.stdout + process.stderr
+    assert "other settings than their test" in process.output
     table = _table(tmp_path / "r")
     assert set(table) == {"gamma", "delta", "epsilon", "mean"}
     released = FAPrompt(

@@ -38,6 +38,8 @@ from anomalib_faprompt.pipelines import benchmark, checks
 from anomalib_faprompt.report.benchmark import main as report_main
 from anomalib_faprompt.report.summary import summary_lines
 
+pytestmark = pytest.mark.slow  # trains both models, runs `anomalib benchmark`
+
 CONFIG = Path(__file__).parents[1] / "configs" / "benchmark_zero_shot.yaml"
 MODELS = {"FAPrompt": FAPrompt, "AnomalyCLIP": AnomalyCLIP}
 ANOMALIB_MODELS = ["WinClip", "AnomalyVFM"]

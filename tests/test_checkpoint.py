@@ -49,6 +49,7 @@ def test_checkpoint_refuses_other_clip_weights(weights_file, tmp_path):
         FAPrompt.load_from_checkpoint(path, pretrained=str(other))
 
 
+@pytest.mark.slow  # trains through anomalib's Engine (the session checkpoints)
 @pytest.mark.parametrize("model_class", [FAPrompt, AnomalyCLIP])
 def test_trained_checkpoint_loads_the_same_by_load_from_checkpoint_and_by_weights(
     model_class, faprompt_checkpoint, anomalyclip_checkpoint

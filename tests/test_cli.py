@@ -11,6 +11,8 @@ from conftest import REPO, anomalib_cli
 
 from anomalib_faprompt.data import make_synthetic_dataset
 
+pytestmark = pytest.mark.slow  # `anomalib` in subprocesses
+
 ROOT = REPO
 
 

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import math
 import re
-import subprocess
-import sys
 from functools import partial
 from pathlib import Path
 from types import SimpleNamespace
@@ -13,7 +11,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 from anomalib.data import ImageBatch
-from conftest import prediction_fields
+from conftest import anomalib_cli, prediction_fields
 from torch import distributed
 from torch import multiprocessing as mp
 from torch.utils.data import DataLoader, DistributedSampler
@@ -108,13 +106,6 @@ def test_two_ranks_report_the_single_process_table(tmp_path, capsys):
     assert not (tmp_path / "rank1").exists()  # only rank 0 writes
 
 
-def _anomalib(*arguments: str | Path) -> subprocess.CompletedProcess:
-    command = [sys.executable, "-m", "anomalib.cli.cli", *map(str, arguments)]
-    process = subprocess.run(command, capture_output=True, text=True, cwd=REPO, check=False)
-    assert process.returncode == 0, process.stderr[-3000:]
-    return process
-
-
 @pytest.mark.slow
 def test_two_processes_give_the_single_process_table(tmp_path):
     source = make_synthetic_dataset(tmp_path / "source", categories=("alpha", "beta"), n_train=1, seed=0)
@@ -129,13 +120,13 @@ def test_two_processes_give_the_single_process_table(tmp_path):
     config = ["--config", REPO / "configs" / "faprompt_synthetic_tiny.yaml", "--config", overlay]
     data = ["--data.root", source, "--data.target_root", target, "--data.eval_batch_size", "2"]
 
-    ddp = _anomalib(
+    ddp = anomalib_cli(
         "train", *config, *data, "--trainer.max_epochs", "1", "--default_root_dir", tmp_path / "ddp",
         "--trainer.devices", "2", "--trainer.strategy", "ddp",
     )  # fmt: skip
     (table,) = (tmp_path / "ddp").rglob("per_category_results.csv")
     (checkpoint,) = (tmp_path / "ddp").rglob("*.ckpt")
-    single = _anomalib("test", *config, *data, "--ckpt_path", checkpoint, "--default_root_dir", tmp_path / "single")
+    single = anomalib_cli("test", *config, *data, "--ckpt_path", checkpoint, "--default_root_dir", tmp_path / "single")
     (single_table,) = (tmp_path / "single").rglob("per_category_results.csv")
 
     lines, single_lines = table.read_text().splitlines(), single_table.read_text().splitlines()
@@ -170,7 +161,7 @@ def test_two_processes_give_the_single_process_table(tmp_path):
 
     # predict on two ranks: each rank's predictions in the one new run folder.
     folder = target / "gamma" / "test" / "defect"
-    _anomalib(
+    anomalib_cli(
         "predict", *config, "--ckpt_path", checkpoint, "--data", folder, "--default_root_dir", tmp_path / "predict",
         "--trainer.devices", "2", "--trainer.strategy", "ddp",
     )  # fmt: skip

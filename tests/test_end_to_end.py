@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 import re
 import subprocess
 import sys
@@ -14,7 +13,7 @@ import pytest
 import torch
 from anomalib.data import MVTecAD
 from anomalib.engine import Engine
-from conftest import tiny_args
+from conftest import anomalib_cli, tiny_args
 from lightning.pytorch import Callback
 
 from anomalib_faprompt import FAPrompt
@@ -22,7 +21,6 @@ from anomalib_faprompt.data import AuxiliaryDataModule
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIG = REPO / "configs" / "faprompt_tiny.yaml"
-ANOMALIB = Path(sys.executable).parent / "anomalib"
 TEST_METRICS = ("image_AUROC", "image_AUPR", "pixel_AUROC", "pixel_AUPRO")
 
 
@@ -88,29 +86,6 @@ def test_normal_only_training_data_stops_with_clear_error(dataset_root, tmp_path
 # --- the `anomalib` command line in a subprocess ---------------------------------------------------------------------
 
 
-def _env() -> dict[str, str]:
-    """The environment of the subprocesses: this checkout's package first on the path."""
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join([str(REPO), *filter(None, [env.get("PYTHONPATH")])])
-    env["COLUMNS"] = "200"
-    return env
-
-
-def _run(args: list[str], cwd: Path) -> str:
-    process = subprocess.run(  # noqa: S603
-        args,
-        cwd=cwd,
-        env=_env(),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        timeout=300,
-        check=False,
-    )
-    assert process.returncode == 0, process.stdout[-5000:]
-    return process.stdout
-
-
 def _metrics(results: Path) -> dict[str, float]:
     """The test metrics (the mean row) of the run's table, which the evaluator prints and writes."""
     (table,) = results.rglob("per_category_results.csv")
@@ -146,7 +121,15 @@ for name, snake in (("FAPrompt", "fa_prompt"), ("AnomalyCLIP", "anomaly_clip")):
     }}
 print(json.dumps(result))
 """
-    result = json.loads(_run([sys.executable, "-W", "ignore::FutureWarning", "-c", code], tmp_path).splitlines()[-1])
+    process = subprocess.run(  # noqa: S603  (a fresh interpreter: the start-up hook, then these imports)
+        [sys.executable, "-W", "ignore::FutureWarning", "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert process.returncode == 0, process.stderr[-5000:]
+    result = json.loads(process.stdout.splitlines()[-1])
     assert result["warnings"] == []
     for name in ("FAPrompt", "AnomalyCLIP"):
         assert Path(result[name]["file"]).resolve().is_relative_to(REPO / "anomalib_faprompt")  # this checkout
@@ -159,21 +142,10 @@ print(json.dumps(result))
 def cli_train(dataset_root, tmp_path_factory) -> tuple[str, Path]:
     """`anomalib train --model FAPrompt --config configs/faprompt_tiny.yaml` on the synthetic data."""
     results = tmp_path_factory.mktemp("cli_train")
-    output = _run(
-        [
-            str(ANOMALIB),
-            "train",
-            "--model",
-            "FAPrompt",
-            "--config",
-            str(CONFIG),
-            "--data.root",
-            str(dataset_root),
-            "--default_root_dir",
-            str(results),
-        ],
-        results,
-    )
+    output = anomalib_cli(
+        "train", "--model", "FAPrompt", "--config", CONFIG, "--data.root", dataset_root, "--default_root_dir", results,
+        cwd=results,
+    ).output  # fmt: skip
     return output, results
 
 
@@ -192,23 +164,10 @@ def test_cli_train_with_short_name(cli_train):
 def test_cli_test_with_class_path_reproduces_metrics(cli_train, dataset_root, tmp_path):
     _, results = cli_train
     (checkpoint,) = results.rglob("*.ckpt")
-    output = _run(
-        [
-            str(ANOMALIB),
-            "test",
-            "--model",
-            "anomalib_faprompt.FAPrompt",
-            "--config",
-            str(CONFIG),
-            "--data.root",
-            str(dataset_root),
-            "--default_root_dir",
-            str(tmp_path),
-            "--ckpt_path",
-            str(checkpoint),
-        ],
-        tmp_path,
-    )
+    output = anomalib_cli(
+        "test", "--model", "anomalib_faprompt.FAPrompt", "--config", CONFIG, "--data.root", dataset_root,
+        "--default_root_dir", tmp_path, "--ckpt_path", checkpoint, cwd=tmp_path,
+    ).output  # fmt: skip
     metrics, trained = _metrics(tmp_path), _metrics(results)
     assert set(metrics) == set(TEST_METRICS), output[-3000:]
     for name in TEST_METRICS:
@@ -220,24 +179,9 @@ def test_cli_predict_from_checkpoint(cli_train, dataset_root, tmp_path):
     _, results = cli_train
     (checkpoint,) = results.rglob("*.ckpt")
     images = dataset_root / "alpha" / "test" / "defect"
-    _run(
-        [
-            str(ANOMALIB),
-            "predict",
-            "--model",
-            "FAPrompt",
-            "--config",
-            str(CONFIG),
-            "--data",
-            str(images),
-            "--default_root_dir",
-            str(tmp_path),
-            "--ckpt_path",
-            str(checkpoint),
-            "--return_predictions",
-            "false",
-        ],
-        tmp_path,
-    )
+    anomalib_cli(
+        "predict", "--model", "FAPrompt", "--config", CONFIG, "--data", images, "--default_root_dir", tmp_path,
+        "--ckpt_path", checkpoint, "--return_predictions", "false", cwd=tmp_path,
+    )  # fmt: skip
     written = sorted(path.name for path in tmp_path.rglob("*.png"))
     assert written == sorted(path.name for path in images.glob("*.png"))

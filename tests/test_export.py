@@ -12,8 +12,6 @@ import ast
 import copy
 import json
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -30,12 +28,14 @@ from anomalib.data import InferenceBatch  # noqa: E402
 from anomalib.data.utils import read_image  # noqa: E402
 from anomalib.deploy import ExportType, OpenVINOInferencer  # noqa: E402
 from anomalib.engine import Engine  # noqa: E402
-from conftest import TINY_MODEL_ARGS  # noqa: E402
+from conftest import TINY_MODEL_ARGS, anomalib_cli  # noqa: E402
 
 from anomalib_faprompt import AnomalyCLIP, FAPrompt  # noqa: E402
 from anomalib_faprompt.data import AuxiliaryDataModule, make_synthetic_dataset  # noqa: E402
 from anomalib_faprompt.deploy import keep_f32, openvino_config, remove_f32_marks  # noqa: E402
 from anomalib_faprompt.models.base import PromptLearningModule  # noqa: E402
+
+pytestmark = pytest.mark.slow  # trains, exports to ONNX and OpenVINO, `anomalib export`
 
 FP32_TOLERANCE = 1e-4
 LOW_PRECISION_TOLERANCE = 1e-2
@@ -134,24 +134,10 @@ def cli_fp16_export(workdir: Path, checkpoint: Path, model_class: type[PromptLea
     model = {"class_path": model_class.__name__, "init_args": tiny_args()}
     config.write_text(json.dumps({"model": model}))  # JSON is YAML
     root = workdir / "cli"
-    command = [
-        sys.executable,
-        "-c",
-        "from anomalib.cli.cli import main; main()",
-        "export",
-        "--config",
-        str(config),
-        "--ckpt_path",
-        str(checkpoint),
-        "--export_type",
-        "openvino",
-        "--compression_type",
-        "FP16",
-        "--export_root",
-        str(root),
-    ]
-    result = subprocess.run(command, capture_output=True, text=True, check=False, timeout=600)
-    assert result.returncode == 0, result.stderr[-3000:]
+    anomalib_cli(
+        "export", "--config", config, "--ckpt_path", checkpoint, "--export_type", "openvino",
+        "--compression_type", "FP16", "--export_root", root,
+    )  # fmt: skip
     return root / "weights" / "openvino" / "model.xml"
 
 

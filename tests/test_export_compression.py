@@ -9,8 +9,6 @@ instructions). ``python benchmarks/benchmark_export.py --tiny`` prints the same 
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 from xml.etree import ElementTree
 
@@ -21,7 +19,7 @@ import torch
 from anomalib.data.utils import read_image
 from anomalib.deploy import ExportType
 from anomalib.engine import Engine
-from conftest import as_if_trained, tiny_args
+from conftest import anomalib_cli, as_if_trained, tiny_args
 
 from anomalib_faprompt import AnomalyCLIP, FAPrompt
 from anomalib_faprompt.data import AuxiliaryDataModule, make_synthetic_dataset
@@ -159,10 +157,17 @@ def test_int8_ptq_from_the_cli_calibrates_on_the_data(data, tmp_path):
     }
     config.write_text(json.dumps({"model": model, "data": datamodule}))
     root = tmp_path / "exported"
-    command = [sys.executable, "-m", "anomalib.cli.cli", "export", "--config", str(config), "--export_type", "openvino"]
-    command += ["--compression_type", "INT8_PTQ", "--export_root", str(root)]
-    result = subprocess.run(command, capture_output=True, text=True, check=False, timeout=600)
-    assert result.returncode == 0, result.stderr[-3000:]
+    anomalib_cli(
+        "export",
+        "--config",
+        config,
+        "--export_type",
+        "openvino",
+        "--compression_type",
+        "INT8_PTQ",
+        "--export_root",
+        root,
+    )
     xml = root / "weights" / "openvino" / "model.xml"
     assert "FakeQuantize" in {op.get_type_name() for op in ov.Core().read_model(str(xml)).get_ops()}
 

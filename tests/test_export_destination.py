@@ -3,15 +3,13 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 from anomalib.deploy import ExportType
 from anomalib.engine import Engine
-from conftest import tiny_args, write_checkpoint
+from conftest import anomalib_cli, tiny_args, write_checkpoint
 
 from anomalib_faprompt import AnomalyCLIP, FAPrompt
 from anomalib_faprompt.errors import ExistingOutputError, InvalidInputError, MissingInputError
@@ -84,15 +82,14 @@ def test_zero_shot_model_exports_into_its_weights_run_folder(run_checkpoint: Pat
     assert path == run_checkpoint.parents[2] / "weights" / "torch" / "model.pt"
 
 
+@pytest.mark.slow
 def test_cli_export_twice_names_the_kept_file(run_checkpoint: Path, tmp_path: Path):
     config = tmp_path / "tiny.yaml"
     config.write_text(json.dumps({"model": {"class_path": "FAPrompt", "init_args": tiny_args()}}))  # JSON is YAML
-    command = [sys.executable, "-c", "from anomalib.cli.cli import main; main()", "export", "--config", str(config)]
-    command += ["--ckpt_path", str(run_checkpoint), "--export_type", "torch", "--export_root", str(tmp_path / "out")]
-    first = subprocess.run(command, capture_output=True, text=True, check=False, timeout=600)
-    assert first.returncode == 0, first.stderr[-3000:]
-    second = subprocess.run(command, capture_output=True, text=True, check=False, timeout=600)
-    assert second.returncode == 2, second.stderr[-3000:]
+    command = ["export", "--config", config, "--ckpt_path", run_checkpoint, "--export_type", "torch"]
+    command += ["--export_root", tmp_path / "out"]
+    anomalib_cli(*command)
+    second = anomalib_cli(*command, returncode=2)
     exported = tmp_path / "out" / "weights" / "torch" / "model.pt"
     assert second.stderr.strip().splitlines()[-1] == (
         f"ExistingOutputError: '{exported}' holds an earlier export, which is kept. Pass another `export_root` "

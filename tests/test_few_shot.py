@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import csv
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +12,7 @@ import torch
 import torch.nn.functional as F  # noqa: N812
 from anomalib.data.utils import read_image
 from anomalib.engine import Engine
-from conftest import as_if_trained, tiny_args
+from conftest import anomalib_cli, as_if_trained, tiny_args
 
 from anomalib_faprompt import AnomalyCLIP, FAPrompt
 from anomalib_faprompt.components.few_shot import default_few_shot_layers
@@ -245,13 +243,10 @@ def test_an_export_carries_its_bank_and_one_without_references_is_refused(target
 def test_cli_toy_protocol_with_two_shots(tmp_path):
     source = make_synthetic_dataset(tmp_path / "source", categories=("alpha",), n_good=4, n_defect=4)
     target = make_synthetic_dataset(tmp_path / "target", categories=("gamma", "delta"), n_good=3, n_defect=3, seed=1)
-    command = [
-        sys.executable, "-m", "anomalib.cli.cli", "train", "--config", str(CONFIG),
-        "--data.root", str(source), "--data.target_root", str(target), "--trainer.max_epochs", "1",
-        "--model.k_shot", "2", "--default_root_dir", str(tmp_path / "results"),
-    ]  # fmt: skip
-    result = subprocess.run(command, capture_output=True, text=True, check=False, timeout=600, cwd=REPO)
-    assert result.returncode == 0, result.stderr[-3000:]
+    anomalib_cli(
+        "train", "--config", CONFIG, "--data.root", source, "--data.target_root", target, "--trainer.max_epochs", "1",
+        "--model.k_shot", "2", "--default_root_dir", tmp_path / "results",
+    )  # fmt: skip
     references = _references_file(tmp_path / "results")
     assert set(references) == {"gamma", "delta"}
     assert all(len(files) == 2 for files in references.values())

@@ -165,6 +165,7 @@ def test_patch_probabilities_fp32_from_bf16_features() -> None:
     torch.testing.assert_close(mixed, expected, rtol=0, atol=0)
 
 
+@pytest.mark.slow
 def test_engine_bf16_mixed_fit_test_predict(tmp_path: Path, cuda_like_autocast: None) -> None:
     """anomalib's Engine with ``precision="bf16-mixed"`` (Lightning's CPU autocast) trains, tests and predicts."""
     root = make_synthetic_dataset(tmp_path / "data", categories=("alpha",), n_train=1, n_good=4, n_defect=4)
@@ -194,6 +195,7 @@ def test_engine_bf16_mixed_fit_test_predict(tmp_path: Path, cuda_like_autocast: 
         assert float(batch.anomaly_map.max()) <= 1.0
 
 
+@pytest.mark.slow
 def test_benchmark_script_bf16_on_cpu() -> None:
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
     command = [

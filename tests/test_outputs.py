@@ -6,8 +6,6 @@ import csv
 import hashlib
 import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -17,14 +15,13 @@ import yaml
 from anomalib.data import MVTecAD
 from anomalib.data.utils import read_image
 from anomalib.engine import Engine
-from conftest import tiny_args
+from conftest import anomalib_cli, tiny_args
 from PIL import Image
 
 from anomalib_faprompt import FAPrompt
 from anomalib_faprompt.data import AuxiliaryDataModule
 
 REPO = Path(__file__).resolve().parents[1]
-ANOMALIB = Path(sys.executable).parent / "anomalib"
 TARGETS = ("gamma", "delta")  # two of the target's categories: their images share their file names (000.png, ...)
 FIELD = 256  # anomalib's ImageVisualizer draws each panel at 256 x 256
 
@@ -201,18 +198,6 @@ def _digests(folder: Path) -> dict[str, str]:
 # --- the `anomalib` command line in a subprocess ---------------------------------------------------------------------
 
 
-def _cli(args: list[str], cwd: Path, returncode: int = 0) -> str:
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join([str(REPO), *filter(None, [env.get("PYTHONPATH")])])
-    env["COLUMNS"] = "200"
-    process = subprocess.run(  # noqa: S603
-        [str(ANOMALIB), *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=600, check=False
-    )
-    output = process.stdout + process.stderr
-    assert process.returncode == returncode, output[-5000:]
-    return output
-
-
 def _config(path: Path, **sections) -> Path:
     model = {"class_path": "FAPrompt", "init_args": tiny_args()}
     model["init_args"].update(sections.pop("model_args", {}))
@@ -316,27 +301,25 @@ def test_cli_test_from_a_checkpoint_never_replaces_the_training_run(source, targ
     }
     config = _config(tmp_path / "config.yaml", data=data)
     results = tmp_path / "results"
-    _cli(["train", "--config", str(config), "--default_root_dir", str(results)], tmp_path)
+    anomalib_cli("train", "--config", config, "--default_root_dir", results, cwd=tmp_path)
     runs = _run_dir(results)
     training = _digests(runs / "v0")
     assert {"config.yaml", "per_category_results.csv", "weights/lightning/model.ckpt"} <= set(training)
     assert os.readlink(runs / "latest") == "v0"
 
     checkpoint = runs / "latest" / "weights" / "lightning" / "model.ckpt"
-    output = _cli(
-        [
-            "test",
-            "--config",
-            str(config),
-            "--default_root_dir",
-            str(results),
-            "--ckpt_path",
-            str(checkpoint),
-            "--data.target_categories",
-            "[gamma]",
-        ],
-        tmp_path,
-    )
+    output = anomalib_cli(
+        "test",
+        "--config",
+        str(config),
+        "--default_root_dir",
+        str(results),
+        "--ckpt_path",
+        str(checkpoint),
+        "--data.target_categories",
+        "[gamma]",
+        cwd=tmp_path,
+    ).output
 
     assert _digests(runs / "v0") == training  # byte for byte, the same files
     assert os.readlink(runs / "latest") == "v0"
@@ -349,10 +332,9 @@ def test_cli_test_from_a_checkpoint_never_replaces_the_training_run(source, targ
 def test_cli_predict_with_model_weights(target, trained, tmp_path):
     config = _config(tmp_path / "config.yaml", model_args={"weights": str(trained)})
     folder = target / "delta" / "test"
-    output = _cli(
-        ["predict", "--config", str(config), "--data", str(folder), "--default_root_dir", str(tmp_path / "results")],
-        tmp_path,
-    )
+    output = anomalib_cli(
+        "predict", "--config", config, "--data", folder, "--default_root_dir", tmp_path / "results", cwd=tmp_path
+    ).output
 
     assert "ckpt_path is not provided" not in output
     assert "val_dataloader" not in output
@@ -376,11 +358,17 @@ def test_cli_predict_names_a_damaged_image(target, trained, tmp_path):
     damaged = folder / "damaged.png"
     damaged.write_bytes((folder / "000.png").read_bytes()[:300])
     config = _config(tmp_path / "config.yaml", model_args={"weights": str(trained)})
-    output = _cli(
-        ["predict", "--config", str(config), "--data", str(folder), "--default_root_dir", str(tmp_path / "results")],
-        tmp_path,
+    output = anomalib_cli(
+        "predict",
+        "--config",
+        config,
+        "--data",
+        folder,
+        "--default_root_dir",
+        tmp_path / "results",
+        cwd=tmp_path,
         returncode=2,
-    )
+    ).output
 
     *_, what, error = output.rstrip().splitlines()
     assert what == "anomalib predict:"
@@ -400,7 +388,7 @@ def test_cli_predict_names_a_damaged_image(target, trained, tmp_path):
 def _cli_error(subcommand: str, config: Path, tmp_path: Path, *args: str) -> tuple[str, str]:
     """Run ``anomalib <subcommand> --config <config> <args>``, which must fail in one last line; that line and all."""
     command = [subcommand, "--config", str(config), *args, "--default_root_dir", str(tmp_path / "results")]
-    output = _cli(command, tmp_path, returncode=2)
+    output = anomalib_cli(*command, cwd=tmp_path, returncode=2).output
     *_, what, error = output.rstrip().splitlines()
     assert what == f"anomalib {subcommand}:"
     assert "Traceback" not in output

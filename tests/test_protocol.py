@@ -5,8 +5,6 @@ from __future__ import annotations
 import csv
 import math
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -18,7 +16,7 @@ from anomalib.data.datasets import MVTecADDataset
 from anomalib.engine import Engine
 from anomalib.metrics import AUPR, AUROC
 from anomalib.metrics import aupro as anomalib_aupro
-from conftest import tiny_args
+from conftest import anomalib_cli, tiny_args
 from sklearn.metrics import average_precision_score, roc_auc_score
 
 from anomalib_faprompt import AnomalyCLIP, FAPrompt
@@ -49,24 +47,10 @@ def cli_run(synthetic_source, synthetic_target, tmp_path_factory) -> dict:
     source, target = synthetic_source, synthetic_target
     before = _snapshot(source.parent)
     results = tmp_path_factory.mktemp("results")
-    command = [
-        sys.executable,
-        "-m",
-        "anomalib.cli.cli",
-        "train",
-        "--config",
-        str(REPO / "configs" / "faprompt_synthetic_tiny.yaml"),
-        "--data.root",
-        str(source),
-        "--data.target_root",
-        str(target),
-        "--trainer.max_epochs",
-        "1",
-        "--default_root_dir",
-        str(results),
-    ]
-    process = subprocess.run(command, capture_output=True, text=True, cwd=REPO, check=False)
-    assert process.returncode == 0, process.stderr[-3000:]
+    anomalib_cli(
+        "train", "--config", REPO / "configs" / "faprompt_synthetic_tiny.yaml", "--data.root", source,
+        "--data.target_root", target, "--trainer.max_epochs", "1", "--default_root_dir", results,
+    )  # fmt: skip
     (table,) = results.rglob("per_category_results.csv")
     (checkpoint,) = results.rglob("*.ckpt")
     with table.open() as file:

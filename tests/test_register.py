@@ -43,6 +43,7 @@ def _run(code: str, **env: str) -> str:
     return result.stdout.strip().splitlines()[-1]
 
 
+@pytest.mark.slow
 def test_startup_imports_nothing_heavy():
     loaded = json.loads(
         _run(
@@ -70,10 +71,12 @@ def test_startup_imports_nothing_heavy():
         "import anomalib_faprompt.components; ",  # the package's components import anomalib.models
     ],
 )
+@pytest.mark.slow
 def test_models_are_published_whatever_the_import_order(first):
     assert json.loads(_run(first + STATE)) == PUBLISHED
 
 
+@pytest.mark.slow
 def test_get_model_by_short_name_and_class_path():
     out = _run(
         "from anomalib.models import get_model, list_models; import anomalib_faprompt as p; "
@@ -83,6 +86,7 @@ def test_get_model_by_short_name_and_class_path():
     assert out == "True True False"
 
 
+@pytest.mark.slow
 def test_switch_turns_everything_off_for_a_plain_import():
     state = json.loads(
         _run("from anomalib_faprompt import FAPrompt; " + STATE, ANOMALIB_FAPROMPT_NO_HOOK="1"),
@@ -95,6 +99,7 @@ def test_switch_turns_everything_off_for_a_plain_import():
     }
 
 
+@pytest.mark.slow
 def test_switch_skips_the_start_up_import():
     out = _run("import sys; print('anomalib_faprompt' in sys.modules)", ANOMALIB_FAPROMPT_NO_HOOK="1")
     assert out == "False"
@@ -147,6 +152,7 @@ def test_an_unsupported_anomalib_version_is_not_patched(monkeypatch):
     assert "written for anomalib >=2.7,<2.8, found 2.8.0" in str(caught[0].message)
 
 
+@pytest.mark.slow
 def test_import_deprecations_are_filtered_only_for_the_package():
     code = "import warnings; warnings.simplefilter('default', DeprecationWarning); "
     ours = subprocess.run(
