@@ -118,9 +118,12 @@ def patch_cli(module: Any) -> None:  # noqa: ANN401
 
         try:
             if self.subcommand == "benchmark":
-                from anomalib_faprompt.pipelines import Benchmark  # noqa: PLC0415
+                from anomalib_faprompt.pipelines import Benchmark, checks  # noqa: PLC0415
 
-                Benchmark().run(self.config["benchmark"])
+                pipeline, args = Benchmark(), self.config["benchmark"]
+                if checks.names_package_models(pipeline._get_args(args)):  # noqa: SLF001
+                    quiet_command("benchmark")
+                pipeline.run(args)
                 return
             if is_package_run(self.config.get(self.subcommand)):
                 check_anomalib_datamodule(getattr(self, "datamodule", None))

@@ -41,7 +41,6 @@ from jsonargparse import Namespace
 from lightning.pytorch import LightningDataModule, seed_everything
 
 from anomalib_faprompt.errors import InputError
-from anomalib_faprompt.integration.quiet import quiet_command
 from anomalib_faprompt.pipelines.checks import check_config, class_name, jobs, names_package_models
 from anomalib_faprompt.report.summary import summary_lines
 
@@ -245,7 +244,6 @@ class Benchmark(AnomalibBenchmark):
         if not names_package_models(config):
             super().run(args)
             return
-        quiet_command("benchmark")
         check_config(config, args.config if args is not None else None)
         runners = self._setup_runners(config)
         handler = redirect_logs(LOG_FILE)
