@@ -454,7 +454,7 @@ def test_missing_dataset_folder_fails_in_one_line_before_any_download(synthetic_
 
 
 def test_an_existing_folder_without_categories_is_never_downloaded_into(tmp_path, monkeypatch):
-    """Only folders named like anomalib's defaults are downloaded into (README); a category folder names its parent."""
+    """Only folders named like anomalib's defaults are downloaded into (docs/protocol.md); a category: its parent."""
 
     def no_download(*_args, **_kwargs):
         pytest.fail("a download was tried")

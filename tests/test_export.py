@@ -257,7 +257,7 @@ def test_low_precision_stays_close_to_torch(
 ):
     """At OpenVINO's default CPU precision (bf16 on CPUs with bf16 instructions) and under a bf16 hint: within 1e-2.
 
-    Without the f32 marks, bf16 errors of the image encoder alone move the outputs further (README, Export).
+    Without the f32 marks, bf16 errors of the image encoder alone move the outputs further (docs/export.md, Precision).
     """
     if config == BF16 and not cpu_runs_bf16():
         pytest.skip("this CPU's OpenVINO plugin does not run bf16 (no AVX-512)")

@@ -30,7 +30,7 @@ def value_value_attention(block: torch.nn.Module, x: torch.Tensor) -> torch.Tens
 
 
 def test_every_value_value_block_and_the_global_embedding_match_open_clip_blocks(backbone_and_images: tuple) -> None:
-    """encode_image_layers against open_clip's own blocks for the ordinary stream (test_backbone has the spec's math).
+    """encode_image_layers against open_clip's own blocks for the ordinary stream (test_clip has the spec's math).
 
     The V-V stream is taken after each asked block (numbered from 1); encode_image gives the last block's.
     """
