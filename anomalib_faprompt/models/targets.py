@@ -20,7 +20,7 @@ NO_DEFECTS_MESSAGE = (
     "{model} learns from defect images with masks, and its training data{where} holds no anomalous image. "
     "anomalib's usual training splits (e.g. MVTecAD's 'train') contain only normal images. Train on the "
     "test split of an auxiliary dataset instead, e.g. `--data anomalib_faprompt.data.AuxiliaryDataModule "
-    "--data.root ./datasets/MVTecAD`, or on a folder with defect images and masks (see the README)."
+    "--data.root ./datasets/MVTecAD`, or on a folder with defect images and masks (see docs/protocol.md)."
 )
 
 
