@@ -28,7 +28,9 @@ from anomalib.engine import Engine
 from anomalib.models.image.anomalyvfm import lightning_model as vfm_lightning
 from anomalib.models.image.anomalyvfm import torch_model as vfm_torch
 from anomalib.models.image.anomalyvfm.components import radio
+from anomalib.pipelines import Benchmark as AnomalibBenchmark
 from conftest import TINY_MODEL_ARGS
+from jsonargparse import Namespace
 from matplotlib.image import imread
 
 from anomalib_faprompt import AnomalyCLIP, FAPrompt
@@ -371,6 +373,17 @@ def test_summary_shows_the_mean_of_repeated_jobs_and_names_them():
     assert lines[3].split() == ["b", "60.0"]
     assert lines[4].split() == ["mean", "65.0"]
     assert "image_AUROC: FAPrompt, a: mean of 2 runs (seeds 1, 2)." in lines
+
+
+def test_a_config_of_anomalib_models_alone_runs_anomalib_pipeline(tmp_path, monkeypatch):
+    config = tmp_path / "padim.yaml"
+    config.write_text(yaml.safe_dump({"accelerator": "cpu", "benchmark": {"seed": 1, "model": {"class_path": "Padim"},
+                                      "data": {"class_path": "MVTecAD"}}}))  # fmt: skip
+    ran = []
+    monkeypatch.setattr(AnomalibBenchmark, "run", lambda self, args: ran.append((type(self), args)))
+    args = Namespace(config=str(config))
+    benchmark.Benchmark().run(args)
+    assert ran == [(AnomalibBenchmark, args)]
 
 
 def test_failed_jobs_are_named():

@@ -242,7 +242,7 @@ class Benchmark(AnomalibBenchmark):
         """
         config = self._get_args(args)
         if not names_package_models(config):
-            super().run(args)
+            AnomalibBenchmark().run(args)  # anomalib's pipeline, its runners and jobs unchanged
             return
         check_config(config, args.config if args is not None else None)
         runners = self._setup_runners(config)
