@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import re
 import subprocess
 import sys
@@ -121,13 +122,10 @@ for name, snake in (("FAPrompt", "fa_prompt"), ("AnomalyCLIP", "anomaly_clip")):
     }}
 print(json.dumps(result))
 """
-    process = subprocess.run(  # noqa: S603  (a fresh interpreter: the start-up hook, then these imports)
-        [sys.executable, "-W", "ignore::FutureWarning", "-c", code],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
+    path = os.pathsep.join([str(REPO), *filter(None, [os.environ.get("PYTHONPATH")])])  # this checkout's package
+    command = [sys.executable, "-W", "ignore::FutureWarning", "-c", code]  # the start-up hook, then these imports
+    env = {**os.environ, "PYTHONPATH": path}
+    process = subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=tmp_path, env=env, check=False)
     assert process.returncode == 0, process.stderr[-5000:]
     result = json.loads(process.stdout.splitlines()[-1])
     assert result["warnings"] == []
