@@ -78,11 +78,13 @@ class RunFolder:
     folder: Path
     moved: bool = False
     previous: str | None = None
+    created: tuple[Path, ...] = ()  # the folders above it that this run created, deepest first
 
     @classmethod
     def create(cls, root: Path, move_latest: bool) -> RunFolder:
         """A new ``root/v<N>``; with ``move_latest``, ``root/latest`` points at it by a relative link."""
-        run = cls(new_version_dir(root), moved=move_latest)
+        created = tuple(folder for folder in (root, *root.parents) if not folder.exists())
+        run = cls(new_version_dir(root), moved=move_latest, created=created)
         latest = root / "latest"
         if move_latest:
             run.previous = os.readlink(latest) if latest.is_symlink() else None
@@ -90,7 +92,7 @@ class RunFolder:
         return run
 
     def undo(self) -> None:
-        """After a failed run: ``latest`` back where it was, and the folder removed if the run wrote nothing in it."""
+        """After a failed run: ``latest`` back, and the folder (with those it created) removed if it holds no work."""
         latest = self.folder.parent / "latest"
         if self.moved and latest.is_symlink() and latest.resolve() == self.folder.resolve():
             if self.previous is None:
@@ -100,6 +102,9 @@ class RunFolder:
         written = {path.relative_to(self.folder).as_posix() for path in self.folder.rglob("*") if path.is_file()}
         if self.folder.is_dir() and written <= BEFORE_WORK:
             shutil.rmtree(self.folder)
+            for folder in self.created:
+                if folder.is_dir() and not any(folder.iterdir()):
+                    folder.rmdir()
 
 
 def launcher_run_dir() -> Path | None:

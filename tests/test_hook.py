@@ -1,4 +1,4 @@
-"""The anomalib integration: start-up hook, publishing on ``anomalib.models``, the switch, guarded patches.
+"""The anomalib integration: start-up hook, publishing, the switch (anomalib's models run as with it off), patches.
 
 Import order matters here, so each case runs in a fresh interpreter (which runs the installed start-up hook).
 """
@@ -7,12 +7,15 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import types
 import warnings
+from pathlib import Path
 
 import pytest
+from conftest import anomalib_cli
 
 TINY = (
     "dict(pretrained=None, image_size=32, vv_layers=1, prompt_depth=2, backbone_config={'embed_dim': 16, "
@@ -174,3 +177,38 @@ def test_quiet_command_filters_only_the_listed_messages():
         warnings.warn("The dirpath has changed from 'a' to 'b', therefore ...", stacklevel=1)
         warnings.warn("Found 78 modules that matter", stacklevel=1)
     assert [str(warning.message) for warning in caught] == ["Found 78 modules that matter"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("model", "extra"),
+    [
+        ("Padim", ["--model.pre_trained", "false"]),
+        ("WinClip", []),
+    ],
+)
+def test_anomalib_models_run_as_with_the_hook_switched_off(model, extra, tmp_path):
+    """``anomalib fit --seed_everything 5`` of anomalib's models: the same output with the hook and without it."""
+    arguments = [
+        "fit", "--model", model, *extra, "--data", "MVTecAD", "--data.root", tmp_path / "missing" / "MVTecAD",
+        "--seed_everything", "5", "--trainer.max_epochs", "0", "--default_root_dir", tmp_path / "results",
+    ]  # fmt: skip
+    runs = [
+        anomalib_cli(
+            *arguments, cwd=tmp_path, returncode=None, env={"ANOMALIB_FAPROMPT_NO_HOOK": switch, "HF_HUB_OFFLINE": "1"}
+        )
+        for switch in ("0", "1")
+    ]
+    outputs = [_comparable(run.stdout + run.stderr, tmp_path) for run in runs]
+    assert runs[0].returncode == runs[1].returncode
+    assert outputs[0] == outputs[1]
+    assert not any("Seed set to 5" in line for line in outputs[0])  # anomalib 2.7 never applies it
+    assert any(model in line for line in outputs[0])
+
+
+def _comparable(output: str, tmp_path: Path) -> list[str]:
+    """The output's lines without times and addresses, nor the frames of a traceback (the wrappers' included)."""
+    output = output.replace(str(tmp_path), "<tmp>")
+    output = re.sub(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d+|\[\d\d/\d\d/\d\d \d\d:\d\d:\d\d\]", "", output)
+    output = re.sub(r"0x[0-9a-f]+", "<address>", output)
+    return [line.strip() for line in output.splitlines() if not line.startswith(("│", "╭", "╰"))]
