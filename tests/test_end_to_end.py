@@ -3,11 +3,7 @@
 from __future__ import annotations
 
 import csv
-import json
-import os
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -93,47 +89,6 @@ def _metrics(results: Path) -> dict[str, float]:
     with table.open() as file:
         (mean,) = (row for row in csv.DictReader(file) if row["category"] == "mean")
     return {name: float(value) for name, value in mean.items() if name != "category"}
-
-
-@pytest.mark.slow
-@pytest.mark.parametrize(
-    "first_import",
-    ["from anomalib_faprompt import FAPrompt", "import anomalib_faprompt.components; import anomalib_faprompt.models"],
-)
-def test_short_names_after_importing_this_package_first(first_import, tmp_path):
-    """Importing this package before `anomalib.models` (it imports anomalib.models itself) still publishes the
-    models there, for each way anomalib looks a name up, with this checkout's code and no warning."""
-    code = f"""
-import inspect, json, warnings
-with warnings.catch_warnings(record=True) as caught:
-    warnings.simplefilter("always")
-    {first_import}
-    import anomalib.models as models
-args = {tiny_args()!r}
-result = {{"warnings": [str(w.message) for w in caught if "anomalib_faprompt" in str(w.message)]}}
-for name, snake in (("FAPrompt", "fa_prompt"), ("AnomalyCLIP", "anomaly_clip")):
-    cls = getattr(models, name)
-    built = [type(models.get_model(spec, **args)) for spec in (name, snake, {{"class_path": name}})]
-    result[name] = {{
-        "file": inspect.getfile(cls),
-        "listed": name in models.list_models(case="pascal"),
-        "in_all": models.__all__.count(name),
-        "built": [kind is cls for kind in built],
-    }}
-print(json.dumps(result))
-"""
-    path = os.pathsep.join([str(REPO), *filter(None, [os.environ.get("PYTHONPATH")])])  # this checkout's package
-    command = [sys.executable, "-W", "ignore::FutureWarning", "-c", code]  # the start-up hook, then these imports
-    env = {**os.environ, "PYTHONPATH": path}
-    process = subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=tmp_path, env=env, check=False)
-    assert process.returncode == 0, process.stderr[-5000:]
-    result = json.loads(process.stdout.splitlines()[-1])
-    assert result["warnings"] == []
-    for name in ("FAPrompt", "AnomalyCLIP"):
-        assert Path(result[name]["file"]).resolve().is_relative_to(REPO / "anomalib_faprompt")  # this checkout
-        assert result[name]["listed"], name
-        assert result[name]["in_all"] == 1, name
-        assert result[name]["built"] == [True, True, True], name
 
 
 @pytest.fixture(scope="module")

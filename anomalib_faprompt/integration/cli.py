@@ -93,14 +93,14 @@ def patch_cli(module: Any) -> None:  # noqa: ANN401
             return
         from anomalib_faprompt.runs import check_writable  # noqa: PLC0415
 
-        apply_seed(subcommand, self.config[subcommand])
-        quiet_command(subcommand)
         results = self.config[subcommand].get("default_root_dir")
         try:
             if results is not None:
                 check_writable(results, "--default_root_dir")
         except InputError as error:
             exit_with(error, f"anomalib {subcommand}")
+        apply_seed(subcommand, self.config[subcommand])
+        quiet_command(subcommand)
         try:
             original_instantiate(self)
         except ValueError as error:
