@@ -133,6 +133,8 @@ def test_a_run_refused_at_construction_leaves_no_folder(datasets, tmp_path):
         assert not results.exists(), sorted(results.rglob("*"))
 
 
-def test_a_value_jsonargparse_cannot_read_is_one_line(capsys):
-    lines = _refused_in_process(["fit", "--config", CONFIG, "--model.temperature", "nan"], capsys)
-    assert lines == ["anomalib: --model.temperature: Expected a <class 'float'>. Got value: nan"]
+def test_a_value_jsonargparse_cannot_read_is_one_line():
+    result = anomalib_cli("fit", "--config", CONFIG, "--model.temperature", "nan", returncode=2)
+    assert result.stderr.strip().splitlines() == [
+        "anomalib: --model.temperature: Expected a <class 'float'>. Got value: nan"
+    ]
