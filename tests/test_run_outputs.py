@@ -396,7 +396,8 @@ def _cli_error(subcommand: str, config: Path, tmp_path: Path, *args: str) -> tup
 
 
 def test_cli_errors_about_a_checkpoint_or_the_data_are_one_last_line(source, target, trained, tmp_path):
-    """Errors raised while the command runs (not while it builds the model) name the file or argument, briefly."""
+    """Errors raised while the command runs (not while it builds the model) name the file or argument, briefly; the
+    refused runs leave nothing in the results folder."""
     damaged = tmp_path / "damaged.ckpt"
     damaged.write_bytes(trained.read_bytes()[:5000])
     folder = target / "delta" / "test" / "good"
@@ -408,9 +409,9 @@ def test_cli_errors_about_a_checkpoint_or_the_data_are_one_last_line(source, tar
         "class_path": "anomalib_faprompt.data.AuxiliaryDataModule",
         "init_args": {"root": str(source), "target_dataset": "MVTecAD", "target_root": str(target), "num_workers": 0},
     }
-    config = _config(tmp_path / "data.yaml", data=data)
+    auxiliary = _config(tmp_path / "data.yaml", data=data)
     categories = ["--data.target_categories", "[gamma,nosuch]"]
-    error, _ = _cli_error("test", config, tmp_path, "--ckpt_path", str(trained), *categories)
+    error, _ = _cli_error("test", auxiliary, tmp_path, "--ckpt_path", str(trained), *categories)
     assert error.startswith("InvalidInputError: Target categories ['nosuch'] (argument `target_categories`)")
     assert error.endswith("which has ['delta', 'epsilon', 'gamma'].")
 
@@ -422,6 +423,10 @@ def test_cli_errors_about_a_checkpoint_or_the_data_are_one_last_line(source, tar
         "into): place the category there, or leave it out."
     )
     assert "Downloading" not in output
+
+    error, _ = _cli_error("test", auxiliary, tmp_path, "--ckpt_path", str(trained), "--model.n_ctx", "6")
+    assert error.startswith(f"InvalidInputError: '{trained}' was trained with other hyperparameters: n_ctx=5 (here: 6)")
+    assert not (tmp_path / "results").exists()  # refused runs leave no folder (not even one with a config.yaml)
 
 
 def test_a_second_test_or_predict_on_one_engine_replaces_nothing(source, target, trained, tmp_path, capsys):
