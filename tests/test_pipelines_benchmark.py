@@ -36,6 +36,7 @@ from matplotlib.image import imread
 from anomalib_faprompt import AnomalyCLIP, FAPrompt
 from anomalib_faprompt.components import load_open_clip
 from anomalib_faprompt.data import AuxiliaryDataModule, make_synthetic_dataset
+from anomalib_faprompt.errors import exit_with
 from anomalib_faprompt.pipelines import benchmark, checks
 from anomalib_faprompt.report.benchmark import main as report_main
 from anomalib_faprompt.report.summary import summary_lines
@@ -384,6 +385,29 @@ def test_a_config_of_anomalib_models_alone_runs_anomalib_pipeline(tmp_path, monk
     args = Namespace(config=str(config))
     benchmark.Benchmark().run(args)
     assert ran == [(AnomalibBenchmark, args)]
+
+
+def test_a_benchmark_with_a_failed_job_writes_its_row_and_exits_with_1(tmp_path, monkeypatch, capsys):
+    """The pipeline end to end with one job whose model cannot be built: results.csv, the summary, exit status 1."""
+    root = make_synthetic_dataset(tmp_path / "MVTecAD", categories=("gamma",), n_good=1, n_defect=1)
+    model = {"class_path": "FAPrompt", "init_args": {**copy.deepcopy(TINY_MODEL_ARGS), "image_size": 0}}
+    data = {"class_path": "MVTecAD", "init_args": {"root": str(root), "category": "gamma"}}
+    config = tmp_path / "benchmark.yaml"
+    config.write_text(yaml.safe_dump({"accelerator": "cpu", "benchmark": {"seed": 1, "model": model, "data": data}}))
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(benchmark.JobsFailedError) as failed:
+        benchmark.Benchmark().run(Namespace(config=str(config)))
+    reason = "ValueError: image_size=0 must be an integer of at least 1."
+    assert str(failed.value) == (
+        f"benchmark: 1 of 1 jobs failed or did not run: FAPrompt/gamma ({reason}) (details in runs/pipeline.log)"
+    )
+    (results,) = (tmp_path / "runs" / "benchmark").glob("*/results.csv")
+    row = pd.read_csv(results).iloc[0]
+    assert (row["status"], row["error"], row["data.init_args.category"]) == ("no result", reason, "gamma")
+    assert f"All metrics: {results.relative_to(tmp_path)}; report: " in capsys.readouterr().out
+    with pytest.raises(SystemExit) as exited:
+        exit_with(failed.value, "anomalib benchmark")
+    assert exited.value.code == 1
 
 
 def test_failed_jobs_are_named():
