@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import shutil
@@ -14,6 +15,8 @@ from pathlib import Path
 from anomalib_faprompt.errors import InvalidInputError
 
 __all__ = ["RunFolder", "check_writable", "checkpoint_run_dir", "launcher_run_dir", "new_version_dir", "share_run_dir"]
+
+logger = logging.getLogger(__name__)
 
 _VERSION = re.compile(r"^v(\d+)$")
 # "<pid of the process that chose it><os.pathsep><run folder>": read by the processes that process launches.
@@ -101,6 +104,7 @@ class RunFolder:
                 point_latest(latest, self.previous)
         written = {path.relative_to(self.folder).as_posix() for path in self.folder.rglob("*") if path.is_file()}
         if self.folder.is_dir() and written <= BEFORE_WORK:
+            logger.info("The run failed before writing anything: %s is removed again.", self.folder)
             shutil.rmtree(self.folder)
             for folder in self.created:
                 if folder.is_dir() and not any(folder.iterdir()):

@@ -106,7 +106,8 @@ def test_jsonargparse_messages_still_carry_the_package_error():
     parser.add_argument("--model", type=Optional[AnomalibModule])  # as LightningCLI adds it  # noqa: UP045
     with pytest.raises(Exception) as parse_error:  # noqa: PT011  (jsonargparse's ArgumentError)
         parser.parse_args(["--model", "FAPrompt", "--model.temperature", "nan"])
-    assert package_error(str(parse_error.value)) == "--model.temperature: Expected a <class 'float'>. Got value: nan"
+    expected = "--model.temperature: Expected a <class 'float'>. Got value: nan Pass a finite number."
+    assert package_error(str(parse_error.value)) == expected
     config = parser.parse_args(["--model", "FAPrompt", "--model.image_size", "0"])
     assert isinstance(config.model, JsonNamespace)
     with pytest.raises(ValueError) as build_error:  # noqa: PT011

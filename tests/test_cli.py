@@ -84,6 +84,7 @@ def test_the_shipped_benchmark_config_names_unreadable_checkpoints_before_any_jo
     last = (result.stdout + result.stderr).strip().splitlines()[-1]
     assert last.startswith("InvalidInputError: benchmark config")
     assert "checkpoints/faprompt_mvtec.ckpt' (FAPrompt.weights) is not a readable anomalib checkpoint" in last
+    assert "is not a readable anomalib checkpoint: the file is not written by torch.save." in last  # a text file
     assert "checkpoints/anomalyclip_mvtec.ckpt' (AnomalyCLIP.weights)" in last
     assert last.endswith("Nothing was run.")
     assert not (tmp_path / "datasets").exists()  # nothing downloaded
@@ -125,5 +126,5 @@ def test_an_unwritable_results_root_is_one_line_before_any_work(tmp_path, capsys
 def test_a_value_jsonargparse_cannot_read_is_one_line():
     result = anomalib_cli("fit", "--config", CONFIG, "--model.temperature", "nan", returncode=2)
     assert result.stderr.strip().splitlines() == [
-        "anomalib: --model.temperature: Expected a <class 'float'>. Got value: nan"
+        "anomalib: --model.temperature: Expected a <class 'float'>. Got value: nan Pass a finite number."
     ]

@@ -44,11 +44,7 @@ def apply_seed(subcommand: str, config: Any) -> int | None:  # noqa: ANN401
 
 
 def package_error(message: str) -> str | None:
-    """The error about one of this package's classes in a jsonargparse message, as one line; ``None`` if none.
-
-    jsonargparse lists, under ``Errors:``, why a value fits none of the types it may have (a model is ``None`` or
-    an ``AnomalibModule``): the constructor's message, or the nested ``Parser key`` and what it expected.
-    """
+    """One line: the constructor's error, or the ``Parser key`` and what it expected, of a jsonargparse message."""
     if not _CLASS_PATH.search(message) or "Errors:" not in message:
         return None
     head, _, errors = message.partition("Errors:")
@@ -60,6 +56,7 @@ def package_error(message: str) -> str | None:
             continue
         keys = _PARSER_KEY.findall(head)[:1] + [key for line in lines for key in _PARSER_KEY.findall(line)]
         text = " ".join(line for line in lines if not _PARSER_KEY.fullmatch(line) and "given class_path" not in line)
+        text += " Pass a finite number." if "Expected a <class 'float'>" in text else ""  # nan and inf are refused
         return f"--{'.'.join(keys)}: {text}" if len(keys) > 1 else text
     return None
 

@@ -88,11 +88,13 @@ def load_file(model_class: type[AnomalibModule], path: str | Path, source: str) 
         with anomalib_safe_globals(extra=model_class.checkpoint_safe_globals()):
             return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError) as error:
+        with Path(path).open("rb") as file:
+            written_by_torch = file.read(2) in (b"PK", b"\x80\x02")  # a zip archive (torch.save), or a legacy pickle
         reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+        kind = f"damaged or truncated (torch: {reason})" if written_by_torch else "not written by torch.save"
         msg = (
-            f"'{path}' ({source}) is not a readable anomalib checkpoint: the file is damaged, truncated or of another "
-            f"kind (torch: {reason}). Pass the checkpoint file written by training the model, or a prompt file of "
-            "the authors' code as it was saved."
+            f"'{path}' ({source}) is not a readable anomalib checkpoint: the file is {kind}. Pass the checkpoint file "
+            "written by training the model, or a prompt file of the authors' code as it was saved."
         )
         raise InvalidInputError(msg) from error
 
