@@ -20,6 +20,7 @@ from anomalib_faprompt.errors import InputError, exit_with
 from anomalib_faprompt.integration.patching import patching
 from anomalib_faprompt.integration.publish import MODEL_NAMES
 from anomalib_faprompt.integration.quiet import quiet_command
+from anomalib_faprompt.runs import check_writable
 
 SEEDED_SUBCOMMANDS = {"fit", "validate", "test", "train", "predict", "export"}
 _PARSER_KEY = re.compile(r'Parser key "([^"]+)":')
@@ -88,8 +89,6 @@ def patch_cli(module: Any) -> None:  # noqa: ANN401
         if not is_package_run(self.config.get(subcommand)):
             original_instantiate(self)
             return
-        from anomalib_faprompt.runs import check_writable  # noqa: PLC0415
-
         results = self.config[subcommand].get("default_root_dir")
         try:
             if results is not None:

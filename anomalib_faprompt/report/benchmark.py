@@ -185,19 +185,24 @@ def load_results(path: str | Path) -> pd.DataFrame:
     if frame.empty:
         msg = f"'{path}' has a header but no rows: no job finished. anomalib's benchmark log says why."
         raise ValueError(msg)
-    frame["model_class"] = frame[MODEL_COLUMN].astype(str).str.split(".").str[-1]
+    frame["model_class"] = model_classes(frame)
     frame["model"] = model_labels(frame)
     frame["category"] = frame[CATEGORY_COLUMN].astype(str) if CATEGORY_COLUMN in frame.columns else "all"
     _check_repeats(frame, path)
     return frame.reset_index(drop=True)
 
 
+def model_classes(frame: pd.DataFrame) -> pd.Series:
+    """The class name of each row's model (the last part of its ``model.class_path``)."""
+    return frame[MODEL_COLUMN].astype(str).str.split(".").str[-1]
+
+
 def model_labels(frame: pd.DataFrame) -> pd.Series:
-    """Class name of each row (``model_class``), plus the ``init_args`` that differ between rows of the same class.
+    """Class name of each row's model, plus the ``init_args`` that differ between rows of the same class.
 
     An argument one row sets and another leaves out differs too: the row without it shows ``<name>=default``.
     """
-    names = frame["model_class"]
+    names = model_classes(frame)
     init_args = [column for column in frame.columns if column.startswith("model.init_args.")]
     given = frame[init_args].astype(object)
     texts = given.where(given.notna(), "default").astype(str)

@@ -34,7 +34,6 @@ def summary_lines(frame: pd.DataFrame, results: str = "results.csv", width: int 
     if frame is None or frame.empty or "model.class_path" not in frame:
         return ["benchmark: no results"]
     categories = frame.get("data.init_args.category", pd.Series(["-"] * len(frame), index=frame.index)).fillna("-")
-    frame = frame.assign(model_class=frame["model.class_path"].map(lambda path: str(path).rsplit(".", 1)[-1]))
     frame = frame.assign(_category=categories.astype(str), _model=model_labels(frame))
     runs = frame.assign(model=frame["_model"], category=frame["_category"])  # the columns repeat_notes reads
     models = list(dict.fromkeys(frame["_model"]))
