@@ -1,7 +1,7 @@
 """Prompt files of the authors' released code (``{"prompt_learner": state_dict}``) as ``weights``.
 
-The files are built here from the format's description (keys, shapes, and the ``token_*`` buffers computed from the
-prompt texts with CLIP's tokenizer and token embedding), not with the package's loader.
+The files are built as the authors' code builds them (:mod:`authors_code`: their prompt learners' names, shapes,
+placeholder words and ``token_*`` buffers), not with the package's loader.
 """
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from authors_code import authors_anomalyclip_file, authors_faprompt_file
 from conftest import as_if_trained, tiny_args
 
 from anomalib_faprompt import AnomalyCLIP, FAPrompt
@@ -18,71 +19,6 @@ from anomalib_faprompt.errors import InvalidInputError
 from anomalib_faprompt.models.checkpoint import read_checkpoint
 
 IMAGES = torch.randn(3, 3, 64, 64)
-
-
-def _buffers(model, suffix: str, text: str, n_learned: int, copies: int) -> dict[str, torch.Tensor]:
-    clip = model.model.backbone.clip
-    tokens = model.model.backbone.tokenize([text])  # (1, 77)
-    with torch.no_grad():
-        embedding = clip.token_embedding(tokens)  # (1, 77, C)
-    expand = (1, copies, -1, -1)
-    return {
-        f"token_prefix_{suffix}": embedding[:, None, :1].expand(*expand).clone(),
-        f"token_suffix_{suffix}": embedding[:, None, 1 + n_learned :].expand(*expand).clone(),
-        f"tokenized_prompts_{suffix}": tokens[:, None].expand(1, copies, -1).to(torch.int32).clone(),
-    }
-
-
-def _deep(model, width: int) -> dict[str, torch.Tensor]:
-    prompts = model.model.deep_prompts.prompts.detach()
-    state = {f"compound_prompts_text.{i}": prompts[i].clone() for i in range(prompts.shape[0])}
-    for i in range(prompts.shape[0]):  # created by the released code, never used
-        state[f"compound_prompt_projections.{i}.weight"] = torch.randn(896, width)
-        state[f"compound_prompt_projections.{i}.bias"] = torch.randn(896)
-    return state
-
-
-def authors_faprompt_file(model: FAPrompt, path: Path, abnormal_word: str = "damaged") -> Path:
-    """What FAPrompt's train.py saves for the prompts of ``model`` (normal ``X*E object.``, abnormal ``X*(E+E')``)."""
-    inner = model.model
-    n_ctx, width = inner.normal_ctx.shape
-    n_prompts, n_abnormal, _ = inner.abnormal_ctx.shape
-    first, second = inner.prior_net.layers[0], inner.prior_net.layers[2]
-    state = {
-        "ctx_pos": inner.normal_ctx.detach()[None, None].clone(),
-        "ctx_neg": inner.abnormal_ctx.detach()[None].clone(),
-        **_deep(model, width),
-        "patch_meta_net.linear1.weight": first.weight.detach().clone(),
-        "patch_meta_net.linear1.bias": first.bias.detach().clone(),
-        "patch_meta_net.linear2.weight": second.weight.detach().clone(),
-        "patch_meta_net.linear2.bias": second.bias.detach().clone(),
-        **_buffers(model, "pos", " ".join(["X"] * n_ctx) + " object.", n_ctx, 1),
-        **_buffers(
-            model,
-            "neg",
-            " ".join(["X"] * (n_ctx + n_abnormal)) + f" {abnormal_word} object.",
-            n_ctx + n_abnormal,
-            n_prompts,
-        ),
-    }
-    torch.save({"prompt_learner": state}, path)
-    return path
-
-
-def authors_anomalyclip_file(model: AnomalyCLIP, path: Path) -> Path:
-    """What AnomalyCLIP's train.py saves for the prompts of ``model``."""
-    inner = model.model
-    n_ctx, width = inner.normal_ctx.shape
-    prefix = " ".join(["X"] * n_ctx)
-    state = {
-        "ctx_pos": inner.normal_ctx.detach()[None, None].clone(),
-        "ctx_neg": inner.abnormal_ctx.detach()[None, None].clone(),
-        **_deep(model, width),
-        **_buffers(model, "pos", f"{prefix} object.", n_ctx, 1),
-        **_buffers(model, "neg", f"{prefix} damaged object.", n_ctx, 1),
-    }
-    torch.save({"prompt_learner": state}, path)
-    return path
 
 
 @pytest.fixture(scope="module")
@@ -128,6 +64,37 @@ def test_anomalyclip_file_gives_the_maps_and_scores_of_the_same_parameters_set_d
     direct = _trained(AnomalyCLIP, clip_file)
     path = authors_anomalyclip_file(direct, tmp_path / "epoch_15.pth")
     loaded = _quiet(AnomalyCLIP, **tiny_args(pretrained=str(clip_file), weights=str(path)))
+    for ours, theirs in zip(_outputs(loaded), _outputs(direct), strict=True):
+        torch.testing.assert_close(ours, theirs, rtol=0, atol=0)
+
+
+def test_the_placeholder_ids_differ_from_the_packages_and_are_not_compared(clip_file, tmp_path):
+    """FAPrompt's texts use `N`/`A` where the package writes `X`: the files' ids differ there, and only there."""
+    model = _trained(FAPrompt, clip_file)
+    content = torch.load(authors_faprompt_file(model, tmp_path / "epoch_7.pth"), weights_only=True)
+    theirs = content["prompt_learner"]["tokenized_prompts_neg"][0, 0].long()
+    template = model.model.abnormal_template
+    ours = template.tokens.long()
+    learned = slice(1, 1 + template.n_learned)
+    assert not torch.equal(theirs[learned], ours[learned])
+    assert torch.equal(theirs[: learned.start], ours[: learned.start])
+    assert torch.equal(theirs[learned.stop :], ours[learned.stop :])
+
+
+@pytest.mark.parametrize(
+    ("model_class", "build", "their_test"),
+    [
+        (FAPrompt, authors_faprompt_file, {"patch_selection": "first_k", "local_score": "released"}),
+        (AnomalyCLIP, authors_anomalyclip_file, {}),
+    ],
+)
+def test_a_file_saved_from_a_data_parallel_learner_loads_without_its_prefix(
+    clip_file, tmp_path, model_class, build, their_test
+):
+    direct = _trained(model_class, clip_file, **their_test)
+    path = build(direct, tmp_path / "epoch.pth", wrapped=True)
+    assert all(key.startswith("module.") for key in torch.load(path, weights_only=True)["prompt_learner"])
+    loaded = _quiet(model_class, **tiny_args(pretrained=str(clip_file), weights=str(path)))
     for ours, theirs in zip(_outputs(loaded), _outputs(direct), strict=True):
         torch.testing.assert_close(ours, theirs, rtol=0, atol=0)
 
@@ -220,9 +187,10 @@ def test_an_authors_file_as_ckpt_path_says_to_pass_it_as_weights(clip_file, tmp_
 
 
 def test_the_benchmark_takes_an_authors_file_and_names_one_of_the_other_model(clip_file, tmp_path):
+    """A file saved from a DataParallel learner (keys `module.*`), as the benchmark's checks read it."""
     from anomalib_faprompt.pipelines import checks
 
-    path = authors_faprompt_file(_trained(FAPrompt, clip_file), tmp_path / "epoch_7.pth")
+    path = authors_faprompt_file(_trained(FAPrompt, clip_file), tmp_path / "epoch_7.pth", wrapped=True)
     init_args = {**tiny_args(pretrained=str(clip_file)), "weights": str(path)}
     grid = [{"class_path": "FAPrompt", "init_args": init_args}]
     config = {"benchmark": {"seed": 1, "model": {"grid": grid}, "data": {"class_path": "MVTecAD"}}}

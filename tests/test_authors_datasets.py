@@ -14,8 +14,8 @@ import pytest
 import torch
 import yaml
 from anomalib.engine import Engine
+from authors_code import authors_faprompt_file
 from conftest import anomalib_cli, tiny_args
-from test_authors_checkpoints import authors_faprompt_file
 
 from anomalib_faprompt import FAPrompt
 from anomalib_faprompt.data import AuxiliaryDataModule, MetaJson

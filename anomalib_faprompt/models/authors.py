@@ -4,9 +4,13 @@ The authors' ``train.py`` (AnomalyCLIP and FAPrompt alike) saves only its prompt
 maps its keys onto this package's models (docs/authors-files.md gives the table) and refuses, in one line, a file
 that does not fit the model it is loaded into: another model, other sizes (naming the argument that sets them),
 other prompt texts, or other CLIP weights. The last two are told by the file's ``token_*`` buffers, which the
-authors' code computes from the prompt texts with CLIP's tokenizer and token embedding: they must equal what this
-package builds from its own prompt texts with the CLIP it loaded. ``compound_prompt_projections.*`` are created
-but never used by the released forward pass, and are ignored.
+authors' code computes from the prompt texts with CLIP's tokenizer and token embedding. What of them reaches the
+computation must equal what this package builds with the CLIP it loaded: the start token, the fixed words and the
+end-of-text position (the token ids outside the learned positions) and the ``token_prefix_*``/``token_suffix_*``
+embeddings. The ids at the learned positions are the placeholder words the texts were written with (FAPrompt's
+``N``/``A``, AnomalyCLIP's ``X``, this package's ``X``): they are replaced by learned vectors and never compared.
+``compound_prompt_projections.*`` are created but never used by the released forward pass, and are ignored. A file
+saved from a ``DataParallel``/DDP-wrapped prompt learner (every key prefixed ``module.``) is read without the prefix.
 """
 
 from __future__ import annotations
@@ -26,9 +30,11 @@ __all__ = [
     "check_authors_model",
     "is_authors_file",
     "load_authors_prompts",
+    "prompt_learner_state",
 ]
 
 AUTHORS_KEY = "prompt_learner"
+WRAPPER_PREFIX = "module."  # the keys of a DataParallel- or DDP-wrapped module's state dict
 DEEP_PROMPTS = "compound_prompts_text"
 IGNORED_PREFIX = "compound_prompt_projections."
 PRIOR_PREFIX = "patch_meta_net."
@@ -39,6 +45,14 @@ RTOL, ATOL = 1e-3, 1e-5
 def is_authors_file(content: object) -> bool:
     """Whether a loaded file is an authors' prompt file: a ``prompt_learner`` dict and no ``state_dict``."""
     return isinstance(content, dict) and isinstance(content.get(AUTHORS_KEY), Mapping) and "state_dict" not in content
+
+
+def prompt_learner_state(content: Mapping[str, Any]) -> dict[str, Any]:
+    """The prompt learner's state dict of an authors' file, without the ``module.`` prefix of a wrapped learner."""
+    state = dict(content[AUTHORS_KEY])
+    if state and all(key.startswith(WRAPPER_PREFIX) for key in state):
+        return {key.removeprefix(WRAPPER_PREFIX): value for key, value in state.items()}
+    return state
 
 
 def authors_model_name(prompt_learner: Mapping[str, Any]) -> str:
@@ -210,19 +224,29 @@ def _decode(model: PromptedCLIPModel, tokens: torch.Tensor) -> str:
 
 
 def _check_texts(model: PromptedCLIPModel, state: Mapping[str, Any], prompts: list[_Prompt], where: str) -> None:
-    """Compare the file's token ids and token embeddings with those this model builds with its CLIP."""
+    """Compare what the computation uses of the file's prompt texts with what this model builds with its CLIP.
+
+    That is the token ids outside the learned positions (start token, fixed words, end-of-text position) and the
+    token embeddings of the fixed tokens; the ids at the learned positions are placeholders, never used.
+    """
     backbone = model.backbone
     for prompt in prompts:
         template = prompt.template
+        fixed_positions = [0, *range(1 + template.n_learned, backbone.context_length)]
         ours = template.tokens.to(torch.long)
         theirs = state[f"tokenized_prompts_{prompt.suffix}"].reshape(prompt.copies, -1).to(torch.long)
-        differing = [copy for copy in range(prompt.copies) if not torch.equal(theirs[copy], ours)]
+        differing = [
+            copy
+            for copy in range(prompt.copies)
+            if not torch.equal(theirs[copy, fixed_positions], ours[fixed_positions])
+        ]
         if differing:
             kind = "normal" if prompt.suffix == "pos" else "abnormal"
             msg = (
                 f"{where} was trained with other prompt texts: its {kind} prompt is "
-                f"'{_decode(model, theirs[differing[0]])}', this model's '{_decode(model, ours)}'. Set `abnormal_word` "
-                "and the numbers of learned tokens to the file's (the authors' word is 'damaged')."
+                f"'{_decode(model, theirs[differing[0]])}', this model's '{_decode(model, ours)}' (the first "
+                f"{template.n_learned} words are placeholders for learned vectors). Set `abnormal_word` and the "
+                "numbers of learned tokens to the file's (the authors' word is 'damaged')."
             )
             raise InvalidInputError(msg)
         with torch.no_grad():
@@ -257,7 +281,7 @@ def load_authors_prompts(model: PromptedCLIPModel, model_name: str, content: dic
         InvalidInputError: The file holds the other model, other sizes, other prompt texts or was trained on other
             CLIP weights; nothing is copied then.
     """
-    state = content[AUTHORS_KEY]
+    state = prompt_learner_state(content)
     check_authors_model(model_name, state, where)
     entries, prompts = _LAYOUTS[model_name](model)
     _check_keys(model_name, state, entries, where)

@@ -96,7 +96,11 @@ def unusable_weights(args: dict[str, Any]) -> list[str]:
     Returns:
         One message per unusable file and configuration (files that do not exist are :func:`missing_files`).
     """
-    from anomalib_faprompt.models.authors import check_authors_model, is_authors_file  # noqa: PLC0415
+    from anomalib_faprompt.models.authors import (  # noqa: PLC0415
+        check_authors_model,
+        is_authors_file,
+        prompt_learner_state,
+    )
     from anomalib_faprompt.models.checkpoint import (  # noqa: PLC0415
         check_is_checkpoint,
         check_model_name,
@@ -126,7 +130,7 @@ def unusable_weights(args: dict[str, Any]) -> list[str]:
                 checkpoint = load_file(model_class, weights, source)
                 if is_authors_file(checkpoint):
                     # The model checks sizes, prompt texts and CLIP weights when it is built.
-                    check_authors_model(name, checkpoint["prompt_learner"], where)
+                    check_authors_model(name, prompt_learner_state(checkpoint), where)
                     continue
                 check_is_checkpoint(checkpoint, where)
                 check_model_name(name, checkpoint, where)
