@@ -27,6 +27,8 @@ from open_clip.model import CLIP
 from open_clip.transformer import ResidualAttentionBlock
 from torch import nn
 
+from .weights_file import is_torchscript, torch_reason, torchscript_state_dict, unsafe_objects
+
 __all__ = ["CLIPBackbone", "load_open_clip", "plain_config", "resize_positional_embedding"]
 
 
@@ -47,13 +49,34 @@ def _weights_error(model_name: str, pretrained: str, cause: Exception) -> Runtim
 
 def _file_error(model_name: str, path: str, cause: Exception) -> ValueError:
     """Build the error raised when a local weights file cannot be read as weights of ``model_name``."""
-    reason = str(cause).splitlines()[0] if str(cause) else type(cause).__name__
+    unsafe = unsafe_objects(cause)
+    if unsafe:
+        msg = (
+            f"CLIP weights file '{path}' (argument `pretrained`) {unsafe}. Pass a file of weights only, e.g. OpenAI's "
+            "ViT-L-14-336px.pt for ViT-L-14-336 or a state dict saved with torch.save."
+        )
+        return ValueError(msg)
     msg = (
         f"CLIP weights file '{path}' (argument `pretrained`) could not be read as weights of '{model_name}' "
-        f"({type(cause).__name__}: {reason}). Pass the weights file of that architecture (e.g. OpenAI's "
+        f"({type(cause).__name__}: {torch_reason(cause)}). Pass the weights file of that architecture (e.g. OpenAI's "
         "ViT-L-14-336px.pt for ViT-L-14-336), or the backbone it belongs to."
     )
     return ValueError(msg)
+
+
+def _load_weights_file(model: CLIP, model_name: str, path: str) -> None:
+    """Load a local weights file into ``model``: a TorchScript archive as OpenAI ships it, else as open_clip does.
+
+    Raises:
+        ValueError: The file holds no weights of this architecture, or Python objects other than weights.
+    """
+    try:
+        if is_torchscript(path):
+            model.load_state_dict(torchscript_state_dict(path))  # OpenAI's layout is open_clip's CLIP layout
+        else:
+            open_clip.load_checkpoint(model, path)
+    except Exception as error:  # noqa: BLE001  (open_clip raises KeyError, AssertionError, ... on a bad file)
+        raise _file_error(model_name, path, error) from error
 
 
 def _is_cached(cfg: dict[str, Any]) -> bool:
@@ -140,24 +163,21 @@ def load_open_clip(
             raise ValueError(msg)
         model = CLIP(**plain_config(model_config))
         if is_file:
-            try:
-                open_clip.load_checkpoint(model, pretrained)
-            except Exception as error:  # noqa: BLE001  (open_clip raises KeyError, AssertionError, ... on a bad file)
-                raise _file_error("the given backbone_config", pretrained, error) from error
+            _load_weights_file(model, "the given backbone_config", pretrained)
         return model.eval()
     quick_gelu = is_file and bool(open_clip.get_pretrained_cfg(model_name, "openai").get("quick_gelu", False))
-    if pretrained is not None and not is_file:
+    if is_file:
+        model = open_clip.create_model(model_name, pretrained=None, force_quick_gelu=quick_gelu)
+        _load_weights_file(model, model_name, pretrained)
+        return model.eval()
+    if pretrained is not None:
         _check_reachable(model_name, pretrained)
     try:
-        model = open_clip.create_model(model_name, pretrained=pretrained, force_quick_gelu=quick_gelu)
-    except Exception as error:  # noqa: BLE001  (open_clip raises KeyError, AssertionError, ... on a bad file)
-        if pretrained is None:
+        model = open_clip.create_model(model_name, pretrained=pretrained)
+    except Exception as error:  # noqa: BLE001  (a failed download or read raises several kinds of error)
+        if pretrained is None or not isinstance(error, OSError | RuntimeError):
             raise
-        if is_file:
-            raise _file_error(model_name, pretrained, error) from error
-        if isinstance(error, OSError | RuntimeError):
-            raise _weights_error(model_name, pretrained, error) from error
-        raise
+        raise _weights_error(model_name, pretrained, error) from error
     return model.eval()
 
 

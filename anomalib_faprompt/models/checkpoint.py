@@ -25,6 +25,7 @@ from anomalib.utils.serialization import anomalib_safe_globals
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from anomalib_faprompt.components import plain_config
+from anomalib_faprompt.components.weights_file import is_torchscript, load_torch_file, unreadable_reason
 from anomalib_faprompt.errors import InvalidInputError, MissingInputError
 
 from .authors import is_authors_file
@@ -68,7 +69,7 @@ def check_checkpoint_file(path: str | Path, source: str, model_name: str) -> Non
 
 
 def load_file(model_class: type[AnomalibModule], path: str | Path, source: str) -> object:
-    """Load a ``.pth``/``.ckpt`` file (CPU, memory-mapped, weights only), or raise an error that names it.
+    """Load a ``.pth``/``.ckpt`` file (CPU, weights only), or raise an error that names it.
 
     Args:
         model_class: The model class the file is for.
@@ -80,22 +81,25 @@ def load_file(model_class: type[AnomalibModule], path: str | Path, source: str) 
 
     Raises:
         FileNotFoundError: The file does not exist.
-        ValueError: The file cannot be read by ``torch.load``.
+        ValueError: The file is a TorchScript archive, holds Python objects other than weights, or cannot be read by
+            ``torch.load``.
     """
     path = Path(path)
     check_checkpoint_file(path, source, model_class.__name__)
+    advice = (
+        "Pass the checkpoint file written by training the model, or a prompt file of the authors' code as it was saved."
+    )
+    if is_torchscript(path):
+        msg = (
+            f"'{path}' ({source}) is a TorchScript archive (a whole model, such as OpenAI's CLIP file), not a "
+            f"checkpoint: a CLIP file is passed as `pretrained`. {advice}"
+        )
+        raise InvalidInputError(msg)
     try:
         with anomalib_safe_globals(extra=model_class.checkpoint_safe_globals()):
-            return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+            return load_torch_file(path)
     except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError) as error:
-        with Path(path).open("rb") as file:
-            written_by_torch = file.read(2) in (b"PK", b"\x80\x02")  # a zip archive (torch.save), or a legacy pickle
-        reason = str(error).splitlines()[0] if str(error) else type(error).__name__
-        kind = f"damaged or truncated (torch: {reason})" if written_by_torch else "not written by torch.save"
-        msg = (
-            f"'{path}' ({source}) is not a readable anomalib checkpoint: the file is {kind}. Pass the checkpoint file "
-            "written by training the model, or a prompt file of the authors' code as it was saved."
-        )
+        msg = f"'{path}' ({source}) {unreadable_reason(path, error, 'anomalib checkpoint')}. {advice}"
         raise InvalidInputError(msg) from error
 
 
