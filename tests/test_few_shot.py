@@ -311,3 +311,41 @@ def test_an_anomalib_datamodule_gives_its_train_split_as_references(target, tmp_
     assert category == "gamma"
     assert len(files) == 2
     assert all(Path(file).parent == target / "gamma" / "train" / "good" for file in files)
+
+
+@pytest.mark.slow
+def test_an_export_from_a_checkpoint_keeps_the_users_few_shot_settings(anomalyclip_checkpoint, target, tmp_path):
+    """`anomalib export --ckpt_path C --model.k_shot 2 --model.few_shot_source S` and `--model.weights C`: the graph
+    of the torch model the user built, bank included (Engine.export is what the command line calls)."""
+    import onnxruntime as ort
+    import openvino as ov
+    from anomalib.deploy import ExportType
+
+    source = str(target / "gamma" / "train" / "good")
+    few_shot = {"k_shot": 2, "few_shot_source": source, "visualizer": False}
+    images = _images(target / "gamma" / "test" / "defect")[:3]
+    reference = AnomalyCLIP(**tiny_args(weights=str(anomalyclip_checkpoint), **few_shot)).eval()
+    reference.set_references(reference.source_references())
+    with torch.no_grad():
+        expected = reference(images)
+    engine = Engine(accelerator="cpu", default_root_dir=tmp_path, logger=False, enable_progress_bar=False)
+    trained = AnomalyCLIP(**tiny_args(weights=str(anomalyclip_checkpoint), **few_shot))
+    exports = {
+        "ckpt_path, onnx": (ExportType.ONNX, AnomalyCLIP(**tiny_args(**few_shot)), anomalyclip_checkpoint),
+        "ckpt_path, openvino": (ExportType.OPENVINO, AnomalyCLIP(**tiny_args(**few_shot)), anomalyclip_checkpoint),
+        "weights, onnx": (ExportType.ONNX, trained, None),
+    }
+    for name, (export_type, model, checkpoint) in exports.items():
+        path = engine.export(model, export_type, export_root=tmp_path / name.replace(", ", "_"), ckpt_path=checkpoint)
+        if export_type == ExportType.ONNX:
+            session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+            names = [output.name for output in session.get_outputs()]
+            outputs = dict(zip(names, session.run(None, {session.get_inputs()[0].name: images.numpy()}), strict=True))
+        else:
+            compiled = ov.Core().compile_model(str(path), "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+            outputs = {key.get_any_name(): value for key, value in compiled(images.numpy()).items()}
+        assert np.abs(outputs["pred_score"] - expected.pred_score.numpy()).max() < 1e-4, name
+        assert np.abs(outputs["anomaly_map"] - expected.anomaly_map.numpy()).max() < 1e-4, name
+    without = AnomalyCLIP(**tiny_args(k_shot=2, visualizer=False))
+    with pytest.raises(InvalidInputError, match=r"k_shot=2 and no references to export with"):
+        engine.export(without, ExportType.ONNX, export_root=tmp_path / "refused", ckpt_path=anomalyclip_checkpoint)

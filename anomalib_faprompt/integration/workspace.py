@@ -4,7 +4,8 @@ anomalib's ``test`` and ``predict`` on a fresh engine write into whatever ``<roo
 training run's ``config.yaml`` and tables). For this package's models only, runs get a folder of their own
 (:class:`~anomalib_faprompt.runs.RunFolder`, undone when the run fails); a zero-shot model is tested and predicts
 without a validation run whose statistics it never uses; ``predict`` names a damaged image and the ``weights`` it
-predicts with; ``export`` writes into the run folder of its checkpoint.
+predicts with; ``export`` loads a ``ckpt_path`` into the model as the user built it (as ``test`` and ``predict`` do)
+and writes into the run folder of its checkpoint.
 """
 
 from __future__ import annotations
@@ -166,18 +167,19 @@ def _export(original: Any) -> Any:  # noqa: ANN401
     def export(self: Any, model: Any, *args: Any, **kwargs: Any) -> Any:  # noqa: ANN401
         if not _is_own(model):
             return original(self, model, *args, **kwargs)
-        from anomalib_faprompt.models.checkpoint import check_model_name, read_checkpoint  # noqa: PLC0415
+        from anomalib_faprompt.models.checkpoint import read_checkpoint  # noqa: PLC0415
 
         bound = signature.bind(self, model, *args, **kwargs)
         arguments = bound.arguments
         checkpoint, root = arguments.get("ckpt_path"), arguments.get("export_root")
-        if checkpoint:
-            check_model_name(
-                model.name, read_checkpoint(type(model), checkpoint, "`ckpt_path`"), f"'{checkpoint}' (`ckpt_path`)"
-            )
         if root is not None and Path(root).exists() and not Path(root).is_dir():
             msg = f"`export_root` '{root}' is a file: pass a folder (the export goes to <export_root>/weights/<type>/)."
             raise InvalidInputError(msg)
+        if checkpoint:
+            # Into the model as the user built it (k_shot, few_shot_source, ...), as `test` and `predict` load a
+            # ckpt_path; anomalib's `load_from_checkpoint` would rebuild it from the checkpoint's hyperparameters.
+            model.load_trained(read_checkpoint(type(model), checkpoint, "`ckpt_path`"), f"'{checkpoint}' (`ckpt_path`)")
+            arguments["ckpt_path"] = None
         source = checkpoint or (model.hparams.get("weights") if model.zero_shot else None)
         if root is None and source:
             arguments["export_root"] = checkpoint_run_dir(source)

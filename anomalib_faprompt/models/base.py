@@ -170,7 +170,7 @@ class PromptLearningModule(FewShotMixin, PromptExportMixin):
         # Whether the prompts were learned: trained in this run, or loaded from a checkpoint or `weights`.
         self.learned = False
         if content is not None:
-            self._load_weights(content, f"'{weights}' (argument `weights`)")
+            self.load_trained(content, f"'{weights}' (argument `weights`)")
 
     @property
     def image_size(self) -> int:
@@ -301,7 +301,7 @@ class PromptLearningModule(FewShotMixin, PromptExportMixin):
                 stacklevel=4,
             )
 
-    def _load_weights(self, content: object, where: str) -> None:
+    def load_trained(self, content: object, where: str) -> None:
         """Start from trained prompts, and be zero-shot from then on.
 
         ``content`` is a checkpoint written by training this model (``.../weights/lightning/model.ckpt``), or a
