@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F  # noqa: N812
+from PIL import Image
 
 onnx = pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")
@@ -38,6 +39,7 @@ from anomalib_faprompt.models.base import PromptLearningModule  # noqa: E402
 pytestmark = pytest.mark.slow  # trains, exports to ONNX and OpenVINO, `anomalib export`
 
 FP32_TOLERANCE = 1e-4
+SIZES = ((64, 64), (150, 97), (41, 53), (300, 280), (64, 90), (33, 33))  # (width, height)
 LOW_PRECISION_TOLERANCE = 1e-2
 F32 = {"INFERENCE_PRECISION_HINT": "f32"}
 BF16 = {"INFERENCE_PRECISION_HINT": "bf16"}
@@ -422,9 +424,16 @@ def test_openvino_inferencer_and_predict_on_a_folder(
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
 ):
-    """``OpenVINOInferencer`` on the exported IR and ``Engine.predict`` on the checkpoint agree on a folder."""
+    """``OpenVINOInferencer`` on the exported IR and ``Engine.predict`` on the checkpoint agree on a folder.
+
+    The folder holds images larger and smaller than the working size and not square: the exported graph resizes
+    them as anomalib's loops do (antialiased bicubic).
+    """
     monkeypatch.chdir(tmp_path)  # the inferencer writes an ``openvino_cache`` folder into the working directory
-    folder = data_root / "beta" / "test" / "defect"
+    folder = tmp_path / "images"
+    folder.mkdir()
+    for file, size in zip(sorted((data_root / "beta" / "test" / "defect").glob("*.png")), SIZES, strict=False):
+        Image.open(file).resize(size, Image.Resampling.BICUBIC).save(folder / file.name)
     files = sorted(folder.glob("*.png"))
     inferencer = OpenVINOInferencer(exported["openvino"], device="CPU", config=openvino_config("f32"))
     deployed = {file.name: inferencer.predict(file) for file in files}
