@@ -493,3 +493,30 @@ def test_a_sixteen_bit_image_is_drawn_as_its_eight_bit_copy(tmp_path):
     assert drawn[0].shape == drawn[1].shape
     assert np.abs(drawn[0] - drawn[1]).max() <= 1
     assert drawn[1].mean() < 250  # not white
+
+
+@pytest.mark.parametrize("category", ["../../../../outside/x", "..", "a\\b"])
+def test_the_visualiser_refuses_a_category_that_would_lead_out_of_its_folder(tmp_path, category):
+    """A category from any datamodule (not only a checked ``meta.json``) names a folder: it must be one folder name."""
+    from types import SimpleNamespace
+
+    from anomalib_faprompt.errors import InvalidInputError
+    from anomalib_faprompt.models.visualizer import CategoryImageVisualizer
+
+    trainer = SimpleNamespace(
+        testing=True,
+        test_dataloaders=[SimpleNamespace(dataset=None), SimpleNamespace(dataset=None)],
+        datamodule=SimpleNamespace(test_categories=["gamma", category]),
+        default_root_dir=tmp_path / "run",
+    )
+    visualizer = CategoryImageVisualizer()
+    with pytest.raises(InvalidInputError) as caught:
+        visualizer.on_test_start(trainer, None)
+    assert str(caught.value).startswith(
+        f"Category {category!r} (dataloader 1) names the folder of its heat-maps under '{tmp_path / 'run' / 'images'}'"
+    )
+    trainer.datamodule.test_categories = ["gamma", "delta"]
+    visualizer.on_test_start(trainer, None)
+    assert visualizer.output_path(trainer, str(tmp_path / "good" / "000.png"), 1) == (
+        tmp_path / "run" / "images" / "delta" / "good" / "000.png"
+    )

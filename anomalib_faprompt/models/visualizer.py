@@ -6,7 +6,9 @@ categories (one dataloader per category, the zero-shot protocol) therefore write
 once per category, each replacing the last. :class:`CategoryImageVisualizer` draws the same panels (the
 image, its mask, the anomaly map overlaid on the image and the predicted mask's contour on it) and writes
 them to ``images/<category>/<path below the dataloader's images' common folder>``, e.g.
-``images/bottle/broken_large/000.png`` for MVTec AD: the image's own file name, once per image.
+``images/bottle/broken_large/000.png`` for MVTec AD: the image's own file name, once per image. A category
+that is not one folder name (``../x``, ``a/b``) is refused before any image is drawn: no file goes outside
+``images/``.
 """
 
 from __future__ import annotations
@@ -24,6 +26,8 @@ from PIL import Image as PILImage
 
 from anomalib_faprompt.data.categories import dataloader_categories
 from anomalib_faprompt.data.images import is_sixteen_bit, read_image
+from anomalib_faprompt.data.paths import folder_name_problem
+from anomalib_faprompt.errors import InvalidInputError
 
 __all__ = ["CategoryImageVisualizer", "dataloader_category"]
 
@@ -109,9 +113,24 @@ class CategoryImageVisualizer(ImageVisualizer):
         return super().visualize(predictions)
 
     def on_test_start(self, trainer: Trainer, pl_module: AnomalibModule) -> None:
-        """Forget the dataloaders and files of an earlier run."""
-        del trainer, pl_module
+        """Forget the dataloaders and files of an earlier run; refuse a category that is not one folder name.
+
+        Raises:
+            InvalidInputError: A dataloader's category would lead its heat-maps out of ``output_dir``
+                (``../x``, ``a/b``); the message names it.
+        """
+        del pl_module
         self._roots, self._written = {}, set()
+        for index in range(len(_dataloaders(trainer))):
+            category = dataloader_category(trainer, index)
+            problem = folder_name_problem(category) if category else None
+            if problem:
+                msg = (
+                    f"Category {category!r} (dataloader {index}) names the folder of its heat-maps under "
+                    f"'{self.images_dir(trainer)}', and it {problem}. Rename the category to one folder name, or "
+                    "turn the visualiser off (`visualizer: false` on the model)."
+                )
+                raise InvalidInputError(msg)
 
     def on_predict_start(self, trainer: Trainer, pl_module: AnomalibModule) -> None:
         """Forget the dataloaders and files of an earlier run."""
