@@ -17,10 +17,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from anomalib.engine import Engine
 from lightning.pytorch import LightningModule, Trainer
+from PIL import Image
 
 from anomalib_faprompt import AnomalyCLIP, FAPrompt
 from anomalib_faprompt.data import AuxiliaryDataModule, make_synthetic_dataset
@@ -118,6 +120,41 @@ def prediction_fields(seed: int, labels: list[int], size: int = 8) -> dict[str, 
         "anomaly_map": 0.8 * torch.rand(len(labels), 1, size, size, generator=generator) + 0.2 * masks[:, None],
         "gt_mask": masks,
     }
+
+
+# EXIF Orientation (tag 0x0112 of IFD0, EXIF 2.32 / CIPA DC-008): how a viewer turns the stored pixels upright;
+# 3: half a turn, 6: a quarter turn clockwise, 8: a quarter turn counter-clockwise. `np.rot90(a, k)` turns `a` by k
+# quarter turns counter-clockwise.
+EXIF_ORIENTATION = 0x0112
+TURN_UPRIGHT = {3: 2, 6: -1, 8: 1}
+
+
+def exif_tagged(orientation: int) -> Image.Exif:
+    """EXIF data holding only the orientation tag, as ``PIL.Image.save(..., exif=...)`` writes it into a file."""
+    exif = Image.Exif()
+    exif[EXIF_ORIENTATION] = orientation
+    return exif
+
+
+def camera_photo(folder: Path, name: str, upright: np.ndarray, orientation: int) -> tuple[Path, Path]:
+    """A JPEG as a camera held turned writes it, and the same photo upright as a PNG without a tag.
+
+    The camera stores the pixels as its sensor saw them (``upright`` turned the other way) and tags them with how
+    to turn them upright. The PNG holds the JPEG's decoded pixels turned upright by hand (losslessly): the photo
+    as a viewer shows it, pixel for pixel.
+
+    Returns:
+        ``<name>.jpg`` (tagged) and ``<name>_upright.png``.
+    """
+    turns = TURN_UPRIGHT[orientation]
+    photo = folder / f"{name}.jpg"
+    stored = np.ascontiguousarray(np.rot90(upright, -turns))
+    Image.fromarray(stored).save(photo, quality=95, exif=exif_tagged(orientation))
+    with Image.open(photo) as stored:  # as stored: PIL applies no tag by itself
+        decoded = np.asarray(stored.convert("RGB"))
+    shown = folder / f"{name}_upright.png"
+    Image.fromarray(np.ascontiguousarray(np.rot90(decoded, turns))).save(shown)
+    return photo, shown
 
 
 @pytest.fixture

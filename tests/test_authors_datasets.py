@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import csv
 import json
+import os
+import re
 import shutil
 from pathlib import Path
 
@@ -19,6 +21,8 @@ from conftest import anomalib_cli, tiny_args
 
 from anomalib_faprompt import FAPrompt
 from anomalib_faprompt.data import AuxiliaryDataModule, MetaJson
+from anomalib_faprompt.data.authors_index import meta_train_normals
+from anomalib_faprompt.data.paths import path_problem
 from anomalib_faprompt.errors import InvalidInputError, MissingInputError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -162,6 +166,161 @@ def test_missing_index_mixed_masks_and_unknown_categories_are_named(indexed_targ
         InvalidInputError, match=r"Categories \['zeta'\] \(argument `categories`\) are not in '.*meta.json'"
     ):
         MetaJson(root=indexed_target, categories=["zeta"], num_workers=0)
+
+
+# --- an index that tries to leave its folder --------------------------------------------------------------------------
+# The indexes below are built as the authors' generator builds them (zqhang/AnomalyCLIP generate_dataset_json/mvtec.py):
+# `info = dict(train={}, test={})` (line 17), per phase (line 22) one item per image,
+# `dict(img_path=f'{cls_name}/{phase}/{specie}/{img_name}', mask_path=..., cls_name=cls_name, specie_name=specie,
+# anomaly=...)` (lines 32-38), the category's list in `info[phase][cls_name]` (line 45), the file written with
+# `json.dumps(info, indent=4) + "\n"` (line 47). The authors' reader (mala-lab/FAPrompt dataset.py) takes
+# `meta_info[mode]` and extends one list with every category's items (lines 65-71), then opens
+# `os.path.join(self.root, img_path)` and the mask likewise (lines 82-90): an absolute path replaces the root and `..`
+# climbs out of it, and their visualization.py writes heat-maps into a folder named after `cls_name`.
+
+
+def _authors_item(img_path: str, mask_path: str, cls_name: str, specie_name: str, anomaly: int) -> dict:
+    """One item, with the fields and in the order of the generator (mvtec.py lines 32-38)."""
+    return {
+        "img_path": img_path,
+        "mask_path": mask_path,
+        "cls_name": cls_name,
+        "specie_name": specie_name,
+        "anomaly": anomaly,
+    }
+
+
+def _write_index(root: Path, index: dict) -> None:
+    """``meta.json`` as the generator writes it (mvtec.py line 47)."""
+    (root / "meta.json").write_text(json.dumps(index, indent=4) + "\n")
+
+
+def _copy(indexed_target: Path, tmp_path: Path) -> tuple[Path, dict]:
+    root = tmp_path / "copy"
+    shutil.copytree(indexed_target, root)
+    return root, _index(root)
+
+
+def _meta_file(root: Path) -> str:
+    return re.escape(str(root.resolve() / "meta.json"))
+
+
+@pytest.mark.parametrize("name", ["../../../../outside/x", "..", "gamma\\defect", "C:gamma", "gam\nma"])
+def test_a_category_that_is_not_one_folder_name_is_refused(indexed_target, tmp_path, name):
+    root, index = _copy(indexed_target, tmp_path)
+    index["test"][name] = [
+        _authors_item(item["img_path"], item["mask_path"], name, item["specie_name"], item["anomaly"])
+        for item in index["test"].pop("gamma")
+    ]
+    _write_index(root, index)
+    with pytest.raises(InvalidInputError) as caught:
+        MetaJson(root=root, num_workers=0)
+    message = str(caught.value)
+    assert re.match(
+        rf"'{_meta_file(root)}': 'test' item 0 of {re.escape(repr(name))} \(gamma/test/\w+/\w+\.png\) has "
+        rf"cls_name={re.escape(repr(name))}: a category name becomes the name of its heat-maps' folder, and this one ",
+        message,
+    ), message
+    assert message.endswith("Rename the category in the index to one folder name (no '/', '\\', ':' or '..').")
+    assert len(message.splitlines()) == 1
+    assert not (tmp_path / "outside").exists()
+
+
+@pytest.mark.parametrize("field", ["img_path", "mask_path"])
+@pytest.mark.parametrize(
+    ("form", "problem"),
+    [("absolute", "is absolute"), ("../outside/x.png", "holds '..'"), ("gamma/../../outside/x.png", "holds '..'")],
+)
+def test_an_item_path_that_leaves_the_index_folder_is_refused(indexed_target, tmp_path, field, form, problem):
+    root, index = _copy(indexed_target, tmp_path)
+    position, item = next((i, item) for i, item in enumerate(index["test"]["gamma"]) if item["anomaly"])
+    (tmp_path / "outside").mkdir()
+    shutil.copy(root / item[field], tmp_path / "outside" / "x.png")
+    path = str(tmp_path / "outside" / "x.png") if form == "absolute" else form
+    assert os.path.isfile(os.path.join(root, path))  # the authors' reader (dataset.py line 82 or 90) opens it
+    item[field] = path
+    _write_index(root, index)
+    with pytest.raises(InvalidInputError) as caught:
+        MetaJson(root=root, num_workers=0)
+    expected = (
+        f"'{root.resolve() / 'meta.json'}': 'test' item {position} of 'gamma' ({item['img_path']}) has "
+        f"{field}={path!r}: a path of the index must stay inside the index's folder, and this one {problem}"
+    )
+    assert str(caught.value).startswith(expected), str(caught.value)
+    assert str(caught.value).endswith(f"Give the path relative to '{root.resolve()}', without '..'.")
+
+
+@pytest.mark.parametrize(
+    ("path", "problem"),
+    [
+        ("gamma/test/good/000.png", None),
+        ("gamma/./test/good/000.png", None),
+        ("gamma\\test\\good\\000.png", None),
+        ("/data/000.png", "is absolute"),
+        ("C:\\data\\000.png", "starts with 'C:\\\\', a drive or root"),
+        ("C:000.png", "starts with 'C:', a drive or root"),
+        ("\\\\server\\share\\000.png", "starts with '\\\\\\\\server\\\\share\\\\', a drive or root"),
+        ("..\\outside\\000.png", "holds '..', which may lead out of it"),
+        ("gamma/../000.png", "holds '..', which may lead out of it"),
+    ],
+)
+def test_which_index_paths_stay_inside_the_index_folder(path, problem):
+    """The rule is the same on every system: Windows' separators, drives and shares count too."""
+    assert path_problem(path) == problem
+
+
+def test_a_train_item_that_leaves_the_index_folder_is_refused(indexed_target, tmp_path):
+    root, index = _copy(indexed_target, tmp_path)
+    normals = sorted(path.name for path in (root / "gamma" / "train" / "good").glob("*.png"))
+    index["train"]["gamma"] = [_authors_item(f"gamma/train/good/{name}", "", "gamma", "good", 0) for name in normals]
+    _write_index(root, index)
+    expected = [root.resolve() / "gamma" / "train" / "good" / name for name in normals]
+    assert meta_train_normals(root, "gamma") == expected
+
+    index["train"]["gamma"].append(_authors_item("../../outside/x.png", "", "gamma", "good", 0))
+    _write_index(root, index)
+    with pytest.raises(InvalidInputError) as caught:
+        meta_train_normals(root, "gamma")
+    assert str(caught.value).startswith(
+        f"'{root.resolve() / 'meta.json'}': 'train' item {len(normals)} of 'gamma' (../../outside/x.png) has "
+        "img_path='../../outside/x.png': a path of the index must stay inside the index's folder, and this one holds "
+        "'..'"
+    ), str(caught.value)
+
+
+def test_a_repeated_item_is_scored_as_listed_and_named_in_one_warning_line(indexed_target, tmp_path, caplog):
+    root, index = _copy(indexed_target, tmp_path)
+    items = index["test"]["gamma"]
+    items += [dict(items[0]), dict(items[0]), dict(items[3])]
+    _write_index(root, index)
+    with caplog.at_level("WARNING", logger="anomalib_faprompt"):
+        datamodule = MetaJson(root=root, num_workers=0)
+        datamodule.setup()
+    records = [record for record in caplog.records if record.name.startswith("anomalib_faprompt")]
+    assert [record.getMessage() for record in records] == [
+        f"'{root.resolve() / 'meta.json'}': 3 'test' item(s) repeat an earlier item of their category, e.g. item "
+        f"{len(items) - 3} of 'gamma' ({items[0]['img_path']}) repeats item 0: each is scored and counted in the "
+        "metrics as often as it is listed, as by the authors' test.py. Remove the repeats to count each image once."
+    ]
+    paths = list(datamodule.target_data[datamodule.test_categories.index("gamma")].samples.image_path)
+    assert len(paths) == len(items)
+    assert paths.count(str(root.resolve() / items[0]["img_path"])) == 3
+
+
+def test_a_repeated_image_with_other_fields_is_refused(indexed_target, tmp_path):
+    root, index = _copy(indexed_target, tmp_path)
+    items = index["test"]["gamma"]
+    normal = next(item for item in items if not item["anomaly"])
+    defect = next(item for item in items if item["anomaly"])
+    items.append(_authors_item(normal["img_path"], defect["mask_path"], "gamma", defect["specie_name"], 1))
+    _write_index(root, index)
+    with pytest.raises(InvalidInputError) as caught:
+        MetaJson(root=root, num_workers=0)
+    assert str(caught.value) == (
+        f"'{root.resolve() / 'meta.json'}': 'test' item {len(items) - 1} of 'gamma' ({normal['img_path']}) names "
+        f"the image of item {items.index(normal)} with other fields (mask_path, specie_name, anomaly): an image has "
+        "one label. Keep one of the two items."
+    )
 
 
 def test_cli_test_with_an_authors_file_on_a_meta_json_dataset(indexed_target, tmp_path):

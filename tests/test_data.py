@@ -12,6 +12,7 @@ from types import SimpleNamespace
 
 import lightning.pytorch as pl
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 import yaml
@@ -21,7 +22,7 @@ from anomalib.data.datasets import MVTecADDataset
 from anomalib.data.utils import read_image as anomalib_read_image
 from anomalib.data.utils import read_mask as anomalib_read_mask
 from anomalib.engine import Engine
-from conftest import N_DEFECT, N_GOOD, SOURCE_CATEGORIES
+from conftest import N_DEFECT, N_GOOD, SOURCE_CATEGORIES, camera_photo, exif_tagged
 from lightning.pytorch.callbacks import Callback
 from PIL import Image
 
@@ -147,6 +148,47 @@ def test_predict_paths_that_hold_no_images_are_named(tmp_path):
     (tmp_path / "notes.txt").write_text("not an image")
     with pytest.raises(InvalidInputError, match=r"notes.txt' \(the images to predict, `--data`\): ``filename`` is not"):
         ImagePredictDataset(tmp_path / "notes.txt")
+
+
+@pytest.mark.parametrize("orientation", [6, 8, 3])
+def test_a_photo_tagged_with_its_orientation_reads_upright_everywhere(tmp_path, orientation):
+    """Test, predict and reference images are read by ``read_image``: a tagged photo reads as a viewer shows it."""
+    from anomalib_faprompt.data.dataset import ImagePredictDataset
+
+    upright = np.random.default_rng(orientation).integers(0, 256, (24, 40, 3), dtype=np.uint8)
+    photo, shown = camera_photo(tmp_path, "photo", upright, orientation)
+    assert Image.open(photo).size == ((24, 40) if orientation in (6, 8) else (40, 24))  # stored turned
+
+    image = read_image(photo)
+    assert image.shape == (3, 24, 40)
+    assert torch.equal(image, read_image(shown))
+    assert not torch.equal(anomalib_read_image(photo, as_tensor=True), image)  # anomalib: as stored
+    predicted = ImagePredictDataset(tmp_path)
+    assert [Path(item.image_path).name for item in predicted] == ["photo.jpg", "photo_upright.png"]
+    assert torch.equal(predicted[0].image, predicted[1].image)
+
+
+def test_a_tagged_mask_reads_upright_and_a_turned_photo_matches_its_mask(tmp_path):
+    """A mask drawn on the upright view (untagged) fits its tagged photo; a tagged mask is turned like a photo."""
+    from anomalib_faprompt.data.dataset import CheckedImageDataset
+
+    mask = np.zeros((24, 40), dtype=np.uint8)
+    mask[2:10, 5:30] = 255
+    Image.fromarray(mask).save(tmp_path / "mask_upright.png")
+    Image.fromarray(np.ascontiguousarray(np.rot90(mask, 1))).save(tmp_path / "mask.png", exif=exif_tagged(6))
+    assert torch.equal(read_mask(tmp_path / "mask.png"), read_mask(tmp_path / "mask_upright.png"))
+    assert int(read_mask(tmp_path / "mask.png")[2:10, 5:30].sum()) == 8 * 25
+
+    rng = np.random.default_rng(0)
+    photo, shown = camera_photo(tmp_path, "photo", rng.integers(0, 256, (24, 40, 3), dtype=np.uint8), 6)
+    samples = pd.DataFrame(
+        [(str(photo), "defect", 1, str(tmp_path / "mask_upright.png"), "test")],
+        columns=["image_path", "label", "label_index", "mask_path", "split"],
+    )
+    samples.attrs["task"] = "segmentation"
+    item = CheckedImageDataset(samples, name="photos", category="photo")[0]
+    assert torch.equal(item.image, read_image(shown))
+    assert torch.equal(item.gt_mask, read_mask(tmp_path / "mask_upright.png"))
 
 
 def test_items_equal_anomalib_mvtecad_dataset(synthetic_source):

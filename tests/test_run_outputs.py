@@ -15,7 +15,7 @@ import yaml
 from anomalib.data import MVTecAD
 from anomalib.data.utils import read_image
 from anomalib.engine import Engine
-from conftest import anomalib_cli, tiny_args
+from conftest import anomalib_cli, as_if_trained, camera_photo, tiny_args
 from PIL import Image
 
 from anomalib_faprompt import FAPrompt
@@ -493,3 +493,101 @@ def test_a_sixteen_bit_image_is_drawn_as_its_eight_bit_copy(tmp_path):
     assert drawn[0].shape == drawn[1].shape
     assert np.abs(drawn[0] - drawn[1]).max() <= 1
     assert drawn[1].mean() < 250  # not white
+
+
+@pytest.mark.parametrize("category", ["../../../../outside/x", "..", "a\\b"])
+def test_the_visualiser_refuses_a_category_that_would_lead_out_of_its_folder(tmp_path, category):
+    """A category from any datamodule (not only a checked ``meta.json``) names a folder: it must be one folder name."""
+    from types import SimpleNamespace
+
+    from anomalib_faprompt.errors import InvalidInputError
+    from anomalib_faprompt.models.visualizer import CategoryImageVisualizer
+
+    trainer = SimpleNamespace(
+        testing=True,
+        test_dataloaders=[SimpleNamespace(dataset=None), SimpleNamespace(dataset=None)],
+        datamodule=SimpleNamespace(test_categories=["gamma", category]),
+        default_root_dir=tmp_path / "run",
+    )
+    visualizer = CategoryImageVisualizer()
+    with pytest.raises(InvalidInputError) as caught:
+        visualizer.on_test_start(trainer, None)
+    assert str(caught.value).startswith(
+        f"Category {category!r} (dataloader 1) names the folder of its heat-maps under '{tmp_path / 'run' / 'images'}'"
+    )
+    trainer.datamodule.test_categories = ["gamma", "delta"]
+    visualizer.on_test_start(trainer, None)
+    assert visualizer.output_path(trainer, str(tmp_path / "good" / "000.png"), 1) == (
+        tmp_path / "run" / "images" / "delta" / "good" / "000.png"
+    )
+
+
+def _photo(rng: np.random.Generator) -> np.ndarray:
+    """A smooth 48 x 80 colour image (JPEG keeps it close), different in every part."""
+    coarse = Image.fromarray(rng.integers(0, 256, (6, 10, 3), dtype=np.uint8))
+    return np.asarray(coarse.resize((80, 48), Image.Resampling.BILINEAR))
+
+
+def test_a_photo_tagged_with_its_orientation_is_scored_and_drawn_upright(tmp_path):
+    """``predict`` on a camera's photos, each beside its upright copy: the same score and map, an upright heat-map."""
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    for orientation in (6, 8):
+        camera_photo(folder, f"turned{orientation}", _photo(rng), orientation)
+    torch.manual_seed(0)
+    model = as_if_trained(FAPrompt(**tiny_args()))
+    predictions = _engine(tmp_path / "results").predict(model, data_path=folder)
+
+    items = {Path(item.image_path).name: item for batch in predictions for item in batch}
+    images = tmp_path / "results" / "FAPrompt" / "v0" / "images"
+    for orientation in (6, 8):
+        photo, upright = items[f"turned{orientation}.jpg"], items[f"turned{orientation}_upright.png"]
+        torch.testing.assert_close(photo.pred_score, upright.pred_score, rtol=0, atol=1e-6)
+        torch.testing.assert_close(photo.anomaly_map, upright.anomaly_map, rtol=0, atol=1e-6)
+        visualizer = model.visualizer
+        drawn_now = [np.asarray(visualizer.visualize(item), dtype=np.int16) for item in (photo, upright)]
+        assert np.abs(drawn_now[0] - drawn_now[1]).max() <= 1  # float pixels back to 8 bits: rounding only
+        drawn = _panels(images / f"turned{orientation}.jpg")  # written as JPEG: a little compression noise
+        expected = _panels(images / f"turned{orientation}_upright.png")
+        assert len(drawn) == len(expected) >= 2
+        for panel, upright_panel in zip(drawn, expected, strict=True):
+            assert np.abs(_below_title(panel) - _below_title(upright_panel)).mean() < 5.0, orientation
+        sideways = _source_panel(folder / f"turned{orientation}.jpg")  # anomalib's drawing: the pixels as stored
+        assert np.abs(_below_title(drawn[0]) - _below_title(sideways)).mean() > 20.0, orientation
+
+
+@pytest.mark.parametrize("reader", ["package", "anomalib"])
+def test_a_tagged_photo_is_drawn_as_the_model_read_it(tmp_path, reader):
+    """Upright from this package's datasets; as stored from anomalib's, whose reader ignores the tag (as the model)."""
+    from types import SimpleNamespace
+
+    from anomalib.data import ImageBatch, PredictDataset
+
+    from anomalib_faprompt.data.dataset import ImagePredictDataset
+    from anomalib_faprompt.models.visualizer import CategoryImageVisualizer
+
+    photo, upright = camera_photo(tmp_path, "photo", _photo(np.random.default_rng(1)), 6)
+    dataset = ImagePredictDataset(photo) if reader == "package" else PredictDataset(photo)
+    item = dataset[0]
+    anomaly_map = torch.rand(1, *item.image.shape[-2:], generator=torch.Generator().manual_seed(0))
+    item = item.update(
+        anomaly_map=anomaly_map,
+        pred_score=torch.tensor(0.7),
+        pred_label=torch.tensor(True),
+        pred_mask=anomaly_map[0] > 0.5,
+    )
+    trainer = SimpleNamespace(
+        testing=False,
+        predict_dataloaders=[SimpleNamespace(dataset=dataset)],
+        datamodule=None,
+        default_root_dir=tmp_path / "run",
+    )
+    visualizer = CategoryImageVisualizer()
+    visualizer.on_predict_start(trainer, None)
+    visualizer.on_predict_batch_end(trainer, None, None, ImageBatch.collate([item]), 0)
+
+    drawn = _below_title(_panels(tmp_path / "run" / "images" / "photo.jpg")[0])
+    as_read, other = (upright, photo) if reader == "package" else (photo, upright)  # anomalib draws the file as stored
+    assert np.abs(drawn - _below_title(_source_panel(as_read))).mean() < 5.0
+    assert np.abs(drawn - _below_title(_source_panel(other))).mean() > 20.0

@@ -10,11 +10,19 @@ A defect item's mask is its ``mask_path`` file. Datasets without masks (brain MR
 ``""`` as ``mask_path``: a category none of whose defect items has a mask file is classification-only (image
 metrics only), as with ``masks=False``. A category where some defect items have a mask file and others do not is
 an error naming one of the latter.
+
+Nothing in the index may lead out of its folder (:mod:`.paths`): a category name (``cls_name``) must be one folder
+name, as it names the folder of the category's heat-maps, and every ``img_path`` and ``mask_path`` (of both parts)
+must stay inside the folder that holds ``meta.json``. An item that repeats an earlier item of its category is scored
+as often as it is listed, as by the authors' ``test.py``, and one warning line per index file says so; a repeated
+image with other fields (another label or mask) is an error.
 """
 
 from __future__ import annotations
 
 import json
+import logging
+import os
 from functools import cache
 from pathlib import Path
 
@@ -22,17 +30,43 @@ import pandas as pd
 
 from anomalib_faprompt.errors import InvalidInputError, MissingInputError
 
+from .paths import folder_name_problem, path_problem
+
 __all__ = ["META_FILE", "meta_categories", "meta_samples", "meta_train_normals", "read_meta"]
 
 META_FILE = "meta.json"
 PART = "test"
 FIELDS = {"img_path": str, "mask_path": str, "cls_name": str, "specie_name": str, "anomaly": int}
+PATH_FIELDS = ("img_path", "mask_path")
+FIX_ITEM = "Fix the item, or write the index again."
+
+logger = logging.getLogger(__name__)
 
 
-def _item_error(file: Path, category: str, index: int, item: object, problem: str) -> InvalidInputError:
+def _item_error(
+    file: Path, category: str, index: int, item: object, problem: str, part: str = PART, advice: str = FIX_ITEM
+) -> InvalidInputError:
     name = item.get("img_path") if isinstance(item, dict) else None
-    described = f"'{PART}' item {index} of '{category}'" + (f" ({name})" if isinstance(name, str) else "")
-    return InvalidInputError(f"'{file}': {described} {problem}. Fix the item, or write the index again.")
+    described = f"'{part}' item {index} of {category!r}" + (f" ({name})" if isinstance(name, str) else "")
+    return InvalidInputError(f"'{file}': {described} {problem}. {advice}")
+
+
+def _check_paths(file: Path, category: str, index: int, item: dict, part: str = PART) -> None:
+    """Refuse an item whose image or mask path may lead out of the index's folder."""
+    for field in PATH_FIELDS:
+        value = item.get(field)
+        problem = path_problem(value) if isinstance(value, str) and value else None
+        if problem:
+            raise _item_error(
+                file,
+                category,
+                index,
+                item,
+                f"has {field}={value!r}: a path of the index must stay inside the index's folder, and this one "
+                f"{problem}",
+                part,
+                f"Give the path relative to '{file.parent}', without '..'.",
+            )
 
 
 def _check_item(root: Path, file: Path, category: str, index: int, item: object) -> dict:
@@ -47,6 +81,18 @@ def _check_item(root: Path, file: Path, category: str, index: int, item: object)
                 raise _item_error(file, category, index, item, f"has anomaly={value!r}: it must be 0 or 1")
         elif not isinstance(value, kind) or (field in ("img_path", "cls_name") and not value):
             raise _item_error(file, category, index, item, f"has {field}={value!r}: it must be a non-empty string")
+    problem = folder_name_problem(item["cls_name"])
+    if problem:
+        raise _item_error(
+            file,
+            category,
+            index,
+            item,
+            f"has cls_name={item['cls_name']!r}: a category name becomes the name of its heat-maps' folder, and "
+            f"this one {problem}",
+            advice="Rename the category in the index to one folder name (no '/', '\\', ':' or '..').",
+        )
+    _check_paths(file, category, index, item)
     image = root / item["img_path"]
     if not image.is_file():
         raise _item_error(file, category, index, item, f"names an image that does not exist: '{image}'")
@@ -54,6 +100,49 @@ def _check_item(root: Path, file: Path, category: str, index: int, item: object)
     if item["anomaly"] == 1 and mask and not (root / mask).exists():
         raise _item_error(file, category, index, item, f"names a mask that does not exist: '{root / mask}'")
     return item
+
+
+def _check_repeats(file: Path, listed: list[tuple[str, int, dict]]) -> None:
+    """Refuse an image listed twice in a category with other fields; warn, in one line, of exact repeats.
+
+    Args:
+        file: The index file, for messages.
+        listed: ``(key in the part, position under it, item)`` of every checked item, in file order.
+    """
+    first: dict[tuple[str, str], tuple[int, dict]] = {}
+    repeats = []
+    for key, index, item in listed:
+        image = (item["cls_name"], os.path.normpath(item["img_path"]))
+        if image not in first:
+            first[image] = (index, item)
+            continue
+        earlier_index, earlier = first[image]
+        differing = [field for field in FIELDS if item[field] != earlier[field] and field != "img_path"]
+        if differing:
+            raise _item_error(
+                file,
+                key,
+                index,
+                item,
+                f"names the image of item {earlier_index} with other fields ({', '.join(differing)}): an image has "
+                "one label",
+                advice="Keep one of the two items.",
+            )
+        repeats.append((key, index, item, earlier_index))
+    if repeats:
+        key, index, item, earlier_index = repeats[0]
+        logger.warning(
+            "'%s': %d '%s' item(s) repeat an earlier item of their category, e.g. item %d of %r (%s) repeats item %d: "
+            "each is scored and counted in the metrics as often as it is listed, as by the authors' test.py. Remove "
+            "the repeats to count each image once.",
+            file,
+            len(repeats),
+            PART,
+            index,
+            key,
+            item["img_path"],
+            earlier_index,
+        )
 
 
 @cache
@@ -68,19 +157,22 @@ def _load(file: Path, modified: float) -> object:  # noqa: ARG001  (cache key)
 
 @cache
 def _read(file: Path, modified: float) -> tuple[tuple[str, tuple[dict, ...]], ...]:
+    """The checked ``test`` items by category, read (and repeats reported) once per version of the file."""
     index = _load(file, modified)
     part = index.get(PART) if isinstance(index, dict) else None
     if not isinstance(part, dict) or not part:
         msg = f"'{file}' has no '{PART}' part with categories ({{\"{PART}\": {{\"<cls_name>\": [<item>, ...]}}}})."
         raise InvalidInputError(msg)
-    root, grouped = file.parent, {}
+    root, grouped, listed = file.parent, {}, []
     for category, items in part.items():
         if not isinstance(items, list):
-            msg = f"'{file}': '{PART}' category '{category}' is a {type(items).__name__}, not a list of items."
+            msg = f"'{file}': '{PART}' category {category!r} is a {type(items).__name__}, not a list of items."
             raise InvalidInputError(msg)
         for index_in_category, item in enumerate(items):
             checked = _check_item(root, file, category, index_in_category, item)
             grouped.setdefault(checked["cls_name"], []).append(checked)
+            listed.append((category, index_in_category, checked))
+    _check_repeats(file, listed)
     return tuple((category, tuple(items)) for category, items in grouped.items())
 
 
@@ -156,13 +248,17 @@ def meta_train_normals(root: str | Path, category: str) -> list[Path]:
     """The normal images of ``category`` in the ``train`` part of ``<root>/meta.json`` (few-shot references).
 
     The ``train`` part is read only here; it may be missing or empty (several generators write none).
+
+    Raises:
+        InvalidInputError: An item of the ``train`` part names a path that may lead out of the index's folder.
     """
     file = (Path(root) / META_FILE).resolve()
     index = _load(file, file.stat().st_mtime)
     part = index.get("train") if isinstance(index, dict) else None
-    items = [item for items in (part or {}).values() if isinstance(items, list) for item in items]
-    return [
-        file.parent / item["img_path"]
-        for item in items
-        if isinstance(item, dict) and item.get("cls_name") == category and item.get("anomaly") == 0
-    ]
+    normals = []
+    for key, items in (part or {}).items():
+        for position, item in enumerate(items if isinstance(items, list) else []):
+            if isinstance(item, dict) and item.get("cls_name") == category and item.get("anomaly") == 0:
+                _check_paths(file, key, position, item, part="train")
+                normals.append(file.parent / item["img_path"])
+    return normals

@@ -4,6 +4,7 @@
 valid 8-bit data. It differs where anomalib gives silent wrong data or an anonymous crash:
 
 - 16-bit grayscale images and masks are scaled to [0, 1] (anomalib clips them to white);
+- a photo tagged with an EXIF orientation is turned upright, as viewers show it (anomalib reads it as stored);
 - a file that cannot be decoded raises an error naming it; with ``skip_unreadable`` the item is left
   out instead, and :class:`SkippingDataLoader` records the file;
 - a defect image's mask of another size than the image, or one with no defect pixel, is an error
@@ -181,9 +182,9 @@ class ImagePredictDataset(PredictDataset):
     """anomalib's ``PredictDataset`` (one image or a folder of images), reading files as :func:`read_image` does.
 
     What ``anomalib predict --data <image or folder>`` reads for this package's models: a file that cannot be
-    decoded is an error naming it (anomalib: ``OSError: image file is truncated`` and no name), and 16-bit
-    images read like their 8-bit versions. A path that does not exist, is no image or holds none is an error that
-    names it. The items are otherwise anomalib's.
+    decoded is an error naming it (anomalib: ``OSError: image file is truncated`` and no name), 16-bit
+    images read like their 8-bit versions, and a photo tagged with an EXIF orientation is read upright. A path
+    that does not exist, is no image or holds none is an error that names it. The items are otherwise anomalib's.
     """
 
     def __init__(self, path: str | Path, *args: Any, **kwargs: Any) -> None:  # noqa: ANN401

@@ -1,8 +1,10 @@
-"""Reading images and masks: 16-bit files scaled correctly, damaged files named, masks checked against images.
+"""Reading images and masks: upright, 16-bit files scaled correctly, damaged files named.
 
-anomalib's ``read_image`` converts every file to 8-bit RGB, which clips 16-bit grayscale PNGs to white;
-its ``read_mask`` does the same to masks and thresholds JPEG artefacts as defect pixels. These readers
-give the same tensors as anomalib's for 8-bit files.
+anomalib's ``read_image`` converts every file to 8-bit RGB, which clips 16-bit grayscale PNGs to white, and
+ignores the EXIF orientation tag, so that a photo taken with the camera turned is read sideways; its
+``read_mask`` does the same to masks and thresholds JPEG artefacts as defect pixels. These readers turn a
+tagged file upright, as image viewers show it (``PIL.ImageOps.exif_transpose``), and give the same tensors
+as anomalib's for untagged 8-bit files.
 """
 
 from __future__ import annotations
@@ -12,16 +14,18 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image as PILImage
+from PIL import ImageOps
 from torchvision.transforms.v2.functional import to_dtype, to_image
 from torchvision.tv_tensors import Image, Mask
 
 from anomalib_faprompt.errors import InputError
 
-__all__ = ["LOSSY_SUFFIXES", "UnreadableFileError", "read_image", "read_mask"]
+__all__ = ["LOSSY_SUFFIXES", "UnreadableFileError", "read_image", "read_mask", "reads_unlike_anomalib"]
 
 SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")
 LOSSY_SUFFIXES = (".jpg", ".jpeg")
 _SIXTEEN_BIT_MAX = 65535
+ORIENTATION = 0x0112  # the EXIF tag: how to turn the stored pixels upright (1: they are)
 SKIP_ADVICE = (
     "Replace or remove the file, or set `skip_unreadable: true` on the data module to skip unreadable files and "
     "list them at the end."
@@ -54,10 +58,11 @@ class UnreadableFileError(InputError, OSError):
 
 
 def _open(path: str | Path) -> PILImage.Image:
-    """The decoded file; any decoding failure becomes an error naming the file."""
+    """The decoded file, turned upright by its EXIF orientation tag; a decoding failure is an error naming it."""
     try:
         with PILImage.open(path) as image:
             image.load()
+            ImageOps.exif_transpose(image, in_place=True)
             return image
     except (OSError, SyntaxError, ValueError) as error:
         raise UnreadableFileError.of(path, error) from error
@@ -72,19 +77,24 @@ def _sixteen_bit(image: PILImage.Image, path: str | Path) -> np.ndarray:
     return array.astype(np.float32) / _SIXTEEN_BIT_MAX
 
 
-def is_sixteen_bit(path: str | Path) -> bool:
-    """Whether an image file holds 16-bit grayscale values (which PIL's ``convert("RGB")`` clips to white)."""
+def reads_unlike_anomalib(path: str | Path) -> bool:
+    """Whether anomalib's reading (``PIL.Image.open(path).convert("RGB")``) gives other pixels than :func:`read_image`.
+
+    True for a 16-bit grayscale file (clipped to white there) and for a file tagged with an EXIF orientation other
+    than upright (read as stored, sideways or upside down); False for a file that cannot be read.
+    """
     try:
         with PILImage.open(path) as image:
-            return image.mode in SIXTEEN_BIT_MODES
+            return image.mode in SIXTEEN_BIT_MODES or image.getexif().get(ORIENTATION, 1) != 1
     except (OSError, SyntaxError, ValueError):
         return False
 
 
 def read_image(path: str | Path) -> Image:
-    """An image file as a float RGB tensor ``(3, H, W)`` in [0, 1].
+    """An image file as a float RGB tensor ``(3, H, W)`` in [0, 1], upright as its EXIF orientation tag says.
 
-    8-bit files give exactly anomalib's ``read_image(path, as_tensor=True)``; 16-bit grayscale files are
+    Untagged 8-bit files give exactly anomalib's ``read_image(path, as_tensor=True)``; a tagged file gives the
+    same as its pixels turned upright (``H`` and ``W`` as a viewer shows it); 16-bit grayscale files are
     scaled by 1/65535 (anomalib clips them to white) and repeated over the three channels.
 
     Raises:
@@ -98,7 +108,7 @@ def read_image(path: str | Path) -> Image:
 
 
 def read_mask(path: str | Path) -> Mask:
-    """A mask file as a ``uint8`` tensor ``(H, W)`` of 0 and 1.
+    """A mask file as a ``uint8`` tensor ``(H, W)`` of 0 and 1, upright as its EXIF orientation tag says.
 
     A pixel is a defect pixel when it is above 0 (anomalib's rule) in lossless files, and above half the
     value range in JPEG files, whose compression leaves small non-zero values around the edges.

@@ -6,7 +6,9 @@ categories (one dataloader per category, the zero-shot protocol) therefore write
 once per category, each replacing the last. :class:`CategoryImageVisualizer` draws the same panels (the
 image, its mask, the anomaly map overlaid on the image and the predicted mask's contour on it) and writes
 them to ``images/<category>/<path below the dataloader's images' common folder>``, e.g.
-``images/bottle/broken_large/000.png`` for MVTec AD: the image's own file name, once per image.
+``images/bottle/broken_large/000.png`` for MVTec AD: the image's own file name, once per image. A category
+that is not one folder name (``../x``, ``a/b``) is refused before any image is drawn: no file goes outside
+``images/``.
 """
 
 from __future__ import annotations
@@ -23,7 +25,10 @@ from lightning.pytorch import Trainer
 from PIL import Image as PILImage
 
 from anomalib_faprompt.data.categories import dataloader_categories
-from anomalib_faprompt.data.images import is_sixteen_bit, read_image
+from anomalib_faprompt.data.dataset import CheckedImageDataset, ImagePredictDataset
+from anomalib_faprompt.data.images import read_image, reads_unlike_anomalib
+from anomalib_faprompt.data.paths import folder_name_problem
+from anomalib_faprompt.errors import InvalidInputError
 
 __all__ = ["CategoryImageVisualizer", "dataloader_category"]
 
@@ -49,6 +54,13 @@ def dataloader_category(trainer: Trainer, dataloader_idx: int) -> str | None:
         return None
     names = dataloader_categories(getattr(trainer, "datamodule", None), len(loaders))
     return names[dataloader_idx] if dataloader_idx < len(names) else None
+
+
+def _read_by_package(trainer: Trainer, dataloader_idx: int) -> bool:
+    """Whether a dataloader's images were read by this package's datasets (:func:`~.data.images.read_image`)."""
+    loaders = _dataloaders(trainer)
+    dataset = getattr(loaders[dataloader_idx], "dataset", None) if dataloader_idx < len(loaders) else None
+    return isinstance(dataset, CheckedImageDataset | ImagePredictDataset)
 
 
 def _image_paths(dataset: Any) -> list[str]:  # noqa: ANN401
@@ -98,20 +110,39 @@ class CategoryImageVisualizer(ImageVisualizer):
         return folder / path.parent.name / path.name
 
     def visualize(self, predictions: ImageItem) -> PILImage.Image | None:
-        """Anomalib's panels; a 16-bit grayscale image drawn from the values the model read, not clipped to white.
+        """Draw anomalib's panels, the image as this package reads it: upright, and 16-bit values not clipped.
 
         anomalib draws the image panel from ``PIL.Image.open(image_path).convert("RGB")``, which turns every
-        non-zero 16-bit value white; such an item is drawn from :func:`~.data.images.read_image` instead.
+        non-zero 16-bit value white and ignores the EXIF orientation tag (a photo taken with the camera turned
+        would be drawn sideways under its upright anomaly map); such an item is drawn from
+        :func:`~.data.images.read_image` instead. The images of anomalib's own datasets, which the model saw as
+        anomalib reads them, are drawn by anomalib (:meth:`on_test_batch_end`), so that the map lies on the image
+        it was computed from.
         """
         path = getattr(predictions, "image_path", None)
-        if isinstance(path, str) and is_sixteen_bit(path):
+        if isinstance(path, str) and reads_unlike_anomalib(path):
             predictions = predictions.update(in_place=False, image_path=None, image=read_image(path))
         return super().visualize(predictions)
 
     def on_test_start(self, trainer: Trainer, pl_module: AnomalibModule) -> None:
-        """Forget the dataloaders and files of an earlier run."""
-        del trainer, pl_module
+        """Forget the dataloaders and files of an earlier run; refuse a category that is not one folder name.
+
+        Raises:
+            InvalidInputError: A dataloader's category would lead its heat-maps out of ``output_dir``
+                (``../x``, ``a/b``); the message names it.
+        """
+        del pl_module
         self._roots, self._written = {}, set()
+        for index in range(len(_dataloaders(trainer))):
+            category = dataloader_category(trainer, index)
+            problem = folder_name_problem(category) if category else None
+            if problem:
+                msg = (
+                    f"Category {category!r} (dataloader {index}) names the folder of its heat-maps under "
+                    f"'{self.images_dir(trainer)}', and it {problem}. Rename the category to one folder name, or "
+                    "turn the visualiser off (`visualizer: false` on the model)."
+                )
+                raise InvalidInputError(msg)
 
     def on_predict_start(self, trainer: Trainer, pl_module: AnomalibModule) -> None:
         """Forget the dataloaders and files of an earlier run."""
@@ -126,10 +157,11 @@ class CategoryImageVisualizer(ImageVisualizer):
         batch_idx: int,
         dataloader_idx: int = 0,
     ) -> None:
-        """Draw every image of the batch and save it under its category and own file name."""
+        """Draw every image of the batch as the model read it; save it under its category and own file name."""
         del pl_module, outputs
+        draw = self.visualize if _read_by_package(trainer, dataloader_idx) else super().visualize
         for index, item in enumerate(batch):
-            image = self.visualize(item)
+            image = draw(item)
             if image is None:
                 continue
             if item.image_path:
