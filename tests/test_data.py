@@ -419,6 +419,30 @@ def test_empty_target_category_keeps_its_place_among_the_test_dataloaders(tmp_pa
         )
 
 
+# --- loader sizes --------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("argument", "value", "expected"),
+    [
+        ("eval_batch_size", 0, "eval_batch_size=0 must be an integer of at least 1 (images per validation or test"),
+        ("eval_batch_size", -3, "eval_batch_size=-3 must be an integer of at least 1"),
+        ("train_batch_size", 0, "train_batch_size=0 must be an integer of at least 1 (images per training step)."),
+        ("num_workers", -1, "num_workers=-1 must be an integer of at least 0 (0 loads the images in the main process)"),
+    ],
+)
+@pytest.mark.parametrize("datamodule", ["AuxiliaryDataModule", "MetaJson"])
+def test_a_batch_size_below_one_or_negative_workers_are_refused_in_one_line(
+    synthetic_source, datamodule, argument, value, expected
+):
+    from anomalib_faprompt.data import MetaJson
+
+    build = {"AuxiliaryDataModule": AuxiliaryDataModule, "MetaJson": MetaJson}[datamodule]
+    with pytest.raises(ValueError, match=re.escape(expected)) as error:
+        build(root=synthetic_source, **{argument: value})  # refused before the root is read (no meta.json there)
+    assert "\n" not in str(error.value)
+
+
 # --- names and missing folders -------------------------------------------------------------------------------------
 
 

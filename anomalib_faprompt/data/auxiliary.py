@@ -19,6 +19,7 @@ from anomalib.utils.attrs import get_nested_attr
 from torch.utils.data import DataLoader
 from torchvision.transforms.v2 import Transform
 
+from anomalib_faprompt.components.options import check_count
 from anomalib_faprompt.errors import InvalidInputError
 
 from .authors_index import META_FILE, meta_train_normals
@@ -135,6 +136,9 @@ class AuxiliaryDataModule(AnomalibDataModule):
             test_split_mode="from_dir",
             seed=seed,
         )
+        check_count("train_batch_size", train_batch_size, why="images per training step")
+        check_count("eval_batch_size", eval_batch_size, why="images per validation or test step")
+        check_count("num_workers", num_workers, minimum=0, why="0 loads the images in the main process")
         roots, datasets = [Path(path) for path in _as_list(root)], _as_list(dataset)
         if len(datasets) == 1 and len(roots) > 1:
             datasets = datasets * len(roots)
