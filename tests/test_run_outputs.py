@@ -6,6 +6,7 @@ import csv
 import hashlib
 import os
 import shutil
+import signal
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +17,7 @@ from anomalib.data import MVTecAD
 from anomalib.data.utils import read_image
 from anomalib.engine import Engine
 from conftest import anomalib_cli, tiny_args
+from lightning.pytorch import Callback
 from PIL import Image
 
 from anomalib_faprompt import FAPrompt
@@ -241,6 +243,32 @@ def test_a_failed_fit_leaves_latest_on_the_last_run_that_ended(source, target, t
     assert (runs / "latest" / "weights" / "lightning" / "model.ckpt").is_file()
 
 
+class _CtrlC(Callback):
+    """Ctrl-C at the start of the second test batch: the ``KeyboardInterrupt`` that Lightning receives then."""
+
+    def on_test_batch_start(self, trainer, pl_module, batch, batch_idx, dataloader_idx=0) -> None:
+        if batch_idx == 1:
+            raise KeyboardInterrupt
+
+
+def test_a_run_stopped_by_ctrl_c_keeps_its_folder_marked_incomplete(source, target, trained, tmp_path):
+    data = _datamodule(source, target, target_categories=["gamma"])  # 4 images a batch
+    engine = _engine(tmp_path / "results", callbacks=[_CtrlC()])
+    handler = signal.getsignal(signal.SIGINT)
+    try:
+        with pytest.raises(SystemExit) as exited:  # what Lightning makes of a KeyboardInterrupt, as on the CLI
+            engine.test(FAPrompt(**tiny_args()), datamodule=data, ckpt_path=trained)
+    finally:
+        signal.signal(signal.SIGINT, handler)  # Lightning ignores Ctrl-C from then on
+    assert exited.value.code == 1
+    run = _run_dir(tmp_path / "results") / "v0"
+    assert (run / "INCOMPLETE").read_text() == (
+        "`test` stopped by Ctrl-C (KeyboardInterrupt): the files in this folder are partial.\n"
+    )
+    assert len(list((run / "images" / "gamma").rglob("*.png"))) == 4  # the first batch's heat-maps are kept
+    assert not list(run.rglob("per_category_results.*"))
+
+
 def test_testing_prompts_that_were_never_learned_warns(source, target, trained, tmp_path, recwarn):
     untrained = "tested with prompts that were never trained"
     data = AuxiliaryDataModule(
@@ -383,6 +411,9 @@ def test_cli_predict_names_a_damaged_image(target, trained, tmp_path):
     assert len(rows) > 1  # the images of the batches before the damaged one
     assert all(Path(row.split(",")[0]).parent == folder and "damaged" not in row for row in rows[1:])
     assert f"their scores are in {incomplete}" in output
+    assert (incomplete.parent / "INCOMPLETE").read_text() == (  # the run's folder says so too
+        f"`predict` stopped by an error ({error}): the files in this folder are partial.\n"
+    )
 
 
 def _cli_error(subcommand: str, config: Path, tmp_path: Path, *args: str) -> tuple[str, str]:
