@@ -8,7 +8,7 @@ with no further training on each category of datasets never seen.
 from __future__ import annotations
 
 import copy
-import warnings
+import logging
 from pathlib import Path
 
 import pandas as pd
@@ -36,6 +36,8 @@ from .sources import (
 )
 
 __all__ = ["AuxiliaryDataModule", "concatenate"]
+
+logger = logging.getLogger(__name__)
 
 
 def concatenate(datasets: list[AnomalibDataset]) -> AnomalibDataset:
@@ -96,7 +98,7 @@ class AuxiliaryDataModule(AnomalibDataModule):
             names, ``_to_`` and the target's: a dataset's name (``MVTecAD``, ``Visa``) when the folder holds
             that dataset's categories, else the root folder's name (``synthetic_source_to_synthetic_target``).
         skip_unreadable: Leave out image or mask files that cannot be decoded (truncated, damaged) instead
-            of stopping; the skipped files are listed in ``skipped_files`` and in a warning at the end of
+            of stopping; the skipped files are listed in ``skipped_files`` and in a logged warning at the end of
             the stage, and the test table counts them in a note of their category. Off by default: an unreadable
             file is an error naming it.
 
@@ -270,7 +272,7 @@ class AuxiliaryDataModule(AnomalibDataModule):
             msg = f"No training images in {self.sources} (arguments `root`, `dataset`, `categories`)."
             raise InvalidInputError(msg)
         if empty:
-            warnings.warn(f"Training categories with no images: {', '.join(empty)}.", stacklevel=2)
+            logger.warning("Training categories with no images: %s.", ", ".join(empty))
         data = concatenate(parts)
         if self.val_split_ratio:
             self.train_data, self.val_data = random_split(data, self.val_split_ratio, label_aware=True, seed=self.seed)
@@ -290,10 +292,11 @@ class AuxiliaryDataModule(AnomalibDataModule):
             ]
             empty = [name for name, part in zip(self.test_categories, self.target_data, strict=True) if not len(part)]
             if empty:
-                warnings.warn(
-                    f"Target categories with no images under '{self.target_root}': {', '.join(empty)}. They keep "
-                    "their place among the test dataloaders, with no batches.",
-                    stacklevel=2,
+                logger.warning(
+                    "Target categories with no images under '%s': %s. They keep their place among the test "
+                    "dataloaders, with no batches.",
+                    self.target_root,
+                    ", ".join(empty),
                 )
         for part in [self.train_data, self.val_data, self.test_data, *self.target_data]:
             part.skip_unreadable = self.skip_unreadable
@@ -350,10 +353,10 @@ class AuxiliaryDataModule(AnomalibDataModule):
         return [self._loader(data) for data in self.target_data]
 
     def teardown(self, stage: str | None = None) -> None:
-        """Warn, by name, about the files skipped as unreadable (``skip_unreadable``) and not reported yet."""
+        """Log a warning naming the files skipped as unreadable (``skip_unreadable``) and not reported yet."""
         new = {path: reason for path, reason in self.skipped_files.items() if path not in self._reported}
         if new:
             files = "; ".join(f"{path} ({reason})" for path, reason in new.items())
             when = getattr(stage, "value", stage)  # Lightning passes its TrainerFn enum: 'fit', 'test', ...
-            warnings.warn(f"Skipped {len(new)} unreadable file(s) in stage '{when}': {files}", stacklevel=1)
+            logger.warning("Skipped %d unreadable file(s) in stage '%s': %s", len(new), when, files)
             self._reported |= set(new)
