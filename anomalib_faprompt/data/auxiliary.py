@@ -89,9 +89,9 @@ class AuxiliaryDataModule(AnomalibDataModule):
             held-out part.
         target_root: Root of the target dataset (for ``MetaJson``, the folder that holds ``meta.json``).
         target_categories: Target categories to test on; ``None`` for all.
-        train_batch_size: Training batch size.
-        eval_batch_size: Validation and test batch size.
-        num_workers: Data loader workers.
+        train_batch_size: Training batch size (at least 1).
+        eval_batch_size: Validation and test batch size (at least 1).
+        num_workers: Data loader worker processes (0: the images load in the main process).
         augmentations: Augmentations of the training data.
         seed: Seed of the validation split.
         name: Name of the data in the results path (``<model>/<name>/<category>/``); by default the sources'
