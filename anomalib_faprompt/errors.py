@@ -16,6 +16,7 @@ __all__ = [
     "InvalidInputError",
     "MissingInputError",
     "MissingPackageError",
+    "error_text",
     "exit_with",
 ]
 
@@ -42,15 +43,19 @@ class MissingPackageError(InputError, ModuleNotFoundError):
     """An optional package that what was asked for needs is not installed; the message names it."""
 
 
-def exit_with(error: BaseException, what: str) -> None:
-    """Print ``what`` and the package's error as the last line(s); exit with the error's ``exit_code`` (else 2).
+def error_text(error: BaseException) -> str:
+    """``<type>: <message>`` of an error; of one re-raised from a ``DataLoader`` worker, its last line alone.
 
-    An error re-raised from a ``DataLoader`` worker carries the worker's traceback in its message: only its
-    last line, the error itself, is printed.
+    Such an error carries the worker's traceback in its message; its last line is the error itself.
     """
     message = f"{type(error).__name__}: {error}"
     if "Original Traceback" in message:
         message = message.rstrip().splitlines()[-1]
+    return message
+
+
+def exit_with(error: BaseException, what: str) -> None:
+    """Print ``what`` and :func:`error_text` of the error as the last lines; exit with its ``exit_code`` (else 2)."""
     print(f"{what}:", file=sys.stderr)  # noqa: T201
-    print(message, file=sys.stderr)  # noqa: T201
+    print(error_text(error), file=sys.stderr)  # noqa: T201
     raise SystemExit(getattr(error, "exit_code", 2)) from None

@@ -1,5 +1,8 @@
 """Run folders that never replace an earlier run's files: ``<root>/v<N>``, a relative ``latest``, undone on failure.
 
+A run that stops before its end (an error, Ctrl-C) puts ``latest`` back; its folder is removed if the run wrote
+nothing there, and otherwise kept with a file :data:`INCOMPLETE` that says what stopped it.
+
 :mod:`anomalib_faprompt.integration.workspace` gives this package's runs in anomalib's ``Engine`` these folders.
 """
 
@@ -14,7 +17,15 @@ from pathlib import Path
 
 from anomalib_faprompt.errors import InvalidInputError
 
-__all__ = ["RunFolder", "check_writable", "checkpoint_run_dir", "launcher_run_dir", "new_version_dir", "share_run_dir"]
+__all__ = [
+    "INCOMPLETE",
+    "RunFolder",
+    "check_writable",
+    "checkpoint_run_dir",
+    "launcher_run_dir",
+    "new_version_dir",
+    "share_run_dir",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -23,6 +34,8 @@ _VERSION = re.compile(r"^v(\d+)$")
 RUN_DIR_VARIABLE = "ANOMALIB_FAPROMPT_RUN_DIR"
 # What a run writes into its folder before any of its work: a folder holding nothing else is removed on failure.
 BEFORE_WORK = {"config.yaml"}
+# The file that marks the folder of a run that stopped before its end: the other files there are partial.
+INCOMPLETE = "INCOMPLETE"
 
 
 def check_writable(folder: str | Path, argument: str) -> None:
@@ -94,8 +107,12 @@ class RunFolder:
             point_latest(latest, run.folder.name)
         return run
 
-    def undo(self) -> None:
-        """After a failed run: ``latest`` back, and the folder (with those it created) removed if it holds no work."""
+    def undo(self, stopped: str) -> None:
+        """After a run that stopped: ``latest`` back; the folder removed if it holds no work, else marked incomplete.
+
+        Args:
+            stopped: What stopped, and what stopped it, e.g. "`test` stopped by Ctrl-C (KeyboardInterrupt)".
+        """
         latest = self.folder.parent / "latest"
         if self.moved and latest.is_symlink() and latest.resolve() == self.folder.resolve():
             if self.previous is None:
@@ -109,6 +126,9 @@ class RunFolder:
             for folder in self.created:
                 if folder.is_dir() and not any(folder.iterdir()):
                     folder.rmdir()
+        elif self.folder.is_dir():
+            (self.folder / INCOMPLETE).write_text(f"{stopped}: the files in this folder are partial.\n")
+            logger.warning("%s: what it wrote stays in %s, marked by the file %s.", stopped, self.folder, INCOMPLETE)
 
 
 def launcher_run_dir() -> Path | None:

@@ -12,6 +12,7 @@ The session fixtures (datasets, checkpoints) are shared by every test of the run
 from __future__ import annotations
 
 import copy
+import logging
 import os
 import subprocess
 import sys
@@ -55,6 +56,14 @@ REPO = Path(__file__).parents[1]
 ANOMALIB = str(Path(sys.executable).parent / "anomalib")
 
 
+def subprocess_env(**env: str) -> dict[str, str]:
+    """The environment of a fresh interpreter of this checkout: this environment with this checkout's package first on
+    ``PYTHONPATH``, Python's default warning filters (an inherited ``PYTHONWARNINGS`` is dropped), and ``env``."""
+    path = os.pathsep.join([str(REPO), *filter(None, [os.environ.get("PYTHONPATH")])])
+    inherited = {name: value for name, value in os.environ.items() if name != "PYTHONWARNINGS"}
+    return {**inherited, "PYTHONPATH": path, **env}
+
+
 def anomalib_cli(
     *args: str | Path, cwd: Path = REPO, returncode: int | None = 0, env: dict[str, str] | None = None
 ) -> subprocess.CompletedProcess[str]:
@@ -66,10 +75,9 @@ def anomalib_cli(
         args: The command line after ``anomalib``.
         cwd: Where it runs.
         returncode: The exit status it must end with (``None``: any).
-        env: Environment variables to set for it (a 200-column console is set).
+        env: Environment variables to set for it (a 200-column console is set; see :func:`subprocess_env`).
     """
-    path = os.pathsep.join([str(REPO), *filter(None, [os.environ.get("PYTHONPATH")])])  # this checkout's package
-    environment = {**os.environ, "PYTHONPATH": path, "COLUMNS": "200", **(env or {})}
+    environment = subprocess_env(COLUMNS="200", **(env or {}))
     process = subprocess.run(  # noqa: S603
         [ANOMALIB, *map(str, args)], cwd=cwd, env=environment, capture_output=True, text=True, timeout=900, check=False
     )
@@ -77,6 +85,17 @@ def anomalib_cli(
     if returncode is not None:
         assert process.returncode == returncode, process.output[-5000:]
     return process
+
+
+def logged_warnings(caplog: pytest.LogCaptureFixture, text: str) -> list[str]:
+    """The warnings this package logged (its advice to the user) that contain ``text``, as caplog captured them."""
+    return [
+        record.getMessage()
+        for record in caplog.records
+        if record.name.startswith("anomalib_faprompt.")
+        and record.levelno == logging.WARNING
+        and text in record.getMessage()
+    ]
 
 
 def tiny_args(**overrides) -> dict:

@@ -323,7 +323,57 @@ def test_a_repeated_image_with_other_fields_is_refused(indexed_target, tmp_path)
     )
 
 
+def _emptied(indexed_target: Path, folder: Path, *categories: str) -> Path:
+    """A copy of the index whose ``categories`` are listed in its ``test`` part with no items."""
+    shutil.copytree(indexed_target, folder)
+    index = _index(folder)
+    index["test"].update(dict.fromkeys(categories, []))
+    (folder / "meta.json").write_text(json.dumps(index))
+    return folder
+
+
+def test_a_category_with_no_test_items_is_named_where_it_is_read(indexed_target, tmp_path):
+    root = _emptied(indexed_target, tmp_path / "copy", "delta")
+    expected = rf"^'{root.resolve() / 'meta.json'}': category 'delta' has no items in the 'test' part, .*`categories`"
+    for datamodule in (
+        MetaJson(root=root, num_workers=0),
+        MetaJson(root=root, categories=["delta"], num_workers=0),
+        AuxiliaryDataModule(root=root, dataset="MetaJson", val_split_ratio=0, num_workers=0),
+        AuxiliaryDataModule(
+            root=indexed_target, val_split_ratio=0, target_dataset="MetaJson", target_root=root, num_workers=0
+        ),
+    ):
+        assert "delta" in datamodule.test_categories or datamodule.target_dataset is None
+        with pytest.raises(InvalidInputError, match=expected):
+            datamodule.setup("test")
+    others = MetaJson(root=root, categories=["gamma", "epsilon"], num_workers=0)
+    others.setup("test")
+    assert [len(data) for data in others.target_data] == [len(_index(root)["test"]["gamma"])] * 2
+
+
+@pytest.mark.slow  # anomalib's command line (in this process)
+def test_cli_test_on_an_index_without_test_items_names_its_category(indexed_target, tmp_path, capsys):
+    from anomalib.cli.cli import AnomalibCLI
+
+    root = _emptied(indexed_target, tmp_path / "copy", "gamma", "delta", "epsilon")
+    config = {
+        "trainer": {"accelerator": "cpu", "devices": 1, "enable_progress_bar": False},
+        "model": {"class_path": "FAPrompt", "init_args": tiny_args(visualizer=False)},
+        "data": {"class_path": "anomalib_faprompt.data.MetaJson", "init_args": {"root": str(root), "num_workers": 0}},
+    }
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
+    with pytest.raises(SystemExit) as exited:
+        AnomalibCLI(["test", "--config", str(tmp_path / "config.yaml"), "--default_root_dir", str(tmp_path / "r")])
+    assert exited.value.code == 2
+    *_, what, error = capsys.readouterr().err.strip().splitlines()
+    assert what == "anomalib test:"
+    assert error.startswith(f"InvalidInputError: '{root.resolve() / 'meta.json'}': category 'delta' has no items in")
+    assert not (tmp_path / "r").exists()
+
+
+@pytest.mark.slow  # the `anomalib` command line
 def test_cli_test_with_an_authors_file_on_a_meta_json_dataset(indexed_target, tmp_path):
+    """The advice about settings unlike the authors' test is logged once, also where Python's warnings are off."""
     torch.manual_seed(0)
     clip = FAPrompt(**tiny_args()).model.backbone.clip
     torch.save(clip.state_dict(), tmp_path / "clip.pt")
@@ -340,9 +390,15 @@ def test_cli_test_with_an_authors_file_on_a_meta_json_dataset(indexed_target, tm
     }
     (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
     process = anomalib_cli(
-        "test", "--config", tmp_path / "config.yaml", "--default_root_dir", tmp_path / "r", cwd=tmp_path
+        "test",
+        "--config",
+        tmp_path / "config.yaml",
+        "--default_root_dir",
+        tmp_path / "r",
+        cwd=tmp_path,
+        env={"PYTHONWARNINGS": "ignore"},
     )
-    assert "other settings than their test" in process.output
+    assert process.output.count("other settings than their test") == 1
     table = _table(tmp_path / "r")
     assert set(table) == {"gamma", "delta", "epsilon", "mean"}
     released = FAPrompt(

@@ -74,6 +74,23 @@ def test_a_constructor_error_is_the_last_line(tmp_path):
     assert "Expected a <class 'NoneType'>" not in result.stderr
 
 
+@pytest.mark.parametrize(
+    ("subcommand", "argument", "value", "bound"),
+    [("test", "eval_batch_size", "0", "at least 1 (images per validation or test step)"),
+     ("train", "num_workers", "-1", "at least 0 (0 loads the images in the main process)")],
+)  # fmt: skip
+def test_a_loader_size_the_data_cannot_use_is_the_last_line(datasets, tmp_path, subcommand, argument, value, bound):
+    source, target = datasets
+    command = ["--config", CONFIG, "--data.root", source, "--data.target_root", target, f"--data.{argument}", value]
+    result = anomalib_cli(subcommand, *command, "--default_root_dir", tmp_path / "results", returncode=2)
+    assert result.output.strip().splitlines()[-2:] == [
+        f"anomalib {subcommand}: AuxiliaryDataModule could not be built:",
+        f"{argument}={value} must be an integer of {bound}.",
+    ]
+    assert "Traceback" not in result.output
+    assert not (tmp_path / "results").exists()
+
+
 def test_the_shipped_benchmark_config_names_unreadable_checkpoints_before_any_job(tmp_path):
     (tmp_path / "checkpoints").mkdir()
     for name in ("faprompt_mvtec.ckpt", "anomalyclip_mvtec.ckpt"):

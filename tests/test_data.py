@@ -22,7 +22,7 @@ from anomalib.data.datasets import MVTecADDataset
 from anomalib.data.utils import read_image as anomalib_read_image
 from anomalib.data.utils import read_mask as anomalib_read_mask
 from anomalib.engine import Engine
-from conftest import N_DEFECT, N_GOOD, SOURCE_CATEGORIES, camera_photo, exif_tagged
+from conftest import N_DEFECT, N_GOOD, SOURCE_CATEGORIES, camera_photo, exif_tagged, logged_warnings
 from lightning.pytorch.callbacks import Callback
 from PIL import Image
 
@@ -293,7 +293,7 @@ def test_relative_root_with_folder_and_without_masks(tmp_path, monkeypatch):
 
 
 @pytest.mark.slow  # starts DataLoader worker processes
-def test_truncated_image_is_named_or_skipped_and_listed(tmp_path):
+def test_truncated_image_is_named_or_skipped_and_listed(tmp_path, caplog):
     root = _small(tmp_path / "data", categories=("alpha",))
     damaged = root / "alpha" / "test" / "good" / "001.png"
     _truncate(damaged)
@@ -318,11 +318,12 @@ def test_truncated_image_is_named_or_skipped_and_listed(tmp_path):
     assert sorted(paths) == sorted(str(path) for path in root.rglob("test/*/*.png") if path != damaged)
     assert list(datamodule.skipped_files) == [str(damaged)]
     assert "truncated" in datamodule.skipped_files[str(damaged)]
-    with pytest.warns(UserWarning, match=r"Skipped 1 unreadable file.*001\.png"):
-        datamodule.teardown("fit")
+    datamodule.teardown("fit")
+    (message,) = logged_warnings(caplog, "Skipped 1 unreadable file")
+    assert message.endswith(f"{damaged} ({datamodule.skipped_files[str(damaged)]})")
 
 
-def test_skip_unreadable_in_lightning_test_and_predict_with_workers(tmp_path):
+def test_skip_unreadable_in_lightning_test_and_predict_with_workers(tmp_path, caplog):
     source = _small(tmp_path / "source")
     target = _small(tmp_path / "target", categories=("gamma", "delta"), seed=1)
     damaged = target / "gamma" / "test" / "defect" / "000.png"
@@ -337,10 +338,9 @@ def test_skip_unreadable_in_lightning_test_and_predict_with_workers(tmp_path):
         num_workers=1,
     )
     model = _Recorder()
-    with pytest.warns(
-        UserWarning, match=r"Skipped 1 unreadable file\(s\) in stage 'test': .*gamma/test/defect/000\.png"
-    ):
-        _trainer().test(model, datamodule=datamodule, verbose=False)
+    _trainer().test(model, datamodule=datamodule, verbose=False)
+    (message,) = logged_warnings(caplog, "unreadable")
+    assert message.startswith(f"Skipped 1 unreadable file(s) in stage 'test': {damaged} (")
     expected = [
         (index, str(path))
         for index, category in enumerate(["delta", "gamma"])
@@ -383,7 +383,7 @@ def test_jpeg_images_and_masks_in_the_mvtec_layout(tmp_path):
             assert not item.gt_mask.any()
 
 
-def test_extra_mask_in_a_folder_dataset_is_ignored_with_a_warning(tmp_path):
+def test_extra_mask_in_a_folder_dataset_is_ignored_with_a_warning(tmp_path, caplog):
     source = _small(tmp_path / "data")
     folder = tmp_path / "custom"
     shutil.copytree(source / "alpha" / "test" / "good", folder / "good")
@@ -391,8 +391,11 @@ def test_extra_mask_in_a_folder_dataset_is_ignored_with_a_warning(tmp_path):
     shutil.copytree(source / "alpha" / "ground_truth" / "defect", folder / "ground_truth")
     shutil.copy(folder / "ground_truth" / "000_mask.png", folder / "ground_truth" / "007_mask.png")
     datamodule = AuxiliaryDataModule(root=folder, dataset="Folder", val_split_ratio=0, num_workers=0)
-    with pytest.warns(UserWarning, match=r"1 mask file.*belong to no defect image.*007_mask\.png"):
-        datamodule.setup()
+    datamodule.setup()
+    assert logged_warnings(caplog, "mask file") == [
+        f"1 mask file(s) under '{folder}' belong to no defect image and are ignored: "
+        f"{folder / 'ground_truth' / '007_mask.png'}"
+    ]
     samples = datamodule.train_data.samples
     defects = samples[samples.label_index == 1]
     assert [Path(path).name for path in defects.mask_path] == ["000_mask.png", "001_mask.png"]
@@ -427,7 +430,7 @@ def test_mask_of_another_size_or_with_no_defect_is_an_error_naming_it(tmp_path, 
 # --- empty target categories ---------------------------------------------------------------------------------------
 
 
-def test_empty_target_category_keeps_its_place_among_the_test_dataloaders(tmp_path):
+def test_empty_target_category_keeps_its_place_among_the_test_dataloaders(tmp_path, caplog):
     source = _small(tmp_path / "source")
     target = _small(tmp_path / "target", categories=("alpha", "gamma"), seed=1)
     for folder in ("test/good", "test/defect", "ground_truth/defect"):
@@ -438,8 +441,11 @@ def test_empty_target_category_keeps_its_place_among_the_test_dataloaders(tmp_pa
     assert datamodule.test_categories == ["alpha", "beta", "gamma"]
     model = _Recorder()
     trainer = _trainer()
-    with pytest.warns(UserWarning, match=r"Target categories with no images .*: beta"):
-        trainer.test(model, datamodule=datamodule, verbose=False)
+    trainer.test(model, datamodule=datamodule, verbose=False)
+    assert logged_warnings(caplog, "no images") == [
+        f"Target categories with no images under '{target}': beta. They keep their place among the test dataloaders, "
+        "with no batches."
+    ]
     assert [len(loader.dataset) for loader in trainer.test_dataloaders] == [4, 0, 4]
     assert [loader.dataset.samples.image_path[0].split("/")[-4] for loader in trainer.test_dataloaders[::2]] == [
         "alpha",
@@ -459,6 +465,30 @@ def test_empty_target_category_keeps_its_place_among_the_test_dataloaders(tmp_pa
             ),
             verbose=False,
         )
+
+
+# --- loader sizes --------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("argument", "value", "expected"),
+    [
+        ("eval_batch_size", 0, "eval_batch_size=0 must be an integer of at least 1 (images per validation or test"),
+        ("eval_batch_size", -3, "eval_batch_size=-3 must be an integer of at least 1"),
+        ("train_batch_size", 0, "train_batch_size=0 must be an integer of at least 1 (images per training step)."),
+        ("num_workers", -1, "num_workers=-1 must be an integer of at least 0 (0 loads the images in the main process)"),
+    ],
+)
+@pytest.mark.parametrize("datamodule", ["AuxiliaryDataModule", "MetaJson"])
+def test_a_batch_size_below_one_or_negative_workers_are_refused_in_one_line(
+    synthetic_source, datamodule, argument, value, expected
+):
+    from anomalib_faprompt.data import MetaJson
+
+    build = {"AuxiliaryDataModule": AuxiliaryDataModule, "MetaJson": MetaJson}[datamodule]
+    with pytest.raises(ValueError, match=re.escape(expected)) as error:
+        build(root=synthetic_source, **{argument: value})  # refused before the root is read (no meta.json there)
+    assert "\n" not in str(error.value)
 
 
 # --- names and missing folders -------------------------------------------------------------------------------------

@@ -6,7 +6,6 @@ Import order matters here, so each case runs in a fresh interpreter (which runs 
 from __future__ import annotations
 
 import json
-import os
 import re
 import subprocess
 import sys
@@ -15,7 +14,7 @@ import warnings
 from pathlib import Path
 
 import pytest
-from conftest import REPO, anomalib_cli
+from conftest import REPO, anomalib_cli, subprocess_env
 
 TINY = (
     "dict(pretrained=None, image_size=32, vv_layers=1, prompt_depth=2, backbone_config={'embed_dim': 16, "
@@ -47,13 +46,12 @@ IMPORT_WARNINGS = ("Importing from timm.models.layers is deprecated", "anomalib.
 
 def _run(code: str, **env: str) -> tuple[str, str]:
     """Run ``code`` in a fresh interpreter (this checkout's package first on the path): its last line and stderr."""
-    path = os.pathsep.join([str(REPO), *filter(None, [os.environ.get("PYTHONPATH")])])
     result = subprocess.run(
         [sys.executable, "-c", code],
         capture_output=True,
         text=True,
         timeout=300,
-        env={**os.environ, "PYTHONPATH": path, **env},
+        env=subprocess_env(**env),
         check=False,
     )
     assert result.returncode == 0, result.stderr[-3000:]

@@ -6,6 +6,7 @@ import csv
 import hashlib
 import os
 import shutil
+import signal
 from pathlib import Path
 
 import numpy as np
@@ -15,7 +16,8 @@ import yaml
 from anomalib.data import MVTecAD
 from anomalib.data.utils import read_image
 from anomalib.engine import Engine
-from conftest import anomalib_cli, as_if_trained, camera_photo, tiny_args
+from conftest import anomalib_cli, as_if_trained, camera_photo, logged_warnings, tiny_args
+from lightning.pytorch import Callback
 from PIL import Image
 
 from anomalib_faprompt import FAPrompt
@@ -241,18 +243,48 @@ def test_a_failed_fit_leaves_latest_on_the_last_run_that_ended(source, target, t
     assert (runs / "latest" / "weights" / "lightning" / "model.ckpt").is_file()
 
 
-def test_testing_prompts_that_were_never_learned_warns(source, target, trained, tmp_path, recwarn):
-    untrained = "tested with prompts that were never trained"
+class _CtrlC(Callback):
+    """Ctrl-C at the start of the second test batch: the ``KeyboardInterrupt`` that Lightning receives then."""
+
+    def on_test_batch_start(self, trainer, pl_module, batch, batch_idx, dataloader_idx=0) -> None:
+        if batch_idx == 1:
+            raise KeyboardInterrupt
+
+
+def test_a_run_stopped_by_ctrl_c_keeps_its_folder_marked_incomplete(source, target, trained, tmp_path):
+    data = _datamodule(source, target, target_categories=["gamma"])  # 4 images a batch
+    engine = _engine(tmp_path / "results", callbacks=[_CtrlC()])
+    handler = signal.getsignal(signal.SIGINT)
+    try:
+        with pytest.raises(SystemExit) as exited:  # what Lightning makes of a KeyboardInterrupt, as on the CLI
+            engine.test(FAPrompt(**tiny_args()), datamodule=data, ckpt_path=trained)
+    finally:
+        signal.signal(signal.SIGINT, handler)  # Lightning ignores Ctrl-C from then on
+    assert exited.value.code == 1
+    run = _run_dir(tmp_path / "results") / "v0"
+    assert (run / "INCOMPLETE").read_text() == (
+        "`test` stopped by Ctrl-C (KeyboardInterrupt): the files in this folder are partial.\n"
+    )
+    assert len(list((run / "images" / "gamma").rglob("*.png"))) == 4  # the first batch's heat-maps are kept
+    assert not list(run.rglob("per_category_results.*"))
+
+
+def test_testing_prompts_that_were_never_learned_warns(source, target, trained, tmp_path, caplog):
+    untrained = "with prompts that were never trained"
     data = AuxiliaryDataModule(
         root=source, target_dataset="MVTecAD", target_root=target, target_categories=["gamma"], num_workers=0
     )
     torch.manual_seed(0)
-    with pytest.warns(UserWarning, match=f"FAPrompt is {untrained}.*--ckpt_path"):
-        _engine(tmp_path / "fresh").test(FAPrompt(**tiny_args()), datamodule=data)
-    never = "FAPrompt is run by `predict` with prompts that were never trained.*scores and maps are those of a random"
-    with pytest.warns(UserWarning, match=never):
-        _engine(tmp_path / "predict").predict(FAPrompt(**tiny_args()), data_path=target / "gamma" / "test" / "good")
-    recwarn.clear()
+    _engine(tmp_path / "fresh").test(FAPrompt(**tiny_args()), datamodule=data)
+    (message,) = logged_warnings(caplog, untrained)
+    assert message.startswith(f"FAPrompt is tested {untrained}")
+    assert "--ckpt_path" in message
+    caplog.clear()
+    _engine(tmp_path / "predict").predict(FAPrompt(**tiny_args()), data_path=target / "gamma" / "test" / "good")
+    (message,) = logged_warnings(caplog, untrained)
+    assert message.startswith(f"FAPrompt is run by `predict` {untrained}")
+    assert "its scores and maps are those of a random start" in message
+    caplog.clear()
     _engine(tmp_path / "checkpoint").test(FAPrompt(**tiny_args()), datamodule=data, ckpt_path=trained)
     _engine(tmp_path / "loaded").test(FAPrompt.load_from_checkpoint(trained), datamodule=data)
     _engine(tmp_path / "weights").test(FAPrompt(**tiny_args(weights=str(trained))), datamodule=data)
@@ -260,10 +292,10 @@ def test_testing_prompts_that_were_never_learned_warns(source, target, trained, 
     model = FAPrompt(**tiny_args())
     engine.fit(model, datamodule=_datamodule(source, target))
     engine.test(model, datamodule=data)
-    assert not [warning for warning in recwarn if untrained in str(warning.message)]
+    assert not logged_warnings(caplog, untrained)
 
 
-def test_unreadable_files_left_out_are_noted_in_their_categorys_row(source, target, trained, tmp_path):
+def test_unreadable_files_left_out_are_noted_in_their_categorys_row(source, target, trained, tmp_path, caplog):
     copy = tmp_path / "target"
     for category in ("gamma", "delta"):
         shutil.copytree(target / category, copy / category)
@@ -278,8 +310,8 @@ def test_unreadable_files_left_out_are_noted_in_their_categorys_row(source, targ
         num_workers=1,
     )
     engine = _engine(tmp_path / "results")
-    with pytest.warns(UserWarning, match="Skipped 1 unreadable file"):
-        engine.test(FAPrompt(**tiny_args()), datamodule=data, ckpt_path=trained)
+    engine.test(FAPrompt(**tiny_args()), datamodule=data, ckpt_path=trained)
+    assert len(logged_warnings(caplog, "Skipped 1 unreadable file")) == 1
     (table,) = (tmp_path / "results").rglob("per_category_results.md")
     notes = [line for line in table.read_text().splitlines() if "unreadable" in line]
     assert len(notes) == 1
@@ -383,6 +415,9 @@ def test_cli_predict_names_a_damaged_image(target, trained, tmp_path):
     assert len(rows) > 1  # the images of the batches before the damaged one
     assert all(Path(row.split(",")[0]).parent == folder and "damaged" not in row for row in rows[1:])
     assert f"their scores are in {incomplete}" in output
+    assert (incomplete.parent / "INCOMPLETE").read_text() == (  # the run's folder says so too
+        f"`predict` stopped by an error ({error}): the files in this folder are partial.\n"
+    )
 
 
 def _cli_error(subcommand: str, config: Path, tmp_path: Path, *args: str) -> tuple[str, str]:

@@ -4,7 +4,7 @@ AnomalyCLIP's ``generate_dataset_json/*.py`` (which FAPrompt reuses) writes one 
 ``{"train": {cls: [item, ...]}, "test": {cls: [item, ...]}}``, each item with ``img_path`` and ``mask_path``
 (relative to that folder), ``cls_name``, ``specie_name`` and ``anomaly`` (0 or 1). Only the ``test`` part is read:
 the papers train on the auxiliary dataset's test part and test on the target's. Categories are the items'
-``cls_name``, in the order they first appear.
+``cls_name``, in the order they first appear; a category listed with no items is an error naming it when it is read.
 
 A defect item's mask is its ``mask_path`` file. Datasets without masks (brain MRI, head CT, ...) give a folder or
 ``""`` as ``mask_path``: a category none of whose defect items has a mask file is classification-only (image
@@ -168,6 +168,8 @@ def _read(file: Path, modified: float) -> tuple[tuple[str, tuple[dict, ...]], ..
         if not isinstance(items, list):
             msg = f"'{file}': '{PART}' category {category!r} is a {type(items).__name__}, not a list of items."
             raise InvalidInputError(msg)
+        if not items:
+            grouped.setdefault(category, [])  # listed, and named when it is read (meta_samples)
         for index_in_category, item in enumerate(items):
             checked = _check_item(root, file, category, index_in_category, item)
             grouped.setdefault(checked["cls_name"], []).append(checked)
@@ -214,10 +216,18 @@ def meta_samples(root: str | Path, category: str, masks: bool) -> pd.DataFrame:
             defect items has a mask file.
 
     Raises:
-        InvalidInputError: Some defect items of the category have a mask file and others do not.
+        InvalidInputError: The category has no items, or some of its defect items have a mask file and others
+            do not.
     """
     root = Path(root).resolve()
     items = read_meta(root).get(category, [])
+    if not items:
+        msg = (
+            f"'{root / META_FILE}': category '{category}' has no items in the '{PART}' part, which holds the images "
+            "that are tested (and trained on). Give it its test items (the dataset's generate_dataset_json script "
+            "writes them), or leave it out with `categories` (`target_categories` for a target index)."
+        )
+        raise InvalidInputError(msg)
     defects = [item for item in items if item["anomaly"] == 1]
     with_mask = [item for item in defects if item["mask_path"] and (root / item["mask_path"]).is_file()]
     if with_mask and len(with_mask) != len(defects):

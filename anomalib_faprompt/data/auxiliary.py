@@ -8,7 +8,7 @@ with no further training on each category of datasets never seen.
 from __future__ import annotations
 
 import copy
-import warnings
+import logging
 from pathlib import Path
 
 import pandas as pd
@@ -19,6 +19,7 @@ from anomalib.utils.attrs import get_nested_attr
 from torch.utils.data import DataLoader
 from torchvision.transforms.v2 import Transform
 
+from anomalib_faprompt.components.options import check_count
 from anomalib_faprompt.errors import InvalidInputError
 
 from .authors_index import META_FILE, meta_train_normals
@@ -35,6 +36,8 @@ from .sources import (
 )
 
 __all__ = ["AuxiliaryDataModule", "concatenate"]
+
+logger = logging.getLogger(__name__)
 
 
 def concatenate(datasets: list[AnomalibDataset]) -> AnomalibDataset:
@@ -86,16 +89,16 @@ class AuxiliaryDataModule(AnomalibDataModule):
             held-out part.
         target_root: Root of the target dataset (for ``MetaJson``, the folder that holds ``meta.json``).
         target_categories: Target categories to test on; ``None`` for all.
-        train_batch_size: Training batch size.
-        eval_batch_size: Validation and test batch size.
-        num_workers: Data loader workers.
+        train_batch_size: Training batch size (at least 1).
+        eval_batch_size: Validation and test batch size (at least 1).
+        num_workers: Data loader worker processes (0: the images load in the main process).
         augmentations: Augmentations of the training data.
         seed: Seed of the validation split.
         name: Name of the data in the results path (``<model>/<name>/<category>/``); by default the sources'
             names, ``_to_`` and the target's: a dataset's name (``MVTecAD``, ``Visa``) when the folder holds
             that dataset's categories, else the root folder's name (``synthetic_source_to_synthetic_target``).
         skip_unreadable: Leave out image or mask files that cannot be decoded (truncated, damaged) instead
-            of stopping; the skipped files are listed in ``skipped_files`` and in a warning at the end of
+            of stopping; the skipped files are listed in ``skipped_files`` and in a logged warning at the end of
             the stage, and the test table counts them in a note of their category. Off by default: an unreadable
             file is an error naming it.
 
@@ -135,6 +138,9 @@ class AuxiliaryDataModule(AnomalibDataModule):
             test_split_mode="from_dir",
             seed=seed,
         )
+        check_count("train_batch_size", train_batch_size, why="images per training step")
+        check_count("eval_batch_size", eval_batch_size, why="images per validation or test step")
+        check_count("num_workers", num_workers, minimum=0, why="0 loads the images in the main process")
         roots, datasets = [Path(path) for path in _as_list(root)], _as_list(dataset)
         if len(datasets) == 1 and len(roots) > 1:
             datasets = datasets * len(roots)
@@ -266,7 +272,7 @@ class AuxiliaryDataModule(AnomalibDataModule):
             msg = f"No training images in {self.sources} (arguments `root`, `dataset`, `categories`)."
             raise InvalidInputError(msg)
         if empty:
-            warnings.warn(f"Training categories with no images: {', '.join(empty)}.", stacklevel=2)
+            logger.warning("Training categories with no images: %s.", ", ".join(empty))
         data = concatenate(parts)
         if self.val_split_ratio:
             self.train_data, self.val_data = random_split(data, self.val_split_ratio, label_aware=True, seed=self.seed)
@@ -286,10 +292,11 @@ class AuxiliaryDataModule(AnomalibDataModule):
             ]
             empty = [name for name, part in zip(self.test_categories, self.target_data, strict=True) if not len(part)]
             if empty:
-                warnings.warn(
-                    f"Target categories with no images under '{self.target_root}': {', '.join(empty)}. They keep "
-                    "their place among the test dataloaders, with no batches.",
-                    stacklevel=2,
+                logger.warning(
+                    "Target categories with no images under '%s': %s. They keep their place among the test "
+                    "dataloaders, with no batches.",
+                    self.target_root,
+                    ", ".join(empty),
                 )
         for part in [self.train_data, self.val_data, self.test_data, *self.target_data]:
             part.skip_unreadable = self.skip_unreadable
@@ -346,10 +353,10 @@ class AuxiliaryDataModule(AnomalibDataModule):
         return [self._loader(data) for data in self.target_data]
 
     def teardown(self, stage: str | None = None) -> None:
-        """Warn, by name, about the files skipped as unreadable (``skip_unreadable``) and not reported yet."""
+        """Log a warning naming the files skipped as unreadable (``skip_unreadable``) and not reported yet."""
         new = {path: reason for path, reason in self.skipped_files.items() if path not in self._reported}
         if new:
             files = "; ".join(f"{path} ({reason})" for path, reason in new.items())
             when = getattr(stage, "value", stage)  # Lightning passes its TrainerFn enum: 'fit', 'test', ...
-            warnings.warn(f"Skipped {len(new)} unreadable file(s) in stage '{when}': {files}", stacklevel=1)
+            logger.warning("Skipped %d unreadable file(s) in stage '%s': %s", len(new), when, files)
             self._reported |= set(new)

@@ -29,9 +29,9 @@ class MetaJson(AuxiliaryDataModule):
         masks: Read defect masks (pixel metrics); ``False`` for image metrics only. Categories without mask files
             are image-level whatever this says.
         val_split_ratio: Fraction held out for validation when training, in [0, 1).
-        train_batch_size: Training batch size.
-        eval_batch_size: Test batch size.
-        num_workers: Data loader workers.
+        train_batch_size: Training batch size (at least 1).
+        eval_batch_size: Test batch size (at least 1).
+        num_workers: Data loader worker processes (0: the images load in the main process).
         augmentations: Augmentations of the training data.
         seed: Seed of the validation split.
         name: Name of the data in the results path; by default the root folder's name.

@@ -14,8 +14,8 @@ MVTec AD and Folder layouts. Images and masks are paired by name, not by positio
 
 from __future__ import annotations
 
+import logging
 import shutil
-import warnings
 from pathlib import Path
 
 import pandas as pd
@@ -41,6 +41,8 @@ __all__ = [
     "prepare_category",
     "source_name",
 ]
+
+logger = logging.getLogger(__name__)
 
 DATASETS = ("MVTecAD", "Visa", "Folder", "MetaJson")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
@@ -360,7 +362,7 @@ def category_dataset(
 
     Returns:
         A dataset whose anomalous samples all have a mask file when ``masks`` is set. Mask files that belong
-        to no image are ignored with a warning that names them.
+        to no image are ignored with a logged warning that names them.
 
     Raises:
         ValueError: ``masks`` is set and a defect image has no mask, or has two.
@@ -385,11 +387,12 @@ def category_dataset(
         defects = [(image_files(folder), truth) for folder, truth in zip(abnormal_dirs, mask_dirs, strict=True)]
         samples, unused = _samples(image_files(where / "good"), defects, masks, where)
     if unused:
-        warnings.warn(
-            f"{len(unused)} mask file(s) under '{root}' belong to no defect image and are ignored: "
-            + ", ".join(str(path) for path in unused[:5])
-            + (", ..." if len(unused) > 5 else ""),
-            stacklevel=2,
+        logger.warning(
+            "%d mask file(s) under '%s' belong to no defect image and are ignored: %s%s",
+            len(unused),
+            root,
+            ", ".join(str(path) for path in unused[:5]),
+            ", ..." if len(unused) > 5 else "",
         )
     return CheckedImageDataset(samples, name=name, category=category)
 

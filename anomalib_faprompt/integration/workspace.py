@@ -2,10 +2,10 @@
 
 anomalib's ``test`` and ``predict`` on a fresh engine write into whatever ``<root>/latest`` points at (replacing a
 training run's ``config.yaml`` and tables). For this package's models only, runs get a folder of their own
-(:class:`~anomalib_faprompt.runs.RunFolder`, undone when the run fails); a zero-shot model is tested and predicts
-without a validation run whose statistics it never uses; ``predict`` names a damaged image and the ``weights`` it
-predicts with; ``export`` loads a ``ckpt_path`` into the model as the user built it (as ``test`` and ``predict`` do)
-and writes into the run folder of its checkpoint.
+(:class:`~anomalib_faprompt.runs.RunFolder`, undone, or marked incomplete, when the run stops before its end); a
+zero-shot model is tested and predicts without a validation run whose statistics it never uses; ``predict`` names a
+damaged image and the ``weights`` it predicts with; ``export`` loads a ``ckpt_path`` into the model as the user built
+it (as ``test`` and ``predict`` do) and writes into the run folder of its checkpoint.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from typing import Any
 
 from anomalib.post_processing import PostProcessor
 
-from anomalib_faprompt.errors import InvalidInputError
+from anomalib_faprompt.errors import InvalidInputError, error_text
 from anomalib_faprompt.runs import RunFolder, check_writable, checkpoint_run_dir, launcher_run_dir, share_run_dir
 
 from .patching import patching
@@ -84,7 +84,10 @@ def _setup_workspace(original: Any) -> Any:  # noqa: ANN401
 
 
 def _undone_on_failure(original: Any) -> Any:  # noqa: ANN401
-    """``fit``, ``train``, ``test``, ``predict`` or ``validate`` whose new run folder is undone when it fails.
+    """``fit``, ``train``, ``test``, ``predict`` or ``validate`` whose new run folder is undone when it stops.
+
+    A run stopped by an error or by Ctrl-C puts ``latest`` back, and leaves its folder only if it wrote work there,
+    marked by the file :data:`~anomalib_faprompt.runs.INCOMPLETE` (:meth:`RunFolder.undo`).
 
     ``fit``/``train`` of this package's model built with trained ``weights`` also say that they train nothing
     (anomalib's ``fit`` only validates a zero-shot model), unless the engine ``expects_zero_shot`` (the benchmark's).
@@ -105,12 +108,19 @@ def _undone_on_failure(original: Any) -> Any:  # noqa: ANN401
         self.__dict__.pop(_RUN, None)
         try:
             return original(self, *args, **kwargs)
-        except BaseException:
+        except BaseException as error:
             if (run_folder := self.__dict__.pop(_RUN, None)) is not None:
-                run_folder.undo()
+                run_folder.undo(f"`{original.__name__}` stopped by {_stopped_by(error)}")
             raise
 
     return run
+
+
+def _stopped_by(error: BaseException) -> str:
+    """What stopped a run: Ctrl-C (Lightning ends a run's ``KeyboardInterrupt`` with ``sys.exit(1)``), or an error."""
+    if isinstance(error, KeyboardInterrupt) or isinstance(error.__context__, KeyboardInterrupt):
+        return "Ctrl-C (KeyboardInterrupt)"
+    return f"an error ({error_text(error)})"
 
 
 def _should_run_validation(original: Any) -> Any:  # noqa: ANN401

@@ -17,7 +17,7 @@ anything expensive is built, and enforces the contract at construction.
 from __future__ import annotations
 
 import inspect
-import warnings
+import logging
 from collections.abc import Mapping
 from typing import Any, ClassVar
 
@@ -54,6 +54,8 @@ from .targets import TrainingTargets
 from .visualizer import CategoryImageVisualizer
 
 __all__ = ["PromptLearningModule"]
+
+logger = logging.getLogger(__name__)
 
 OPENAI_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -286,19 +288,19 @@ class PromptLearningModule(FewShotMixin, PromptExportMixin):
         }
 
     def _warn_unlike_authors_test(self, file: str) -> None:
-        """Warn once, naming them, about the settings that differ from the authors' test with their file."""
+        """Say in one log warning, naming each, which settings differ from the authors' test with their file."""
         differing = [
             f"{name}={self.hparams[name]!r} (their test: {value!r})"
             for name, value in self.authors_test_settings().items()
             if plain_config(self.hparams[name]) != plain_config(value)
         ]
         if differing:
-            warnings.warn(
-                f"{self.name} runs the authors' prompt file {file} with other settings than their test.py/test.sh: "
-                f"{', '.join(differing)}. Its scores and maps will differ from theirs; leave these arguments out to "
-                "compute what their code computes.",
-                UserWarning,
-                stacklevel=4,
+            logger.warning(
+                "%s runs the authors' prompt file %s with other settings than their test.py/test.sh: %s. Its scores "
+                "and maps will differ from theirs; leave these arguments out to compute what their code computes.",
+                self.name,
+                file,
+                ", ".join(differing),
             )
 
     def load_trained(self, content: object, where: str) -> None:
@@ -348,19 +350,20 @@ class PromptLearningModule(FewShotMixin, PromptExportMixin):
         self.learned = True
 
     def warn_if_unlearned(self, done: str, consequence: str) -> None:
-        """Warn when the prompts were never learned (no training, checkpoint or ``weights``).
+        """Log a warning when the prompts were never learned (no training, checkpoint or ``weights``).
 
         Args:
             done: What is done with them, e.g. "tested".
             consequence: What that means for the user, e.g. "the table below is that of a random start".
         """
         if not self.learned:
-            warnings.warn(
-                f"{self.name} is {done} with prompts that were never trained: no `ckpt_path`, no `weights` and no "
-                f"training in this run, so {consequence}. Pass the checkpoint of a training, "
-                "`--ckpt_path <run>/weights/lightning/model.ckpt` (or `--model.weights`).",
-                UserWarning,
-                stacklevel=2,
+            logger.warning(
+                "%s is %s with prompts that were never trained: no `ckpt_path`, no `weights` and no training in this "
+                "run, so %s. Pass the checkpoint of a training, `--ckpt_path <run>/weights/lightning/model.ckpt` (or "
+                "`--model.weights`).",
+                self.name,
+                done,
+                consequence,
             )
 
     def on_test_start(self) -> None:
