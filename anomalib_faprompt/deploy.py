@@ -21,12 +21,24 @@ from __future__ import annotations
 from pathlib import Path
 from xml.etree import ElementTree
 
-__all__ = ["PRECISE", "PRECISIONS", "keep_f32", "openvino_config", "remove_f32_marks"]
+__all__ = [
+    "INT8_INSTRUCTIONS",
+    "PRECISE",
+    "PRECISIONS",
+    "cpu_instruction_sets",
+    "int8_speed_note",
+    "keep_f32",
+    "openvino_config",
+    "remove_f32_marks",
+]
 
 PRECISIONS = ("f32", "bf16", "f16")
 # OpenVINO's IR name of the runtime attribute that keeps an operation in its original (f32) precision.
 PRECISE = "precise"
 UNMARKED_LAYERS = {"Parameter", "Result", "Const"}
+# The x86 instruction sets that decide OpenVINO's CPU speed at each precision, as Linux names them in /proc/cpuinfo.
+INSTRUCTION_SETS = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_bf16", "amx_int8")
+INT8_INSTRUCTIONS = ("avx512_vnni", "avx_vnni", "amx_int8")  # int8 dot products: what makes int8 faster than f32
 
 
 def _check_precision(precision: str) -> None:
@@ -103,3 +115,27 @@ def openvino_config(precision: str = "f32", cache_root: Path | str = "openvino_c
     """
     _check_precision(precision)
     return {"INFERENCE_PRECISION_HINT": precision, "CACHE_DIR": str(Path(cache_root) / precision)}
+
+
+def cpu_instruction_sets(cpuinfo: Path | str = "/proc/cpuinfo") -> tuple[str, ...] | None:
+    """The instruction sets of :data:`INSTRUCTION_SETS` this CPU has; ``None`` where ``cpuinfo`` cannot be read."""
+    try:
+        text = Path(cpuinfo).read_text()
+    except OSError:
+        return None
+    flags = next((line.split(":", 1)[1].split() for line in text.splitlines() if line.startswith("flags")), [])
+    return tuple(name for name in INSTRUCTION_SETS if name in flags)
+
+
+def int8_speed_note(instruction_sets: tuple[str, ...] | None) -> str | None:
+    """One line for a quantised (``INT8_PTQ``/``INT8_ACQ``) model on a CPU without int8 dot products, else ``None``.
+
+    Without VNNI or AMX, OpenVINO computes int8 products with AVX2 instructions that are no faster than f32.
+    """
+    if instruction_sets is None or any(name in instruction_sets for name in INT8_INSTRUCTIONS):
+        return None
+    return (
+        "This CPU has no int8 dot-product instructions (AVX-512 VNNI, AVX-VNNI or AMX): the quantised model runs no "
+        "faster than its f32 export here; export without --compression_type INT8_PTQ/INT8_ACQ, or deploy on a CPU "
+        "with them."
+    )

@@ -33,7 +33,7 @@ import torch
 
 from anomalib_faprompt import AnomalyCLIP, FAPrompt
 from anomalib_faprompt.data import AuxiliaryDataModule, make_synthetic_dataset
-from anomalib_faprompt.deploy import remove_f32_marks
+from anomalib_faprompt.deploy import cpu_instruction_sets, remove_f32_marks
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from conftest import TINY_MODEL_ARGS, as_if_trained  # noqa: E402
@@ -185,6 +185,8 @@ def main() -> None:
     print(f"torch {torch.__version__}: {torch.get_num_threads()} threads")
     print(f"OpenVINO {ov.__version__}: {args.threads} threads (INFERENCE_NUM_THREADS)")
     print(f"CPU {core.get_property('CPU', 'FULL_DEVICE_NAME')}, {os.cpu_count()} logical cores")
+    instruction_sets = cpu_instruction_sets()
+    print(f"instruction sets: {', '.join(instruction_sets) if instruction_sets is not None else 'unknown'}")
     print(f"calibration (INT8_PTQ, INT8_ACQ): {args.calibration_images} images; INT8_ACQ max_drop {args.max_drop}\n")
     print("| runtime | images/s | speed-up vs torch | max diff score | max diff map | memory held (GiB) | int8 ops |")
     print("|---|---|---|---|---|---|---|")

@@ -30,13 +30,15 @@ pytestmark = pytest.mark.slow
 
 COMPRESSIONS = ("FP16", "INT8", "INT8_PTQ", "INT8_ACQ")
 # Measured on the tiny models (score, map), largest of both models and both precisions: FP16 3.8e-3 / 5.4e-3,
-# INT8 1.1e-2 / 1.9e-2, INT8_PTQ 3.4e-1 / 7.9e-2 (AnomalyCLIP's score: its logits are divided by 0.07).
+# INT8 1.1e-2 / 1.9e-2 (an Intel CPU with AMX); INT8_PTQ and INT8_ACQ 2.1e-2 / 3.0e-2 over the 24 test images of
+# `data` (an AMD EPYC with AVX2 only, where the default precision is f32). The int8 bounds keep a margin of about 3
+# for other CPUs' int8 kernels and their bf16 default; quantising every product (NNCF's default) gave 3.4e-1.
 BOUNDS = {
     None: (1e-2, 1e-2),
     "FP16": (1e-2, 1e-2),
     "INT8": (5e-2, 5e-2),
-    "INT8_PTQ": (0.5, 0.2),
-    "INT8_ACQ": (0.5, 0.2),
+    "INT8_PTQ": (8e-2, 8e-2),
+    "INT8_ACQ": (8e-2, 8e-2),
 }
 PRECISIONS = {"f32": {"INFERENCE_PRECISION_HINT": "f32"}, "default": {}}
 
@@ -114,6 +116,33 @@ def test_the_compressions_are_what_they_say(exports):
     assert "FakeQuantize" in types(exports["INT8_ACQ"])
     size = exports[None].with_suffix(".bin").stat().st_size
     assert exports["INT8"].with_suffix(".bin").stat().st_size < 0.5 * size
+
+
+def test_int8_quantises_the_image_encoders_mlp_layers_and_nothing_else(exports):
+    """Every FakeQuantize feeds one of the image encoder's MLP products (and each of them is fed), found by weight."""
+    f32 = ov.Core().read_model(str(exports[None]))
+    clip = _model(FAPrompt).model.backbone.clip  # the tiny CLIP of both models (seed 0)
+    mlp = set(compression.image_encoder_mlp_operations(f32, clip))
+    assert len(mlp) == 2 * len(clip.visual.transformer.resblocks)
+    for name in ("INT8_PTQ", "INT8_ACQ"):
+        quantised = ov.Core().read_model(str(exports[name]))
+        fed = {
+            target.get_node().get_friendly_name()
+            for op in quantised.get_ops()
+            if op.get_type_name() == "FakeQuantize"
+            for target in op.output(0).get_target_inputs()
+        }
+        assert fed == mlp, name
+
+
+def test_int8_ptq_keeps_every_image_apart(exports, data):
+    """No collapse: on every test image of the data, as many distinct scores as the f32 export, each close to it."""
+    files = sorted(data.glob("*/test/*/*.png"))
+    batch = torch.stack([read_image(file, as_tensor=True) for file in files]).numpy()
+    reference = _run(exports[None], batch, PRECISIONS["f32"])["pred_score"]
+    quantised = _run(exports["INT8_PTQ"], batch, PRECISIONS["f32"])["pred_score"]
+    assert len(np.unique(quantised.round(6))) >= 0.95 * len(np.unique(reference.round(6)))
+    assert np.abs(quantised - reference).max() < BOUNDS["INT8_PTQ"][0]
 
 
 def test_every_compressed_ir_keeps_its_operations_in_f32(exports):
