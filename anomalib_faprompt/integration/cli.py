@@ -18,8 +18,8 @@ from typing import Any
 
 from anomalib_faprompt.errors import InputError, exit_with
 from anomalib_faprompt.integration.patching import patching
-from anomalib_faprompt.integration.publish import MODEL_NAMES
 from anomalib_faprompt.integration.quiet import quiet_command
+from anomalib_faprompt.names import MODEL_NAMES
 from anomalib_faprompt.runs import check_writable
 
 SEEDED_SUBCOMMANDS = {"fit", "validate", "test", "train", "predict", "export"}

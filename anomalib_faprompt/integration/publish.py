@@ -14,8 +14,7 @@ import sys
 from typing import Any
 
 from anomalib_faprompt.integration.patching import patching
-
-MODEL_NAMES = ("FAPrompt", "AnomalyCLIP")
+from anomalib_faprompt.names import MODEL_NAMES
 
 
 def _package_is_importing() -> bool:

@@ -12,6 +12,8 @@ import sys
 import warnings
 from pathlib import Path
 
+from anomalib_faprompt.names import MODEL_NAMES, PACKAGE
+
 IMPORT_WARNINGS = (
     (r"Importing from timm\.models\.layers is deprecated", FutureWarning),
     (r"The anomalib\.models\.components\.dinov2 package is deprecated", FutureWarning),
@@ -44,7 +46,7 @@ EXPORT_LOGGERS = ("onnx_ir", "onnxscript")
 
 def _command_names_package(argv: list[str]) -> bool:
     """Whether a command line, or a ``--config``/``-c`` file it names, mentions this package's models."""
-    names = ("FAPrompt", "AnomalyCLIP", "anomalib_faprompt")
+    names = (*MODEL_NAMES, PACKAGE)
     files = [value for option, value in zip(argv, argv[1:], strict=False) if option in {"--config", "-c"}]
     texts = [*argv, *(Path(file).read_text(errors="replace") for file in files if Path(file).is_file())]
     return any(name in text for text in texts for name in names)

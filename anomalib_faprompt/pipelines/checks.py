@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from anomalib_faprompt.errors import InputError, InvalidInputError, MissingInputError
+from anomalib_faprompt.names import MODEL_NAMES
 
 __all__ = [
     "MissingFilesError",
@@ -26,7 +27,6 @@ __all__ = [
     "unusable_weights",
 ]
 
-PACKAGE_MODELS = ("FAPrompt", "AnomalyCLIP")
 FILE_ARGUMENTS = ("weights", "pretrained")
 
 
@@ -60,7 +60,7 @@ def missing_files(args: dict[str, Any]) -> dict[str, list[str]]:
     for job in jobs(args):
         model = job.get("model") or {}
         name = class_name(model)
-        if name not in PACKAGE_MODELS or not isinstance(model, dict):
+        if name not in MODEL_NAMES or not isinstance(model, dict):
             continue
         for argument in FILE_ARGUMENTS:
             value = (model.get("init_args") or {}).get(argument)
@@ -117,7 +117,7 @@ def unusable_weights(args: dict[str, Any]) -> list[str]:
         init_args = dict((model.get("init_args") or {}) if isinstance(model, dict) else {})
         weights = init_args.get("weights")
         key = (name, json.dumps(init_args, sort_keys=True, default=str))
-        if name not in PACKAGE_MODELS or not isinstance(weights, str) or key in seen:
+        if name not in MODEL_NAMES or not isinstance(weights, str) or key in seen:
             continue
         seen.add(key)
         if not Path(weights).expanduser().is_file():
@@ -147,7 +147,7 @@ def unusable_weights(args: dict[str, Any]) -> list[str]:
 
 def _class_of(part: str, name: str) -> type | None:
     """The class a job's ``model`` or ``data`` names (this package's models, anomalib's), or ``None``."""
-    if part == "model" and name in PACKAGE_MODELS:
+    if part == "model" and name in MODEL_NAMES:
         from anomalib_faprompt import models  # noqa: PLC0415
 
         return getattr(models, name)
@@ -223,7 +223,7 @@ def unusable_data(args: dict[str, Any]) -> list[str]:
 
 def names_package_models(args: dict[str, Any]) -> bool:
     """Whether a job of the benchmark config runs one of this package's models."""
-    return any(class_name(job.get("model")) in PACKAGE_MODELS for job in jobs(args))
+    return any(class_name(job.get("model")) in MODEL_NAMES for job in jobs(args))
 
 
 def check_config(args: dict[str, Any], path: object) -> None:

@@ -41,6 +41,7 @@ import pandas as pd  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
 from anomalib_faprompt.errors import ExistingOutputError, InvalidInputError  # noqa: E402
+from anomalib_faprompt.names import MODEL_NAMES  # noqa: E402
 from anomalib_faprompt.report.tables import (  # noqa: E402
     MEAN,
     MISSING,
@@ -73,8 +74,6 @@ _DERIVED_COLUMNS = ("model", "model_class", "category")
 NORMALISING_MODELS = {"WinClip": 240, "AnomalyVFM": 768}
 """anomalib models whose default post-processor min-max normalises with statistics of the data, and the
 side of the square their default pre-processor resizes images to."""
-
-_OUR_MODELS = ("FAPrompt", "AnomalyCLIP")
 
 
 def metric_columns(frame: pd.DataFrame) -> list[str]:
@@ -224,7 +223,7 @@ def model_labels(frame: pd.DataFrame) -> pd.Series:
 def model_notes(classes: Sequence[str]) -> list[str]:
     """How the given model classes post-process their scores and which image size they use."""
     notes = []
-    ours = [name for name in _OUR_MODELS if name in classes]
+    ours = [name for name in MODEL_NAMES if name in classes]
     if ours:
         notes.append(
             f"{' and '.join(ours)} output probabilities thresholded at 0.5: no statistic of the target data "
