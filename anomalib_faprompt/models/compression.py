@@ -21,6 +21,9 @@ few-shot bank and the blur stay f32.
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 from importlib.util import find_spec
 from typing import Any
 
@@ -40,6 +43,7 @@ __all__ = [
     "image_encoder_mlp_operations",
     "normal_images",
     "quantization_arguments",
+    "quiet_nncf",
 ]
 
 NEEDS_NNCF = (CompressionType.INT8, CompressionType.INT8_PTQ, CompressionType.INT8_ACQ)
@@ -167,6 +171,18 @@ def image_encoder_mlp_operations(ov_model: Any, clip: nn.Module) -> list[str]:  
         if candidate is not None and np.array_equal(candidate, data):
             names.append(operation.get_friendly_name())
     return names
+
+
+@contextmanager
+def quiet_nncf() -> Iterator[None]:
+    """NNCF's warnings only: with the ignored scope its INFO log names each of the thousands of operations kept f32."""
+    logger = logging.getLogger("nncf")
+    level = logger.level
+    logger.setLevel(logging.WARNING)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
 
 
 def quantization_arguments(ov_model: Any, clip: nn.Module) -> dict[str, Any]:  # noqa: ANN401  (an ov.Model)

@@ -28,6 +28,7 @@ from .compression import (
     image_batch,
     normal_images,
     quantization_arguments,
+    quiet_nncf,
 )
 
 __all__ = ["PromptExportMixin"]
@@ -108,7 +109,8 @@ class PromptExportMixin(ExportMixin):
         datamodule.setup("fit")
         images = normal_images(datamodule)
         arguments = quantization_arguments(model, self.model.backbone.clip)
-        return nncf.quantize(model, nncf.Dataset(images), subset_size=len(images), **arguments)
+        with quiet_nncf():
+            return nncf.quantize(model, nncf.Dataset(images), subset_size=len(images), **arguments)
 
     def _accuracy_control_quantization_ov(
         self,
@@ -142,15 +144,16 @@ class PromptExportMixin(ExportMixin):
         arguments = quantization_arguments(model, self.model.backbone.clip)
         arguments["advanced_quantization_parameters"] = arguments.pop("advanced_parameters")
         try:
-            return nncf.quantize_with_accuracy_control(
-                model,
-                nncf.Dataset(images),
-                nncf.Dataset(list(datamodule.test_dataloader())),
-                validate,
-                max_drop=max_drop,
-                subset_size=len(images),
-                **arguments,
-            )
+            with quiet_nncf():
+                return nncf.quantize_with_accuracy_control(
+                    model,
+                    nncf.Dataset(images),
+                    nncf.Dataset(list(datamodule.test_dataloader())),
+                    validate,
+                    max_drop=max_drop,
+                    subset_size=len(images),
+                    **arguments,
+                )
         except KeyError as error:
             msg = (
                 f"--compression_type INT8_ACQ: NNCF's accuracy control stopped while reverting {self.name}'s "
