@@ -14,9 +14,8 @@ at temperature 0.07, which multiplies an error of the embeddings by about 14, an
 of near-tied patches. NNCF's default (every matrix product, the text side, the prior network and the similarities
 included) collapsed the tiny toy model's scores (half as many distinct scores as f32, 0.43 off). Only the MLP layers
 (``mlp.c_fc``, ``mlp.c_proj``) of the image encoder's blocks are quantised, about two thirds of its multiply-adds,
-with NNCF's transformer settings, SmoothQuant off (it raised the errors on these models) and the full bias
-correction; the attention, the patch embedding and projection, the text encoder, DAP, the similarities, the
-few-shot bank and the blur stay f32.
+with NNCF's transformer settings and SmoothQuant off (it raised the errors on these models); the attention, the
+patch embedding and projection, the text encoder, DAP, the similarities, the few-shot bank and the blur stay f32.
 """
 
 from __future__ import annotations
@@ -205,7 +204,6 @@ def quantization_arguments(ov_model: Any, clip: nn.Module) -> dict[str, Any]:  #
     return {
         "model_type": nncf.ModelType.TRANSFORMER,
         "ignored_scope": nncf.IgnoredScope(names=others, validate=False),
-        "fast_bias_correction": False,
         "advanced_parameters": AdvancedQuantizationParameters(
             smooth_quant_alphas=AdvancedSmoothQuantParameters(matmul=-1)
         ),
