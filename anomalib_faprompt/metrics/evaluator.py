@@ -46,7 +46,7 @@ from lightning.pytorch.utilities.types import STEP_OUTPUT
 from torch import distributed
 from torch.utils.data import DistributedSampler
 
-from ..data.categories import dataloader_categories
+from ..data.categories import category_labels
 from ..report.tables import console_table, results_rows, write_tables
 from .aupro import AUPRO, PaperAUPRO
 
@@ -92,11 +92,10 @@ def default_test_metrics(aupro: Sequence[str] = ("exact",)) -> list[AnomalibMetr
 
 
 def category_names(trainer: Trainer) -> list[str]:
-    """Names of the test dataloaders (:func:`dataloader_categories`); unnamed: ``all`` or ``dataloader_<i>``."""
+    """Names of the test dataloaders (:func:`~anomalib_faprompt.data.categories.category_labels`)."""
     loaders = trainer.test_dataloaders
     count = len(loaders) if isinstance(loaders, list | tuple) else 1
-    names = dataloader_categories(getattr(trainer, "datamodule", None), count)
-    return [name or ("all" if count == 1 else f"dataloader_{index}") for index, name in enumerate(names)]
+    return category_labels(getattr(trainer, "datamodule", None), count)
 
 
 def _distributed() -> bool:
