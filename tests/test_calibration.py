@@ -12,7 +12,7 @@ import torch
 from anomalib.data.utils import read_image
 from anomalib.engine import Engine
 from anomalib.post_processing import PostProcessor
-from conftest import as_if_trained, tiny_args
+from conftest import as_if_trained, tiny_args, write_checkpoint
 
 from anomalib_faprompt import AnomalyCLIP, FAPrompt
 from anomalib_faprompt.data import AuxiliaryDataModule, make_synthetic_dataset
@@ -108,6 +108,21 @@ def test_a_calibrated_test_and_predict_list_their_images_and_label_at_the_thresh
         assert (row["n"], row["false_alarm_rate"], row["k"]) == ("10", "0.1", "10")  # k = ceil(11 * 0.9) = 10
         assert float(row["image_threshold"]) == sorted(listed_scores)[9]
         assert float(row["pixel_threshold"]) == sorted(listed_maxima)[9]
+        # The table's realised rates: the share of the category's normal (defect) test images above the threshold.
+        table = {item["category"]: item for item in _rows(run / "per_category_results.csv")}[category]
+        for column, folder in (("image_false_alarms", "good"), ("image_defects_flagged", "defect")):
+            tested = sorted(str(path) for path in (target / category / "test" / folder).glob("*.png"))
+            above = (_direct(model, tested, references[category])[0] > float(row["image_threshold"])).float().mean()
+            assert float(table[column]) == pytest.approx(float(above)), (category, column)
+
+    means = _rows(run / "per_category_results.csv")[-1]
+    assert means["category"] == "mean"
+    assert float(means["image_false_alarms"]) == pytest.approx(
+        sum(float(row["image_false_alarms"]) for row in _rows(run / "per_category_results.csv")[:-1]) / 2
+    )
+    assert "false_alarm_rate = 0.1: labels at each category's thresholds, calibrated on its normal training" in (
+        (run / "per_category_results.md").read_text().replace("\n", " ")
+    )
 
     written = _rows(run / "predictions.csv")
     assert list(written[0]) == ["file", "score", "label", "p_value", "threshold"]
@@ -292,3 +307,74 @@ def test_a_user_threshold_comes_before_the_calibrated_one_which_comes_before_one
     assert "FAPrompt: the post-processor given sets the thresholds (image: 0.3" in caplog.text
     assert not torch.equal(labels["given"], labels["calibrated"])
     assert not torch.equal(labels["calibrated"], labels["plain"])
+
+
+# --- thresholds that travel: checkpoints and exports ------------------------------------------------------------------
+
+
+def test_thresholds_travel_in_a_checkpoint_for_the_rate_they_were_calibrated_for(target, tmp_path):
+    model = _model(false_alarm_rate=0.2)
+    calibration = model.calibrate(sorted((target / "gamma" / "train" / "good").glob("*.png")))
+    assert calibration.rank == 11  # n = 12: ceil(13 * 0.8)
+    assert model.model.thresholds.values()[:2] == pytest.approx(
+        (calibration.image_threshold, calibration.pixel_threshold), abs=1e-7
+    )
+    path = write_checkpoint(model, tmp_path / "calibrated.ckpt")
+    same = FAPrompt.load_from_checkpoint(path, false_alarm_rate=0.2)
+    assert same.model.thresholds.calibrated_for(0.2)
+    assert same.model.thresholds.values() == model.model.thresholds.values()
+    for other in (0.1, None):  # calibrated for another rate: nothing stale decides a label
+        loaded = FAPrompt.load_from_checkpoint(path, false_alarm_rate=other)
+        assert not loaded.model.thresholds.is_set, other
+        built = FAPrompt(**tiny_args(weights=str(path), false_alarm_rate=other))
+        assert not built.model.thresholds.is_set, other
+    assert FAPrompt(**tiny_args(weights=str(path), false_alarm_rate=0.2)).model.thresholds.calibrated_for(0.2)
+    images = torch.stack([read_image(p, as_tensor=True) for p in sorted((target / "gamma" / "test").glob("*/*.png"))])
+    with torch.no_grad():
+        output = same.eval()(images)
+    assert torch.equal(output.pred_label, output.pred_score > calibration.image_threshold)
+    plain = FAPrompt.load_from_checkpoint(path, false_alarm_rate=None).eval()
+    with torch.no_grad():
+        assert torch.equal(plain(images).pred_label, output.pred_score > 0.5)
+    with pytest.raises(InvalidInputError, match=r"FAPrompt has no false_alarm_rate to calibrate for"):
+        plain.calibrate(sorted((target / "gamma" / "train" / "good").glob("*.png")))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("model_class", [FAPrompt, AnomalyCLIP])
+def test_an_export_labels_as_torch_does_at_the_calibrated_thresholds(model_class, target, tmp_path):
+    import onnxruntime as ort
+    import openvino as ov
+
+    refused = _model(model_class, false_alarm_rate=0.2)
+    with pytest.raises(InvalidInputError, match=r"false_alarm_rate=0.2 and no calibrated thresholds to export with"):
+        refused.to_onnx(tmp_path / "refused")
+    assert not (tmp_path / "refused").exists()
+    source = target / "delta" / "train" / "good"
+    model = _model(model_class, false_alarm_rate=0.2, calibration_source=str(source))
+    onnx_file = model.to_onnx(tmp_path / "onnx")
+    xml = model.to_openvino(tmp_path / "openvino")
+    (row,) = _rows(tmp_path / "onnx" / "calibration_thresholds.csv")
+    assert (row["n"], row["k"]) == ("12", "11")
+    image_threshold, pixel_threshold = float(row["image_threshold"]), float(row["pixel_threshold"])
+    images = torch.stack([read_image(p, as_tensor=True) for p in sorted((target / "delta" / "test").glob("*/*.png"))])
+    with torch.no_grad():
+        expected = model(images)
+    assert torch.equal(expected.pred_label, expected.pred_score > image_threshold)
+    assert torch.equal(expected.pred_mask, expected.anomaly_map > pixel_threshold)
+    assert not torch.equal(expected.pred_label, expected.pred_score > 0.5)  # calibrated labels, not those at 0.5
+    session = ort.InferenceSession(str(onnx_file), providers=["CPUExecutionProvider"])
+    names = [output.name for output in session.get_outputs()]
+    onnx = dict(zip(names, session.run(None, {session.get_inputs()[0].name: images.numpy()}), strict=True))
+    compiled = ov.Core().compile_model(str(xml), "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+    vino = {key.get_any_name(): value for key, value in compiled(images.numpy()).items()}
+    # Equal labels and masks, except where torch's value is within 1e-4 of the threshold (their outputs differ by
+    # less than that): there are none among the scores here, and few pixels.
+    near_score = (expected.pred_score - image_threshold).abs() < 1e-4
+    near_pixel = (expected.anomaly_map - pixel_threshold).abs() < 1e-4
+    assert not near_score.any()
+    for result in (onnx, vino):
+        assert torch.equal(torch.from_numpy(result["pred_label"]).bool(), expected.pred_label)
+        same = torch.from_numpy(result["pred_mask"]).bool() == expected.pred_mask
+        assert bool((same | near_pixel).all())
+        assert int((~same).sum()) <= int(near_pixel.sum())
