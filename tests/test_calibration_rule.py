@@ -15,6 +15,7 @@ from anomalib_faprompt.components.calibration import (
     p_values,
     rank,
     realised_false_alarm_rates,
+    realised_rate_quantiles,
 )
 from anomalib_faprompt.errors import InvalidInputError
 
@@ -86,3 +87,15 @@ def test_the_mean_realised_false_alarm_rate_over_many_draws_is_within_the_theory
     assert a - 1 / (n + 1) - 0.005 <= rates.mean() <= a + 0.005
     assert abs(rates.mean() - expected) <= 0.005
     assert rates.std() / np.sqrt(len(rates)) < 0.005 / 4
+
+
+def test_the_spread_of_one_draw_follows_the_beta_binomial_law():
+    """One held-out image: flagged with chance 1 - k / (n + 1); many: the draws' percentiles match the law's."""
+    assert realised_rate_quantiles(19, 0.05, 1, [0.94, 0.96]) == [0.0, 1.0]  # P(flagged) = 1/20: the 95% point
+    scores = np.random.default_rng(3).normal(size=700)
+    for n, a in ((20, 0.1), (50, 0.05)):
+        rates = realised_false_alarm_rates(scores, n, a, draws=4000, seed=1)
+        low, high = realised_rate_quantiles(n, a, 700 - n)
+        assert np.quantile(rates, 0.05) == pytest.approx(low, abs=0.01)
+        assert np.quantile(rates, 0.95) == pytest.approx(high, abs=0.01)
+        assert low < expected_false_alarm_rate(n, a) < high

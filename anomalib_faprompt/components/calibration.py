@@ -6,7 +6,9 @@ flagged when its score is above the threshold (a tie is not flagged). Its confor
 ``(1 + #{calibration scores >= its score}) / (n + 1)``; flagged is the same as ``p <= a``, ties included. If the
 calibration images and the normal images to be inspected are exchangeable (the same process), a normal image is
 flagged with probability ``1 - k / (n + 1)``: at most ``a``, and at least ``a - 1 / (n + 1)`` when scores do not
-tie. With fewer than ``ceil(1 / a) - 1`` images, ``k > n``: no threshold gives ``a``.
+tie. With fewer than ``ceil(1 / a) - 1`` images, ``k > n``: no threshold gives ``a``. The share of ``m`` further
+normal images that one draw of calibration images flags follows the beta-binomial law ``(m, n + 1 - k, k)``
+(scores without ties): :func:`realised_rate_quantiles`.
 
 ``(n + 1)(1 - a)`` is computed exactly, on the decimal number ``a`` is written as (``0.1`` is one tenth), so that
 ``n = 19, a = 0.05`` gives ``k = 19`` and not 20 from a rounding error.
@@ -30,6 +32,7 @@ __all__ = [
     "p_values",
     "rank",
     "realised_false_alarm_rates",
+    "realised_rate_quantiles",
 ]
 
 
@@ -129,3 +132,26 @@ def realised_false_alarm_rates(
         threshold = conformal_threshold(scores[order[:n]], false_alarm_rate)
         rates[draw] = np.mean(scores[order[n:]] > threshold)
     return rates
+
+
+def realised_rate_quantiles(
+    n: int, false_alarm_rate: float, held_out: int, quantiles: Sequence[float] = (0.05, 0.95)
+) -> list[float]:
+    """Quantiles of the false-alarm rate realised on ``held_out`` normal images by one draw of ``n`` calibration images.
+
+    The number flagged follows the beta-binomial law of ``held_out`` trials with parameters ``n + 1 - k`` and ``k``
+    (scores without ties); a quantile ``q`` is the smallest share ``x / held_out`` whose cumulative chance is ``q``
+    or more.
+    """
+    alpha, beta = n + 1 - rank(n, false_alarm_rate), rank(n, false_alarm_rate)
+    log_beta = math.lgamma(alpha) + math.lgamma(beta) - math.lgamma(alpha + beta)
+    chances = [
+        math.exp(
+            math.lgamma(held_out + 1) - math.lgamma(x + 1) - math.lgamma(held_out - x + 1)
+            + math.lgamma(x + alpha) + math.lgamma(held_out - x + beta) - math.lgamma(held_out + alpha + beta)
+            - log_beta
+        )
+        for x in range(held_out + 1)
+    ]  # fmt: skip
+    cumulative = np.cumsum(chances)
+    return [int(np.searchsorted(cumulative, q - 1e-12)) / held_out for q in quantiles]
