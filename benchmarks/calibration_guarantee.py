@@ -59,7 +59,7 @@ def main() -> None:
     """Train, score the pool once, draw, print the table."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--pool", type=int, default=1000, help="normal images scored once")
-    parser.add_argument("--draws", type=int, default=1000, help="random draws of calibration images per row")
+    parser.add_argument("--draws", type=int, default=2000, help="random draws of calibration images per row")
     parser.add_argument("--epochs", type=int, default=2)
     parser.add_argument("--seed", type=int, default=111)
     args = parser.parse_args()

@@ -378,3 +378,29 @@ def test_an_export_labels_as_torch_does_at_the_calibrated_thresholds(model_class
         same = torch.from_numpy(result["pred_mask"]).bool() == expected.pred_mask
         assert bool((same | near_pixel).all())
         assert int((~same).sum()) <= int(near_pixel.sum())
+
+
+@pytest.mark.slow
+def test_the_guarantee_benchmark_prints_a_row_for_each_rate_and_number_of_images_that_can_give_it(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[1]
+    environment = {**os.environ, "PYTHONPATH": os.pathsep.join([str(root), os.environ.get("PYTHONPATH", "")])}
+    script = root / "benchmarks" / "calibration_guarantee.py"
+    command = [sys.executable, str(script), "--pool", "260", "--draws", "300", "--epochs", "1"]
+    result = subprocess.run(
+        command, capture_output=True, text=True, env=environment, timeout=600, check=True, cwd=tmp_path
+    )
+    rows = [line.strip("|").split("|") for line in result.stdout.splitlines() if line.startswith("| 0")]
+    cells = [[cell.strip() for cell in row] for row in rows]
+    assert [(row[0], row[1]) for row in cells] == [
+        ("0.01", "200"), ("0.05", "20"), ("0.05", "50"), ("0.05", "200"), ("0.1", "20"), ("0.1", "50"), ("0.1", "200")
+    ]  # fmt: skip
+    for (
+        row
+    ) in cells:  # the mean over 300 draws: within the theory's bounds, give or take 0.02 (about 5 standard errors)
+        low, high = (float(value) for value in row[7].strip("[]").split(","))
+        assert low - 0.02 <= float(row[3]) <= high + 0.02, row
+        assert float(row[4]) <= float(row[3]) <= float(row[5]), row
