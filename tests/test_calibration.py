@@ -185,6 +185,9 @@ def test_too_few_images_and_missing_sources_are_refused_in_one_line_before_any_t
     )
     assert not list((tmp_path / "run").rglob("per_category_results*"))
     assert not list((tmp_path / "run").rglob("calibration_*"))
+    held_out = AuxiliaryDataModule(root=few, val_split_ratio=0.5, num_workers=0)  # no target: no training split
+    with pytest.raises(InvalidInputError, match=r"false_alarm_rate take each target category's .*`calibration_source`"):
+        _engine(tmp_path / "held_out").test(_model(false_alarm_rate=0.1), datamodule=held_out)
     folder = few / "gamma" / "test" / "good"
     with pytest.raises(
         InvalidInputError, match=r"false_alarm_rate=0.1 needs normal calibration images.*`calibration_source`"
