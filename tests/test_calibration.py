@@ -315,19 +315,26 @@ def test_a_user_threshold_comes_before_the_calibrated_one_which_comes_before_one
 # --- thresholds that travel: checkpoints and exports ------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_thresholds_travel_in_a_checkpoint_for_the_rate_they_were_calibrated_for(target, tmp_path):
-    model = _model(false_alarm_rate=0.2)
+    model = _model(false_alarm_rate=0.2, calibration_source=str(target / "delta" / "train" / "good"))
     calibration = model.calibrate(sorted((target / "gamma" / "train" / "good").glob("*.png")))
     assert calibration.rank == 11  # n = 12: ceil(13 * 0.8)
     assert model.model.thresholds.values()[:2] == pytest.approx(
         (calibration.image_threshold, calibration.pixel_threshold), abs=1e-7
     )
+    before = model.model.thresholds.values()
+    _engine(tmp_path / "run").predict(model, data_path=target / "gamma" / "test")  # calibrates on delta for the run
+    (row,) = _rows(_only(tmp_path / "run", "calibration_thresholds.csv"))
+    assert float(row["image_threshold"]) != pytest.approx(calibration.image_threshold)
+    assert model.model.thresholds.values() == before  # given back after the run, as ordinary tensors
+    assert not model.model.thresholds.image.is_inference()
     path = write_checkpoint(model, tmp_path / "calibrated.ckpt")
     same = FAPrompt.load_from_checkpoint(path, false_alarm_rate=0.2)
     assert same.model.thresholds.calibrated_for(0.2)
     assert same.model.thresholds.values() == model.model.thresholds.values()
     for other in (0.1, None):  # calibrated for another rate: nothing stale decides a label
-        loaded = FAPrompt.load_from_checkpoint(path, false_alarm_rate=other)
+        loaded = FAPrompt.load_from_checkpoint(path, false_alarm_rate=other, calibration_source=None)
         assert not loaded.model.thresholds.is_set, other
         built = FAPrompt(**tiny_args(weights=str(path), false_alarm_rate=other))
         assert not built.model.thresholds.is_set, other
@@ -336,7 +343,7 @@ def test_thresholds_travel_in_a_checkpoint_for_the_rate_they_were_calibrated_for
     with torch.no_grad():
         output = same.eval()(images)
     assert torch.equal(output.pred_label, output.pred_score > calibration.image_threshold)
-    plain = FAPrompt.load_from_checkpoint(path, false_alarm_rate=None).eval()
+    plain = FAPrompt.load_from_checkpoint(path, false_alarm_rate=None, calibration_source=None).eval()
     with torch.no_grad():
         assert torch.equal(plain(images).pred_label, output.pred_score > 0.5)
     with pytest.raises(InvalidInputError, match=r"FAPrompt has no false_alarm_rate to calibrate for"):

@@ -30,11 +30,15 @@ class CalibratedThresholds(nn.Module):
         self.is_set = False
 
     def store(self, image: float, pixel: float, false_alarm_rate: float) -> None:
-        """Keep the thresholds (of scores and of map values) calibrated for ``false_alarm_rate``."""
+        """Keep the thresholds (of scores and of map values) calibrated for ``false_alarm_rate``.
+
+        Stored as ordinary tensors also inside Lightning's inference mode, so that they outlive the run (an export).
+        """
         device = self.image.device
-        self.image = torch.tensor(image, dtype=torch.float32, device=device)
-        self.pixel = torch.tensor(pixel, dtype=torch.float32, device=device)
-        self.false_alarm_rate = torch.tensor(false_alarm_rate, dtype=torch.float32, device=device)
+        with torch.inference_mode(False):
+            self.image = torch.tensor(image, dtype=torch.float32, device=device)
+            self.pixel = torch.tensor(pixel, dtype=torch.float32, device=device)
+            self.false_alarm_rate = torch.tensor(false_alarm_rate, dtype=torch.float32, device=device)
         self.is_set = True
 
     def clear(self) -> None:
