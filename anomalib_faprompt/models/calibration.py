@@ -222,7 +222,7 @@ class CalibrationMixin:
         rate, wanted = state.get(keys[2]), self.hparams.false_alarm_rate
         if rate is not None and wanted is not None and abs(float(rate) - wanted) <= 1e-6 * wanted:
             return
-        state.update({key: torch.tensor(math.nan) for key in keys})
+        state.update({key: torch.tensor(0.0) for key in keys})
 
     def calibration_of(self, dataloader_idx: int) -> Calibration | None:
         """The calibration of dataloader ``dataloader_idx`` in the running test or predict (``None``: none)."""
@@ -323,7 +323,7 @@ class CalibrationMixin:
     def _end_calibration(self) -> None:
         """Give the torch model back the thresholds it had before the run."""
         image, pixel, rate = self._thresholds_before
-        if math.isnan(image):
+        if not rate:
             self.model.thresholds.clear()
         else:
             self.model.thresholds.store(image, pixel, rate)
