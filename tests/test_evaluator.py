@@ -182,3 +182,41 @@ def test_engine_test_prints_the_table_and_where_it_is(tmp_path, tiny_model_args,
     assert returned[0]["image_AUROC"] == pytest.approx(
         np.mean([results[name]["image_AUROC"] for name in ("dataloader_0", "dataloader_2")]), abs=1e-6
     )
+
+
+def test_a_calibrated_run_adds_the_realised_false_alarms_and_the_defects_flagged_with_their_mean(tmp_path):
+    """From the labels: the share of each category's normal images flagged, and of its defect images; mean row."""
+    labels = {"a": [0, 0, 0, 0, 1, 1, 1], "b": [0, 0, 1], "c": [0, 0]}
+    flagged = {"a": [1, 0, 0, 0, 1, 1, 0], "b": [0, 0, 1], "c": [1, 0]}
+    data = {}
+    for index, name in enumerate(labels):
+        fields = prediction_fields(index, labels[name])
+        data[index] = {**fields, "pred_label": torch.tensor(flagged[name], dtype=torch.bool)}
+    tables = {}
+    for calibrated in (False, True):
+        evaluator = PerCategoryEvaluator()
+        trainer = _trainer(tmp_path / str(calibrated), list(labels))
+        module = SimpleNamespace(hparams={"false_alarm_rate": 0.1 if calibrated else None})
+        evaluator.on_test_epoch_start(trainer, module)
+        for index, fields in data.items():
+            count = len(fields["gt_label"])
+            for batch_index, start in enumerate(range(0, count, 2)):  # batches of 2: counts add up over batches
+                part = {name: value[start : start + 2] for name, value in fields.items()}
+                batch = ImageBatch(image=torch.zeros(len(part["gt_label"]), 3, 8, 8), **part)
+                evaluator.on_test_batch_end(trainer, module, None, batch, batch_index, index)
+        evaluator.on_test_epoch_end(trainer, module)
+        tables[calibrated] = (evaluator, (tmp_path / str(calibrated) / "per_category_results.md").read_text())
+    plain, _ = tables[False]
+    assert all(list(values) == METRICS for values in plain.category_results.values())
+    evaluator, markdown = tables[True]
+    results = evaluator.category_results
+    assert (results["a"]["image_false_alarms"], results["a"]["image_defects_flagged"]) == (0.25, 2 / 3)
+    assert (results["b"]["image_false_alarms"], results["b"]["image_defects_flagged"]) == (0.0, 1.0)
+    assert results["c"]["image_false_alarms"] == 0.5
+    assert math.isnan(results["c"]["image_defects_flagged"])
+    means = evaluator.mean_results()
+    assert means["image_false_alarms"] == pytest.approx((0.25 + 0.0 + 0.5) / 3)
+    assert means["image_defects_flagged"] == pytest.approx((2 / 3 + 1.0) / 2)
+    assert "| Image false alarms | Image defects flagged |" in markdown
+    assert "| **mean** |" in markdown
+    assert "c: image_AUROC, image_AUPR, image_defects_flagged not computable: no defect image." in markdown

@@ -32,6 +32,10 @@ from anomalib_faprompt.models.faprompt.lightning_model import RELEASED_CODE
         (FAPrompt, "prior_weight", -1.0, r"prior_weight=-1.0 must be a number of at least 0"),
         (FAPrompt, "patch_selection", "top", r"patch_selection='top' must be one of 'topk', 'first_k'"),
         (FAPrompt, "weights", "/nonexistent/model.ckpt", r"'/nonexistent/model.ckpt' \(argument `weights`\) does not"),
+        (FAPrompt, "false_alarm_rate", 0.0, r"false_alarm_rate=0.0 must be a number between 0 and 1"),
+        (AnomalyCLIP, "false_alarm_rate", 1.0, r"false_alarm_rate=1.0 must be a number between 0 and 1"),
+        (FAPrompt, "false_alarm_rate", float("nan"), r"false_alarm_rate=nan must be a number between 0 and 1"),
+        (FAPrompt, "calibration_source", "/tmp", r"calibration_source is used only with a false_alarm_rate"),
     ],
 )
 def test_bad_arguments_fail_before_clip_is_loaded(model_class, argument, value, message, monkeypatch):

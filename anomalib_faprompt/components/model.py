@@ -2,7 +2,8 @@
 
 Both learn text prompts (with deep prompts) for a frozen :class:`CLIPBackbone`, compare normalised
 image embeddings with a normal and an abnormal text embedding, and turn patch probabilities into a
-blurred pixel map. The static text embeddings do not depend on the image: in training mode they are
+blurred pixel map. Calibrated thresholds, once stored (:attr:`PromptedCLIPModel.thresholds`), add labels and masks
+to the eval-mode output. The static text embeddings do not depend on the image: in training mode they are
 computed on every forward pass (with gradients); in eval mode they are read from buffers
 (:class:`StaticTextCache`) that are recomputed only when the prompts changed, and that an exported graph
 holds as constants.
@@ -15,6 +16,7 @@ from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F  # noqa: N812
+from anomalib.data import InferenceBatch
 from torch import nn
 
 from .blur import GaussianBlur
@@ -24,6 +26,7 @@ from .maps import upsample_patches
 from .precision import autocast_off, float32
 from .prompts import DeepPrompts
 from .text_cache import StaticTextCache
+from .thresholds import CalibratedThresholds
 
 __all__ = ["PromptedCLIPModel", "StaticText"]
 
@@ -64,6 +67,10 @@ class PromptedCLIPModel(nn.Module):
         few_shot_layers: Image blocks (from 1) whose ordinary-stream patch tokens form the few-shot memory bank;
             ``None``: the quarter points of the depth. The bank is used once references are stored in it
             (:attr:`few_shot`), in eval mode.
+
+    Attributes:
+        thresholds: The calibrated image and pixel thresholds (:class:`CalibratedThresholds`); once set, the
+            eval-mode output holds ``pred_label`` and ``pred_mask``.
     """
 
     frozen_prefix = "backbone.clip."
@@ -97,6 +104,7 @@ class PromptedCLIPModel(nn.Module):
             msg = f"few_shot_layers={list(layers)} must be block numbers between 1 and {backbone.depth}."
             raise ValueError(msg)
         self.few_shot = FewShotBank(layers)
+        self.thresholds = CalibratedThresholds()
 
     def static_text(self) -> tuple[torch.Tensor, torch.Tensor]:
         """Raw normal embedding ``(D,)`` and raw static abnormal embeddings ``(K, D)`` (``K >= 1``)."""
@@ -160,3 +168,10 @@ class PromptedCLIPModel(nn.Module):
     def pixel_map(self, patch_probabilities: torch.Tensor) -> torch.Tensor:
         """Blurred pixel map ``(B, 1, S, S)`` of patch probabilities ``(B, N)``, in fp32 (also under autocast)."""
         return self.blur(self.upsample(patch_probabilities).unsqueeze(1))
+
+    def inference(self, score: torch.Tensor, anomaly_map: torch.Tensor) -> InferenceBatch:
+        """The eval-mode output: score and map, with label and mask at the calibrated thresholds once they are set."""
+        if not self.thresholds.is_set:
+            return InferenceBatch(pred_score=score, anomaly_map=anomaly_map)
+        label, mask = self.thresholds.labels(score, anomaly_map)
+        return InferenceBatch(pred_score=score, anomaly_map=anomaly_map, pred_label=label, pred_mask=mask)

@@ -232,7 +232,7 @@ class AuxiliaryDataModule(AnomalibDataModule):
         return list(self.target_categories)
 
     def normal_training_images(self, index: int) -> tuple[str, list[Path], str]:
-        """The category of test dataloader ``index`` and its normal training images (the few-shot candidates).
+        """The category of test dataloader ``index`` and its normal training images (few-shot and calibration images).
 
         Returns:
             The category, its normal training images, and where they were looked for (for messages).
@@ -242,9 +242,9 @@ class AuxiliaryDataModule(AnomalibDataModule):
         """
         if not self.target_dataset:
             msg = (
-                "k_shot > 0 takes each target category's references from its training images, and this "
-                "AuxiliaryDataModule has no target (it tests on the held-out part): set `target_dataset`, or give "
-                "the references with the model's `few_shot_source`."
+                "k_shot > 0 and false_alarm_rate take each target category's references and calibration images from "
+                "its training images, and this AuxiliaryDataModule has no target (it tests on the held-out part): set "
+                "`target_dataset`, or give the images with the model's `few_shot_source` and `calibration_source`."
             )
             raise InvalidInputError(msg)
         category = self.test_categories[index]

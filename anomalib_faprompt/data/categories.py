@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["dataloader_categories"]
+__all__ = ["category_labels", "dataloader_categories"]
 
 
 def dataloader_categories(datamodule: Any, count: int) -> list[str | None]:  # noqa: ANN401
@@ -26,3 +26,9 @@ def dataloader_categories(datamodule: Any, count: int) -> list[str | None]:  # n
     if count == 1 and category:
         return [str(category)]
     return [None] * count
+
+
+def category_labels(datamodule: Any, count: int) -> list[str]:  # noqa: ANN401
+    """:func:`dataloader_categories`, with ``all`` (one dataloader) or ``dataloader_<i>`` where none is named."""
+    names = dataloader_categories(datamodule, count)
+    return [name or ("all" if count == 1 else f"dataloader_{index}") for index, name in enumerate(names)]

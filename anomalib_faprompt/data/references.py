@@ -1,4 +1,4 @@
-"""The few-shot references: which normal images of a category serve as its memory bank.
+"""The few-shot references and the calibration images: which normal images of a category serve as what.
 
 Each test dataloader (one per target category in the zero-shot protocol) gets ``k_shot`` images of its own
 category's normal training images, never of its test split: ``<category>/train/good`` in the MVTec AD and VisA
@@ -6,6 +6,11 @@ layouts, the normal items of the ``train`` part of a ``meta.json`` index, the no
 datamodule's train split. With ``few_shot_source``, a folder of normal images, ``k_shot`` of its images serve every
 image of the run. The choice is reproducible: the sorted candidates (absolute paths) sampled with a generator
 seeded by the run's seed (``seed_everything``; 0 without) and the category name.
+
+The calibration images of a false-alarm rate (:mod:`anomalib_faprompt.models.calibration`) are chosen from the
+same candidates (or from ``calibration_source``) the same way, after leaving out the references, so that the two
+never share an image. No reference or calibration image may be one of the images tested or predicted
+(:func:`check_not_scored`).
 """
 
 from __future__ import annotations
@@ -13,7 +18,7 @@ from __future__ import annotations
 import csv
 import os
 import random
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 from anomalib_faprompt.errors import InvalidInputError, MissingInputError
@@ -24,7 +29,10 @@ from .sources import IMAGE_SUFFIXES, image_files
 __all__ = [
     "REFERENCES_FILE",
     "SOURCE",
+    "check_not_scored",
+    "choose_calibration",
     "choose_references",
+    "dataloader_images",
     "datamodule_candidates",
     "folder_candidates",
     "run_seed",
@@ -41,21 +49,22 @@ def run_seed() -> int:
     return int(os.environ.get("PL_GLOBAL_SEED", "0"))
 
 
-def folder_candidates(folder: str | Path) -> list[Path]:
-    """The image files of a ``few_shot_source`` folder (not its sub-folders), sorted.
+def folder_candidates(folder: str | Path, argument: str = "few_shot_source") -> list[Path]:
+    """The image files of a ``few_shot_source`` (or ``calibration_source``) folder (not its sub-folders), sorted.
 
     Raises:
         MissingInputError: The folder does not exist.
         InvalidInputError: It holds no image file.
     """
     folder = Path(folder)
+    what = "Calibration folder" if argument == "calibration_source" else "Reference folder"
     if not folder.is_dir():
-        msg = f"Reference folder '{folder}' (argument `few_shot_source`) does not exist: pass a folder of images."
+        msg = f"{what} '{folder}' (argument `{argument}`) does not exist: pass a folder of images."
         raise MissingInputError(msg)
     images = image_files(folder)
     if not images:
         msg = (
-            f"Reference folder '{folder}' (argument `few_shot_source`) holds no image file "
+            f"{what} '{folder}' (argument `{argument}`) holds no image file "
             f"({', '.join(IMAGE_SUFFIXES)}): put normal images of the product there."
         )
         raise InvalidInputError(msg)
@@ -96,7 +105,7 @@ def choose_references(candidates: Sequence[str | Path], k_shot: int, seed: int, 
     Raises:
         InvalidInputError: Fewer candidates than ``k_shot``.
     """
-    files = sorted(dict.fromkeys(str(Path(candidate).resolve()) for candidate in candidates))
+    files = _resolved(candidates)
     if len(files) < k_shot:
         fix = "add images to it" if category == SOURCE else "give references with `few_shot_source`"
         of = "" if category == SOURCE else f" of '{category}'"
@@ -105,7 +114,68 @@ def choose_references(candidates: Sequence[str | Path], k_shot: int, seed: int, 
             f"lower `k_shot`, or {fix}."
         )
         raise InvalidInputError(msg)
-    return sorted(random.Random(f"{seed}:{category}").sample(files, k_shot))
+    return _sample(files, k_shot, seed, category)
+
+
+def _resolved(files: Iterable[str | Path]) -> list[str]:
+    """The absolute paths of ``files``, without repeats, sorted."""
+    return sorted(dict.fromkeys(str(Path(file).resolve()) for file in files))
+
+
+def _sample(files: list[str], count: int, seed: int, key: str) -> list[str]:
+    """``count`` of the sorted ``files``, drawn with a generator seeded by ``(seed, key)``, sorted."""
+    return sorted(random.Random(f"{seed}:{key}").sample(files, count))
+
+
+def choose_calibration(
+    candidates: Sequence[str | Path], references: Iterable[str | Path], most: int, seed: int, category: str
+) -> list[str]:
+    """The calibration images of a category: the candidates that are no reference, at most ``most`` of them.
+
+    All of them when there are at most ``most``; else ``most`` drawn as the references are, with the generator of
+    ``(seed, "<category>:calibration")``.
+    """
+    left_out = set(_resolved(references))
+    files = [file for file in _resolved(candidates) if file not in left_out]
+    return _sample(files, min(most, len(files)), seed, f"{category}:calibration")
+
+
+def dataloader_images(dataloaders: object) -> set[str]:
+    """The absolute paths of the images of every dataloader (anomalib's datasets and its ``PredictDataset``)."""
+    loaders = dataloaders if isinstance(dataloaders, list | tuple) else [dataloaders]
+    files: set[str] = set()
+    for loader in loaders:
+        dataset = getattr(loader, "dataset", None)
+        samples = getattr(dataset, "samples", None)
+        if samples is not None and "image_path" in samples:
+            files.update(samples["image_path"])
+        else:
+            files.update(map(str, getattr(dataset, "image_filenames", None) or []))
+    return set(_resolved(files))
+
+
+def check_not_scored(scored: set[str], files: Iterable[str | Path], what: str, why: str, stage: str, fix: str) -> None:
+    """Refuse, in one line naming them, images that are both ``what`` (references, calibration images) and scored.
+
+    Args:
+        scored: The absolute paths of the images tested or predicted (:func:`dataloader_images`).
+        files: The reference or calibration images.
+        what: What they are, e.g. "few-shot references".
+        why: Why that is refused, a sentence.
+        stage: "test" or "predict".
+        fix: What to do, e.g. "take the references from another folder (`few_shot_source`)".
+
+    Raises:
+        InvalidInputError: Some are scored.
+    """
+    both = [file for file in _resolved(files) if file in scored]
+    if both:
+        named = ", ".join(f"'{file}'" for file in both[:3]) + (", ..." if len(both) > 3 else "")
+        msg = (
+            f"{len(both)} image(s) to be {stage}ed are also {what} ({named}): {why} {stage.capitalize()} other images, "
+            f"or {fix}."
+        )
+        raise InvalidInputError(msg)
 
 
 def write_references(directory: str | Path, references: dict[str, Sequence[str]]) -> Path:

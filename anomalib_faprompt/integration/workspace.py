@@ -127,7 +127,7 @@ def _should_run_validation(original: Any) -> Any:  # noqa: ANN401
     @wraps(original)
     def should_run_validation(model: Any, ckpt_path: Any) -> bool:  # noqa: ANN401
         processor = model.post_processor if _is_own(model) else None
-        plain = type(processor) is PostProcessor and not processor.enable_normalization
+        plain = (type(processor) is PostProcessor or _is_own(processor)) and not processor.enable_normalization
         return False if plain else original(model, ckpt_path)
 
     return staticmethod(should_run_validation)

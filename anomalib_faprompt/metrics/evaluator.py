@@ -21,6 +21,10 @@ A category whose dataloader yields no image (empty folders) gets a row of empty 
 "no images". Files left out as unreadable (the data module's ``skip_unreadable``) are counted in a note of their
 category.
 
+A model with a ``false_alarm_rate`` (calibrated thresholds) adds two columns, from the labels: ``image_false_alarms``,
+the share of the category's normal test images flagged (the realised false-alarm rate), and
+``image_defects_flagged``, the share of its defect test images flagged.
+
 Several devices (Lightning DDP): every rank updates the metrics with its own share of the images; at the
 end of each category all ranks sum their counts and compute together (torchmetrics gathers the states of
 every rank), so the table is the one a single process gives. Lightning's ``DistributedSampler`` pads the
@@ -46,13 +50,23 @@ from lightning.pytorch.utilities.types import STEP_OUTPUT
 from torch import distributed
 from torch.utils.data import DistributedSampler
 
-from ..data.categories import dataloader_categories
+from ..data.categories import category_labels
 from ..report.tables import console_table, results_rows, write_tables
 from .aupro import AUPRO, PaperAUPRO
 
-__all__ = ["AUPRO_DEFINITIONS", "PerCategoryEvaluator", "category_names", "default_test_metrics"]
+__all__ = [
+    "AUPRO_DEFINITIONS",
+    "DEFECTS_FLAGGED",
+    "FALSE_ALARMS",
+    "PerCategoryEvaluator",
+    "category_names",
+    "default_test_metrics",
+]
 
 AUPRO_DEFINITIONS = {"exact": AUPRO, "paper": PaperAUPRO}
+
+FALSE_ALARMS = "image_false_alarms"
+DEFECTS_FLAGGED = "image_defects_flagged"
 
 # Target fields a metric can score against: what the field holds, its positives and its negatives.
 TARGETS = {
@@ -92,11 +106,10 @@ def default_test_metrics(aupro: Sequence[str] = ("exact",)) -> list[AnomalibMetr
 
 
 def category_names(trainer: Trainer) -> list[str]:
-    """Names of the test dataloaders (:func:`dataloader_categories`); unnamed: ``all`` or ``dataloader_<i>``."""
+    """Names of the test dataloaders (:func:`~anomalib_faprompt.data.categories.category_labels`)."""
     loaders = trainer.test_dataloaders
     count = len(loaders) if isinstance(loaders, list | tuple) else 1
-    names = dataloader_categories(getattr(trainer, "datamodule", None), count)
-    return [name or ("all" if count == 1 else f"dataloader_{index}") for index, name in enumerate(names)]
+    return category_labels(getattr(trainer, "datamodule", None), count)
 
 
 def _distributed() -> bool:
@@ -193,11 +206,12 @@ class PerCategoryEvaluator(Evaluator):
         self._category_notes: dict[str, list[str]] = {}
         self._dataloader_index: int | None = None
         self._seen = 0
+        self._calibrated = False
         self._counts = self._zero_counts()
 
     def _zero_counts(self) -> torch.Tensor:
-        """Images, then for each target field: elements with a value and positive elements."""
-        return torch.zeros(1 + 2 * len(self.targets), dtype=torch.int64)
+        """Images; for each target field, elements with a value and positive ones; normal and defect images, flagged."""
+        return torch.zeros(1 + 2 * len(self.targets) + 4, dtype=torch.int64)
 
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         """Keep the states on the CPU with one process; with several, on the device (where they are gathered)."""
@@ -208,8 +222,9 @@ class PerCategoryEvaluator(Evaluator):
         super().setup(trainer, pl_module, stage)
 
     def on_test_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        """Start with no results and fresh metrics."""
-        del trainer, pl_module
+        """Start with no results and fresh metrics; with calibrated thresholds, count flagged images too."""
+        del trainer
+        self._calibrated = (getattr(pl_module, "hparams", None) or {}).get("false_alarm_rate") is not None
         self.category_results = {}
         self.notes = []
         self._category_notes = {}
@@ -245,6 +260,13 @@ class PerCategoryEvaluator(Evaluator):
             if value is not None:
                 self._counts[1 + 2 * index] += value.numel()
                 self._counts[2 + 2 * index] += torch.count_nonzero(value).item()
+        if batch.gt_label is not None and batch.pred_label is not None:
+            defect, flagged = batch.gt_label.flatten().bool(), batch.pred_label.flatten().bool()
+            start = 1 + 2 * len(self.targets)
+            for offset, value in enumerate(
+                ((~defect).sum(), (~defect & flagged).sum(), defect.sum(), (defect & flagged).sum())
+            ):
+                self._counts[start + offset] += int(value)
         for metric in self.test_metrics:
             metric.update(batch)
 
@@ -278,16 +300,15 @@ class PerCategoryEvaluator(Evaluator):
         for metric in self.val_metrics:
             metric.update(batch)
 
-    def _summed_counts(self, trainer: Trainer) -> tuple[int, dict[str, tuple[int, int]]]:
-        """Images, and ``field: (elements, positives)``, of the current category over all ranks."""
+    def _summed_counts(self, trainer: Trainer) -> tuple[int, dict[str, tuple[int, int]], list[int]]:
+        """Images, ``field: (elements, positives)``, and normal images, flagged, defect images, flagged: all ranks."""
         counts = self._counts
         if _distributed():
             counts = counts.to(trainer.strategy.root_device)
             distributed.all_reduce(counts)
         counts = counts.tolist()
-        return counts[0], {
-            field: (counts[1 + 2 * index], counts[2 + 2 * index]) for index, field in enumerate(self.targets)
-        }
+        fields = {field: (counts[1 + 2 * index], counts[2 + 2 * index]) for index, field in enumerate(self.targets)}
+        return counts[0], fields, counts[1 + 2 * len(self.targets) :]
 
     @staticmethod
     def _missing(metric: AnomalibMetric, counts: dict[str, tuple[int, int]]) -> str | None:
@@ -308,7 +329,7 @@ class PerCategoryEvaluator(Evaluator):
     def _finish_category(self, trainer: Trainer) -> None:
         """Compute the metrics of the current dataloader's category (all ranks together) and store them."""
         name = category_names(trainer)[self._dataloader_index]
-        images, counts = self._summed_counts(trainer)
+        images, counts, flags = self._summed_counts(trainer)
         values, missing = {}, {}
         for metric in self.test_metrics:
             # The same decision on every rank (the counts are summed over ranks): compute() gathers from all of them.
@@ -322,6 +343,14 @@ class PerCategoryEvaluator(Evaluator):
             values[metric.name] = value
             if reason is not None:
                 missing.setdefault(reason, []).append(metric.name)
+        if self._calibrated:
+            for column, (total, flagged), absent in (
+                (FALSE_ALARMS, flags[:2], "no normal image"),
+                (DEFECTS_FLAGGED, flags[2:], "no defect image"),
+            ):
+                values[column] = flagged / total if total else math.nan
+                if not total and images:
+                    missing.setdefault(absent, []).append(column)
         self.category_results[name] = values
         if images == 0:
             self._category_notes[name] = ["no images."]
@@ -353,7 +382,8 @@ class PerCategoryEvaluator(Evaluator):
 
     def _order_and_fill(self, trainer: Trainer, names: list[str]) -> None:
         """Categories in dataloader order; one without images gets a row of NaN and the note "no images"."""
-        empty = dict.fromkeys((metric.name for metric in self.test_metrics), math.nan)
+        columns = [metric.name for metric in self.test_metrics]
+        empty = dict.fromkeys([*columns, *((FALSE_ALARMS, DEFECTS_FLAGGED) if self._calibrated else ())], math.nan)
         for index, name in enumerate(names):
             if name not in self.category_results:
                 self.category_results[name] = dict(empty)
@@ -375,6 +405,8 @@ class PerCategoryEvaluator(Evaluator):
                 else "each category scored against its own normal references"
             )
             notes.append(f"k_shot = {hparams['k_shot']}: {against} (few_shot_references.csv).")
+        if hparams.get("false_alarm_rate") is not None:
+            notes.append(self._calibration_note(trainer, hparams))
         if self.results_name:
             directory = Path(trainer.default_root_dir)
             csv_path, markdown_path = write_tables(self.category_results, directory, self.results_name, notes)
@@ -392,6 +424,23 @@ class PerCategoryEvaluator(Evaluator):
         test_loop = getattr(trainer, "test_loop", None)
         if test_loop is not None:
             test_loop.verbose = False  # this table replaces Lightning's per-dataloader one
+
+    @staticmethod
+    def _calibration_note(trainer: Trainer, hparams: dict) -> str:
+        """What the false-alarm and flagged-defect columns are, and at which thresholds."""
+        model = getattr(trainer, "lightning_module", None)
+        source = hparams.get("calibration_source")
+        basis = (
+            "the thresholds of the post-processor given (the calibrated ones are listed)"
+            if getattr(model, "post_processor_given", False)
+            else f"thresholds calibrated on the normal images of `{source}`"
+            if source
+            else "each category's thresholds, calibrated on its normal training images"
+        )
+        return (
+            f"false_alarm_rate = {hparams['false_alarm_rate']}: labels at {basis} (calibration_thresholds.csv); "
+            "false alarms: normal test images flagged; defects flagged: defect test images flagged."
+        )
 
     def mean_results(self) -> dict[str, float]:
         """Mean of each metric over the categories where it was computed (NaN where none)."""

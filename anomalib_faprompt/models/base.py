@@ -4,7 +4,8 @@ The models learn on an auxiliary dataset with defect masks and are then applied 
 the pre-processor resizes to the model's working size with CLIP's normalisation; the post-processor
 thresholds the model's probabilities at 0.5 without per-dataset normalisation statistics (which
 would distort scores on a dataset the model was not trained on); training data must hold defect
-images with masks (:mod:`.targets`); checkpoints hold the learned prompts (:mod:`.checkpoint`).
+images with masks (:mod:`.targets`); checkpoints hold the learned prompts (:mod:`.checkpoint`). With
+``false_alarm_rate`` the labels come from thresholds calibrated on normal images (:mod:`.calibration`).
 
 A model subclass declares its hyperparameters as ``__init__`` arguments, with their defaults (the one
 place they are written; anomalib's CLI reads the signature and Lightning saves them in ``self.hparams``),
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 import inspect
 import logging
+import math
 from collections.abc import Mapping
 from typing import Any, ClassVar
 
@@ -25,7 +27,6 @@ import torch
 from anomalib import LearningType
 from anomalib.data import Batch
 from anomalib.metrics import Evaluator
-from anomalib.post_processing import PostProcessor
 from anomalib.pre_processing import PreProcessor
 from anomalib.visualization import Visualizer
 from torch import nn
@@ -37,17 +38,20 @@ from anomalib_faprompt.data.references import folder_candidates
 from anomalib_faprompt.metrics import PerCategoryEvaluator
 
 from .authors import is_authors_file, load_authors_prompts
+from .calibration import CalibrationMixin
 from .checkpoint import (
     CheckedCheckpointIO,
     check_checkpoint,
     check_checkpoint_file,
     check_is_checkpoint,
+    keep_post_processor,
     load_file,
     restore_frozen,
     strip_frozen,
 )
 from .export import PromptExportMixin
 from .few_shot import FewShotMixin
+from .post_processor import ModelLabelsPostProcessor
 from .pre_processor import CLIPPreProcessor
 from .predictions import PredictionScoresWriter
 from .targets import TrainingTargets
@@ -99,9 +103,18 @@ def _check_hyperparameters(model: PromptLearningModule) -> None:
             msg = "few_shot_source is used only with k_shot > 0: set `k_shot` (how many of its images to use)."
             raise ValueError(msg)
         folder_candidates(hparams.few_shot_source)
+    rate = hparams.false_alarm_rate
+    if rate is not None and not (isinstance(rate, int | float) and math.isfinite(rate) and 0 < rate < 1):
+        msg = f"false_alarm_rate={rate!r} must be a number between 0 and 1 (0.05: 5% of normal images flagged)."
+        raise ValueError(msg)
+    if hparams.calibration_source is not None:
+        if rate is None:
+            msg = "calibration_source is used only with a false_alarm_rate: set `false_alarm_rate` (e.g. 0.05)."
+            raise ValueError(msg)
+        folder_candidates(hparams.calibration_source, "calibration_source")
 
 
-class PromptLearningModule(FewShotMixin, PromptExportMixin):
+class PromptLearningModule(CalibrationMixin, FewShotMixin, PromptExportMixin):
     """What the prompt-learning CLIP models (FAPrompt, AnomalyCLIP) share: a mixin put before ``AnomalibModule``.
 
     A model is ``class FAPrompt(PromptLearningModule, AnomalibModule)``; this class is no ``AnomalibModule``
@@ -109,7 +122,8 @@ class PromptLearningModule(FewShotMixin, PromptExportMixin):
 
     Args:
         pre_processor: Pre-processor or ``True`` for the default.
-        post_processor: Post-processor or ``True`` for the default.
+        post_processor: Post-processor or ``True`` for the default (labels at the calibrated thresholds, else 0.5);
+            one given here sets the thresholds itself, before any calibrated one.
         evaluator: Evaluator or ``True`` for the default.
         visualizer: Visualizer or ``True`` for the default (:class:`CategoryImageVisualizer`).
 
@@ -154,6 +168,8 @@ class PromptLearningModule(FewShotMixin, PromptExportMixin):
             visualizer=visualizer,
         )
         _check_hyperparameters(self)
+        # A post-processor the user gives sets the thresholds; the default one keeps the calibrated labels.
+        self.post_processor_given = isinstance(post_processor, nn.Module)
         weights = self.hparams.weights
         content = load_file(type(self), weights, "argument `weights`") if weights is not None else None
         self.hparams.update(self.resolved_defaults(self.hparams, authors_file=is_authors_file(content)))
@@ -241,9 +257,9 @@ class PromptLearningModule(FewShotMixin, PromptExportMixin):
         )
         return CLIPPreProcessor(transform=transform)
 
-    def configure_post_processor(self) -> PostProcessor:
-        """Threshold the probabilities at 0.5; no normalisation with statistics of the training data."""
-        return PostProcessor(enable_normalization=False)
+    def configure_post_processor(self) -> ModelLabelsPostProcessor:
+        """Label at the calibrated thresholds, else 0.5; no normalisation with statistics of the training data."""
+        return ModelLabelsPostProcessor()
 
     @staticmethod
     def configure_evaluator() -> PerCategoryEvaluator:
@@ -324,6 +340,7 @@ class PromptLearningModule(FewShotMixin, PromptExportMixin):
             check_is_checkpoint(content, where)
             check_checkpoint(self, content, where)
             state = content["state_dict"]
+            self.keep_or_clear_thresholds(state)
             self.model.load_state_dict(
                 {key.removeprefix("model."): value for key, value in state.items() if key.startswith("model.")},
                 strict=False,
@@ -337,10 +354,17 @@ class PromptLearningModule(FewShotMixin, PromptExportMixin):
         strip_frozen(self, checkpoint)
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
-        """Check the checkpoint, then fill in the CLIP weights it left out."""
+        """Check the checkpoint, fill in the CLIP weights it left out, and keep the post-processor this model has.
+
+        The post-processor is the one the model was built with (its thresholds are what the user asked for): the
+        checkpoint's post-processor settings and state (e.g. a threshold computed on the training's validation
+        images) are not loaded. Calibrated thresholds travel only for the model's own ``false_alarm_rate``.
+        """
         path = self.trainer.ckpt_path if self._trainer is not None else None
         check_checkpoint(self, checkpoint, f"'{path}'" if path else "The checkpoint")
         restore_frozen(self, checkpoint)
+        keep_post_processor(self, checkpoint)
+        self.keep_or_clear_thresholds(checkpoint["state_dict"])
         super().on_load_checkpoint(checkpoint)
         self.learned = True
 

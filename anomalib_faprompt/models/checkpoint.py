@@ -40,6 +40,7 @@ __all__ = [
     "check_is_checkpoint",
     "check_model_name",
     "check_structure",
+    "keep_post_processor",
     "load_file",
     "read_checkpoint",
     "restore_frozen",
@@ -278,6 +279,20 @@ def strip_frozen(module: AnomalibModule, checkpoint: dict[str, Any]) -> None:
     for key in [key for key in state if key.startswith(prefix)]:
         del state[key]
     checkpoint[FINGERPRINT_KEY] = _fingerprint(module)
+
+
+def keep_post_processor(module: AnomalibModule, checkpoint: dict[str, Any]) -> None:
+    """Leave the module's post-processor as it was built: none of the checkpoint's settings or state for it.
+
+    anomalib restores a post-processor's settings (``image_sensitivity``, ...), its enabled flag and its buffers
+    (thresholds and statistics of the training's validation images) from a checkpoint, over what the user gave.
+    """
+    checkpoint.pop("anomalib_post_processor_config", None)
+    (checkpoint.get("anomalib_components_enabled") or {}).pop("post_processor", None)
+    state = checkpoint["state_dict"]
+    for key in [key for key in state if key.startswith("post_processor.")]:
+        del state[key]
+    state.update({key: value for key, value in module.state_dict().items() if key.startswith("post_processor.")})
 
 
 def restore_frozen(module: AnomalibModule, checkpoint: dict[str, Any]) -> None:

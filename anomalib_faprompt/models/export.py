@@ -49,9 +49,14 @@ class PromptExportMixin(ExportMixin):
     """anomalib's export, at ONNX opset 18, with an OpenVINO IR that stays in f32 on bf16 CPUs, never overwriting."""
 
     def _start_export(self, export_root: Path | str, export_type: ExportType, file_name: str) -> None:
-        """Refuse to replace an earlier export, or a few-shot one without references; warn about unlearned prompts."""
+        """Refuse to replace an earlier export, or a few-shot or calibrated one without references or thresholds.
+
+        Also warn about unlearned prompts. The thresholds of ``false_alarm_rate`` are the model's, or calibrated on
+        ``calibration_source`` (listed in ``export_root``); the exported graph labels at them.
+        """
         refuse_existing(export_root, export_type, file_name)
         self.check_references_for_export()
+        self.check_thresholds_for_export(export_root)
         self.warn_if_unlearned("exported", "the exported model scores as a random start")
 
     def to_torch(self, export_root: Path | str, model_file_name: str = "model") -> Path:

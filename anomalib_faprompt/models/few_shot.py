@@ -3,7 +3,8 @@
 The rule is :mod:`anomalib_faprompt.components.few_shot`; which images are a category's references is
 :mod:`anomalib_faprompt.data.references`. Here the two meet the Lightning loops: at the start of ``test`` or
 ``predict`` every dataloader's references are chosen and read (an error names the category or file before any test
-image), and listed in ``few_shot_references.csv`` of the run's folder; before the first batch of each dataloader
+image; a reference that is also one of the images tested or predicted is refused), and listed in
+``few_shot_references.csv`` of the run's folder; before the first batch of each dataloader
 its bank is built (``k_shot`` encoder passes); at the end the bank is cleared, so that it never serves another
 category or a later export unasked.
 """
@@ -18,7 +19,9 @@ import torch
 from anomalib_faprompt.data.images import UnreadableFileError, read_image
 from anomalib_faprompt.data.references import (
     SOURCE,
+    check_not_scored,
     choose_references,
+    dataloader_images,
     datamodule_candidates,
     folder_candidates,
     run_seed,
@@ -63,8 +66,8 @@ class FewShotMixin:
         k_shot = self.hparams.k_shot
         return choose_references(folder_candidates(source), k_shot, run_seed(), SOURCE, f"'{source}'")
 
-    def _plan_references(self, dataloaders: object) -> None:
-        """Choose and read every dataloader's references, and list them in the run's folder."""
+    def _plan_references(self, dataloaders: object, stage: str) -> None:
+        """Choose, check and read every dataloader's references (``stage``: "test", "predict"), and list them."""
         if self.hparams.few_shot_source:
             self._references = {EVERY_DATALOADER: (SOURCE, self.source_references())}
         else:
@@ -89,13 +92,29 @@ class FewShotMixin:
                 except UnreadableFileError as error:
                     advice = "Replace or remove this reference image, or give others with `few_shot_source`."
                     raise error.with_advice(advice) from error.__cause__
+        check_not_scored(
+            dataloader_images(dataloaders),
+            [file for _, files in self._references.values() for file in files],
+            "few-shot references",
+            "a reference scores as normal against itself (its few-shot map is zero).",
+            stage,
+            "take the references from another folder (`few_shot_source`)",
+        )
         self._bank_of = None
         if self.trainer.is_global_zero:
             write_references(self.trainer.default_root_dir, dict(self._references.values()))
 
+    def references_of(self, dataloader_idx: int) -> list[str]:
+        """The references that dataloader ``dataloader_idx``'s images are scored against (none without ``k_shot``)."""
+        return self._references[self._bank_key(dataloader_idx)][1] if self.hparams.k_shot else []
+
+    def _bank_key(self, dataloader_idx: int) -> int:
+        """The key of dataloader ``dataloader_idx``'s references: its own, or those that serve every dataloader."""
+        return EVERY_DATALOADER if EVERY_DATALOADER in self._references else dataloader_idx
+
     def _use_bank_of(self, dataloader_idx: int) -> None:
         """Build the bank of dataloader ``dataloader_idx``'s references unless it is the bank in use."""
-        key = EVERY_DATALOADER if EVERY_DATALOADER in self._references else dataloader_idx
+        key = self._bank_key(dataloader_idx)
         if self._bank_of != key:
             self.set_references(self._references[key][1])
             self._bank_of = key
@@ -117,13 +136,13 @@ class FewShotMixin:
         """Choose, check and list each category's references."""
         super().on_test_start()
         if self.hparams.k_shot:
-            self._plan_references(self.trainer.test_dataloaders)
+            self._plan_references(self.trainer.test_dataloaders, "test")
 
     def on_predict_start(self) -> None:
         """Choose, check and list the references."""
         super().on_predict_start()
         if self.hparams.k_shot:
-            self._plan_references(self.trainer.predict_dataloaders)
+            self._plan_references(self.trainer.predict_dataloaders, "predict")
 
     def on_test_batch_start(self, batch: object, batch_idx: int, dataloader_idx: int = 0) -> None:
         """Use the bank of this batch's category."""

@@ -4,13 +4,16 @@ anomalib's ``predict`` keeps its results in memory (the return value of ``Engine
 visualiser, in images; with the visualiser off, a command-line user gets nothing to read.
 :class:`PredictionScoresWriter` (one of the models' callbacks) writes ``predictions.csv`` into the run's
 folder (``default_root_dir``): one row per image with its file, its score and its predicted label (1:
-anomalous, 0: normal, as the post-processor decided), and says where in one log line.
+anomalous, 0: normal, as the post-processor decided), and says where in one log line. A model with a
+``false_alarm_rate`` adds each image's conformal p-value against its category's calibration scores and the image
+threshold its label was decided at (:data:`CALIBRATED_COLUMNS`).
 """
 
 from __future__ import annotations
 
 import csv
 import logging
+import math
 from pathlib import Path
 from typing import Any
 
@@ -18,15 +21,18 @@ from lightning.pytorch import Callback, LightningModule, Trainer
 
 from anomalib_faprompt.files import unused_stem
 
-__all__ = ["PREDICTIONS_COLUMNS", "PredictionScoresWriter"]
+__all__ = ["CALIBRATED_COLUMNS", "PREDICTIONS_COLUMNS", "PredictionScoresWriter"]
 
 logger = logging.getLogger(__name__)
 
 PREDICTIONS_COLUMNS = ("file", "score", "label")
+CALIBRATED_COLUMNS = (*PREDICTIONS_COLUMNS, "p_value", "threshold")
 
 
 class PredictionScoresWriter(Callback):
     """Writes ``<default_root_dir>/<file_name>`` during ``predict``: ``file,score,label``, one row per image.
+
+    With a model's ``false_alarm_rate``, also ``p_value`` and ``threshold`` (:data:`CALIBRATED_COLUMNS`).
 
     With several processes, each writes its own share to ``<stem>.rank<R>.csv``. A second ``predict`` into the
     same folder (the same ``Engine``) writes ``<stem>_1.csv``, and so on: no file is replaced. A ``predict`` that
@@ -41,6 +47,7 @@ class PredictionScoresWriter(Callback):
         self.file_name = file_name
         self.path: Path | None = None
         self.rows = 0
+        self.columns = PREDICTIONS_COLUMNS
         self._writing = False
 
     def _path(self, trainer: Trainer) -> Path:
@@ -53,11 +60,12 @@ class PredictionScoresWriter(Callback):
 
     def on_predict_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         """Start the file with its header."""
-        del pl_module
+        calibrated = getattr(pl_module, "hparams", {}).get("false_alarm_rate") is not None
+        self.columns = CALIBRATED_COLUMNS if calibrated else PREDICTIONS_COLUMNS
         self.path, self.rows, self._writing = self._path(trainer), 0, True
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with self.path.open("w", newline="") as file:
-            csv.writer(file).writerow(PREDICTIONS_COLUMNS)
+            csv.writer(file).writerow(self.columns)
 
     def on_predict_batch_end(
         self,
@@ -68,22 +76,27 @@ class PredictionScoresWriter(Callback):
         batch_idx: int,
         dataloader_idx: int = 0,
     ) -> None:
-        """Append a row per image of the batch (its score and label after post-processing)."""
-        del trainer, pl_module, batch, batch_idx, dataloader_idx
+        """Append a row per image of the batch (its score and label after post-processing; p-value and threshold)."""
+        del trainer, batch, batch_idx
         scores = outputs.pred_score.flatten().tolist() if outputs.pred_score is not None else []
         labels = outputs.pred_label.flatten().int().tolist() if outputs.pred_label is not None else [""] * len(scores)
         files = list(outputs.image_path) if outputs.image_path is not None else [""] * len(scores)
+        rows = list(zip(files, map(repr, scores), labels, strict=True))
+        if self.columns == CALIBRATED_COLUMNS:
+            calibration = pl_module.calibration_of(dataloader_idx)
+            threshold = pl_module.label_threshold(dataloader_idx)
+            threshold_cell = "" if math.isnan(threshold) else repr(threshold)
+            values = calibration.p_values(scores).tolist()
+            rows = [(*row, repr(value), threshold_cell) for row, value in zip(rows, values, strict=True)]
         with self.path.open("a", newline="") as file:
-            csv.writer(file).writerows(zip(files, map(repr, scores), labels, strict=True))
+            csv.writer(file).writerows(rows)
         self.rows += len(scores)
 
     def on_predict_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         """Say where the scores are, in one line."""
         del trainer, pl_module
         self._writing = False
-        logger.info(
-            "Scores of %d image(s) (%s; label 1: anomalous): %s", self.rows, ", ".join(PREDICTIONS_COLUMNS), self.path
-        )
+        logger.info("Scores of %d image(s) (%s; label 1: anomalous): %s", self.rows, ", ".join(self.columns), self.path)
 
     def on_exception(self, trainer: Trainer, pl_module: LightningModule, exception: BaseException) -> None:
         """Rename the file of a ``predict`` that stopped to ``<name>.incomplete.csv``, so that none looks complete."""

@@ -67,8 +67,14 @@ class AnomalyCLIP(PromptLearningModule, AnomalibModule):
             image encoder's depth.
         few_shot_source: Folder of normal images whose ``k_shot`` references serve every image; ``None``: each
             category's own training images.
+        false_alarm_rate: The share ``a`` (0 < a < 1) of normal images that may be flagged: the labels of ``test``,
+            ``predict`` and an export come from thresholds calibrated on normal images (split-conformal; see
+            docs/calibration.md); ``None``: the labels at 0.5.
+        calibration_source: Folder of normal images that calibrates every image; ``None``: each category's own
+            training images (never its few-shot references). Used only with ``false_alarm_rate``.
         pre_processor: Pre-processor, or ``True`` for the default (bicubic resize, CLIP mean/std).
-        post_processor: Post-processor, or ``True`` for thresholding of the probabilities at 0.5.
+        post_processor: Post-processor, or ``True`` for labels at the calibrated thresholds, else at 0.5; one given
+            here sets the thresholds itself (e.g. anomalib's ``PostProcessor(image_sensitivity=...)``).
         evaluator: Evaluator, or ``True`` for image AUROC/AUPR and pixel AUROC/AUPRO.
         visualizer: Visualizer, or ``True`` for anomalib's default.
     """
@@ -112,6 +118,8 @@ class AnomalyCLIP(PromptLearningModule, AnomalibModule):
         k_shot: int = 0,
         few_shot_layers: list[int] | None = None,
         few_shot_source: str | None = None,
+        false_alarm_rate: float | None = None,
+        calibration_source: str | None = None,
         pre_processor: nn.Module | bool = True,
         post_processor: nn.Module | bool = True,
         evaluator: Evaluator | bool = True,

@@ -94,7 +94,7 @@ class AnomalyCLIPModel(PromptedCLIPModel):
         Returns:
             :class:`AnomalyCLIPTrainOutput` in training mode; in eval mode :class:`InferenceBatch` with the
             global abnormal probability as ``pred_score`` and the blurred ``M^a`` (the mean over the feature
-            layers) as ``anomaly_map``.
+            layers) as ``anomaly_map`` (and ``pred_label``, ``pred_mask`` once calibrated thresholds are set).
         """
         normal_text, abnormal_text, _ = self.text_embeddings()
         global_embedding, layer_patches, few_shot_tokens = self.encode_image(images, self.feature_layers)
@@ -109,4 +109,4 @@ class AnomalyCLIPModel(PromptedCLIPModel):
             )
         mean_probabilities = probabilities[0] if len(probabilities) == 1 else torch.stack(probabilities).mean(dim=0)
         score, patch_map = self.fuse_few_shot(global_logits.softmax(dim=-1)[:, 1], mean_probabilities, few_shot_tokens)
-        return InferenceBatch(pred_score=score, anomaly_map=self.pixel_map(patch_map))
+        return self.inference(score, self.pixel_map(patch_map))

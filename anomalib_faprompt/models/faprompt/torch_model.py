@@ -174,7 +174,8 @@ class FAPromptModel(PromptedCLIPModel):
 
         Returns:
             :class:`FAPromptTrainOutput` in training mode; in eval mode :class:`InferenceBatch` with
-            ``pred_score`` ``(B,)`` and ``anomaly_map`` ``(B, 1, S, S)``, both probabilities in [0, 1].
+            ``pred_score`` ``(B,)`` and ``anomaly_map`` ``(B, 1, S, S)``, both probabilities in [0, 1] (and
+            ``pred_label``, ``pred_mask`` once calibrated thresholds are set).
         """
         normal_text, abnormal_text, abnormal_raw = self.text_embeddings()
         global_embedding, (patches,), few_shot_tokens = self.encode_image(images, (self.backbone.depth,))
@@ -201,4 +202,4 @@ class FAPromptModel(PromptedCLIPModel):
             )
         # 0.25 (M^a + 1 - M^n + M^_a + 1 - M^_n) = 0.5 (M^a + M^_a): one upsampling of the mean.
         pred_score, patch_map = self.fuse_few_shot(pred_score, 0.5 * (static_probs + dap_probs), few_shot_tokens)
-        return InferenceBatch(pred_score=pred_score, anomaly_map=self.pixel_map(patch_map))
+        return self.inference(pred_score, self.pixel_map(patch_map))
