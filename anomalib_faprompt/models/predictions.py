@@ -7,6 +7,10 @@ folder (``default_root_dir``): one row per image with its file, its score and it
 anomalous, 0: normal, as the post-processor decided), and says where in one log line. A model with a
 ``false_alarm_rate`` adds each image's conformal p-value against its category's calibration scores and the image
 threshold its label was decided at (:data:`CALIBRATED_COLUMNS`).
+
+The columns and how each is read from a batch of results are defined once (:data:`PREDICTION_COLUMNS`), and the
+file is written by :class:`PredictionsFile`: ``anomalib predict`` (through the callback) and the exported model's
+predict command (:mod:`anomalib_faprompt.inference`) write the same file.
 """
 
 from __future__ import annotations
@@ -14,19 +18,113 @@ from __future__ import annotations
 import csv
 import logging
 import math
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from anomalib.data import Batch
 from lightning.pytorch import Callback, LightningModule, Trainer
 
 from anomalib_faprompt.files import unused_stem
 
-__all__ = ["CALIBRATED_COLUMNS", "PREDICTIONS_COLUMNS", "PredictionScoresWriter"]
+__all__ = [
+    "CALIBRATED_COLUMNS",
+    "PREDICTIONS_COLUMNS",
+    "PREDICTION_COLUMNS",
+    "PredictionScoresWriter",
+    "PredictionsFile",
+    "prediction_rows",
+]
 
 logger = logging.getLogger(__name__)
 
-PREDICTIONS_COLUMNS = ("file", "score", "label")
+
+def _files(batch: Batch, size: int) -> list[str]:
+    return list(batch.image_path) if batch.image_path is not None else [""] * size
+
+
+def _scores(batch: Batch, size: int) -> list[str]:
+    del size
+    return list(map(repr, batch.pred_score.flatten().tolist()))
+
+
+def _labels(batch: Batch, size: int) -> list[int | str]:
+    return batch.pred_label.flatten().int().tolist() if batch.pred_label is not None else [""] * size
+
+
+# Each column of predictions.csv and its values for a batch of ``size`` images (those with a ``pred_score``).
+PREDICTION_COLUMNS: dict[str, Callable[[Batch, int], list[Any]]] = {"file": _files, "score": _scores, "label": _labels}
+PREDICTIONS_COLUMNS = tuple(PREDICTION_COLUMNS)
+# A calibrated model's rows go on with the p-value and the image threshold (PredictionScoresWriter adds them).
 CALIBRATED_COLUMNS = (*PREDICTIONS_COLUMNS, "p_value", "threshold")
+
+
+def prediction_rows(batch: Batch) -> list[tuple[Any, ...]]:
+    """The rows of predictions.csv for a batch of results: one per image with a score, in :data:`PREDICTION_COLUMNS`."""
+    if batch.pred_score is None:
+        return []
+    size = batch.pred_score.numel()
+    return list(zip(*(values(batch, size) for values in PREDICTION_COLUMNS.values()), strict=True))
+
+
+class PredictionsFile:
+    """A predict run's CSV file: the header, then rows appended batch by batch; renamed when the run stops.
+
+    The file is ``<folder>/<stem><ending><suffix>`` for the first ``<stem>``, ``<stem>_1``, ... that no earlier run
+    wrote (complete or incomplete): no file is replaced.
+
+    Args:
+        folder: The run's folder.
+        file_name: The preferred file name, e.g. ``predictions.csv``.
+        ending: Put between the stem and the suffix (``.rank<R>`` for one process of several).
+        columns: The header: :data:`PREDICTIONS_COLUMNS`, or :data:`CALIBRATED_COLUMNS` with the cells after them
+            given to :meth:`append`.
+    """
+
+    def __init__(
+        self,
+        folder: Path,
+        file_name: str = "predictions.csv",
+        ending: str = "",
+        columns: Sequence[str] = PREDICTIONS_COLUMNS,
+    ) -> None:
+        name = Path(file_name)
+        endings = (f"{ending}{name.suffix}", f"{ending}.incomplete{name.suffix}")
+        self.path = folder / f"{unused_stem(folder, name.stem, endings)}{ending}{name.suffix}"
+        self.rows = 0
+        self.columns = tuple(columns)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with self.path.open("w", newline="") as file:
+            csv.writer(file).writerow(self.columns)
+
+    def append(self, batch: Batch, more: Sequence[tuple[Any, ...]] | None = None) -> None:
+        """Append a row per image of the batch (its score and label after post-processing), ``more`` cells after."""
+        rows = prediction_rows(batch)
+        if more is not None:
+            rows = [(*row, *cells) for row, cells in zip(rows, more, strict=True)]
+        with self.path.open("a", newline="") as file:
+            csv.writer(file).writerows(rows)
+        self.rows += len(rows)
+
+    def finish(self) -> None:
+        """Say where the scores are, in one line."""
+        logger.info("Scores of %d image(s) (%s; label 1: anomalous): %s", self.rows, ", ".join(self.columns), self.path)
+
+    def stop(self, stopped_by: str) -> None:
+        """Rename the file of a run that stopped to ``<name>.incomplete.csv``, so that none looks complete; say so.
+
+        Args:
+            stopped_by: What stopped the run (the error's class name).
+        """
+        if not self.path.exists():
+            return
+        self.path = self.path.replace(self.path.with_name(f"{self.path.stem}.incomplete{self.path.suffix}"))
+        if self.rows:
+            logger.warning(
+                "predict stopped (%s) after %d images; their scores are in %s", stopped_by, self.rows, self.path
+            )
+            return
+        logger.warning("predict stopped (%s) before any image was scored; %s has no rows", stopped_by, self.path)
 
 
 class PredictionScoresWriter(Callback):
@@ -45,27 +143,16 @@ class PredictionScoresWriter(Callback):
     def __init__(self, file_name: str = "predictions.csv") -> None:
         super().__init__()
         self.file_name = file_name
-        self.path: Path | None = None
-        self.rows = 0
-        self.columns = PREDICTIONS_COLUMNS
+        self.file: PredictionsFile | None = None
         self._writing = False
-
-    def _path(self, trainer: Trainer) -> Path:
-        """``<stem>[.rank<R>].csv`` in the run's folder; ``<stem>_<N>...`` when an earlier predict wrote that one."""
-        name = Path(self.file_name)
-        rank = f".rank{trainer.global_rank}" if trainer.world_size > 1 else ""
-        folder = Path(trainer.default_root_dir)
-        endings = (f"{rank}{name.suffix}", f"{rank}.incomplete{name.suffix}")
-        return folder / f"{unused_stem(folder, name.stem, endings)}{rank}{name.suffix}"
 
     def on_predict_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         """Start the file with its header."""
         calibrated = getattr(pl_module, "hparams", {}).get("false_alarm_rate") is not None
-        self.columns = CALIBRATED_COLUMNS if calibrated else PREDICTIONS_COLUMNS
-        self.path, self.rows, self._writing = self._path(trainer), 0, True
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        with self.path.open("w", newline="") as file:
-            csv.writer(file).writerow(self.columns)
+        ending = f".rank{trainer.global_rank}" if trainer.world_size > 1 else ""
+        columns = CALIBRATED_COLUMNS if calibrated else PREDICTIONS_COLUMNS
+        self.file = PredictionsFile(Path(trainer.default_root_dir), self.file_name, ending, columns)
+        self._writing = True
 
     def on_predict_batch_end(
         self,
@@ -76,40 +163,26 @@ class PredictionScoresWriter(Callback):
         batch_idx: int,
         dataloader_idx: int = 0,
     ) -> None:
-        """Append a row per image of the batch (its score and label after post-processing; p-value and threshold)."""
+        """Append a row per image of the batch (score and label after post-processing; p-value and threshold)."""
         del trainer, batch, batch_idx
-        scores = outputs.pred_score.flatten().tolist() if outputs.pred_score is not None else []
-        labels = outputs.pred_label.flatten().int().tolist() if outputs.pred_label is not None else [""] * len(scores)
-        files = list(outputs.image_path) if outputs.image_path is not None else [""] * len(scores)
-        rows = list(zip(files, map(repr, scores), labels, strict=True))
-        if self.columns == CALIBRATED_COLUMNS:
+        more = None
+        if self.file.columns == CALIBRATED_COLUMNS and outputs.pred_score is not None:
             calibration = pl_module.calibration_of(dataloader_idx)
             threshold = pl_module.label_threshold(dataloader_idx)
             threshold_cell = "" if math.isnan(threshold) else repr(threshold)
-            values = calibration.p_values(scores).tolist()
-            rows = [(*row, repr(value), threshold_cell) for row, value in zip(rows, values, strict=True)]
-        with self.path.open("a", newline="") as file:
-            csv.writer(file).writerows(rows)
-        self.rows += len(scores)
+            values = calibration.p_values(outputs.pred_score.flatten().tolist()).tolist()
+            more = [(repr(value), threshold_cell) for value in values]
+        self.file.append(outputs, more)
 
     def on_predict_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         """Say where the scores are, in one line."""
         del trainer, pl_module
         self._writing = False
-        logger.info("Scores of %d image(s) (%s; label 1: anomalous): %s", self.rows, ", ".join(self.columns), self.path)
+        self.file.finish()
 
     def on_exception(self, trainer: Trainer, pl_module: LightningModule, exception: BaseException) -> None:
         """Rename the file of a ``predict`` that stopped to ``<name>.incomplete.csv``, so that none looks complete."""
         del trainer, pl_module
-        if not self._writing or self.path is None or not self.path.exists():
-            return
-        self._writing = False
-        incomplete = self.path.with_name(f"{self.path.stem}.incomplete{self.path.suffix}")
-        self.path = self.path.replace(incomplete)
-        stopped_by = type(exception).__name__
-        if self.rows:
-            logger.warning(
-                "predict stopped (%s) after %d images; their scores are in %s", stopped_by, self.rows, self.path
-            )
-            return
-        logger.warning("predict stopped (%s) before any image was scored; %s has no rows", stopped_by, self.path)
+        if self._writing:
+            self._writing = False
+            self.file.stop(type(exception).__name__)

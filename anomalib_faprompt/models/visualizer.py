@@ -9,12 +9,16 @@ them to ``images/<category>/<path below the dataloader's images' common folder>`
 ``images/bottle/broken_large/000.png`` for MVTec AD: the image's own file name, once per image. A category
 that is not one folder name (``../x``, ``a/b``) is refused before any image is drawn: no file goes outside
 ``images/``.
+
+The exported model's predict command (:mod:`anomalib_faprompt.inference`) draws and names its panels with the same
+code: :meth:`CategoryImageVisualizer.save_panel`, :func:`image_root` and :func:`panel_path`.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +34,7 @@ from anomalib_faprompt.data.images import read_image, reads_unlike_anomalib
 from anomalib_faprompt.data.paths import folder_name_problem
 from anomalib_faprompt.errors import InvalidInputError
 
-__all__ = ["CategoryImageVisualizer", "dataloader_category"]
+__all__ = ["CategoryImageVisualizer", "dataloader_category", "image_root", "panel_path"]
 
 logger = logging.getLogger(__name__)
 
@@ -71,6 +75,21 @@ def _image_paths(dataset: Any) -> list[str]:  # noqa: ANN401
     return [str(path) for path in getattr(dataset, "image_filenames", [])]
 
 
+def image_root(paths: Iterable[str | Path]) -> Path | None:
+    """Common folder of image files (the folder of one file; ``None`` for none): their panels are named below it."""
+    paths = [os.path.abspath(path) for path in paths]
+    root = Path(os.path.commonpath(paths)) if paths else None
+    return root.parent if root is not None and len(set(paths)) == 1 else root
+
+
+def panel_path(folder: Path, image_path: str | Path, root: Path | None) -> Path:
+    """File of an image's panel in ``folder``: its path below ``root``, else ``<its folder's name>/<its name>``."""
+    path = Path(os.path.abspath(image_path))
+    if root is not None and path.is_relative_to(root):
+        return folder / path.relative_to(root)
+    return folder / path.parent.name / path.name
+
+
 class CategoryImageVisualizer(ImageVisualizer):
     """anomalib's ``ImageVisualizer``, writing ``<output_dir>/<category>/<path in the category>`` once per image.
 
@@ -90,9 +109,7 @@ class CategoryImageVisualizer(ImageVisualizer):
         if dataloader_idx not in self._roots:
             loaders = _dataloaders(trainer)
             dataset = getattr(loaders[dataloader_idx], "dataset", None) if dataloader_idx < len(loaders) else None
-            paths = [os.path.abspath(path) for path in _image_paths(dataset)]
-            root = Path(os.path.commonpath(paths)) if paths else None
-            self._roots[dataloader_idx] = root.parent if root is not None and len(set(paths)) == 1 else root
+            self._roots[dataloader_idx] = image_root(_image_paths(dataset))
         return self._roots[dataloader_idx]
 
     def images_dir(self, trainer: Trainer) -> Path:
@@ -103,11 +120,7 @@ class CategoryImageVisualizer(ImageVisualizer):
         """File of an image's visualisation: ``<output_dir>/<category>/<image path below the common folder>``."""
         category = dataloader_category(trainer, dataloader_idx)
         folder = self.images_dir(trainer) / category if category else self.images_dir(trainer)
-        path = Path(os.path.abspath(image_path))
-        root = self._image_root(trainer, dataloader_idx)
-        if root is not None and path.is_relative_to(root):
-            return folder / path.relative_to(root)
-        return folder / path.parent.name / path.name
+        return panel_path(folder, image_path, self._image_root(trainer, dataloader_idx))
 
     def visualize(self, predictions: ImageItem) -> PILImage.Image | None:
         """Draw anomalib's panels, the image as this package reads it: upright, and 16-bit values not clipped.
@@ -123,6 +136,22 @@ class CategoryImageVisualizer(ImageVisualizer):
         if isinstance(path, str) and reads_unlike_anomalib(path):
             predictions = predictions.update(in_place=False, image_path=None, image=read_image(path))
         return super().visualize(predictions)
+
+    def save_panel(self, item: ImageItem, filename: Path, read_by_package: bool = True) -> None:
+        """Draw an item's panels and save them to ``filename`` (nothing when the item has nothing to draw).
+
+        Args:
+            item: The image and the model's outputs for it.
+            filename: Where the panels go; its folder is created.
+            read_by_package: Whether the model saw the image as :func:`~.data.images.read_image` reads it (drawn by
+                :meth:`visualize`), else as anomalib reads it (drawn by anomalib).
+        """
+        image = self.visualize(item) if read_by_package else super().visualize(item)
+        if image is None:
+            return
+        filename.parent.mkdir(parents=True, exist_ok=True)
+        image.save(filename)
+        self._written.add(filename)
 
     def on_test_start(self, trainer: Trainer, pl_module: AnomalibModule) -> None:
         """Forget the dataloaders and files of an earlier run; refuse a category that is not one folder name.
@@ -159,19 +188,14 @@ class CategoryImageVisualizer(ImageVisualizer):
     ) -> None:
         """Draw every image of the batch as the model read it; save it under its category and own file name."""
         del pl_module, outputs
-        draw = self.visualize if _read_by_package(trainer, dataloader_idx) else super().visualize
+        read_by_package = _read_by_package(trainer, dataloader_idx)
         for index, item in enumerate(batch):
-            image = draw(item)
-            if image is None:
-                continue
             if item.image_path:
                 filename = self.output_path(trainer, item.image_path, dataloader_idx)
             else:
                 category = dataloader_category(trainer, dataloader_idx) or ""
                 filename = self.images_dir(trainer) / category / f"batch{batch_idx:05d}_{index:03d}.png"
-            filename.parent.mkdir(parents=True, exist_ok=True)
-            image.save(filename)
-            self._written.add(filename)
+            self.save_panel(item, filename, read_by_package)
 
     def on_predict_batch_end(
         self,
@@ -185,11 +209,16 @@ class CategoryImageVisualizer(ImageVisualizer):
         """As for a test batch."""
         self.on_test_batch_end(trainer, pl_module, outputs, batch, batch_idx, dataloader_idx)
 
+    def say_where(self, images_dir: Path) -> None:
+        """Say where the images went, in one line (nothing when none was drawn)."""
+        if self._written:
+            logger.info("Heat-maps of %d images: %s", len(self._written), images_dir)
+
     def on_test_end(self, trainer: Trainer, pl_module: AnomalibModule) -> None:
         """Say where the images went, in one line."""
         del pl_module
-        if self._written and trainer.is_global_zero:
-            logger.info("Heat-maps of %d images: %s", len(self._written), self.images_dir(trainer))
+        if trainer.is_global_zero:
+            self.say_where(self.images_dir(trainer))
 
     def on_predict_end(self, trainer: Trainer, pl_module: AnomalibModule) -> None:
         """Say where the images went, in one line."""
