@@ -16,7 +16,7 @@ from typing import Any
 
 from anomalib.data import InferenceBatch
 
-from anomalib_faprompt.deploy import openvino_config
+from anomalib_faprompt.deploy import cpu_instruction_sets, int8_speed_note, openvino_config
 from anomalib_faprompt.errors import InvalidInputError, MissingInputError, MissingPackageError
 from anomalib_faprompt.models.compression import INSTALL
 
@@ -124,10 +124,14 @@ def compile_for_throughput(model: Any, precision: str = "f32", threads: int | No
 
     Returns:
         The ``openvino.CompiledModel``. A warning line says that bf16 and f16 can move the outputs away from the
-        tested (f32) model's, and another when the CPU runs another precision than ``precision`` (bf16 or f16
-        without the instructions for it).
+        tested (f32) model's, another when the CPU runs another precision than ``precision`` (bf16 or f16
+        without the instructions for it), and one for a quantised model on a CPU without int8 dot products.
     """
     openvino = _openvino()
+    if any(operation.get_type_name() == "FakeQuantize" for operation in model.get_ops()):
+        note = int8_speed_note(cpu_instruction_sets())
+        if note:
+            logger.warning(note)
     if precision != "f32":
         logger.warning(
             "Precision %s: scores and maps can differ from the tested model's (f32) by up to 1e-1, where near-tied "
