@@ -127,6 +127,20 @@ def test_compiled_for_throughput_at_the_asked_precision_and_threads(tmp_path, mo
     assert (tmp_path / "openvino_cache" / "f32").is_dir()
 
 
+def test_bf16_and_f16_say_that_they_move_the_outputs(tmp_path, monkeypatch, caplog):
+    """A warning line at bf16 (and f16); another where the CPU cannot run it and runs f32; none at f32."""
+    monkeypatch.chdir(tmp_path)
+    model = read_exported_model(stand_in_model(tmp_path))
+    with caplog.at_level("WARNING"):
+        compile_for_throughput(model, "f32")
+    assert not caplog.records
+    with caplog.at_level("WARNING"):
+        compiled = compile_for_throughput(model, "bf16")
+    assert "Precision bf16: scores and maps can differ from the tested model's (f32) by up to 1e-1" in caplog.text
+    runs_bf16 = compiled.get_property("INFERENCE_PRECISION_HINT") == ov.Type.bf16
+    assert ("This CPU runs the model in f32: OpenVINO's CPU plugin has no bf16 here" in caplog.text) != runs_bf16
+
+
 def test_a_wrong_model_file_is_one_line(tmp_path, capsys):
     """Missing, a folder, a checkpoint, an XML that is no IR, an IR without its .bin, damaged weights: one line each."""
     images = tmp_path / "images"

@@ -71,34 +71,46 @@ def _check_size(image: torch.Tensor, path: str, model_path: Path, shape: Any) ->
 
 
 def _results(compiled: Any, items: Iterator[ImageItem], model_path: Path) -> Iterator[ImageBatch]:  # noqa: ANN401
-    """The results of each item, in the items' order, inferred asynchronously on OpenVINO's parallel requests."""
+    """The results of each item, in the items' order, inferred asynchronously on OpenVINO's parallel requests.
+
+    A finished request's outputs are read here, in this thread, when the queue hands the request out again (and at
+    the end), not in a callback: OpenVINO runs callbacks on its worker threads, and a worker still waiting for the
+    GIL when the compiled model is released (by this thread, holding the GIL) stops the process (a deadlock, or
+    "Resource deadlock avoided").
+    """
     import openvino  # noqa: PLC0415  (an optional dependency: checked by the caller)
 
     outputs = [(output, output.get_any_name()) for output in compiled.outputs if output.get_any_name() in BATCH_FIELDS]
     shape = compiled.inputs[0].partial_shape
-    done: dict[int, dict[str, torch.Tensor]] = {}
-
-    def keep(request: Any, index: int) -> None:  # noqa: ANN401
-        done[index] = {name: torch.from_numpy(request.get_tensor(output).data.copy()) for output, name in outputs}
-
     queue = openvino.AsyncInferQueue(compiled, compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS"))
-    queue.set_callback(keep)
-    pending: dict[int, ImageItem] = {}
+    started: dict[int, ImageItem] = {}  # the items inferred or being inferred, outputs not read yet
+    done: dict[int, ImageBatch] = {}
+
+    def read(handle: int) -> None:
+        """Read the outputs of the item the finished request ``handle`` last inferred (if not read yet)."""
+        index = queue.userdata[handle]
+        if index in started:
+            tensors = {name: torch.from_numpy(queue[handle].get_tensor(output).data.copy()) for output, name in outputs}
+            done[index] = _batch(started.pop(index), tensors)
+
     written, stopped = 0, None
     try:
         for index, item in enumerate(items):
             _check_size(item.image, item.image_path, model_path, shape)
-            pending[index] = item
+            read(queue.get_idle_request_id())  # the request that start_async takes next
+            started[index] = item
             queue.start_async({0: item.image[None].numpy()}, index)
             while written in done:
-                yield _batch(pending.pop(written), done.pop(written))
+                yield done.pop(written)
                 written += 1
     except Exception as error:  # noqa: BLE001  (an image that cannot be used: the images before it are written first)
         stopped = error
     finally:
         queue.wait_all()  # no request left running, also when the run stops
+    for handle in range(len(queue)):
+        read(handle)
     while written in done:
-        yield _batch(pending.pop(written), done.pop(written))
+        yield done.pop(written)
         written += 1
     if stopped is not None:
         raise stopped
