@@ -10,7 +10,6 @@ that every runtime computes alike, and is what the exported graph resizes with.
 
 from __future__ import annotations
 
-import copy
 from typing import Any
 
 import torch
@@ -85,7 +84,7 @@ def exportable_transform(transform: Transform | None) -> Transform | None:
     if not any(keep):
         return get_exportable_transform(transform)
     exported = [
-        BicubicResize(_output_size(step.size)) if kept else get_exportable_transform(copy.deepcopy(step))
+        BicubicResize(_output_size(step.size)) if kept else get_exportable_transform(step)
         for step, kept in zip(steps, keep, strict=True)
     ]
     return Compose(exported)
