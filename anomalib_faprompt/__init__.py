@@ -14,7 +14,7 @@ _install_hook()
 
 def __getattr__(name: str) -> object:
     if name in __all__:
-        from anomalib_faprompt import models
+        from anomalib_faprompt import models  # noqa: PLC0415  (the models load on first use)
 
         return getattr(models, name)
     msg = f"module 'anomalib_faprompt' has no attribute '{name}'"

@@ -219,7 +219,7 @@ def synthetic_batch(batch: int, size: int, device: torch.device) -> tuple[torch.
 
 def build_model(args: argparse.Namespace, device: torch.device) -> FAPrompt:
     """FAPrompt with random backbone weights."""
-    from anomalib_faprompt.models.faprompt.lightning_model import FAPrompt  # slow import: after argument checks
+    from anomalib_faprompt.models.faprompt.lightning_model import FAPrompt  # noqa: PLC0415  (slow: after the argument checks)
 
     extra = TINY_ARGS if args.tiny else {}
     build = FAPrompt.released_code if args.variant == "released" else FAPrompt

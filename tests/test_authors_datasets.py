@@ -298,9 +298,11 @@ def test_a_repeated_item_is_scored_as_listed_and_named_in_one_warning_line(index
         datamodule.setup()
     records = [record for record in caplog.records if record.name.startswith("anomalib_faprompt")]
     assert [record.getMessage() for record in records] == [
-        f"'{root.resolve() / 'meta.json'}': 3 'test' item(s) repeat an earlier item of their category, e.g. item "
-        f"{len(items) - 3} of 'gamma' ({items[0]['img_path']}) repeats item 0: each is scored and counted in the "
-        "metrics as often as it is listed, as by the authors' test.py. Remove the repeats to count each image once."
+        (
+            f"'{root.resolve() / 'meta.json'}': 3 'test' item(s) repeat an earlier item of their category, e.g. item "
+            f"{len(items) - 3} of 'gamma' ({items[0]['img_path']}) repeats item 0: each is scored and counted in the "
+            "metrics as often as it is listed, as by the authors' test.py. Remove the repeats to count each image once."
+        )
     ]
     paths = list(datamodule.target_data[datamodule.test_categories.index("gamma")].samples.image_path)
     assert len(paths) == len(items)
@@ -327,7 +329,7 @@ def _emptied(indexed_target: Path, folder: Path, *categories: str) -> Path:
     """A copy of the index whose ``categories`` are listed in its ``test`` part with no items."""
     shutil.copytree(indexed_target, folder)
     index = _index(folder)
-    index["test"].update(dict.fromkeys(categories, []))
+    index["test"].update({category: [] for category in categories})
     (folder / "meta.json").write_text(json.dumps(index))
     return folder
 

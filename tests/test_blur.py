@@ -120,7 +120,7 @@ def test_sigma_zero_is_identity_and_negative_refused() -> None:
     maps = torch.rand(1, 1, 8, 8)
     torch.testing.assert_close(GaussianBlur(0.0)(maps), maps, rtol=0, atol=0)
     np.testing.assert_array_equal(ndimage.gaussian_filter(maps[0, 0].numpy(), 0.0), maps[0, 0].numpy())
-    with pytest.raises(ValueError, match="sigma=-1.0 .* must be >= 0"):
+    with pytest.raises(ValueError, match=r"sigma=-1.0 .* must be >= 0"):
         GaussianBlur(-1.0)
     with pytest.raises(ValueError, match=r"shape \(..., H, W\)"):
         GaussianBlur(1.0)(torch.rand(5))

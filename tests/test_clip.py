@@ -237,7 +237,7 @@ def test_image_size_not_multiple_of_patch(tiny_clip_config):
 
 
 def test_missing_local_weights_file():
-    with pytest.raises(FileNotFoundError, match="/nonexistent/w.pt"):
+    with pytest.raises(FileNotFoundError, match=r"/nonexistent/w.pt"):
         load_open_clip("ViT-B-32", "/nonexistent/w.pt")
 
 

@@ -393,8 +393,10 @@ def test_extra_mask_in_a_folder_dataset_is_ignored_with_a_warning(tmp_path, capl
     datamodule = AuxiliaryDataModule(root=folder, dataset="Folder", val_split_ratio=0, num_workers=0)
     datamodule.setup()
     assert logged_warnings(caplog, "mask file") == [
-        f"1 mask file(s) under '{folder}' belong to no defect image and are ignored: "
-        f"{folder / 'ground_truth' / '007_mask.png'}"
+        (
+            f"1 mask file(s) under '{folder}' belong to no defect image and are ignored: "
+            f"{folder / 'ground_truth' / '007_mask.png'}"
+        )
     ]
     samples = datamodule.train_data.samples
     defects = samples[samples.label_index == 1]
@@ -443,8 +445,10 @@ def test_empty_target_category_keeps_its_place_among_the_test_dataloaders(tmp_pa
     trainer = _trainer()
     trainer.test(model, datamodule=datamodule, verbose=False)
     assert logged_warnings(caplog, "no images") == [
-        f"Target categories with no images under '{target}': beta. They keep their place among the test dataloaders, "
-        "with no batches."
+        (
+            f"Target categories with no images under '{target}': beta. They keep their place among the test "
+            "dataloaders, with no batches."
+        )
     ]
     assert [len(loader.dataset) for loader in trainer.test_dataloaders] == [4, 0, 4]
     assert [loader.dataset.samples.image_path[0].split("/")[-4] for loader in trainer.test_dataloaders[::2]] == [

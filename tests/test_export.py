@@ -332,7 +332,7 @@ def test_bf16_run_after_f32_run_in_one_folder(
 
 def test_openvino_config_names_a_bad_precision():
     assert openvino_config("bf16", "cache") == {"INFERENCE_PRECISION_HINT": "bf16", "CACHE_DIR": "cache/bf16"}
-    with pytest.raises(ValueError, match="precision='fp32'.*'f32'"):
+    with pytest.raises(ValueError, match=r"precision='fp32'.*'f32'"):
         openvino_config("fp32")
 
 

@@ -81,8 +81,8 @@ def test_startup_imports_nothing_heavy():
         ("", False),  # anomalib.models first (a plain import: anomalib's warnings stay); it imports the models
         ("from anomalib_faprompt import FAPrompt; ", True),  # the package first: it imports anomalib.models
         ("import importlib.util; importlib.util.find_spec('anomalib.models'); ", False),  # a look-up first
-        ("import importlib.util; importlib.util.find_spec('anomalib_faprompt.models'); "
-         "import anomalib_faprompt.models; ", True),
+        (("import importlib.util; importlib.util.find_spec('anomalib_faprompt.models'); "
+          "import anomalib_faprompt.models; "), True),
         ("import anomalib_faprompt.components; ", False),  # the package's components import anomalib.models
     ],
 )  # fmt: skip

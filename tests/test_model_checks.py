@@ -66,7 +66,7 @@ def test_long_deep_prompts_are_exact_under_truncation():
     torch.manual_seed(0)
     model = FAPrompt(**tiny_args(prompt_length=20)).model.eval()
     with torch.no_grad():
-        normal, abnormal = model.static_text()
+        normal, _abnormal = model.static_text()
         full = model.backbone.encode_text
         eos = torch.tensor([model.normal_template.eos_index])
         tokens = model.normal_template.embed(model.backbone, model.normal_ctx.unsqueeze(0), 77)

@@ -281,9 +281,11 @@ def test_unknown_arguments_and_unusable_data_are_named_before_any_job(target_roo
     extra = config({"root": str(synthetic)})
     extra["benchmark"]["data"]["init_args"]["category"]["grid"].append("zeta")
     assert checks.unusable_data(extra) == [
-        f"MVTecAD category 'zeta' is not under '{synthetic}' (argument `data.init_args.root`), which holds delta, "
-        "gamma, and it is not downloaded there (only folders named `MVTecAD` are downloaded into): place the "
-        "category there, or leave it out."
+        (
+            f"MVTecAD category 'zeta' is not under '{synthetic}' (argument `data.init_args.root`), which holds delta, "
+            "gamma, and it is not downloaded there (only folders named `MVTecAD` are downloaded into): place the "
+            "category there, or leave it out."
+        )
     ]
     (problem,) = checks.unusable_data(config({"root": str(synthetic / "gamma")}))
     assert f"pass its parent '{synthetic}' as `data.init_args.root`" in problem

@@ -235,8 +235,10 @@ def test_module_command_on_an_empty_csv(tmp_path):
     assert result.returncode == 1
     assert result.stdout == ""
     assert result.stderr.strip().splitlines() == [
-        f"anomalib-faprompt-report: error: '{path}' is empty. "
-        "Pass the results.csv that `anomalib benchmark` wrote after a job finished."
+        (
+            f"anomalib-faprompt-report: error: '{path}' is empty. "
+            "Pass the results.csv that `anomalib benchmark` wrote after a job finished."
+        )
     ]
 
 
@@ -300,7 +302,7 @@ def test_runs_of_a_seed_grid_are_averaged_and_each_mean_is_named(tmp_path):
     ]
     output = tmp_path / "report"
     main([str(_write(tmp_path, rows)), "--output", str(output)])
-    # gamma: (0.5 + 0.75 + 1.0) / 3 = 0.75; delta: (0.25 + 0.5) / 2 = 0.375; mean: (0.75 + 0.375) / 2 = 0.5625
+    # gamma: (0.5 + 0.75 + 1.0) / 3 = 0.75; delta: (0.25 + 0.5) / 2 = 0.375; mean: (0.75 + 0.375) / 2 = 0.5625  # noqa: ERA001
     # WinClip: one run each, mean (0.625 + 0.125) / 2 = 0.375
     assert _section(output, "image_AUROC")[2:] == [
         "| model | delta | gamma | mean |",
@@ -336,7 +338,10 @@ def test_rows_repeated_with_equal_settings_are_named_as_runs(tmp_path):
     output = tmp_path / "report"
     main([str(_write(tmp_path, rows + rows)), "--output", str(output)])
     lines = _section(output, "image_AUROC")
-    assert lines[4:] == ["| FAPrompt | **50.0** | **50.0** |", "| WinClip | 25.0 | 25.0 |", ""] + [
+    assert lines[4:] == [
+        "| FAPrompt | **50.0** | **50.0** |",
+        "| WinClip | 25.0 | 25.0 |",
+        "",
         "- FAPrompt, pcb1: mean of 2 runs (seeds 42, 42).",
         "- WinClip, pcb1: mean of 2 runs (seeds 42, 42).",
     ]
@@ -379,7 +384,7 @@ def test_rows_of_other_data_are_refused_not_averaged(tmp_path, capsys, column, v
         f"({', '.join(map(repr, map(str, values)))}), not in the seed alone: the report averages only repeated runs "
         "of one model and dataset. Report each dataset from its own results file (keep its rows only)."
     )
-    assert "seed" not in message.split("differ in")[1].split("(")[0]
+    assert "seed" not in message.split("differ in")[1].split("(", maxsplit=1)[0]
     with pytest.raises(SystemExit) as exit_info:
         main([str(path), "--output", str(tmp_path / "out")])
     assert exit_info.value.code == 1

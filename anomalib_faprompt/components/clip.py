@@ -82,7 +82,7 @@ def _load_weights_file(model: CLIP, model_name: str, path: str) -> None:
 def _is_cached(cfg: dict[str, Any]) -> bool:
     """Whether the weights of a pretrained config are in open_clip's or the Hugging Face cache already."""
     if cfg.get("hf_hub"):
-        from huggingface_hub import try_to_load_from_cache
+        from huggingface_hub import try_to_load_from_cache  # noqa: PLC0415  (only for a Hugging Face config)
 
         repo, _, folder = cfg["hf_hub"].partition("/")
         repo_id = f"{repo}/{folder.strip('/').split('/')[0]}" if folder else repo

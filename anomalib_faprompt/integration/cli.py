@@ -39,7 +39,7 @@ def apply_seed(subcommand: str, config: Any) -> int | None:  # noqa: ANN401
     seed = config.get("seed_everything") if subcommand in SEEDED_SUBCOMMANDS else None
     if isinstance(seed, bool) or not isinstance(seed, int):
         return None
-    from lightning.pytorch import seed_everything
+    from lightning.pytorch import seed_everything  # noqa: PLC0415  (Lightning loads with the subcommand)
 
     return seed_everything(seed, workers=True)
 

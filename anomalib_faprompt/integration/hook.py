@@ -35,7 +35,7 @@ def _call(target: tuple[str, str], *args: object) -> object:
         module = __import__(target[0], fromlist=[target[1]])
         return getattr(module, target[1])(*args)
     except Exception as error:  # noqa: BLE001  (a broken plugin must never break anomalib itself)
-        import warnings
+        import warnings  # noqa: PLC0415  (only on a failure: the hook stays cheap)
 
         warnings.warn(
             f"anomalib_faprompt: {target[0]}.{target[1]} failed, anomalib is left as it was: {error!r}", stacklevel=3

@@ -13,7 +13,7 @@ SUPPORTED_ANOMALIB = ((2, 7), (2, 8))
 
 def anomalib_supported() -> bool:
     """Whether the installed anomalib is in ``[2.7, 2.8)``, the versions the patches were written against."""
-    import anomalib
+    import anomalib  # noqa: PLC0415  (the hook runs before anomalib is imported)
 
     try:
         version = tuple(int(part) for part in anomalib.__version__.split(".")[:2])
@@ -28,7 +28,7 @@ class Patch:
     def __init__(self) -> None:
         self._undo: list[tuple[Any, str, Any, bool]] = []
 
-    def set(self, owner: Any, name: str, value: Any) -> None:
+    def set(self, owner: object, name: str, value: object) -> None:
         """Replace ``owner.name`` by ``value`` (recorded for :meth:`undo`)."""
         had, old = name in vars(owner), vars(owner).get(name)
         setattr(owner, name, value)
@@ -52,7 +52,7 @@ def patching(what: str) -> Iterator[Patch | None]:
     left exactly as it was.
     """
     if not anomalib_supported():
-        import anomalib
+        import anomalib  # noqa: PLC0415  (the hook runs before anomalib is imported)
 
         warnings.warn(
             f"anomalib_faprompt: {what} not applied: written for anomalib >=2.7,<2.8, found {anomalib.__version__}",

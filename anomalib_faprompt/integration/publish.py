@@ -43,7 +43,7 @@ def publish(module: Any, models: Any) -> None:  # noqa: ANN401
 def on_anomalib_models(module: Any) -> None:  # noqa: ANN401
     """Hook run after ``anomalib.models`` loaded: publish (unless the package's import is what loaded it)."""
     if not _package_is_importing():
-        import anomalib_faprompt.models as models
+        from anomalib_faprompt import models  # noqa: PLC0415  (the hook stays cheap until anomalib.models loads)
 
         publish(module, models)
 

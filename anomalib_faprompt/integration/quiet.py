@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import sys
 import warnings
+from itertools import pairwise
 from pathlib import Path
 
 from anomalib_faprompt.names import MODEL_NAMES, PACKAGE
@@ -47,7 +48,7 @@ EXPORT_LOGGERS = ("onnx_ir", "onnxscript")
 def _command_names_package(argv: list[str]) -> bool:
     """Whether a command line, or a ``--config``/``-c`` file it names, mentions this package's models."""
     names = (*MODEL_NAMES, PACKAGE)
-    files = [value for option, value in zip(argv, argv[1:], strict=False) if option in {"--config", "-c"}]
+    files = [value for option, value in pairwise(argv) if option in {"--config", "-c"}]
     texts = [*argv, *(Path(file).read_text(errors="replace") for file in files if Path(file).is_file())]
     return any(name in text for text in texts for name in names)
 
@@ -95,7 +96,7 @@ def _one_console_handler() -> None:
 
     Every INFO line is otherwise printed twice (and the rich copy is wrapped at the terminal width).
     """
-    from rich.logging import RichHandler
+    from rich.logging import RichHandler  # noqa: PLC0415  (rich loads with anomalib's logger)
 
     root = logging.getLogger()
     plain = [handler for handler in root.handlers if type(handler) is logging.StreamHandler]

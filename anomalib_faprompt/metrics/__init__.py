@@ -1,6 +1,7 @@
 """Metrics: a fast AUPRO, the papers' AUPRO, an evaluator that reports per category, and the result tables."""
 
-from ..report.tables import markdown_table, write_tables
+from anomalib_faprompt.report.tables import markdown_table, write_tables
+
 from .aupro import AUPRO, PaperAUPRO, paper_aupro, pro_curve
 from .evaluator import PerCategoryEvaluator
 

@@ -50,8 +50,9 @@ from lightning.pytorch.utilities.types import STEP_OUTPUT
 from torch import distributed
 from torch.utils.data import DistributedSampler
 
-from ..data.categories import category_labels
-from ..report.tables import console_table, results_rows, write_tables
+from anomalib_faprompt.data.categories import category_labels
+from anomalib_faprompt.report.tables import console_table, results_rows, write_tables
+
 from .aupro import AUPRO, PaperAUPRO
 
 __all__ = [

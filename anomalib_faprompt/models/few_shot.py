@@ -89,7 +89,7 @@ class FewShotMixin:
             for file in files:
                 try:
                     read_image(file)
-                except UnreadableFileError as error:
+                except UnreadableFileError as error:  # noqa: PERF203  (the first unreadable reference stops the run)
                     advice = "Replace or remove this reference image, or give others with `few_shot_source`."
                     raise error.with_advice(advice) from error.__cause__
         check_not_scored(

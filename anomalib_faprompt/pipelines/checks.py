@@ -36,12 +36,12 @@ class MissingFilesError(MissingInputError):
 
 def jobs(args: dict[str, Any]) -> list[dict[str, Any]]:
     """The job containers of a benchmark config (``model``, ``data``, ``seed`` each)."""
-    from anomalib.pipelines.components.utils import get_iterator_from_grid_dict
+    from anomalib.pipelines.components.utils import get_iterator_from_grid_dict  # noqa: PLC0415
 
     return list(get_iterator_from_grid_dict(args.get("benchmark") or {}))
 
 
-def class_name(spec: Any) -> str:
+def class_name(spec: Any) -> str:  # noqa: ANN401  (a config value: a class path or a dict)
     """The class name of a job's ``model`` or ``data``: a class path or a ``{"class_path": ...}`` dict."""
     class_path = spec if isinstance(spec, str) else (spec or {}).get("class_path", "")
     return str(class_path).rsplit(".", 1)[-1]

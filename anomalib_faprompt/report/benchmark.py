@@ -262,8 +262,10 @@ def markdown_report(frame: pd.DataFrame, source: str) -> str:
     parts = [
         "# Zero-shot comparison",
         "",
-        f"Results of `anomalib benchmark` ({source}), dataset {datasets}, in percent. {MISSING}: no result; "
-        "bold: the best of a column where at least two models have a value; \\*: a mean over fewer categories.",
+        (
+            f"Results of `anomalib benchmark` ({source}), dataset {datasets}, in percent. {MISSING}: no result; "
+            "bold: the best of a column where at least two models have a value; \\*: a mean over fewer categories."
+        ),
     ]
     notes = model_notes(list(dict.fromkeys(frame["model_class"])))
     if notes:
@@ -409,4 +411,4 @@ def main(argv: Sequence[str] | None = None) -> None:
     except (FileNotFoundError, FileExistsError, ValueError) as error:
         parser.exit(1, f"{parser.prog}: error: {error}\n")
     for path in written:
-        print(path)
+        print(path)  # noqa: T201  (the command's output)

@@ -122,8 +122,8 @@ class FAPrompt(PromptLearningModule, AnomalibModule):
         "sigma",
     )
     UNRECORDED_HPARAMS = ("image_size", "vv_layers", "patch_selection", "local_score", "temperature", "sigma")
-    AUTHORS_DEFAULTS = {"patch_selection": ("topk", "first_k"), "local_score": ("paper", "released")}
-    CHOICES = {"patch_selection": PatchSelection, "local_score": LocalScore, "global_loss_input": GlobalLossInput}
+    AUTHORS_DEFAULTS = {"patch_selection": ("topk", "first_k"), "local_score": ("paper", "released")}  # noqa: RUF012
+    CHOICES = {"patch_selection": PatchSelection, "local_score": LocalScore, "global_loss_input": GlobalLossInput}  # noqa: RUF012
 
     def __init__(
         self,
