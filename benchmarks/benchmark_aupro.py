@@ -76,14 +76,14 @@ def main() -> None:
     parser.add_argument("--worker", nargs=3, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
-        print(json.dumps(measure(args.worker[0], int(args.worker[1]), int(args.worker[2]))))  # noqa: T201
+        print(json.dumps(measure(args.worker[0], int(args.worker[1]), int(args.worker[2]))))
         return
 
-    print(  # noqa: T201
+    print(
         "| maps | size | anomalib AUPRO s | peak GB | fast AUPRO s | peak GB | speed-up | abs. difference "
         "| paper AUPRO s | peak GB | exact / paper value |"
     )
-    print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|")  # noqa: T201
+    print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|")
     for n_maps in args.maps:
         results = {}
         for implementation in ("anomalib", "fast", "paper"):
@@ -105,7 +105,7 @@ def main() -> None:
         fast_cells = f"{fast['seconds']:.1f} | {fast['peak_gb']:.1f}"
         paper = results["paper"]
         paper_cells = f"{paper['seconds']:.1f} | {paper['peak_gb']:.1f} | {fast['value']:.4f} / {paper['value']:.4f}"
-        print(  # noqa: T201
+        print(
             f"| {n_maps} | {args.size} | {slow_cells} | {fast_cells} | {ratio} | {difference} | {paper_cells} |",
             flush=True,
         )

@@ -31,20 +31,20 @@ from pathlib import Path
 
 os.environ.setdefault("TQDM_DISABLE", "1")  # no progress bars in the timed runs
 
-import openvino as ov  # noqa: E402
-import torch  # noqa: E402
-from anomalib.deploy import CompressionType, ExportType  # noqa: E402
-from anomalib.engine import Engine  # noqa: E402
-from lightning.pytorch import seed_everything  # noqa: E402
+import openvino as ov
+import torch
+from anomalib.deploy import CompressionType, ExportType
+from anomalib.engine import Engine
+from lightning.pytorch import seed_everything
 
-from anomalib_faprompt import FAPrompt  # noqa: E402
-from anomalib_faprompt.data import AuxiliaryDataModule, make_synthetic_dataset  # noqa: E402
-from anomalib_faprompt.deploy import INSTRUCTION_SETS, cpu_instruction_sets  # noqa: E402
-from anomalib_faprompt.inference.exported_model import compile_for_throughput, read_exported_model  # noqa: E402
-from anomalib_faprompt.inference.predict import list_images, predict_images  # noqa: E402
+from anomalib_faprompt import FAPrompt
+from anomalib_faprompt.data import AuxiliaryDataModule, make_synthetic_dataset
+from anomalib_faprompt.deploy import INSTRUCTION_SETS, cpu_instruction_sets
+from anomalib_faprompt.inference.exported_model import compile_for_throughput, read_exported_model
+from anomalib_faprompt.inference.predict import list_images, predict_images
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from conftest import TINY_MODEL_ARGS  # noqa: E402
+from conftest import TINY_MODEL_ARGS
 
 QUIET = {"logger": False, "enable_progress_bar": False, "enable_model_summary": False}
 TORCH = "`anomalib predict` (torch, f32)"

@@ -64,11 +64,11 @@ def main() -> None:
         ("difference", f"{on - off:+.2f}"),
         ("hook import (`-X importtime`, cumulative)", f"{hook_import:.3f}"),
     ]
-    print(f"{args.runs} interleaved runs each; PYTHONDONTWRITEBYTECODE={os.environ.get('PYTHONDONTWRITEBYTECODE')}")  # noqa: T201
-    print("| measure | median (ms) |")  # noqa: T201
-    print("| --- | --- |")  # noqa: T201
+    print(f"{args.runs} interleaved runs each; PYTHONDONTWRITEBYTECODE={os.environ.get('PYTHONDONTWRITEBYTECODE')}")
+    print("| measure | median (ms) |")
+    print("| --- | --- |")
     for name, value in rows:
-        print(f"| {name} | {value} |")  # noqa: T201
+        print(f"| {name} | {value} |")
 
 
 if __name__ == "__main__":

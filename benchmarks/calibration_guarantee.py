@@ -35,7 +35,7 @@ from anomalib_faprompt.components.calibration import (
 from anomalib_faprompt.data import AuxiliaryDataModule, make_synthetic_dataset
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from conftest import TINY_MODEL_ARGS  # noqa: E402
+from conftest import TINY_MODEL_ARGS
 
 RATES = (0.01, 0.05, 0.1)
 SIZES = (20, 50, 200)
@@ -73,7 +73,7 @@ def main() -> None:
         files = sorted((pool / "gamma" / "train" / "good").glob("*.png"))
         scores, _ = model.score_images(files)
     scores = np.asarray(scores)
-    print(  # noqa: T201
+    print(
         f"{len(scores)} normal images of the synthetic category 'gamma', scored once by the tiny FAPrompt "
         f"({args.epochs} epochs, seed {args.seed}); {args.draws} draws per row; ties among the scores: "
         f"{len(scores) - len(np.unique(scores))}.\n"
@@ -82,8 +82,8 @@ def main() -> None:
         "| a | n | k | realised: mean | 5th pct | 95th pct | theory: 1 - k/(n+1) | bounds [a - 1/(n+1), a] "
         "| 5th pct | 95th pct |"
     )
-    print(header)  # noqa: T201
-    print("|" + "---:|" * (header.count("|") - 1))  # noqa: T201
+    print(header)
+    print("|" + "---:|" * (header.count("|") - 1))
     for rate in RATES:
         for n in SIZES:
             if n < images_needed(rate):
@@ -95,7 +95,7 @@ def main() -> None:
                 f"{np.quantile(rates, 0.95):.4f}", f"{expected_false_alarm_rate(n, rate):.4f}",
                 f"[{max(rate - 1 / (n + 1), 0):.4f}, {rate:.4f}]", f"{low:.4f}", f"{high:.4f}",
             ]  # fmt: skip
-            print("| " + " | ".join(cells) + " |")  # noqa: T201
+            print("| " + " | ".join(cells) + " |")
 
 
 if __name__ == "__main__":

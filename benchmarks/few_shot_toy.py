@@ -24,7 +24,7 @@ from anomalib_faprompt import AnomalyCLIP, FAPrompt
 from anomalib_faprompt.data import AuxiliaryDataModule, make_synthetic_dataset
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from conftest import TINY_MODEL_ARGS  # noqa: E402
+from conftest import TINY_MODEL_ARGS
 
 METRICS = ("image_AUROC", "image_AUPR", "pixel_AUROC", "pixel_AUPRO")
 

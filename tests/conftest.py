@@ -78,7 +78,7 @@ def anomalib_cli(
         env: Environment variables to set for it (a 200-column console is set; see :func:`subprocess_env`).
     """
     environment = subprocess_env(COLUMNS="200", **(env or {}))
-    process = subprocess.run(  # noqa: S603
+    process = subprocess.run(
         [ANOMALIB, *map(str, args)], cwd=cwd, env=environment, capture_output=True, text=True, timeout=900, check=False
     )
     process.output = process.stdout + process.stderr

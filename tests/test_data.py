@@ -52,11 +52,11 @@ class _Recorder(pl.LightningModule):
         self.layer = torch.nn.Linear(1, 1)
         self.seen: list[tuple[int, str]] = []
 
-    def test_step(self, batch, batch_idx, dataloader_idx=0) -> None:  # noqa: ANN001
+    def test_step(self, batch, batch_idx, dataloader_idx=0) -> None:
         del batch_idx
         self.seen += [(dataloader_idx, path) for path in batch.image_path]
 
-    def predict_step(self, batch, batch_idx, dataloader_idx=0) -> list[str]:  # noqa: ANN001
+    def predict_step(self, batch, batch_idx, dataloader_idx=0) -> list[str]:
         del batch_idx, dataloader_idx
         return list(batch.image_path)
 
@@ -230,7 +230,7 @@ class _ValidationCounter(Callback):
     def __init__(self) -> None:
         self.batches = 0
 
-    def on_validation_batch_end(self, *args, **kwargs) -> None:  # noqa: ANN002, ANN003
+    def on_validation_batch_end(self, *args, **kwargs) -> None:
         del args, kwargs
         self.batches += 1
 

@@ -132,7 +132,7 @@ class GaussianBlur(nn.Module):
         """Blurred ``(..., H, W)`` maps, in fp32 (fp64 for fp64 input), also under autocast."""
         return gaussian_blur(maps, self.kernel)
 
-    def _load_from_state_dict(self, state_dict: dict, prefix: str, *args, **kwargs) -> None:  # noqa: ANN002, ANN003
+    def _load_from_state_dict(self, state_dict: dict, prefix: str, *args, **kwargs) -> None:
         """Drop the 2-D ``kernel`` of checkpoints written with anomalib's ``GaussianBlur2d`` (derived from sigma)."""
         state_dict.pop(f"{prefix}kernel", None)
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)

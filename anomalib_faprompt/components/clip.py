@@ -75,7 +75,7 @@ def _load_weights_file(model: CLIP, model_name: str, path: str) -> None:
             model.load_state_dict(torchscript_state_dict(path))  # OpenAI's layout is open_clip's CLIP layout
         else:
             open_clip.load_checkpoint(model, path)
-    except Exception as error:  # noqa: BLE001  (open_clip raises KeyError, AssertionError, ... on a bad file)
+    except Exception as error:  # open_clip raises KeyError, AssertionError, ... on a bad file
         raise _file_error(model_name, path, error) from error
 
 
@@ -174,7 +174,7 @@ def load_open_clip(
         _check_reachable(model_name, pretrained)
     try:
         model = open_clip.create_model(model_name, pretrained=pretrained)
-    except Exception as error:  # noqa: BLE001  (a failed download or read raises several kinds of error)
+    except Exception as error:  # a failed download or read raises several kinds of error
         if pretrained is None or not isinstance(error, OSError | RuntimeError):
             raise
         raise _weights_error(model_name, pretrained, error) from error

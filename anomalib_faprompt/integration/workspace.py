@@ -51,7 +51,7 @@ def run_root(engine: Any, model: Any, *loaders: Any, datamodule: Any = None, dat
 
 def _setup_workspace(original: Any) -> Any:  # noqa: ANN401
     @wraps(original)
-    def setup_workspace(  # noqa: PLR0913
+    def setup_workspace(
         self: Any,  # noqa: ANN401
         model: Any,  # noqa: ANN401
         train_dataloaders: Any = None,  # noqa: ANN401

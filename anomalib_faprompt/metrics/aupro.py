@@ -260,7 +260,7 @@ def paper_aupro(
 class _PaperAUPRO(_AUPRO):
     """anomalib's ``_AUPRO`` states (maps and masks), computed with the papers' definition."""
 
-    def __init__(self, fpr_limit: float = 0.3, num_steps: int = 200, **kwargs) -> None:  # noqa: ANN003
+    def __init__(self, fpr_limit: float = 0.3, num_steps: int = 200, **kwargs) -> None:
         super().__init__(fpr_limit=fpr_limit, **kwargs)
         if num_steps < 2:
             msg = f"AUPRO (paper): num_steps={num_steps} must be at least 2."
@@ -285,6 +285,6 @@ class PaperAUPRO(AnomalibMetric, _PaperAUPRO):  # type: ignore[misc]
         'pixel_AUPRO_paper'
     """
 
-    def __init__(self, *args, prefix: str = "", **kwargs) -> None:  # noqa: ANN002, ANN003
+    def __init__(self, *args, prefix: str = "", **kwargs) -> None:
         super().__init__(*args, prefix=prefix, **kwargs)
         self.name = f"{prefix}AUPRO_paper"

@@ -98,7 +98,7 @@ class ZeroShotBenchmarkJob(BenchmarkJob):
         if error is None:
             try:
                 return hide_output(self._fit_and_test)(task_id)
-            except Exception as exception:  # noqa: BLE001  (the job's row says why; the log has the traceback)
+            except Exception as exception:  # the job's row says why; the log has the traceback
                 logger.exception("Job %s failed", self.flat_cfg.get("model.class_path"))
                 error = _reason(exception)
         return {"accelerator": self.accelerator, **self.flat_cfg, "status": NO_RESULT, "error": error}
@@ -252,7 +252,7 @@ class Benchmark(AnomalibBenchmark):
             for runner in runners:
                 try:
                     frames.append(runner.run(config.get(runner.generator.job_class.name) or {}))
-                except Exception:  # noqa: PERF203, BLE001  (as anomalib's pipeline: the next runner still runs)
+                except Exception:  # noqa: PERF203  (as anomalib's pipeline: the next runner still runs)
                     logger.exception("An error occurred when running the runner.")
         finally:
             end_redirect(handler)

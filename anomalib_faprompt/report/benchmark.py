@@ -36,13 +36,13 @@ import matplotlib as mpl
 
 mpl.use("Agg")
 
-import matplotlib.pyplot as plt  # noqa: E402
-import pandas as pd  # noqa: E402
-from matplotlib.figure import Figure  # noqa: E402
+import matplotlib.pyplot as plt
+import pandas as pd
+from matplotlib.figure import Figure
 
-from anomalib_faprompt.errors import ExistingOutputError, InvalidInputError  # noqa: E402
-from anomalib_faprompt.names import MODEL_NAMES  # noqa: E402
-from anomalib_faprompt.report.tables import (  # noqa: E402
+from anomalib_faprompt.errors import ExistingOutputError, InvalidInputError
+from anomalib_faprompt.names import MODEL_NAMES
+from anomalib_faprompt.report.tables import (
     MEAN,
     MISSING,
     comparison_markdown,
@@ -138,7 +138,7 @@ def _check_repeats(frame: pd.DataFrame, path: Path) -> None:
     given = frame[settings].astype(object)
     texts = given.where(given.notna(), "not set").apply(lambda column: column.map(setting_text))
     for (model, category), rows in frame.groupby(["model", "category"], sort=False):
-        if len(rows) < 2:  # noqa: PLR2004
+        if len(rows) < 2:
             continue
         group = texts.loc[rows.index]
         differing = [column for column in settings if group[column].nunique() > 1]
@@ -274,7 +274,7 @@ def markdown_report(frame: pd.DataFrame, source: str) -> str:
         table = metric_table(frame, metric)
         parts += ["", f"## {metric}", "", comparison_markdown(table, repeat_notes(frame, metric))]
         charted = _charted(table)
-        if len(charted) < 2:  # noqa: PLR2004
+        if len(charted) < 2:
             who = f"only {charted.index[0]} reports it" if len(charted) else "no model reports it"
             parts += ["", f"No chart: {who}."]
     return "\n".join(parts) + "\n"
@@ -300,7 +300,7 @@ def bar_chart(table: pd.DataFrame, metric: str) -> Figure:
     counts = table.drop(columns=MEAN).notna().sum(axis=1)
     n_models = len(table.index)
     width = 0.8 / max(n_models, 1)
-    crowded = len(groups) * n_models > 16  # noqa: PLR2004
+    crowded = len(groups) * n_models > 16
     figure, axes = plt.subplots(figsize=(max(6.0, 0.35 * len(groups) * n_models + 2.0), 4.8))
     for index, (model, row) in enumerate(table.iterrows()):
         offsets = [group + (index - (n_models - 1) / 2) * width for group in range(len(groups))]
@@ -321,7 +321,7 @@ def bar_chart(table: pd.DataFrame, metric: str) -> Figure:
         axes.bar_label(bars, labels=labels, padding=2, fontsize=7, rotation=90 if crowded else 0)
     if "AUROC" in metric:
         axes.axhline(50, color="black", linewidth=1.0, linestyle="--", label="50% (chance)")
-    axes.set_xticks(range(len(groups)), groups, rotation=30 if len(groups) > 6 else 0, ha="right")  # noqa: PLR2004
+    axes.set_xticks(range(len(groups)), groups, rotation=30 if len(groups) > 6 else 0, ha="right")
     axes.axvline(len(groups) - 1.5, color="grey", linewidth=0.8, linestyle=":")
     axes.set_ylim(0, 115 if crowded else 108)
     axes.set_yticks(range(0, 101, 20))
@@ -330,7 +330,7 @@ def bar_chart(table: pd.DataFrame, metric: str) -> Figure:
     axes.grid(axis="y", alpha=0.3)
     axes.legend(
         loc="upper center",
-        bbox_to_anchor=(0.5, -0.18 if len(groups) > 6 else -0.1),  # noqa: PLR2004
+        bbox_to_anchor=(0.5, -0.18 if len(groups) > 6 else -0.1),
         ncol=n_models + 1,
     )
     figure.tight_layout()
@@ -390,7 +390,7 @@ def write_report(results: str | Path, output: str | Path | None = None) -> list[
     written = [markdown]
     for metric in metric_columns(frame):
         table = metric_table(frame, metric)
-        if len(_charted(table)) < 2:  # noqa: PLR2004
+        if len(_charted(table)) < 2:
             continue
         figure = bar_chart(table, metric)
         path = output / f"{metric}.png"
