@@ -84,7 +84,7 @@ def test_a_subclass_without_build_model_or_loss_weights_is_refused_at_constructi
     class NoWeight(AnomalyCLIP):
         LOSS_TERMS = ("local", "ce", "extra")
 
-    with pytest.raises(TypeError, match=r"NoBuild must set LOSS_TERMS.*implement compute_losses and build_model"):
+    with pytest.raises(TypeError, match=r"NoBuild must set LOSS_TERMS.*build_model, compute_losses and authors_layout"):
         NoBuild(**tiny_args())
     with pytest.raises(TypeError, match=r"NoWeight must .* \(missing: \['extra_weight'\]\)"):
         NoWeight(**tiny_args())

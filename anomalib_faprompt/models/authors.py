@@ -1,8 +1,10 @@
 """Prompt files of the authors' released code (``{"prompt_learner": state_dict}``): recognised, checked, loaded.
 
-The authors' ``train.py`` (AnomalyCLIP and FAPrompt alike) saves only its prompt learner's state dict. This module
-maps its keys onto this package's models (docs/authors-files.md gives the table) and refuses, in one line, a file
-that does not fit the model it is loaded into: another model, other sizes (naming the argument that sets them),
+The authors' ``train.py`` (AnomalyCLIP and FAPrompt alike) saves only its prompt learner's state dict. Each model's
+folder maps its keys onto that model's tensors (``authors_layout.py``: an :class:`AuthorsLayout`, returned by the
+Lightning model's ``authors_layout``; docs/authors-files.md gives the table); this module holds what is common: it
+recognises the file, adds the deep prompts and ``token_*`` buffers both models have, and refuses, in one line, a
+file that does not fit the model it is loaded into: another model, other sizes (naming the argument that sets them),
 other prompt texts, or other CLIP weights. The last two are told by the file's ``token_*`` buffers, which the
 authors' code computes from the prompt texts with CLIP's tokenizer and token embedding. What of them reaches the
 computation must equal what this package builds with the CLIP it loaded: the start token, the fixed words and the
@@ -15,7 +17,7 @@ saved from a ``DataParallel``/DDP-wrapped prompt learner (every key prefixed ``m
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -26,6 +28,10 @@ from anomalib_faprompt.errors import InvalidInputError
 
 __all__ = [
     "AUTHORS_KEY",
+    "PRIOR_PREFIX",
+    "AuthorsEntry",
+    "AuthorsLayout",
+    "AuthorsPrompt",
     "authors_model_name",
     "check_authors_model",
     "is_authors_file",
@@ -61,7 +67,7 @@ def authors_model_name(prompt_learner: Mapping[str, Any]) -> str:
 
 
 @dataclass(frozen=True)
-class _Entry:
+class AuthorsEntry:
     """One tensor of the authors' state dict: its key, the shape this model expects, and where it goes.
 
     Attributes:
@@ -80,7 +86,7 @@ class _Entry:
 
 
 @dataclass(frozen=True)
-class _Prompt:
+class AuthorsPrompt:
     """The ``token_*`` buffers of one prompt set (``pos`` or ``neg``) and the template this model builds them from."""
 
     suffix: str
@@ -88,73 +94,42 @@ class _Prompt:
     copies: int
 
 
-def _buffers(model: PromptedCLIPModel, prompts: list[_Prompt]) -> list[_Entry]:
+@dataclass(frozen=True)
+class AuthorsLayout:
+    """Where the tensors of one model's authors' prompt file go: written in each model's ``authors_layout.py``.
+
+    Attributes:
+        learned: The model's own learned tensors (its contexts, FAPrompt's prior network); the deep prompts, which
+            both models have, are added by :func:`load_authors_prompts`.
+        prompts: The file's prompt sets, whose ``token_*`` buffers are compared with what this model builds.
+    """
+
+    learned: list[AuthorsEntry]
+    prompts: list[AuthorsPrompt]
+
+
+def _buffers(model: PromptedCLIPModel, prompts: list[AuthorsPrompt]) -> list[AuthorsEntry]:
     """The shape entries of the ``token_*`` buffers (compared by :func:`_check_texts`, never loaded)."""
     width, length = model.backbone.text_width, model.backbone.context_length
     entries = []
     for prompt in prompts:
         copies, learned = prompt.copies, prompt.template.n_learned
         entries += [
-            _Entry(f"token_prefix_{prompt.suffix}", (1, copies, 1, width)),
-            _Entry(f"token_suffix_{prompt.suffix}", (1, copies, length - 1 - learned, width)),
-            _Entry(f"tokenized_prompts_{prompt.suffix}", (1, copies, length)),
+            AuthorsEntry(f"token_prefix_{prompt.suffix}", (1, copies, 1, width)),
+            AuthorsEntry(f"token_suffix_{prompt.suffix}", (1, copies, length - 1 - learned, width)),
+            AuthorsEntry(f"tokenized_prompts_{prompt.suffix}", (1, copies, length)),
         ]
     return entries
 
 
-def _deep_prompts(model: PromptedCLIPModel) -> list[_Entry]:
+def _deep_prompts(model: PromptedCLIPModel) -> list[AuthorsEntry]:
     prompts = model.deep_prompts.prompts
     return [
-        _Entry(f"{DEEP_PROMPTS}.{index}", tuple(prompts.shape[1:]), {0: ("prompt_length", 1)}, prompts.data[index])
+        AuthorsEntry(
+            f"{DEEP_PROMPTS}.{index}", tuple(prompts.shape[1:]), {0: ("prompt_length", 1)}, prompts.data[index]
+        )
         for index in range(prompts.shape[0])
     ]
-
-
-def _anomalyclip_layout(model: Any) -> tuple[list[_Entry], list[_Prompt]]:  # noqa: ANN401  (an AnomalyCLIPModel)
-    n_ctx, width = model.normal_ctx.shape
-    prompts = [_Prompt("pos", model.normal_template, 1), _Prompt("neg", model.abnormal_template, 1)]
-    entries = [
-        _Entry("ctx_pos", (1, 1, n_ctx, width), {2: ("n_ctx", 1)}, model.normal_ctx.data.view(1, 1, n_ctx, width)),
-        _Entry("ctx_neg", (1, 1, n_ctx, width), {2: ("n_ctx", 1)}, model.abnormal_ctx.data.view(1, 1, n_ctx, width)),
-        *_deep_prompts(model),
-        *_buffers(model, prompts),
-    ]
-    return entries, prompts
-
-
-def _faprompt_layout(model: Any) -> tuple[list[_Entry], list[_Prompt]]:  # noqa: ANN401  (a FAPromptModel)
-    n_ctx, width = model.normal_ctx.shape
-    n_prompts, n_abnormal = model.abnormal_ctx.shape[:2]
-    first, second = model.prior_net.layers[0], model.prior_net.layers[2]
-    embed_dim = model.backbone.embed_dim
-    prompts = [_Prompt("pos", model.normal_template, 1), _Prompt("neg", model.abnormal_template, n_prompts)]
-    entries = [
-        _Entry("ctx_pos", (1, 1, n_ctx, width), {2: ("n_ctx", 1)}, model.normal_ctx.data.view(1, 1, n_ctx, width)),
-        _Entry(
-            "ctx_neg",
-            (1, n_prompts, n_abnormal, width),
-            {1: ("n_abnormal_prompts", 1), 2: ("n_abnormal_ctx", 1)},
-            model.abnormal_ctx.data.view(1, n_prompts, n_abnormal, width),
-        ),
-        *_deep_prompts(model),
-        _Entry(
-            f"{PRIOR_PREFIX}linear1.weight",
-            tuple(first.weight.shape),
-            {1: ("n_prior_patches", embed_dim)},
-            first.weight.data,
-        ),
-        _Entry(f"{PRIOR_PREFIX}linear1.bias", tuple(first.bias.shape), {}, first.bias.data),
-        _Entry(f"{PRIOR_PREFIX}linear2.weight", tuple(second.weight.shape), {}, second.weight.data),
-        _Entry(f"{PRIOR_PREFIX}linear2.bias", tuple(second.bias.shape), {}, second.bias.data),
-        *_buffers(model, prompts),
-    ]
-    return entries, prompts
-
-
-_LAYOUTS: dict[str, Callable[[Any], tuple[list[_Entry], list[_Prompt]]]] = {
-    "AnomalyCLIP": _anomalyclip_layout,
-    "FAPrompt": _faprompt_layout,
-}
 
 
 def check_authors_model(model_name: str, state: Mapping[str, Any], where: str) -> None:
@@ -166,7 +141,7 @@ def check_authors_model(model_name: str, state: Mapping[str, Any], where: str) -
         raise InvalidInputError(msg)
 
 
-def _check_keys(model_name: str, state: Mapping[str, Any], entries: list[_Entry], where: str) -> None:
+def _check_keys(model_name: str, state: Mapping[str, Any], entries: list[AuthorsEntry], where: str) -> None:
     expected = {entry.key for entry in entries}
     given = {key for key in state if not key.startswith(IGNORED_PREFIX)}
     deep_given = sorted(key for key in given if key.startswith(f"{DEEP_PROMPTS}."))
@@ -184,7 +159,7 @@ def _check_keys(model_name: str, state: Mapping[str, Any], entries: list[_Entry]
         raise InvalidInputError(msg)
 
 
-def _check_shapes(model: PromptedCLIPModel, state: Mapping[str, Any], entries: list[_Entry], where: str) -> None:
+def _check_shapes(model: PromptedCLIPModel, state: Mapping[str, Any], entries: list[AuthorsEntry], where: str) -> None:
     width = model.backbone.text_width
     for entry in entries:
         value = state[entry.key]
@@ -223,7 +198,7 @@ def _decode(model: PromptedCLIPModel, tokens: torch.Tensor) -> str:
     return decode(ids).strip() if callable(decode) else str(ids)
 
 
-def _check_texts(model: PromptedCLIPModel, state: Mapping[str, Any], prompts: list[_Prompt], where: str) -> None:
+def _check_texts(model: PromptedCLIPModel, state: Mapping[str, Any], prompts: list[AuthorsPrompt], where: str) -> None:
     """Compare what the computation uses of the file's prompt texts with what this model builds with its CLIP.
 
     That is the token ids outside the learned positions (start token, fixed words, end-of-text position) and the
@@ -268,11 +243,14 @@ def _check_texts(model: PromptedCLIPModel, state: Mapping[str, Any], prompts: li
                 raise InvalidInputError(msg)
 
 
-def load_authors_prompts(model: PromptedCLIPModel, model_name: str, content: dict[str, Any], where: str) -> None:
+def load_authors_prompts(
+    model: PromptedCLIPModel, layout: AuthorsLayout, model_name: str, content: dict[str, Any], where: str
+) -> None:
     """Check an authors' prompt file against ``model`` and copy its prompts (and FAPrompt's prior network) in.
 
     Args:
         model: The torch model, built with the CLIP the prompts are to be used with.
+        layout: Where the file's tensors go in ``model`` (the model folder's ``authors_layout``).
         model_name: ``"FAPrompt"`` or ``"AnomalyCLIP"``.
         content: The loaded file (see :func:`is_authors_file`).
         where: The file's description for messages, e.g. "'epoch_15.pth' (argument `weights`)".
@@ -283,7 +261,8 @@ def load_authors_prompts(model: PromptedCLIPModel, model_name: str, content: dic
     """
     state = prompt_learner_state(content)
     check_authors_model(model_name, state, where)
-    entries, prompts = _LAYOUTS[model_name](model)
+    prompts = layout.prompts
+    entries = [*layout.learned, *_deep_prompts(model), *_buffers(model, prompts)]
     _check_keys(model_name, state, entries, where)
     _check_shapes(model, state, entries, where)
     _check_texts(model, state, prompts, where)

@@ -37,7 +37,7 @@ from anomalib_faprompt.components.options import check_choice, check_count, chec
 from anomalib_faprompt.data.references import folder_candidates
 from anomalib_faprompt.metrics import PerCategoryEvaluator
 
-from .authors import is_authors_file, load_authors_prompts
+from .authors import AuthorsLayout, is_authors_file, load_authors_prompts
 from .calibration import CalibrationMixin
 from .checkpoint import (
     CheckedCheckpointIO,
@@ -153,12 +153,12 @@ class PromptLearningModule(CalibrationMixin, FewShotMixin, PromptExportMixin):
         missing = [f"{term}_weight" for term in self.LOSS_TERMS if f"{term}_weight" not in arguments]
         overridden = all(
             getattr(type(self), name) is not getattr(PromptLearningModule, name)
-            for name in ("build_model", "compute_losses")
+            for name in ("build_model", "compute_losses", "authors_layout")
         )
         if not self.LOSS_TERMS or missing or not overridden:
             msg = (
                 f"{type(self).__name__} must set LOSS_TERMS, take a `<term>_weight` argument for each (missing: "
-                f"{missing}) and implement compute_losses and build_model."
+                f"{missing}) and implement build_model, compute_losses and authors_layout."
             )
             raise TypeError(msg)
         super().__init__(
@@ -210,6 +210,10 @@ class PromptLearningModule(CalibrationMixin, FewShotMixin, PromptExportMixin):
         self, images: torch.Tensor, labels: torch.Tensor, masks: torch.Tensor | None
     ) -> dict[str, torch.Tensor]:
         """Unweighted loss terms of one batch, named as in ``LOSS_TERMS`` (``masks`` ``None``: image-level only)."""
+        raise NotImplementedError
+
+    def authors_layout(self) -> AuthorsLayout:
+        """Where the tensors of an authors' prompt file go in ``self.model`` (the model folder's ``authors_layout``)."""
         raise NotImplementedError
 
     def weighted_loss(self, losses: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -335,7 +339,7 @@ class PromptLearningModule(CalibrationMixin, FewShotMixin, PromptExportMixin):
                 hyperparameters or sizes, or prompts trained on other CLIP weights or prompt texts.
         """
         if is_authors_file(content):
-            load_authors_prompts(self.model, self.name, content, where)
+            load_authors_prompts(self.model, self.authors_layout(), self.name, content, where)
         else:
             check_is_checkpoint(content, where)
             check_checkpoint(self, content, where)

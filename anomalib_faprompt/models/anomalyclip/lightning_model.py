@@ -24,8 +24,10 @@ from anomalib.visualization import Visualizer
 from torch import nn
 
 from anomalib_faprompt.components import local_losses
+from anomalib_faprompt.models.authors import AuthorsLayout
 from anomalib_faprompt.models.base import PromptLearningModule
 
+from .authors_layout import authors_layout
 from .torch_model import AnomalyCLIPModel
 
 __all__ = ["AnomalyCLIP"]
@@ -146,6 +148,10 @@ class AnomalyCLIP(PromptLearningModule, AnomalibModule):
             feature_layers=hparams.feature_layers,
             few_shot_layers=hparams.few_shot_layers,
         )
+
+    def authors_layout(self) -> AuthorsLayout:
+        """Where the tensors of an authors' AnomalyCLIP prompt file go (:mod:`.authors_layout`)."""
+        return authors_layout(self.model)
 
     def compute_losses(
         self, images: torch.Tensor, labels: torch.Tensor, masks: torch.Tensor | None

@@ -28,8 +28,10 @@ from torch import nn
 
 from anomalib_faprompt.components import binary_focal_loss, local_losses, orthogonality_loss, prior_loss
 from anomalib_faprompt.components.options import GlobalLossInput, LocalScore, PatchSelection
+from anomalib_faprompt.models.authors import AuthorsLayout
 from anomalib_faprompt.models.base import PromptLearningModule
 
+from .authors_layout import authors_layout
 from .torch_model import FAPromptModel
 
 __all__ = ["RELEASED_CODE", "FAPrompt"]
@@ -194,6 +196,10 @@ class FAPrompt(PromptLearningModule, AnomalibModule):
             sigma=hparams.sigma,
             few_shot_layers=hparams.few_shot_layers,
         )
+
+    def authors_layout(self) -> AuthorsLayout:
+        """Where the tensors of an authors' FAPrompt prompt file go (:mod:`.authors_layout`)."""
+        return authors_layout(self.model)
 
     def compute_losses(
         self, images: torch.Tensor, labels: torch.Tensor, masks: torch.Tensor | None
