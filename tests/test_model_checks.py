@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import inspect
+from collections.abc import Callable
+
 import pytest
 import torch
 from anomalib.engine import Engine
@@ -11,6 +14,7 @@ from anomalib_faprompt import AnomalyCLIP, FAPrompt
 from anomalib_faprompt.data import AuxiliaryDataModule
 from anomalib_faprompt.models import base
 from anomalib_faprompt.models.faprompt.lightning_model import RELEASED_CODE
+from anomalib_faprompt.models.hyperparameters import Hyperparameter
 
 # --- every number is checked before CLIP is loaded ------------------------------------------------------------------
 
@@ -31,6 +35,7 @@ from anomalib_faprompt.models.faprompt.lightning_model import RELEASED_CODE
         (FAPrompt, "betas", (0.5, 1.5), r"betas=\[0.5, 1.5\] must be two numbers in \[0, 1\)"),
         (FAPrompt, "prior_weight", -1.0, r"prior_weight=-1.0 must be a number of at least 0"),
         (FAPrompt, "patch_selection", "top", r"patch_selection='top' must be one of 'topk', 'first_k'"),
+        (FAPrompt, "global_loss_input", "logit", r"global_loss_input='logit' must be one of 'probability', 'logits'"),
         (FAPrompt, "weights", "/nonexistent/model.ckpt", r"'/nonexistent/model.ckpt' \(argument `weights`\) does not"),
         (FAPrompt, "false_alarm_rate", 0.0, r"false_alarm_rate=0.0 must be a number between 0 and 1"),
         (AnomalyCLIP, "false_alarm_rate", 1.0, r"false_alarm_rate=1.0 must be a number between 0 and 1"),
@@ -77,17 +82,87 @@ def test_long_deep_prompts_are_exact_under_truncation():
 # --- the subclass contract --------------------------------------------------------------------------------------------
 
 
-def test_a_subclass_without_build_model_or_loss_weights_is_refused_at_construction():
-    class NoBuild(AnomalyCLIP):
-        build_model = base.PromptLearningModule.build_model
-
-    class NoWeight(AnomalyCLIP):
-        LOSS_TERMS = ("local", "ce", "extra")
-
+def test_a_subclass_without_build_model_or_loss_weights_is_refused_when_defined():
     with pytest.raises(TypeError, match=r"NoBuild must set LOSS_TERMS.*build_model, compute_losses and authors_layout"):
-        NoBuild(**tiny_args())
+
+        class NoBuild(AnomalyCLIP):
+            build_model = base.PromptLearningModule.build_model
+
     with pytest.raises(TypeError, match=r"NoWeight must .* \(missing: \['extra_weight'\]\)"):
-        NoWeight(**tiny_args())
+
+        class NoWeight(AnomalyCLIP):
+            LOSS_TERMS = ("local", "ce", "extra")
+
+
+def _init_with(model_class: type, renamed: dict[str, str | None]) -> Callable[..., None]:
+    """An ``__init__`` whose signature is ``model_class``'s with arguments renamed (``None``: left out)."""
+    signature = inspect.signature(model_class.__init__)
+    parameters = [
+        parameter.replace(name=renamed.get(parameter.name, parameter.name))
+        for parameter in signature.parameters.values()
+        if renamed.get(parameter.name, parameter.name) is not None
+    ]
+
+    def init(self, **kwargs: object) -> None:
+        model_class.__init__(self, **kwargs)
+
+    init.__signature__ = signature.replace(parameters=parameters)
+    return init
+
+
+@pytest.mark.parametrize(
+    ("model_class", "renamed", "attributes", "message"),
+    [
+        (
+            AnomalyCLIP,
+            {"false_alarm_rate": None},
+            {},
+            r"^Mismatched.__init__ lacks \['false_alarm_rate'\], declared by SHARED_HYPERPARAMETERS \(",
+        ),
+        (
+            FAPrompt,
+            {"k_shot": "kshot"},
+            {},
+            r"lacks \['k_shot'\], declared by SHARED_HYPERPARAMETERS .*; takes \['kshot'\], which no table declares",
+        ),
+        (AnomalyCLIP, {"feature_layers": None}, {}, r"lacks \['feature_layers'\], declared by Mismatched.HYPERPAR"),
+        (
+            AnomalyCLIP,
+            {},
+            {"HYPERPARAMETERS": {**AnomalyCLIP.HYPERPARAMETERS, "feature_layer": Hyperparameter(structural=True)}},
+            r"lacks \['feature_layer'\], declared by Mismatched.HYPERPARAMETERS",
+        ),
+        (
+            FAPrompt,
+            {},
+            {"HYPERPARAMETERS": {**FAPrompt.HYPERPARAMETERS, "sigma": Hyperparameter(structural=False)}},
+            r"Mismatched.HYPERPARAMETERS declares \['sigma'\] again: SHARED_HYPERPARAMETERS declares them",
+        ),
+        (
+            FAPrompt,
+            {},
+            {"HYPERPARAMETERS": {**FAPrompt.HYPERPARAMETERS, "n_ctx": Hyperparameter(structural=True)}},
+            r"declares \['n_ctx'\] again",
+        ),
+        (
+            FAPrompt,
+            {},
+            {
+                "HYPERPARAMETERS": {
+                    **FAPrompt.HYPERPARAMETERS,
+                    "n_prior_patches": Hyperparameter(structural=True, none_means=(10, 10)),
+                }
+            },
+            r"Mismatched.HYPERPARAMETERS gives `n_prior_patches` a none_means, but its default is 10, not None",
+        ),
+    ],
+)
+def test_a_signature_unlike_the_hyperparameter_tables_is_refused_when_the_class_is_defined(
+    model_class, renamed, attributes, message
+):
+    with pytest.raises(TypeError, match=message) as raised:
+        type("Mismatched", (model_class,), {"__init__": _init_with(model_class, renamed), **attributes})
+    assert "\n" not in str(raised.value)
 
 
 def test_released_code_preset_matches_its_config():

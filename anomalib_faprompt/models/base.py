@@ -7,19 +7,25 @@ would distort scores on a dataset the model was not trained on); training data m
 images with masks (:mod:`.targets`); checkpoints hold the learned prompts (:mod:`.checkpoint`). With
 ``false_alarm_rate`` the labels come from thresholds calibrated on normal images (:mod:`.calibration`).
 
-A model subclass declares its hyperparameters as ``__init__`` arguments, with their defaults (the one
-place they are written; anomalib's CLI reads the signature and Lightning saves them in ``self.hparams``),
-passes the four anomalib components to this class's ``__init__``, and implements :meth:`build_model`
-(the torch model, from ``self.hparams``) and :meth:`compute_losses`; ``LOSS_TERMS`` names the loss terms,
-each weighted by the hyperparameter ``<term>_weight``. This class checks the hyperparameters before
-anything expensive is built, and enforces the contract at construction.
+The contract of a model subclass (its folder: ``lightning_model.py``, ``torch_model.py``, ``authors_layout.py``):
+
+- its ``__init__`` takes the hyperparameters, with their defaults (the one place they are written; anomalib's CLI
+  reads the signature and Lightning saves them in ``self.hparams``), and passes the four anomalib components on to
+  this class's ``__init__``;
+- it takes every hyperparameter of :data:`~.hyperparameters.SHARED_HYPERPARAMETERS` (this class and its mixins read
+  them), declares the facts of its own in ``HYPERPARAMETERS`` (:class:`~.hyperparameters.Hyperparameter`), and
+  names its loss terms in ``LOSS_TERMS``, each weighted by a hyperparameter ``<term>_weight``;
+- it implements :meth:`build_model` (the torch model, from ``self.hparams``), :meth:`compute_losses` and
+  :meth:`authors_layout` (where an authors' prompt file's tensors go, :mod:`.authors`).
+
+A class that breaks it is refused with a ``TypeError`` when it is defined. This class checks the hyperparameters'
+values before anything expensive is built.
 """
 
 from __future__ import annotations
 
 import inspect
 import logging
-import math
 from collections.abc import Mapping
 from typing import Any, ClassVar
 
@@ -33,7 +39,7 @@ from torch import nn
 from torchvision.transforms.v2 import Compose, InterpolationMode, Normalize, Resize
 
 from anomalib_faprompt.components import PromptedCLIPModel, build_backbone, plain_config
-from anomalib_faprompt.components.options import check_choice, check_count, check_positive, check_sigma
+from anomalib_faprompt.components.options import check_sigma
 from anomalib_faprompt.data.references import folder_candidates
 from anomalib_faprompt.metrics import PerCategoryEvaluator
 
@@ -51,6 +57,7 @@ from .checkpoint import (
 )
 from .export import PromptExportMixin
 from .few_shot import FewShotMixin
+from .hyperparameters import Hyperparameter, check_values, declared_hyperparameters
 from .post_processor import ModelLabelsPostProcessor
 from .pre_processor import CLIPPreProcessor
 from .predictions import PredictionScoresWriter
@@ -68,47 +75,21 @@ OPENAI_CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 def _check_hyperparameters(model: PromptLearningModule) -> None:
     """Every check of a hyperparameter that needs no backbone, so that a bad value fails before CLIP is loaded.
 
+    Each value on its own is checked as its facts say (:mod:`.hyperparameters`); here the checks across arguments.
     The torch models check only what depends on the backbone (depths, the patch grid, the context length).
     """
-    hparams, loss_terms = model.hparams, model.LOSS_TERMS
-    for name, options in model.CHOICES.items():
-        if hparams[name] is not None:
-            check_choice(name, hparams[name], options)
-    check_count("image_size", hparams.image_size)
-    for name in ("vv_layers", "prompt_depth", "prompt_length", *(key for key in hparams if key.startswith("n_"))):
-        check_count(name, hparams[name])
-    check_positive("temperature", hparams.temperature)
-    check_positive("learning_rate", hparams.learning_rate)
+    hparams = model.hparams
+    check_values(type(model), model.hyperparameter_facts(), hparams)
     check_sigma(hparams.sigma, hparams.image_size)
-    betas = tuple(hparams.betas)
-    if len(betas) != 2 or not all(0 <= beta < 1 for beta in betas):
-        msg = f"betas={list(betas)} must be two numbers in [0, 1) (Adam's betas)."
-        raise ValueError(msg)
-    for term in loss_terms:
-        weight = hparams[f"{term}_weight"]
-        if not weight >= 0:
-            msg = f"{term}_weight={weight!r} must be a number of at least 0."
-            raise ValueError(msg)
     if hparams.weights is not None:
         check_checkpoint_file(hparams.weights, "argument `weights`", model.name)
-    check_count("k_shot", hparams.k_shot, minimum=0)
-    if hparams.few_shot_layers is not None:
-        if not hparams.few_shot_layers:
-            msg = "few_shot_layers=[] names no block: give block numbers (from 1), or None for the default."
-            raise ValueError(msg)
-        for layer in hparams.few_shot_layers:
-            check_count("few_shot_layers", layer)
     if hparams.few_shot_source is not None:
         if not hparams.k_shot:
             msg = "few_shot_source is used only with k_shot > 0: set `k_shot` (how many of its images to use)."
             raise ValueError(msg)
         folder_candidates(hparams.few_shot_source)
-    rate = hparams.false_alarm_rate
-    if rate is not None and not (isinstance(rate, int | float) and math.isfinite(rate) and 0 < rate < 1):
-        msg = f"false_alarm_rate={rate!r} must be a number between 0 and 1 (0.05: 5% of normal images flagged)."
-        raise ValueError(msg)
     if hparams.calibration_source is not None:
-        if rate is None:
+        if hparams.false_alarm_rate is None:
             msg = "calibration_source is used only with a false_alarm_rate: set `false_alarm_rate` (e.g. 0.05)."
             raise ValueError(msg)
         folder_candidates(hparams.calibration_source, "calibration_source")
@@ -128,19 +109,34 @@ class PromptLearningModule(CalibrationMixin, FewShotMixin, PromptExportMixin):
         visualizer: Visualizer or ``True`` for the default (:class:`CategoryImageVisualizer`).
 
     Raises:
-        TypeError: The subclass does not follow the contract above.
+        TypeError: ``build_model`` returned no :class:`PromptedCLIPModel`.
         ValueError: A hyperparameter is out of range (the message names it).
     """
 
     LOSS_TERMS: ClassVar[tuple[str, ...]] = ()
-    STRUCTURAL_HPARAMS: ClassVar[tuple[str, ...]] = ()
-    # The hyperparameters that change scores and maps but that an authors' prompt file does not record.
-    UNRECORDED_HPARAMS: ClassVar[tuple[str, ...]] = ()
-    # Hyperparameters whose default is ``None``: ``(value, value with an authors' prompt file)``.
-    AUTHORS_DEFAULTS: ClassVar[dict[str, tuple[Any, Any]]] = {}
-    # Hyperparameters that take one of a ``Literal``'s values (``None``: the default of AUTHORS_DEFAULTS).
-    CHOICES: ClassVar[dict[str, Any]] = {}
+    HYPERPARAMETERS: ClassVar[dict[str, Hyperparameter]] = {}
     model: PromptedCLIPModel
+
+    def __init_subclass__(cls, **kwargs: object) -> None:
+        """Refuse, when it is defined, a model class that does not follow the contract (the module's docstring).
+
+        Raises:
+            TypeError: The class breaks the contract; the message names what to add or correct.
+        """
+        super().__init_subclass__(**kwargs)
+        arguments = inspect.signature(cls.__init__).parameters
+        missing = [f"{term}_weight" for term in cls.LOSS_TERMS if f"{term}_weight" not in arguments]
+        overridden = all(
+            getattr(cls, name) is not getattr(PromptLearningModule, name)
+            for name in ("build_model", "compute_losses", "authors_layout")
+        )
+        if not cls.LOSS_TERMS or missing or not overridden:
+            msg = (
+                f"{cls.__name__} must set LOSS_TERMS, take a `<term>_weight` argument for each (missing: "
+                f"{missing}) and implement build_model, compute_losses and authors_layout."
+            )
+            raise TypeError(msg)
+        cls.hyperparameter_facts()
 
     def __init__(
         self,
@@ -149,18 +145,6 @@ class PromptLearningModule(CalibrationMixin, FewShotMixin, PromptExportMixin):
         evaluator: Evaluator | bool = True,
         visualizer: Visualizer | bool = True,
     ) -> None:
-        arguments = inspect.signature(type(self).__init__).parameters
-        missing = [f"{term}_weight" for term in self.LOSS_TERMS if f"{term}_weight" not in arguments]
-        overridden = all(
-            getattr(type(self), name) is not getattr(PromptLearningModule, name)
-            for name in ("build_model", "compute_losses", "authors_layout")
-        )
-        if not self.LOSS_TERMS or missing or not overridden:
-            msg = (
-                f"{type(self).__name__} must set LOSS_TERMS, take a `<term>_weight` argument for each (missing: "
-                f"{missing}) and implement build_model, compute_losses and authors_layout."
-            )
-            raise TypeError(msg)
         super().__init__(
             pre_processor=False if pre_processor is True else pre_processor,  # the default needs the image size
             post_processor=post_processor,
@@ -294,17 +278,31 @@ class PromptLearningModule(CalibrationMixin, FewShotMixin, PromptExportMixin):
         return {"plugins": [CheckedCheckpointIO(type(self))]}
 
     @classmethod
+    def hyperparameter_facts(cls) -> dict[str, Hyperparameter]:
+        """The facts of every hyperparameter, in the order of the signature: shared, the model's own, loss weights.
+
+        Raises:
+            TypeError: The signature and the declared hyperparameters differ (:func:`declared_hyperparameters`).
+        """
+        components = inspect.signature(PromptLearningModule.__init__).parameters
+        return declared_hyperparameters(cls, cls.HYPERPARAMETERS, cls.LOSS_TERMS, components)
+
+    @classmethod
     def resolved_defaults(cls, hparams: Mapping[str, Any], authors_file: bool) -> dict[str, Any]:
-        """The values of the ``None`` defaults of :attr:`AUTHORS_DEFAULTS` in ``hparams`` (theirs with their file)."""
-        defaults = cls.AUTHORS_DEFAULTS.items()
-        return {name: values[authors_file] for name, values in defaults if hparams.get(name) is None}
+        """The values that the ``None``s of ``hparams`` stand for (``none_means``; the authors' with their file)."""
+        return {
+            name: fact.none_means[authors_file]
+            for name, fact in cls.hyperparameter_facts().items()
+            if fact.none_means is not None and hparams.get(name) is None
+        }
 
     def authors_test_settings(self) -> dict[str, Any]:
-        """The :attr:`UNRECORDED_HPARAMS` as the authors' ``test.sh`` runs them with their prompt files."""
+        """The ``unrecorded`` hyperparameters as the authors' ``test.sh`` runs them with their prompt files."""
         defaults = inspect.signature(type(self).__init__).parameters
         return {
-            name: self.AUTHORS_DEFAULTS[name][1] if name in self.AUTHORS_DEFAULTS else defaults[name].default
-            for name in self.UNRECORDED_HPARAMS
+            name: fact.none_means[1] if fact.none_means is not None else defaults[name].default
+            for name, fact in self.hyperparameter_facts().items()
+            if fact.unrecorded
         }
 
     def _warn_unlike_authors_test(self, file: str) -> None:

@@ -177,8 +177,8 @@ def check_structure(
     """
     saved = checkpoint.get("hyper_parameters") or {}
     differences = []
-    for name in model_class.STRUCTURAL_HPARAMS:
-        if name not in saved:
+    for name, fact in model_class.hyperparameter_facts().items():
+        if not fact.structural or name not in saved:
             continue
         theirs, ours = plain_config(saved[name]), plain_config(hparams.get(name))
         if isinstance(theirs, list | tuple) and isinstance(ours, list | tuple):

@@ -14,7 +14,7 @@ Paper:
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F  # noqa: N812
@@ -26,6 +26,7 @@ from torch import nn
 from anomalib_faprompt.components import local_losses
 from anomalib_faprompt.models.authors import AuthorsLayout
 from anomalib_faprompt.models.base import PromptLearningModule
+from anomalib_faprompt.models.hyperparameters import Hyperparameter
 
 from .authors_layout import authors_layout
 from .torch_model import AnomalyCLIPModel
@@ -82,20 +83,10 @@ class AnomalyCLIP(PromptLearningModule, AnomalibModule):
     """
 
     LOSS_TERMS = ("local", "ce")
-    STRUCTURAL_HPARAMS = (
-        "backbone",
-        "backbone_config",
-        "image_size",
-        "vv_layers",
-        "n_ctx",
-        "prompt_depth",
-        "prompt_length",
-        "abnormal_word",
-        "temperature",
-        "sigma",
-        "feature_layers",
-    )
-    UNRECORDED_HPARAMS = ("image_size", "vv_layers", "temperature", "sigma", "feature_layers")
+    HYPERPARAMETERS: ClassVar[dict[str, Hyperparameter]] = {
+        "feature_layers": Hyperparameter(structural=True, unrecorded=True),  # checked against the backbone
+    }
+    """The facts of AnomalyCLIP's own hyperparameters; those of every model are in ``models/hyperparameters.py``."""
 
     def __init__(
         self,

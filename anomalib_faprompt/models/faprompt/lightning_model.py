@@ -17,7 +17,7 @@ Paper:
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F  # noqa: N812
@@ -27,9 +27,10 @@ from anomalib.visualization import Visualizer
 from torch import nn
 
 from anomalib_faprompt.components import binary_focal_loss, local_losses, orthogonality_loss, prior_loss
-from anomalib_faprompt.components.options import GlobalLossInput, LocalScore, PatchSelection
+from anomalib_faprompt.components.options import GlobalLossInput, LocalScore, PatchSelection, check_count
 from anomalib_faprompt.models.authors import AuthorsLayout
 from anomalib_faprompt.models.base import PromptLearningModule
+from anomalib_faprompt.models.hyperparameters import Hyperparameter
 
 from .authors_layout import authors_layout
 from .torch_model import FAPromptModel
@@ -106,26 +107,15 @@ class FAPrompt(PromptLearningModule, AnomalibModule):
     """
 
     LOSS_TERMS = ("local", "dap_local", "ce", "global", "orthogonality", "prior")
-    STRUCTURAL_HPARAMS = (
-        "backbone",
-        "backbone_config",
-        "image_size",
-        "vv_layers",
-        "n_ctx",
-        "n_abnormal_ctx",
-        "n_abnormal_prompts",
-        "n_prior_patches",
-        "prompt_depth",
-        "prompt_length",
-        "abnormal_word",
-        "patch_selection",
-        "local_score",
-        "temperature",
-        "sigma",
-    )
-    UNRECORDED_HPARAMS = ("image_size", "vv_layers", "patch_selection", "local_score", "temperature", "sigma")
-    AUTHORS_DEFAULTS = {"patch_selection": ("topk", "first_k"), "local_score": ("paper", "released")}  # noqa: RUF012
-    CHOICES = {"patch_selection": PatchSelection, "local_score": LocalScore, "global_loss_input": GlobalLossInput}  # noqa: RUF012
+    HYPERPARAMETERS: ClassVar[dict[str, Hyperparameter]] = {
+        "n_abnormal_ctx": Hyperparameter(structural=True, check=check_count),
+        "n_abnormal_prompts": Hyperparameter(structural=True, check=check_count),
+        "n_prior_patches": Hyperparameter(structural=True, check=check_count),
+        "patch_selection": Hyperparameter(structural=True, unrecorded=True, none_means=("topk", "first_k")),
+        "local_score": Hyperparameter(structural=True, unrecorded=True, none_means=("paper", "released")),
+        "global_loss_input": Hyperparameter(structural=False),
+    }
+    """The facts of FAPrompt's own hyperparameters; those of every model are in ``models/hyperparameters.py``."""
 
     def __init__(
         self,
