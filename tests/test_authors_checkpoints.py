@@ -16,7 +16,7 @@ from conftest import as_if_trained, logged_warnings, tiny_args
 
 from anomalib_faprompt import AnomalyCLIP, FAPrompt
 from anomalib_faprompt.errors import InvalidInputError
-from anomalib_faprompt.models.checkpoint import read_checkpoint
+from anomalib_faprompt.models.inspection import CheckedCheckpointIO
 
 IMAGES = torch.randn(3, 3, 64, 64)
 
@@ -183,7 +183,7 @@ def test_damaged_and_unrelated_files_get_the_checkpoint_errors(clip_file, tmp_pa
 def test_an_authors_file_as_ckpt_path_says_to_pass_it_as_weights(clip_file, tmp_path):
     path = authors_anomalyclip_file(_trained(AnomalyCLIP, clip_file), tmp_path / "epoch_15.pth")
     with pytest.raises(InvalidInputError, match=r"prompt file of the authors' code, .*`--model.weights`"):
-        read_checkpoint(AnomalyCLIP, path, "`ckpt_path`")
+        CheckedCheckpointIO(AnomalyCLIP).load_checkpoint(path)
 
 
 def test_the_benchmark_takes_an_authors_file_and_names_one_of_the_other_model(clip_file, tmp_path):

@@ -14,6 +14,7 @@ import itertools
 import logging
 import math
 import re
+from collections import Counter
 from pathlib import Path
 
 import open_clip
@@ -180,17 +181,23 @@ def benchmark_run(checkpoints, target_root, tmp_path_factory):
     config_path.write_text(yaml.safe_dump(config))
 
     created = []
+    reads = Counter()
 
     def recording_get_model(model_config):
         model = get_model(model_config)
         created.append(model)
         return model
 
+    def counting_load(file, *args, **kwargs):
+        reads[str(file)] += 1
+        return load(file, *args, **kwargs)
+
     def random_clip(*args, **kwargs):
         return open_clip.CLIP(**copy.deepcopy(WINCLIP_TINY_CLIP)).eval(), None, None
 
-    get_model = benchmark.get_model
+    get_model, load = benchmark.get_model, torch.load
     with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(torch, "load", counting_load)
         patch.chdir(workdir)  # anomalib writes runs/benchmark/<time>/results.csv and runs/pipeline.log here
         patch.setattr(benchmark, "get_model", recording_get_model)
         patch.setattr(open_clip, "create_model_and_transforms", random_clip)
@@ -207,11 +214,11 @@ def benchmark_run(checkpoints, target_root, tmp_path_factory):
     assert len(results) == 1, failure
     rows = len(pd.read_csv(results[0])) if results[0].stat().st_size > 1 else 0  # all jobs failed: empty file
     assert rows == 4 * len(TARGET_CATEGORIES), failure
-    return results[0], created
+    return results[0], created, reads
 
 
 def test_console_summary_fits_80_columns_and_shows_the_results(benchmark_run):
-    results, _ = benchmark_run
+    results, *_ = benchmark_run
     frame = pd.read_csv(results)
     lines = summary_lines(frame)
     assert max(len(line) for line in lines) <= 80
@@ -224,6 +231,14 @@ def test_console_summary_fits_80_columns_and_shows_the_results(benchmark_run):
         for category in TARGET_CATEGORIES:
             assert rows[category][column] == f"{100 * values[category]:.1f}"
         assert rows["mean"][column] == f"{100 * values.mean():.1f}"
+
+
+def test_the_benchmark_reads_each_weights_file_once(benchmark_run, checkpoints):
+    """Its config check and the model of each of its jobs (one per category) use one read of the file."""
+    _, created, reads = benchmark_run
+    for name, path in checkpoints.items():
+        assert sum(type(model).__name__ == name for model in created) == len(TARGET_CATEGORIES)
+        assert reads[str(path)] == 1, name
 
 
 def test_unusable_weights_are_named_before_any_job(checkpoints, tmp_path):
@@ -436,7 +451,7 @@ def test_failed_jobs_are_named():
 
 
 def test_benchmark_writes_a_row_per_model_and_category(benchmark_run):
-    results, _ = benchmark_run
+    results, *_ = benchmark_run
     frame = pd.read_csv(results)
     assert sorted(zip(frame["model.class_path"], frame["data.init_args.category"], strict=True)) == sorted(
         (model, category) for model in [*MODELS, *ANOMALIB_MODELS] for category in TARGET_CATEGORIES
@@ -454,7 +469,7 @@ def test_benchmark_writes_a_row_per_model_and_category(benchmark_run):
 
 
 def test_pipeline_log_has_each_record_once_with_time_logger_and_level(benchmark_run):
-    results, _ = benchmark_run
+    results, *_ = benchmark_run
     log = results.parents[2] / "pipeline.log"  # runs/pipeline.log
     record = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} - [\w.]+ - (DEBUG|INFO|WARNING|ERROR|CRITICAL) - ")
     records = [line for line in log.read_text().splitlines() if record.match(line)]
@@ -469,7 +484,7 @@ def test_pipeline_log_has_each_record_once_with_time_logger_and_level(benchmark_
 
 
 def test_benchmark_never_trains_the_prompt_models(benchmark_run, checkpoints):
-    _, created = benchmark_run
+    _, created, _ = benchmark_run
     ours = [model for model in created if isinstance(model, (FAPrompt, AnomalyCLIP))]
     assert len(ours) == 2 * len(TARGET_CATEGORIES)
     for model in ours:
@@ -479,7 +494,7 @@ def test_benchmark_never_trains_the_prompt_models(benchmark_run, checkpoints):
 
 
 def test_benchmark_results_equal_a_plain_test_of_the_loaded_model(benchmark_run, checkpoints, target_root, tmp_path):
-    results, _ = benchmark_run
+    results, *_ = benchmark_run
     frame = pd.read_csv(results)
     for (name, model_class), category in zip(MODELS.items(), TARGET_CATEGORIES, strict=True):
         model = model_class(**copy.deepcopy(TINY_MODEL_ARGS), weights=checkpoints[name])
@@ -491,7 +506,7 @@ def test_benchmark_results_equal_a_plain_test_of_the_loaded_model(benchmark_run,
 
 
 def test_report_of_the_benchmark_results(benchmark_run, tmp_path):
-    results, _ = benchmark_run
+    results, *_ = benchmark_run
     report_main([str(results), "--output", str(tmp_path)])
     markdown = (tmp_path / "comparison.md").read_text()
     models = [f"| {model} |" for model in [*MODELS, *ANOMALIB_MODELS]]

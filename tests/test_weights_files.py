@@ -1,7 +1,7 @@
 """Weights files as users bring them: OpenAI's TorchScript CLIP file, torch's legacy format, and unsafe pickles.
 
 Each is given through the argument a user passes it with: `pretrained` (CLIP), `weights` (a checkpoint or an authors'
-prompt file) and `ckpt_path` (read by the models' checkpoint IO through ``read_checkpoint``).
+prompt file) and `ckpt_path` (read by the models' checkpoint IO, ``CheckedCheckpointIO``).
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from torch import nn
 from anomalib_faprompt import AnomalyCLIP
 from anomalib_faprompt.components import load_open_clip
 from anomalib_faprompt.errors import InvalidInputError
-from anomalib_faprompt.models.checkpoint import read_checkpoint
+from anomalib_faprompt.models.inspection import CheckedCheckpointIO
 
 IMAGES = torch.rand(2, 3, 64, 64)
 # OpenAI's TorchScript files hold three integers beside the weights (open_clip's `load_state_dict` drops them).
@@ -106,7 +106,7 @@ def test_a_torchscript_file_as_weights_or_ckpt_path_is_named_as_such(tiny_clip, 
     with pytest.raises(InvalidInputError, match=r"ViT-tiny\.pt' \(argument `weights`\) is a TorchScript archive"):
         AnomalyCLIP(**tiny_args(weights=str(archive)))
     with pytest.raises(InvalidInputError, match=r"is a TorchScript archive .* passed as `pretrained`"):
-        read_checkpoint(AnomalyCLIP, archive, "`ckpt_path`")
+        CheckedCheckpointIO(AnomalyCLIP).load_checkpoint(archive)
 
 
 def test_an_authors_file_in_torchs_legacy_format_loads(tiny_clip, tmp_path):
@@ -128,7 +128,7 @@ def test_a_legacy_format_checkpoint_is_read(tmp_path):
     checkpoint = {"state_dict": {"model.x": torch.zeros(2)}, "hyper_parameters": {}}
     legacy = tmp_path / "model.ckpt"
     torch.save(checkpoint, legacy, _use_new_zipfile_serialization=False)
-    assert read_checkpoint(AnomalyCLIP, legacy, "`ckpt_path`")["state_dict"]["model.x"].shape == (2,)
+    assert CheckedCheckpointIO(AnomalyCLIP).load_checkpoint(legacy)["state_dict"]["model.x"].shape == (2,)
 
 
 def _unsafe_files(tmp_path: Path) -> tuple[Path, list[Path]]:
@@ -153,7 +153,7 @@ def test_a_file_holding_python_objects_is_refused_for_safety_and_never_run(tmp_p
         assert "for safety" in message
         assert "weights_only" not in message
         with pytest.raises(InvalidInputError, match=r"\(`ckpt_path`\) holds Python objects other than weights"):
-            read_checkpoint(AnomalyCLIP, file, "`ckpt_path`")
+            CheckedCheckpointIO(AnomalyCLIP).load_checkpoint(file)
         with pytest.raises(ValueError, match=r"\(argument `pretrained`\) holds Python objects other than weights") as c:
             load_open_clip("tiny", str(file), copy.deepcopy(TINY_CLIP))
         assert "weights_only" not in str(c.value)

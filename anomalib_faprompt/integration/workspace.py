@@ -177,7 +177,7 @@ def _export(original: Any) -> Any:  # noqa: ANN401
     def export(self: Any, model: Any, *args: Any, **kwargs: Any) -> Any:  # noqa: ANN401
         if not _is_own(model):
             return original(self, model, *args, **kwargs)
-        from anomalib_faprompt.models.checkpoint import read_checkpoint  # noqa: PLC0415
+        from anomalib_faprompt.models.inspection import inspect_weights  # noqa: PLC0415
 
         bound = signature.bind(self, model, *args, **kwargs)
         arguments = bound.arguments
@@ -188,7 +188,9 @@ def _export(original: Any) -> Any:  # noqa: ANN401
         if checkpoint:
             # Into the model as the user built it (k_shot, few_shot_source, ...), as `test` and `predict` load a
             # ckpt_path; anomalib's `load_from_checkpoint` would rebuild it from the checkpoint's hyperparameters.
-            model.load_trained(read_checkpoint(type(model), checkpoint, "`ckpt_path`"), f"'{checkpoint}' (`ckpt_path`)")
+            file = inspect_weights(type(model), checkpoint, "`ckpt_path`")
+            file.require_checkpoint()
+            model.load_trained(file)
             arguments["ckpt_path"] = None
         source = checkpoint or (model.hparams.get("weights") if model.zero_shot else None)
         if root is None and source:

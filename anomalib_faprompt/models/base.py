@@ -4,8 +4,9 @@ The models learn on an auxiliary dataset with defect masks and are then applied 
 the pre-processor resizes to the model's working size with CLIP's normalisation; the post-processor
 thresholds the model's probabilities at 0.5 without per-dataset normalisation statistics (which
 would distort scores on a dataset the model was not trained on); training data must hold defect
-images with masks (:mod:`.targets`); checkpoints hold the learned prompts (:mod:`.checkpoint`). With
-``false_alarm_rate`` the labels come from thresholds calibrated on normal images (:mod:`.calibration`).
+images with masks (:mod:`.targets`); checkpoints hold the learned prompts (:mod:`.checkpoint`), and a
+weights file is read once and told apart (:mod:`.inspection`). With ``false_alarm_rate`` the labels come from
+thresholds calibrated on normal images (:mod:`.calibration`).
 
 The contract of a model subclass (its folder: ``lightning_model.py``, ``torch_model.py``, ``authors_layout.py``):
 
@@ -43,21 +44,13 @@ from anomalib_faprompt.components.options import check_sigma
 from anomalib_faprompt.data.references import folder_candidates
 from anomalib_faprompt.metrics import PerCategoryEvaluator
 
-from .authors import AuthorsLayout, is_authors_file, load_authors_prompts
+from .authors import AuthorsLayout, load_authors_prompts
 from .calibration import CalibrationMixin
-from .checkpoint import (
-    CheckedCheckpointIO,
-    check_checkpoint,
-    check_checkpoint_file,
-    check_is_checkpoint,
-    keep_post_processor,
-    load_file,
-    restore_frozen,
-    strip_frozen,
-)
+from .checkpoint import check_checkpoint, keep_post_processor, restore_frozen, strip_frozen
 from .export import PromptExportMixin
 from .few_shot import FewShotMixin
 from .hyperparameters import Hyperparameter, check_values, declared_hyperparameters
+from .inspection import CheckedCheckpointIO, WeightsFile, inspect_weights
 from .post_processor import ModelLabelsPostProcessor
 from .pre_processor import CLIPPreProcessor
 from .predictions import PredictionScoresWriter
@@ -81,8 +74,6 @@ def _check_hyperparameters(model: PromptLearningModule) -> None:
     hparams = model.hparams
     check_values(type(model), model.hyperparameter_facts(), hparams)
     check_sigma(hparams.sigma, hparams.image_size)
-    if hparams.weights is not None:
-        check_checkpoint_file(hparams.weights, "argument `weights`", model.name)
     if hparams.few_shot_source is not None:
         if not hparams.k_shot:
             msg = "few_shot_source is used only with k_shot > 0: set `k_shot` (how many of its images to use)."
@@ -155,9 +146,10 @@ class PromptLearningModule(CalibrationMixin, FewShotMixin, PromptExportMixin):
         # A post-processor the user gives sets the thresholds; the default one keeps the calibrated labels.
         self.post_processor_given = isinstance(post_processor, nn.Module)
         weights = self.hparams.weights
-        content = load_file(type(self), weights, "argument `weights`") if weights is not None else None
-        self.hparams.update(self.resolved_defaults(self.hparams, authors_file=is_authors_file(content)))
-        if is_authors_file(content):
+        file = inspect_weights(type(self), weights, "argument `weights`") if weights is not None else None
+        authors_file = file is not None and file.is_authors
+        self.hparams.update(self.resolved_defaults(self.hparams, authors_file=authors_file))
+        if authors_file:
             self._warn_unlike_authors_test(f"'{weights}'")
         if pre_processor is True:
             self.pre_processor = self.configure_pre_processor((self.image_size,) * 2)
@@ -171,8 +163,8 @@ class PromptLearningModule(CalibrationMixin, FewShotMixin, PromptExportMixin):
         self.zero_shot = False
         # Whether the prompts were learned: trained in this run, or loaded from a checkpoint or `weights`.
         self.learned = False
-        if content is not None:
-            self.load_trained(content, f"'{weights}' (argument `weights`)")
+        if file is not None:
+            self.load_trained(file)
 
     @property
     def image_size(self) -> int:
@@ -274,7 +266,7 @@ class PromptLearningModule(CalibrationMixin, FewShotMixin, PromptExportMixin):
 
     @property
     def trainer_arguments(self) -> dict:
-        """A checkpoint IO naming a missing or damaged ``ckpt_path`` file in one line (:class:`CheckedCheckpointIO`)."""
+        """A checkpoint IO reading ``ckpt_path`` once and naming a bad file in one line (:mod:`.inspection`)."""
         return {"plugins": [CheckedCheckpointIO(type(self))]}
 
     @classmethod
@@ -321,27 +313,27 @@ class PromptLearningModule(CalibrationMixin, FewShotMixin, PromptExportMixin):
                 ", ".join(differing),
             )
 
-    def load_trained(self, content: object, where: str) -> None:
+    def load_trained(self, file: WeightsFile) -> None:
         """Start from trained prompts, and be zero-shot from then on.
 
-        ``content`` is a checkpoint written by training this model (``.../weights/lightning/model.ckpt``), or a
-        prompt file of the authors' code (:mod:`.authors`). Loads what it holds of ``self.model``: the learned
-        parameters (prompts, prior network) and, when a checkpoint has them, the CLIP weights (a randomly
-        initialised CLIP travels with the checkpoint; pretrained CLIP weights come from ``pretrained`` and must be
-        the ones the prompts were trained on). The model then reports ``LearningType.ZERO_SHOT``, so
-        ``Engine.fit`` only validates: anomalib's benchmark, which calls ``fit`` and then ``test`` on the target
-        dataset, never trains there.
+        ``file`` (:func:`.inspection.inspect_weights`, not read again) is a checkpoint written by training this
+        model (``.../weights/lightning/model.ckpt``), or a prompt file of the authors' code (:mod:`.authors`). Checks
+        it against ``self.model`` and loads what it holds of it: the learned parameters (prompts, prior network)
+        and, when a checkpoint has them, the CLIP weights (a randomly initialised CLIP travels with the checkpoint;
+        pretrained CLIP weights come from ``pretrained`` and must be the ones the prompts were trained on). The
+        model then reports ``LearningType.ZERO_SHOT``, so ``Engine.fit`` only validates: anomalib's benchmark, which
+        calls ``fit`` and then ``test`` on the target dataset, never trains there.
 
         Raises:
-            ValueError: The file is no anomalib checkpoint nor authors' prompt file, or holds another model, other
-                hyperparameters or sizes, or prompts trained on other CLIP weights or prompt texts.
+            ValueError: The file holds another model, other hyperparameters or sizes, or prompts trained on other
+                CLIP weights or prompt texts.
         """
-        if is_authors_file(content):
-            load_authors_prompts(self.model, self.authors_layout(), self.name, content, where)
+        if file.is_authors:
+            load_authors_prompts(self.model, self.authors_layout(), self.name, file.content, file.where)
         else:
-            check_is_checkpoint(content, where)
-            check_checkpoint(self, content, where)
-            state = content["state_dict"]
+            checkpoint = file.checkpoint()
+            check_checkpoint(self, checkpoint, file.where)
+            state = checkpoint["state_dict"]
             self.keep_or_clear_thresholds(state)
             self.model.load_state_dict(
                 {key.removeprefix("model."): value for key, value in state.items() if key.startswith("model.")},

@@ -1,10 +1,10 @@
-"""Checkpoints of the prompt-learning models: reading, checking, and leaving the frozen CLIP out.
+"""Checkpoints of the prompt-learning models: checking them against a model, and leaving the frozen CLIP out.
 
-One set of checks serves every way a checkpoint reaches a model: ``weights=`` at construction,
-``--ckpt_path`` of anomalib's ``test``/``predict``/``fit`` (read by :class:`CheckedCheckpointIO` before
-Lightning loads it) and ``load_from_checkpoint``. A checkpoint is refused, with a message naming it, when it is
-not a readable anomalib checkpoint, holds another model, was trained with other structural hyperparameters or
-other sizes, or (when it holds only the prompts) was trained on other CLIP weights.
+One set of checks serves every way a checkpoint reaches a model: ``weights=`` at construction, ``--ckpt_path`` of
+anomalib's ``test``/``predict``/``fit``/``export`` and ``load_from_checkpoint`` (the file itself is read once, by
+:mod:`.inspection`). A checkpoint is refused, with a message naming it, when it holds another model, was trained
+with other structural hyperparameters or other sizes, or (when it holds only the prompts) was trained on other CLIP
+weights.
 
 A model built from pretrained CLIP weights saves only what it learned (the prompts and FAPrompt's prior
 network, a few MB) and a fingerprint of the CLIP weights; on load, CLIP comes from ``pretrained`` and must
@@ -15,34 +15,22 @@ not import them.
 
 from __future__ import annotations
 
-import pickle
 from collections.abc import Mapping
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
-from anomalib.utils.serialization import anomalib_safe_globals
-from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from anomalib_faprompt.components import plain_config
-from anomalib_faprompt.components.weights_file import is_torchscript, load_torch_file, unreadable_reason
-from anomalib_faprompt.errors import InvalidInputError, MissingInputError
-
-from .authors import is_authors_file
+from anomalib_faprompt.errors import InvalidInputError
 
 if TYPE_CHECKING:
     from anomalib.models.components import AnomalibModule
 
 __all__ = [
-    "CheckedCheckpointIO",
     "check_checkpoint",
-    "check_checkpoint_file",
-    "check_is_checkpoint",
     "check_model_name",
     "check_structure",
     "keep_post_processor",
-    "load_file",
-    "read_checkpoint",
     "restore_frozen",
     "strip_frozen",
 ]
@@ -55,110 +43,6 @@ ZERO_SHOT_KEY = "anomalib_faprompt_zero_shot"
 def _frozen_prefix(module: AnomalibModule) -> str:
     """State-dict prefix of the frozen CLIP weights inside the anomalib module."""
     return f"model.{module.model.frozen_prefix}"
-
-
-def check_checkpoint_file(path: str | Path, source: str, model_name: str) -> None:
-    """Raise a ``FileNotFoundError`` naming ``path`` and ``source`` when it is not a file (cheap, reads nothing)."""
-    path = Path(path)
-    if not path.is_file():
-        what = "is a directory" if path.is_dir() else "does not exist"
-        msg = (
-            f"{model_name} checkpoint '{path}' ({source}) {what}. Pass the checkpoint file of a trained "
-            f"{model_name}, e.g. the `weights/lightning/model.ckpt` written by `anomalib train --model {model_name}`."
-        )
-        raise MissingInputError(msg)
-
-
-def load_file(model_class: type[AnomalibModule], path: str | Path, source: str) -> object:
-    """Load a ``.pth``/``.ckpt`` file (CPU, weights only), or raise an error that names it.
-
-    Args:
-        model_class: The model class the file is for.
-        path: The file.
-        source: How the user passed it, for messages (e.g. "argument `weights`").
-
-    Returns:
-        What the file holds.
-
-    Raises:
-        FileNotFoundError: The file does not exist.
-        ValueError: The file is a TorchScript archive, holds Python objects other than weights, or cannot be read by
-            ``torch.load``.
-    """
-    path = Path(path)
-    check_checkpoint_file(path, source, model_class.__name__)
-    advice = (
-        "Pass the checkpoint file written by training the model, or a prompt file of the authors' code as it was saved."
-    )
-    if is_torchscript(path):
-        msg = (
-            f"'{path}' ({source}) is a TorchScript archive (a whole model, such as OpenAI's CLIP file), not a "
-            f"checkpoint: a CLIP file is passed as `pretrained`. {advice}"
-        )
-        raise InvalidInputError(msg)
-    try:
-        with anomalib_safe_globals(extra=model_class.checkpoint_safe_globals()):
-            return load_torch_file(path)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError) as error:
-        msg = f"'{path}' ({source}) {unreadable_reason(path, error, 'anomalib checkpoint')}. {advice}"
-        raise InvalidInputError(msg) from error
-
-
-def check_is_checkpoint(content: object, where: str) -> None:
-    """Refuse a loaded file that is no anomalib checkpoint (no ``state_dict``); name an authors' prompt file as such."""
-    if isinstance(content, dict) and isinstance(content.get("state_dict"), dict):
-        return
-    if is_authors_file(content):
-        msg = (
-            f"{where} is a prompt file of the authors' code, not an anomalib checkpoint: pass it as the model's "
-            "`weights` (`--model.weights`)."
-        )
-    else:
-        msg = (
-            f"{where} is not an anomalib checkpoint: it has no 'state_dict', nor is it a prompt file of the authors' "
-            "code ({'prompt_learner': ...})."
-        )
-    raise InvalidInputError(msg)
-
-
-def read_checkpoint(model_class: type[AnomalibModule], path: str | Path, source: str) -> dict[str, Any]:
-    """Read an anomalib checkpoint file, or raise an error that names it (see :func:`load_file`).
-
-    Raises:
-        FileNotFoundError: The file does not exist.
-        ValueError: The file is no readable anomalib checkpoint.
-    """
-    checkpoint = load_file(model_class, path, source)
-    check_is_checkpoint(checkpoint, f"'{path}' ({source})")
-    return checkpoint
-
-
-class CheckedCheckpointIO(TorchCheckpointIO):
-    """Lightning's checkpoint IO, reading a ``ckpt_path`` through :func:`read_checkpoint` first, for its clear errors.
-
-    Lightning reads ``trainer.test(..., ckpt_path=...)`` files with the strategy's checkpoint IO before any hook
-    of the model sees the path, so a damaged file would surface as a raw zip-reader error. The models give this
-    plugin to their trainer (``trainer_arguments``); the file's content is then checked in ``on_load_checkpoint``.
-
-    Args:
-        model_class: The model class the checkpoints are for.
-    """
-
-    def __init__(self, model_class: type[AnomalibModule]) -> None:
-        super().__init__()
-        self.model_class = model_class
-
-    def load_checkpoint(self, path: str | Path, *args: Any, **kwargs: Any) -> dict[str, Any]:  # noqa: ANN401
-        """Check the file (one line naming it), then load it as Lightning does."""
-        read_checkpoint(self.model_class, path, "`ckpt_path`")
-        return super().load_checkpoint(path, *args, **kwargs)
-
-    def __eq__(self, other: object) -> bool:
-        """Equal for one model class, so that anomalib's ``Engine`` keeps its trainer across calls."""
-        return type(other) is type(self) and other.model_class is self.model_class
-
-    def __hash__(self) -> int:
-        return hash((type(self), self.model_class))
 
 
 def check_structure(

@@ -10,7 +10,8 @@ config of anomalib's models alone runs anomalib's pipeline, unchanged). It is an
    and its ``error``, and the union of all jobs' keys makes the columns (anomalib builds the table from the first
    job's keys: models with other ``init_args`` or metrics stop it with a ``KeyError``, and no ``results.csv``);
 3. :func:`~anomalib_faprompt.report.summary.summary_lines` as the console table;
-4. the config checked before any model is built (:mod:`.checks`);
+4. the config checked before any model is built (:mod:`.checks`), each ``weights`` file read once for the check
+   and every job's model (:func:`~anomalib_faprompt.models.inspection.reading_once`);
 5. every log record written once to ``runs/pipeline.log``, with time, logger and level (anomalib gives each logger
    the same file handler, so a record is written up to five times, without that format);
 6. :class:`JobsFailedError` at the end, naming the jobs without a result (``anomalib benchmark`` exits with 1).
@@ -41,6 +42,7 @@ from jsonargparse import Namespace
 from lightning.pytorch import LightningDataModule, seed_everything
 
 from anomalib_faprompt.errors import InputError
+from anomalib_faprompt.models.inspection import reading_once
 from anomalib_faprompt.pipelines.checks import check_config, class_name, jobs, names_package_models
 from anomalib_faprompt.report.summary import summary_lines
 
@@ -244,18 +246,19 @@ class Benchmark(AnomalibBenchmark):
         if not names_package_models(config):
             AnomalibBenchmark().run(args)  # anomalib's pipeline, its runners and jobs unchanged
             return
-        check_config(config, args.config if args is not None else None)
-        runners = self._setup_runners(config)
-        handler = redirect_logs(LOG_FILE)
         frames = []
-        try:
-            for runner in runners:
-                try:
-                    frames.append(runner.run(config.get(runner.generator.job_class.name) or {}))
-                except Exception:  # noqa: PERF203  (as anomalib's pipeline: the next runner still runs)
-                    logger.exception("An error occurred when running the runner.")
-        finally:
-            end_redirect(handler)
+        with reading_once():  # the config check and every job's model read a `weights` file once in all
+            check_config(config, args.config if args is not None else None)
+            runners = self._setup_runners(config)
+            handler = redirect_logs(LOG_FILE)
+            try:
+                for runner in runners:
+                    try:
+                        frames.append(runner.run(config.get(runner.generator.job_class.name) or {}))
+                    except Exception:  # noqa: PERF203  (as anomalib's pipeline: the next runner still runs)
+                        logger.exception("An error occurred when running the runner.")
+            finally:
+                end_redirect(handler)
         failed = failed_jobs(config, pd.concat(frames, ignore_index=True) if frames else None)
         if failed:
             msg = (

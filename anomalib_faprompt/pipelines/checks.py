@@ -96,52 +96,37 @@ def unusable_weights(args: dict[str, Any]) -> list[str]:
     Returns:
         One message per unusable file and configuration (files that do not exist are :func:`missing_files`).
     """
-    from anomalib_faprompt.models.authors import (  # noqa: PLC0415
-        check_authors_model,
-        is_authors_file,
-        prompt_learner_state,
-    )
-    from anomalib_faprompt.models.checkpoint import (  # noqa: PLC0415
-        check_is_checkpoint,
-        check_model_name,
-        check_structure,
-        load_file,
-    )
+    from anomalib_faprompt.models.inspection import inspect_weights, reading_once  # noqa: PLC0415
 
     problems: list[str] = []
-    checkpoints: dict[tuple[str, str], dict[str, Any] | None] = {}
+    refused: set[tuple[str, str]] = set()  # files that cannot be read, or are of the other model: named once
     seen = set()
-    for job in jobs(args):
-        model = job.get("model")
-        name = class_name(model)
-        init_args = dict((model.get("init_args") or {}) if isinstance(model, dict) else {})
-        weights = init_args.get("weights")
-        key = (name, json.dumps(init_args, sort_keys=True, default=str))
-        if name not in MODEL_NAMES or not isinstance(weights, str) or key in seen:
-            continue
-        seen.add(key)
-        if not Path(weights).expanduser().is_file():
-            continue
-        model_class, source = _class_of("model", name), f"{name}.weights"
-        where = f"'{weights}' ({source})"
-        try:
-            if (name, weights) not in checkpoints:
-                checkpoints[name, weights] = None
-                checkpoint = load_file(model_class, weights, source)
-                if is_authors_file(checkpoint):
-                    # The model checks sizes, prompt texts and CLIP weights when it is built.
-                    check_authors_model(name, prompt_learner_state(checkpoint), where)
-                    continue
-                check_is_checkpoint(checkpoint, where)
-                check_model_name(name, checkpoint, where)
-                checkpoints[name, weights] = checkpoint
-            checkpoint = checkpoints[name, weights]
-            if checkpoint is not None:
-                hparams = _hyperparameters(model_class, init_args)
-                hparams.update(model_class.resolved_defaults(hparams, authors_file=False))
-                check_structure(model_class, hparams, checkpoint, where)
-        except InputError as error:
-            problems.append(str(error))
+    with reading_once():
+        for job in jobs(args):
+            model = job.get("model")
+            name = class_name(model)
+            init_args = dict((model.get("init_args") or {}) if isinstance(model, dict) else {})
+            weights = init_args.get("weights")
+            key = (name, json.dumps(init_args, sort_keys=True, default=str))
+            if name not in MODEL_NAMES or not isinstance(weights, str) or key in seen or (name, weights) in refused:
+                continue
+            seen.add(key)
+            if not Path(weights).expanduser().is_file():
+                continue
+            model_class = _class_of("model", name)
+            try:
+                file = inspect_weights(model_class, weights, f"{name}.weights")
+            except InputError as error:
+                refused.add((name, weights))
+                problems.append(str(error))
+                continue
+            hparams = _hyperparameters(model_class, init_args)
+            hparams.update(model_class.resolved_defaults(hparams, authors_file=file.is_authors))
+            try:
+                file.check_against(model_class, hparams)
+            except InputError as error:
+                if str(error) not in problems:
+                    problems.append(str(error))
     return problems
 
 
