@@ -231,12 +231,10 @@ def set_bank(model: FAPrompt, args: argparse.Namespace, device: torch.device) ->
     """Fill the few-shot bank from ``--k-shot`` random reference images: seconds taken and the bank's MiB."""
     torch_model = model.model.eval()
     references = synthetic_batch(args.k_shot, args.image_size, device)[0]
-    layers = torch_model.few_shot.layers
 
     def store() -> None:
         with torch.inference_mode():
-            _, _, tokens = torch_model.backbone.encode_image_tokens(references, (), layers)
-        torch_model.few_shot.store(tokens)
+            torch_model.store_references(references)
 
     seconds = timed(store, device)
     bank_mib = sum(bank.numel() * bank.element_size() for bank in torch_model.few_shot.banks()) / 2**20
@@ -447,7 +445,7 @@ def main(argv: list[str] | None = None) -> None:
             for batch in args.batch_sizes:
                 few = measure_inference(model, batch, args, device, memory, precision, with_floors=False)
                 results[batch].update(few_shot_s=few["faprompt_s"], few_shot_mib=few["inference_mib"])
-            model.model.few_shot.clear()
+            model.model.clear_references()
             print(
                 f"\nfew-shot bank: k_shot {args.k_shot}, layers {list(model.model.few_shot.layers)}, "
                 f"{bank_mib:.1f} MiB, set up in {bank_seconds:.2f} s ({args.k_shot} encoder passes)"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import math
 import shutil
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -13,6 +14,7 @@ from anomalib.data.utils import read_image
 from anomalib.engine import Engine
 from anomalib.post_processing import PostProcessor
 from conftest import as_if_trained, tiny_args, write_checkpoint
+from PIL import Image as PILImage
 
 from anomalib_faprompt import AnomalyCLIP, FAPrompt
 from anomalib_faprompt.data import AuxiliaryDataModule, make_synthetic_dataset
@@ -76,12 +78,22 @@ def test_calibration_images_are_no_references_at_most_the_cap_and_reproducible_w
 
 
 @pytest.mark.slow
-def test_a_calibrated_test_and_predict_list_their_images_and_label_at_the_thresholds(target, tmp_path):
+def test_a_calibrated_test_and_predict_list_their_images_and_label_at_the_thresholds(target, tmp_path, monkeypatch):
     """k_shot = 2, a = 0.1: each category's 10 calibration images are its training images less its references; the
-    listed scores are the model's; every threshold, label and p-value follows from the listed scores by hand."""
+    listed scores are the model's; every threshold, label and p-value follows from the listed scores by hand. Each
+    reference image is read once per run, though its category's bank is built for the calibration and the test."""
+    opened: Counter = Counter()
+    open_image = PILImage.open
+
+    def counting_open(file, *args, **kwargs):
+        opened[str(file)] += 1
+        return open_image(file, *args, **kwargs)
+
+    monkeypatch.setattr(PILImage, "open", counting_open)
     model = _model(k_shot=2, false_alarm_rate=0.1)
     engine = _engine(tmp_path)
     engine.test(model, datamodule=_datamodule(target))
+    read_in_test = Counter(opened)
     predictions = engine.predict(model, datamodule=_datamodule(target))
     assert not model.model.thresholds.is_set  # the thresholds of the run do not outlive it
 
@@ -89,6 +101,8 @@ def test_a_calibrated_test_and_predict_list_their_images_and_label_at_the_thresh
     references: dict[str, list[str]] = {}
     for row in _rows(run / "few_shot_references.csv"):
         references.setdefault(row["category"], []).append(row["file"])
+    for file in (file for files in references.values() for file in files):
+        assert (read_in_test[file], opened[file]) == (1, 2), file
     listed: dict[str, list[dict[str, str]]] = {}
     for row in _rows(run / "calibration_images.csv"):
         listed.setdefault(row["category"], []).append(row)

@@ -13,12 +13,14 @@ import torch.nn.functional as F  # noqa: N812
 from anomalib.data.utils import read_image
 from anomalib.engine import Engine
 from conftest import anomalib_cli, as_if_trained, tiny_args
+from lightning.pytorch import seed_everything
 
 from anomalib_faprompt import AnomalyCLIP, FAPrompt
 from anomalib_faprompt.components.few_shot import default_few_shot_layers
 from anomalib_faprompt.data import AuxiliaryDataModule, make_synthetic_dataset
-from anomalib_faprompt.data.references import choose_references
+from anomalib_faprompt.data.references import SOURCE, choose_references, folder_candidates
 from anomalib_faprompt.errors import InputError, InvalidInputError
+from anomalib_faprompt.models.few_shot import run_seed
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIG = REPO / "configs" / "faprompt_synthetic_tiny.yaml"
@@ -96,6 +98,39 @@ def test_a_reference_scored_as_a_test_image_has_a_few_shot_map_of_zero(target):
     assert association.abs().max() < 1e-6
 
 
+@pytest.mark.parametrize("model_class", [FAPrompt, AnomalyCLIP])
+def test_the_torch_model_stores_the_references_the_lightning_model_reads(model_class, target):
+    """`set_references(files)` reads and pre-processes the files; the torch model encodes and keeps them."""
+    files = sorted((target / "gamma" / "train" / "good").glob("*.png"))[:2]
+    images = _images(target / "gamma" / "test" / "defect")[:2]
+    lightning = _model(model_class, k_shot=2)
+    lightning.set_references(files)
+    torch_model = _model(model_class, k_shot=2).model.train()
+    batch = lightning.pre_processor.transform(torch.stack([read_image(path, as_tensor=True) for path in files]))
+    torch_model.store_references(batch, files)
+    assert torch_model.training  # its mode is kept
+    assert torch_model.few_shot.references == tuple(map(str, files))
+    torch_model.eval()
+    with torch.no_grad():
+        expected, stored = lightning(images), torch_model(lightning.pre_processor.transform(images))
+    torch.testing.assert_close(stored.pred_score, expected.pred_score, rtol=0, atol=0)
+    torch.testing.assert_close(stored.anomaly_map, expected.anomaly_map, rtol=0, atol=0)
+    torch_model.clear_references()
+    assert not torch_model.few_shot.is_set
+    assert torch_model.few_shot.references == ()
+
+
+def test_the_references_of_few_shot_source_are_drawn_with_the_seed_given(target, monkeypatch):
+    source = target / "gamma" / "train" / "good"  # four images, two drawn
+    model = _model(FAPrompt, k_shot=2, few_shot_source=str(source))
+    monkeypatch.setenv("PL_GLOBAL_SEED", "3")  # what `seed_everything(3)` leaves: not read by a draw given its seed
+    draws = {seed: model.source_references(seed) for seed in range(8)}
+    for seed, files in draws.items():
+        assert files == choose_references(folder_candidates(source), 2, seed, SOURCE, "")
+        assert files == model.source_references(seed)
+    assert len({tuple(files) for files in draws.values()}) > 1
+
+
 def test_without_references_the_outputs_are_the_zero_shot_ones_bit_for_bit(target):
     zero = _model(FAPrompt)
     few = _model(FAPrompt, k_shot=2)
@@ -103,7 +138,7 @@ def test_without_references_the_outputs_are_the_zero_shot_ones_bit_for_bit(targe
     with torch.no_grad():
         before = zero(images)
         few.set_references(sorted((target / "gamma" / "train" / "good").glob("*.png"))[:2])
-        few.model.few_shot.clear()
+        few.model.clear_references()
         after = few(images)
     assert torch.equal(before.pred_score, after.pred_score)
     assert torch.equal(before.anomaly_map, after.anomaly_map)
@@ -233,7 +268,7 @@ def test_an_export_carries_its_bank_and_one_without_references_is_refused(target
     for result in (outputs, vino):
         assert np.abs(result["pred_score"] - expected.pred_score.numpy()).max() < 1e-4
         assert np.abs(result["anomaly_map"] - expected.anomaly_map.numpy()).max() < 1e-4
-    sourced.model.few_shot.clear()
+    sourced.model.clear_references()
     with torch.no_grad():
         zero_shot = sourced(images)
     assert np.abs(outputs["pred_score"] - zero_shot.pred_score.numpy()).max() > 1e-3
@@ -275,12 +310,16 @@ def test_the_few_shot_benchmark_config_puts_every_k_shot_beside_winclip(tmp_path
 
 
 @pytest.mark.slow
-def test_predict_on_files_takes_its_references_from_few_shot_source(target, tmp_path):
+def test_predict_on_files_takes_its_references_from_few_shot_source(target, tmp_path, monkeypatch):
     source = target / "delta" / "train" / "good"
     model = _model(FAPrompt, k_shot=3, few_shot_source=str(source))
     engine = Engine(accelerator="cpu", default_root_dir=tmp_path, logger=False, enable_progress_bar=False)
+    for variable in ("PL_GLOBAL_SEED", "PL_SEED_WORKERS"):  # given back after the test
+        monkeypatch.setenv(variable, "0")
+    seed_everything(5)
     predictions = engine.predict(model, data_path=target / "delta" / "test" / "defect")
     (files,) = _references_file(tmp_path).values()
+    assert files == model.source_references(5)  # drawn with the run's seed
     assert len(files) == 3
     assert all(Path(file).parent == source for file in files)
     paths = [path for batch in predictions for path in batch.image_path]
@@ -325,7 +364,7 @@ def test_an_export_from_a_checkpoint_keeps_the_users_few_shot_settings(anomalycl
     few_shot = {"k_shot": 2, "few_shot_source": source, "visualizer": False}
     images = _images(target / "gamma" / "test" / "defect")[:3]
     reference = AnomalyCLIP(**tiny_args(weights=str(anomalyclip_checkpoint), **few_shot)).eval()
-    reference.set_references(reference.source_references())
+    reference.set_references(reference.source_references(run_seed()))  # the export's draw: the run's seed
     with torch.no_grad():
         expected = reference(images)
     engine = Engine(accelerator="cpu", default_root_dir=tmp_path, logger=False, enable_progress_bar=False)

@@ -2,7 +2,8 @@
 
 Both learn text prompts (with deep prompts) for a frozen :class:`CLIPBackbone`, compare normalised
 image embeddings with a normal and an abnormal text embedding, and turn patch probabilities into a
-blurred pixel map. Calibrated thresholds, once stored (:attr:`PromptedCLIPModel.thresholds`), add labels and masks
+blurred pixel map. Normal reference images, once stored (:meth:`PromptedCLIPModel.store_references`), add the
+few-shot map; calibrated thresholds, once stored (:meth:`PromptedCLIPModel.store_thresholds`), add labels and masks
 to the eval-mode output. The static text embeddings do not depend on the image: in training mode they are
 computed on every forward pass (with gradients); in eval mode they are read from buffers
 (:class:`StaticTextCache`) that are recomputed only when the prompts changed, and that an exported graph
@@ -12,6 +13,7 @@ holds as constants.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 from typing import NamedTuple
 
 import torch
@@ -65,12 +67,15 @@ class PromptedCLIPModel(nn.Module):
         sigma: Gaussian blur sigma of the pixel map, in pixels of the working image (positive, at most the
             image side).
         few_shot_layers: Image blocks (from 1) whose ordinary-stream patch tokens form the few-shot memory bank;
-            ``None``: the quarter points of the depth. The bank is used once references are stored in it
-            (:attr:`few_shot`), in eval mode.
+            ``None``: the quarter points of the depth. The bank is used once references are stored
+            (:meth:`store_references`), in eval mode.
 
     Attributes:
-        thresholds: The calibrated image and pixel thresholds (:class:`CalibratedThresholds`); once set, the
-            eval-mode output holds ``pred_label`` and ``pred_mask``.
+        few_shot: The few-shot memory bank (:class:`FewShotBank`): whether references are stored (``is_set``) and
+            their files (``references``). Filled and cleared by :meth:`store_references` and
+            :meth:`clear_references`.
+        thresholds: The calibrated image and pixel thresholds (:class:`CalibratedThresholds`); once set
+            (:meth:`store_thresholds`), the eval-mode output holds ``pred_label`` and ``pred_mask``.
     """
 
     frozen_prefix = "backbone.clip."
@@ -109,6 +114,28 @@ class PromptedCLIPModel(nn.Module):
     def static_text(self) -> tuple[torch.Tensor, torch.Tensor]:
         """Raw normal embedding ``(D,)`` and raw static abnormal embeddings ``(K, D)`` (``K >= 1``)."""
         raise NotImplementedError
+
+    def store_references(self, images: torch.Tensor, files: Sequence[str | Path] = ()) -> None:
+        """Keep normal reference images as the few-shot memory bank: one encoder pass each, in eval mode.
+
+        Args:
+            images: The references ``(k, 3, S, S)``, pre-processed as the images to be scored, on this model's device.
+            files: Their files, for the record (``few_shot.references``).
+        """
+        was_training = self.training
+        self.eval()
+        with torch.no_grad():
+            _, _, tokens = self.backbone.encode_image_tokens(images, (), self.few_shot.layers)
+        self.few_shot.store(tokens, [str(file) for file in files])
+        self.train(was_training)
+
+    def clear_references(self) -> None:
+        """Forget the references: the outputs are the zero-shot ones again."""
+        self.few_shot.clear()
+
+    def store_thresholds(self, image: float, pixel: float, false_alarm_rate: float) -> None:
+        """Label at calibrated thresholds of scores and map values from now on (a rate of 0: without labels)."""
+        self.thresholds.store(image, pixel, false_alarm_rate)
 
     def learned_parameters(self) -> list[nn.Parameter]:
         """The parameters that training updates (everything but the frozen CLIP)."""

@@ -29,7 +29,7 @@ class CalibratedThresholds(nn.Module):
         self.is_set = False
 
     def store(self, image: float, pixel: float, false_alarm_rate: float) -> None:
-        """Keep the thresholds (of scores and of map values) calibrated for ``false_alarm_rate``.
+        """Keep the thresholds (of scores and of map values) calibrated for ``false_alarm_rate`` (0: none, cleared).
 
         Stored as ordinary tensors also inside Lightning's inference mode, so that they outlive the run (an export).
         """
@@ -38,12 +38,11 @@ class CalibratedThresholds(nn.Module):
             self.image = torch.tensor(image, dtype=torch.float32, device=device)
             self.pixel = torch.tensor(pixel, dtype=torch.float32, device=device)
             self.false_alarm_rate = torch.tensor(false_alarm_rate, dtype=torch.float32, device=device)
-        self.is_set = True
+        self.is_set = false_alarm_rate > 0
 
     def clear(self) -> None:
         """Forget the thresholds."""
         self.store(0.0, 0.0, 0.0)
-        self.is_set = False
 
     def calibrated_for(self, false_alarm_rate: float | None) -> bool:
         """Whether the thresholds are set, for ``false_alarm_rate`` (stored in float32: equal to 1e-6)."""

@@ -5,7 +5,8 @@ category's normal training images, never of its test split: ``<category>/train/g
 layouts, the normal items of the ``train`` part of a ``meta.json`` index, the normal images of an anomalib
 datamodule's train split. With ``few_shot_source``, a folder of normal images, ``k_shot`` of its images serve every
 image of the run. The choice is reproducible: the sorted candidates (absolute paths) sampled with a generator
-seeded by the run's seed (``seed_everything``; 0 without) and the category name.
+seeded by the seed given (the models give the run's seed: :func:`anomalib_faprompt.models.few_shot.run_seed`) and
+the category name.
 
 The calibration images of a false-alarm rate (:mod:`anomalib_faprompt.models.calibration`) are chosen from the
 same candidates (or from ``calibration_source``) the same way, after leaving out the references, so that the two
@@ -16,7 +17,6 @@ never share an image. No reference or calibration image may be one of the images
 from __future__ import annotations
 
 import csv
-import os
 import random
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -35,18 +35,12 @@ __all__ = [
     "dataloader_images",
     "datamodule_candidates",
     "folder_candidates",
-    "run_seed",
     "write_references",
 ]
 
 REFERENCES_FILE = "few_shot_references"
 # The category name of the references of `few_shot_source`, which serve every category.
 SOURCE = "few_shot_source"
-
-
-def run_seed() -> int:
-    """The run's seed: what ``seed_everything`` set (``PL_GLOBAL_SEED``), else 0."""
-    return int(os.environ.get("PL_GLOBAL_SEED", "0"))
 
 
 def folder_candidates(folder: str | Path, argument: str = "few_shot_source") -> list[Path]:

@@ -28,6 +28,7 @@ from __future__ import annotations
 import inspect
 import logging
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
@@ -48,7 +49,7 @@ from .authors import AuthorsLayout, load_authors_prompts
 from .calibration import CalibrationMixin
 from .checkpoint import check_checkpoint, keep_post_processor, restore_frozen, strip_frozen
 from .export import PromptExportMixin
-from .few_shot import FewShotMixin
+from .few_shot import FewShotMixin, run_seed
 from .hyperparameters import Hyperparameter, check_values, declared_hyperparameters
 from .inspection import CheckedCheckpointIO, WeightsFile, inspect_weights
 from .post_processor import ModelLabelsPostProcessor
@@ -383,6 +384,22 @@ class PromptLearningModule(CalibrationMixin, FewShotMixin, PromptExportMixin):
                 done,
                 consequence,
             )
+
+    def prepare_export(self, export_root: Path | str) -> None:
+        """Make the model ready for an export into ``export_root`` (:class:`.export.PromptExportMixin`).
+
+        With ``k_shot``, references are needed (:meth:`check_references_for_export`); with ``false_alarm_rate``,
+        thresholds for it (:meth:`check_thresholds_for_export`, a calibration listed in ``export_root``): both drawn
+        from their source folders with the run's seed when the model has none. Warns when the prompts were never
+        learned.
+
+        Raises:
+            InvalidInputError: References or thresholds are needed and there is no folder to take them from.
+        """
+        seed = run_seed()
+        self.check_references_for_export(seed)
+        self.check_thresholds_for_export(export_root, seed)
+        self.warn_if_unlearned("exported", "the exported model scores as a random start")
 
     def on_test_start(self) -> None:
         """Warn when the prompts to be tested were never learned."""

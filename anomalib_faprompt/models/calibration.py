@@ -1,9 +1,10 @@
 """Calibrated thresholds at test, predict and export time: choosing, scoring and listing the calibration images.
 
 The rule is :mod:`anomalib_faprompt.components.calibration`; the thresholds live in the torch model
-(:class:`~anomalib_faprompt.components.thresholds.CalibratedThresholds`). With ``false_alarm_rate``, each test or
-predict dataloader (one per target category in the zero-shot protocol) is calibrated on normal images: its
-category's normal training images, chosen as the few-shot references are and never one of them, or the images of
+(:class:`~anomalib_faprompt.components.thresholds.CalibratedThresholds`, stored by its ``store_thresholds``). With
+``false_alarm_rate``, each test or predict dataloader (one per target category in the zero-shot protocol) is
+calibrated on normal images: its category's normal training images, chosen as the few-shot references are (with
+the run's seed) and never one of them, or the images of
 ``calibration_source`` for every dataloader; at most :data:`MOST_IMAGES` per category. At the start of ``test`` or
 ``predict`` they are chosen and checked (too few, unreadable, also tested or predicted: one line each, before any
 test image), scored as the test images are (pre-processing, the category's few-shot bank, the trainer's precision)
@@ -19,10 +20,11 @@ from __future__ import annotations
 import csv
 import logging
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -37,10 +39,19 @@ from anomalib_faprompt.data.references import (
     dataloader_images,
     datamodule_candidates,
     folder_candidates,
-    run_seed,
 )
 from anomalib_faprompt.errors import InvalidInputError
 from anomalib_faprompt.files import unused_stem
+
+from .few_shot import run_seed
+
+if TYPE_CHECKING:
+    from anomalib.pre_processing import PreProcessor
+    from lightning.pytorch import Trainer
+    from lightning.pytorch.utilities.parsing import AttributeDict
+    from torch import nn
+
+    from anomalib_faprompt.components import PromptedCLIPModel
 
 __all__ = ["IMAGES_FILE", "MOST_IMAGES", "THRESHOLDS_FILE", "Calibration", "CalibrationMixin", "write_calibrations"]
 
@@ -126,8 +137,29 @@ def write_calibrations(directory: str | Path, calibrations: Sequence[Calibration
 
 
 class CalibrationMixin:
-    """``false_alarm_rate`` and ``calibration_source`` of the prompt-learning models (docs/calibration.md)."""
+    """``false_alarm_rate`` and ``calibration_source`` of the prompt-learning models (docs/calibration.md).
 
+    Requires, of the class it is mixed into (``PromptLearningModule``, a ``LightningModule``): the attributes
+    annotated below (``hparams`` with ``false_alarm_rate``, ``calibration_source`` and ``k_shot``; ``model`` with
+    :meth:`~anomalib_faprompt.components.PromptedCLIPModel.store_thresholds`, ``thresholds`` and ``few_shot``; the
+    ``pre_processor`` whose transform the images to be scored get; ``device``; ``trainer`` during a run; ``name``;
+    ``post_processor`` and ``post_processor_given``, whether the user gave it), the few-shot references of each
+    dataloader, which the calibration images are scored with (:class:`~.few_shot.FewShotMixin`'s ``references_of``
+    and ``use_references_of``), and the Lightning hooks it extends (``on_test_start``, ``on_test_batch_start``,
+    ``on_test_end`` and their ``predict`` twins), which it calls first: the references are chosen before the
+    calibration images.
+    """
+
+    hparams: AttributeDict
+    model: PromptedCLIPModel
+    pre_processor: PreProcessor
+    device: torch.device
+    trainer: Trainer
+    name: str
+    post_processor: nn.Module
+    post_processor_given: bool
+    references_of: Callable[[int], list[str]]
+    use_references_of: Callable[[int], None]
     _calibrations: dict[int, Calibration]
     _calibration_in_use: int | None
     _thresholds_before: tuple[float, float, float]
@@ -197,7 +229,7 @@ class CalibrationMixin:
             )
             raise InvalidInputError(msg)
         calibration = self._calibration(category, [str(file) for file in files], "")
-        self.model.thresholds.store(calibration.image_threshold, calibration.pixel_threshold, rate)
+        self.model.store_thresholds(calibration.image_threshold, calibration.pixel_threshold, rate)
         return calibration
 
     def _calibration(self, category: str, files: list[str], where: str) -> Calibration:
@@ -242,8 +274,8 @@ class CalibrationMixin:
         calibration = self.calibration_of(dataloader_idx)
         return calibration.image_threshold if calibration is not None else 0.5
 
-    def _plan_calibration(self, dataloaders: object, stage: str) -> None:
-        """Choose, check, score and list every dataloader's calibration images (``stage``: "test", "predict")."""
+    def _plan_calibration(self, dataloaders: object, stage: str, seed: int) -> None:
+        """Choose (with ``seed``), check, score and list the calibration images of each dataloader of ``stage``."""
         rate = self.hparams.false_alarm_rate
         count = len(dataloaders) if isinstance(dataloaders, list | tuple) else 1
         datamodule = self.trainer.datamodule
@@ -253,7 +285,7 @@ class CalibrationMixin:
         if source:
             references = [file for index in range(count) for file in self.references_of(index)]
             candidates = folder_candidates(source, "calibration_source")
-            files = choose_calibration(candidates, references, MOST_IMAGES, run_seed(), _SOURCE_KEY)
+            files = choose_calibration(candidates, references, MOST_IMAGES, seed, _SOURCE_KEY)
             chosen = dict.fromkeys(range(count), (files, f" in '{source}' (argument `calibration_source`)"))
         elif datamodule is None:
             msg = (
@@ -266,7 +298,7 @@ class CalibrationMixin:
             for index in range(count):
                 category, candidates, where = datamodule_candidates(datamodule, index)
                 references = self.references_of(index)
-                files = choose_calibration(candidates, references, MOST_IMAGES, run_seed(), category)
+                files = choose_calibration(candidates, references, MOST_IMAGES, seed, category)
                 besides = f" besides its {len(references)} few-shot references" if references else ""
                 chosen[index] = (files, f" of '{category}' in {where}{besides}")
         for files, where in chosen.values():
@@ -282,10 +314,10 @@ class CalibrationMixin:
         scored: dict[tuple, Calibration] = {}
         self._calibrations = {}
         for index, (files, where) in chosen.items():
-            key = (tuple(files), self._bank_key(index) if self.hparams.k_shot else None)
+            key = (tuple(files), tuple(self.references_of(index)))
             if key not in scored:
                 if self.hparams.k_shot:
-                    self._use_bank_of(index)
+                    self.use_references_of(index)
                 scored[key] = self._calibration(names[index], files, where)
             calibration = scored[key]
             self._calibrations[index] = Calibration(
@@ -317,22 +349,19 @@ class CalibrationMixin:
             return
         calibration = self._calibrations[dataloader_idx]
         rate = self.hparams.false_alarm_rate
-        self.model.thresholds.store(calibration.image_threshold, calibration.pixel_threshold, rate)
+        self.model.store_thresholds(calibration.image_threshold, calibration.pixel_threshold, rate)
         self._calibration_in_use = dataloader_idx
 
     def _end_calibration(self) -> None:
         """Give the torch model back the thresholds it had before the run."""
-        image, pixel, rate = self._thresholds_before
-        if not rate:
-            self.model.thresholds.clear()
-        else:
-            self.model.thresholds.store(image, pixel, rate)
+        self.model.store_thresholds(*self._thresholds_before)
         self._calibrations = {}
 
-    def check_thresholds_for_export(self, export_root: str | Path) -> None:
+    def check_thresholds_for_export(self, export_root: str | Path, seed: int) -> None:
         """Before an export with ``false_alarm_rate``: the model's thresholds for it, or calibrate on the source.
 
-        A calibration on ``calibration_source`` is listed in ``export_root``.
+        The calibration images of ``calibration_source`` are drawn with ``seed`` (the run's: :func:`.few_shot.run_seed`)
+        and listed in ``export_root``.
 
         Raises:
             InvalidInputError: No thresholds for the rate and no ``calibration_source``, or too few images.
@@ -349,9 +378,9 @@ class CalibrationMixin:
             )
             raise InvalidInputError(msg)
         candidates = folder_candidates(source, "calibration_source")
-        files = choose_calibration(candidates, self.model.few_shot.references, MOST_IMAGES, run_seed(), _SOURCE_KEY)
+        files = choose_calibration(candidates, self.model.few_shot.references, MOST_IMAGES, seed, _SOURCE_KEY)
         calibration = self._calibration(_SOURCE_KEY, files, f" in '{source}' (argument `calibration_source`)")
-        self.model.thresholds.store(calibration.image_threshold, calibration.pixel_threshold, rate)
+        self.model.store_thresholds(calibration.image_threshold, calibration.pixel_threshold, rate)
         write_calibrations(export_root, [calibration])
 
     def on_test_start(self) -> None:
@@ -359,14 +388,14 @@ class CalibrationMixin:
         super().on_test_start()
         self._calibrations = {}
         if self.hparams.false_alarm_rate is not None:
-            self._plan_calibration(self.trainer.test_dataloaders, "test")
+            self._plan_calibration(self.trainer.test_dataloaders, "test", run_seed())
 
     def on_predict_start(self) -> None:
         """Choose, check, score and list the calibration images."""
         super().on_predict_start()
         self._calibrations = {}
         if self.hparams.false_alarm_rate is not None:
-            self._plan_calibration(self.trainer.predict_dataloaders, "predict")
+            self._plan_calibration(self.trainer.predict_dataloaders, "predict", run_seed())
 
     def on_test_batch_start(self, batch: object, batch_idx: int, dataloader_idx: int = 0) -> None:
         """Use the thresholds of this batch's category."""

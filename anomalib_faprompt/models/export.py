@@ -10,8 +10,9 @@ An export never replaces an earlier one: when the file it would write exists, it
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from anomalib import TaskType
 from anomalib.data import AnomalibDataModule
@@ -31,6 +32,9 @@ from .compression import (
     quiet_nncf,
 )
 
+if TYPE_CHECKING:
+    from anomalib_faprompt.components import PromptedCLIPModel
+
 __all__ = ["PromptExportMixin"]
 
 
@@ -46,18 +50,22 @@ def refuse_existing(export_root: Path | str, export_type: ExportType, file_name:
 
 
 class PromptExportMixin(ExportMixin):
-    """anomalib's export, at ONNX opset 18, with an OpenVINO IR that stays in f32 on bf16 CPUs, never overwriting."""
+    """anomalib's export, at ONNX opset 18, with an OpenVINO IR that stays in f32 on bf16 CPUs, never overwriting.
+
+    Requires, of the class it is mixed into (``PromptLearningModule``, an ``AnomalibModule``): ``prepare_export``
+    (the model made ready for an export: its references and thresholds, a warning when its prompts were never
+    learned), ``model`` (the torch model, whose CLIP's MLP layers ``INT8`` quantises) and ``name``; anomalib's
+    ``ExportMixin`` does the export itself.
+    """
+
+    model: PromptedCLIPModel
+    name: str
+    prepare_export: Callable[[Path | str], None]
 
     def _start_export(self, export_root: Path | str, export_type: ExportType, file_name: str) -> None:
-        """Refuse to replace an earlier export, or a few-shot or calibrated one without references or thresholds.
-
-        Also warn about unlearned prompts. The thresholds of ``false_alarm_rate`` are the model's, or calibrated on
-        ``calibration_source`` (listed in ``export_root``); the exported graph labels at them.
-        """
+        """Refuse to replace an earlier export, then make the model ready for it (``prepare_export``)."""
         refuse_existing(export_root, export_type, file_name)
-        self.check_references_for_export()
-        self.check_thresholds_for_export(export_root)
-        self.warn_if_unlearned("exported", "the exported model scores as a random start")
+        self.prepare_export(export_root)
 
     def to_torch(self, export_root: Path | str, model_file_name: str = "model") -> Path:
         """Export the whole module as anomalib does (``torch.save``), unless the file exists."""
