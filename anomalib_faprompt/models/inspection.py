@@ -26,7 +26,7 @@ from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from anomalib.utils.serialization import anomalib_safe_globals
 from lightning.pytorch.plugins.io import TorchCheckpointIO
@@ -45,6 +45,8 @@ __all__ = ["CheckedCheckpointIO", "WeightsFile", "inspect_weights", "reading_onc
 ADVICE = (
     "Pass the checkpoint file written by training the model, or a prompt file of the authors' code as it was saved."
 )
+
+_T = TypeVar("_T")
 
 # The content of each file inspected within `reading_once`, by resolved path and model class; None outside it.
 _READ: ContextVar[dict[tuple[str, type], Mapping[str, Any]] | None] = ContextVar(
@@ -116,7 +118,7 @@ class WeightsFile:
         check_structure(model_class, hparams, self.content, self.where)
 
 
-def _containers_copied(value: Any) -> Any:
+def _containers_copied(value: _T) -> _T:
     """``value`` with every dict (of its own class and attributes, e.g. a state dict's metadata) and list copied."""
     if isinstance(value, dict):
         copied = copy.copy(value)
@@ -216,7 +218,7 @@ class CheckedCheckpointIO(TorchCheckpointIO):
         super().__init__()
         self.model_class = model_class
 
-    def load_checkpoint(self, path: str | Path, *args: Any, **kwargs: Any) -> dict[str, Any]:  # noqa: ARG002
+    def load_checkpoint(self, path: str | Path, *args: object, **kwargs: object) -> dict[str, Any]:  # noqa: ARG002
         """The checkpoint, read once on the CPU with ``weights_only=True``, or one line naming the file.
 
         Lightning's ``map_location`` and ``weights_only`` are not used: Lightning's own reader loads on the CPU too
