@@ -5,12 +5,12 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
-SCRIPT = ROOT / "benchmarks" / "benchmark_faprompt.py"
+from tests.helpers.commands import REPO
+
+SCRIPT = REPO / "benchmarks" / "benchmark_faprompt.py"
 pytestmark = pytest.mark.slow  # the script runs in a subprocess
 ROWS = [
     "FAPrompt inference (images/s)",
@@ -27,7 +27,7 @@ ROWS = [
 
 
 def run_script(*args: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
     return subprocess.run(
         [sys.executable, str(SCRIPT), *args], capture_output=True, text=True, env=env, timeout=120, check=False
     )
@@ -101,9 +101,9 @@ def test_tiny_few_shot_rows_compare_with_the_zero_shot_time() -> None:
 
 
 def test_export_benchmark_runs_torch_and_openvino_at_equal_threads() -> None:
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
     command = [
-        sys.executable, str(ROOT / "benchmarks" / "benchmark_export.py"), "--tiny", "--threads", "1", "--repeats", "1",
+        sys.executable, str(REPO / "benchmarks" / "benchmark_export.py"), "--tiny", "--threads", "1", "--repeats", "1",
         "--warmup", "0", "--compressions", "INT8_PTQ",  # the other compressions: tests/test_export_compression.py
     ]  # fmt: skip
     result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=600, check=False)

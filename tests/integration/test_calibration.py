@@ -5,6 +5,8 @@ from __future__ import annotations
 import csv
 import math
 import shutil
+import subprocess
+import sys
 from collections import Counter
 from pathlib import Path
 
@@ -13,13 +15,14 @@ import torch
 from anomalib.data.utils import read_image
 from anomalib.engine import Engine
 from anomalib.post_processing import PostProcessor
-from conftest import as_if_trained, tiny_args, write_checkpoint
 from PIL import Image as PILImage
 
 from anomalib_faprompt import AnomalyCLIP, FAPrompt
 from anomalib_faprompt.data import AuxiliaryDataModule, make_synthetic_dataset
 from anomalib_faprompt.data.references import choose_calibration, choose_references
 from anomalib_faprompt.errors import InputError, InvalidInputError, MissingInputError
+from tests.helpers.commands import REPO, subprocess_env
+from tests.helpers.models import as_if_trained, tiny_args, write_checkpoint
 
 CATEGORIES = ("gamma", "delta")
 
@@ -406,16 +409,10 @@ def test_an_export_labels_as_torch_does_at_the_calibrated_thresholds(model_class
 
 @pytest.mark.slow
 def test_the_guarantee_benchmark_prints_a_row_for_each_rate_and_number_of_images_that_can_give_it(tmp_path):
-    import os
-    import subprocess
-    import sys
-
-    root = Path(__file__).resolve().parents[1]
-    environment = {**os.environ, "PYTHONPATH": os.pathsep.join([str(root), os.environ.get("PYTHONPATH", "")])}
-    script = root / "benchmarks" / "calibration_guarantee.py"
+    script = REPO / "benchmarks" / "calibration_guarantee.py"
     command = [sys.executable, str(script), "--pool", "260", "--draws", "300", "--epochs", "1"]
     result = subprocess.run(
-        command, capture_output=True, text=True, env=environment, timeout=600, check=True, cwd=tmp_path
+        command, capture_output=True, text=True, env=subprocess_env(), timeout=600, check=True, cwd=tmp_path
     )
     rows = [line.strip("|").split("|") for line in result.stdout.splitlines() if line.startswith("| 0")]
     cells = [[cell.strip() for cell in row] for row in rows]

@@ -9,13 +9,13 @@ import numpy as np
 import pytest
 import torch
 from anomalib.data.utils import read_image
-from conftest import anomalib_cli
 
 from anomalib_faprompt.data import make_synthetic_dataset
+from tests.helpers.commands import REPO, anomalib_cli
 
 pytestmark = pytest.mark.slow  # the anomalib command line in subprocesses
 
-CONFIG = Path(__file__).resolve().parents[1] / "configs" / "faprompt_synthetic_tiny.yaml"
+CONFIG = REPO / "configs" / "faprompt_synthetic_tiny.yaml"
 
 
 def _rows(path: Path) -> list[dict[str, str]]:

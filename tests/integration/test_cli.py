@@ -8,15 +8,14 @@ import pytest
 import torch
 import yaml
 from anomalib.cli.cli import AnomalibCLI
-from conftest import REPO, anomalib_cli
 
 from anomalib_faprompt.data import make_synthetic_dataset
 from anomalib_faprompt.models import base
 from anomalib_faprompt.pipelines import checks
+from tests.helpers.commands import REPO, anomalib_cli
 
 pytestmark = pytest.mark.slow  # `anomalib` in subprocesses
 
-ROOT = REPO
 CONFIG = REPO / "configs" / "faprompt_synthetic_tiny.yaml"
 
 
@@ -96,7 +95,7 @@ def test_the_shipped_benchmark_config_names_unreadable_checkpoints_before_any_jo
     for name in ("faprompt_mvtec.ckpt", "anomalyclip_mvtec.ckpt"):
         (tmp_path / "checkpoints" / name).write_text("not a checkpoint")
     result = anomalib_cli(
-        "benchmark", "--config", ROOT / "configs" / "benchmark_zero_shot.yaml", cwd=tmp_path, returncode=2
+        "benchmark", "--config", REPO / "configs" / "benchmark_zero_shot.yaml", cwd=tmp_path, returncode=2
     )
     last = (result.stdout + result.stderr).strip().splitlines()[-1]
     assert last.startswith("InvalidInputError: benchmark config")
@@ -109,7 +108,7 @@ def test_the_shipped_benchmark_config_names_unreadable_checkpoints_before_any_jo
 
 def test_the_shipped_benchmark_config_names_its_missing_checkpoints(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # the config names ./checkpoints/...
-    config = yaml.safe_load((ROOT / "configs" / "benchmark_zero_shot.yaml").read_text())
+    config = yaml.safe_load((REPO / "configs" / "benchmark_zero_shot.yaml").read_text())
     with pytest.raises(checks.MissingFilesError) as missing:
         checks.check_config(config, "benchmark_zero_shot.yaml")
     assert "./checkpoints/faprompt_mvtec.ckpt (FAPrompt.weights)" in str(missing.value)

@@ -11,15 +11,14 @@ from types import SimpleNamespace
 import pytest
 import torch
 from anomalib.data import ImageBatch
-from conftest import anomalib_cli, prediction_fields
 from torch import distributed
 from torch import multiprocessing as mp
 from torch.utils.data import DataLoader, DistributedSampler
 
 from anomalib_faprompt.data import make_synthetic_dataset
 from anomalib_faprompt.metrics import PerCategoryEvaluator
-
-REPO = Path(__file__).resolve().parents[1]
+from tests.helpers.commands import REPO, anomalib_cli
+from tests.helpers.data import prediction_fields
 
 PAPER_AUPRO = """\
 model:

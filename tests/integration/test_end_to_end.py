@@ -10,13 +10,13 @@ import pytest
 import torch
 from anomalib.data import MVTecAD
 from anomalib.engine import Engine
-from conftest import anomalib_cli, tiny_args
 from lightning.pytorch import Callback
 
 from anomalib_faprompt import FAPrompt
 from anomalib_faprompt.data import AuxiliaryDataModule
+from tests.helpers.commands import REPO, anomalib_cli
+from tests.helpers.models import tiny_args
 
-REPO = Path(__file__).resolve().parents[1]
 CONFIG = REPO / "configs" / "faprompt_tiny.yaml"
 TEST_METRICS = ("image_AUROC", "image_AUPR", "pixel_AUROC", "pixel_AUPRO")
 

@@ -29,12 +29,13 @@ from anomalib.data import InferenceBatch  # noqa: E402
 from anomalib.data.utils import read_image  # noqa: E402
 from anomalib.deploy import ExportType, OpenVINOInferencer  # noqa: E402
 from anomalib.engine import Engine  # noqa: E402
-from conftest import TINY_MODEL_ARGS, anomalib_cli  # noqa: E402
 
 from anomalib_faprompt import AnomalyCLIP, FAPrompt  # noqa: E402
 from anomalib_faprompt.data import AuxiliaryDataModule, make_synthetic_dataset  # noqa: E402
 from anomalib_faprompt.deploy import keep_f32, openvino_config, remove_f32_marks  # noqa: E402
 from anomalib_faprompt.models.base import PromptLearningModule  # noqa: E402
+from tests.helpers.commands import anomalib_cli  # noqa: E402
+from tests.helpers.models import TINY_MODEL_ARGS  # noqa: E402
 
 pytestmark = pytest.mark.slow  # trains, exports to ONNX and OpenVINO, `anomalib export`
 

@@ -19,12 +19,13 @@ import torch
 from anomalib.data.utils import read_image
 from anomalib.deploy import ExportType
 from anomalib.engine import Engine
-from conftest import anomalib_cli, as_if_trained, tiny_args
 
 from anomalib_faprompt import AnomalyCLIP, FAPrompt
 from anomalib_faprompt.data import AuxiliaryDataModule, make_synthetic_dataset
 from anomalib_faprompt.errors import InvalidInputError, MissingPackageError
 from anomalib_faprompt.models import compression
+from tests.helpers.commands import anomalib_cli
+from tests.helpers.models import as_if_trained, tiny_args
 
 pytestmark = pytest.mark.slow
 

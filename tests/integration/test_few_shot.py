@@ -12,7 +12,6 @@ import torch
 import torch.nn.functional as F  # noqa: N812
 from anomalib.data.utils import read_image
 from anomalib.engine import Engine
-from conftest import anomalib_cli, as_if_trained, tiny_args
 from lightning.pytorch import seed_everything
 
 from anomalib_faprompt import AnomalyCLIP, FAPrompt
@@ -21,8 +20,9 @@ from anomalib_faprompt.data import AuxiliaryDataModule, make_synthetic_dataset
 from anomalib_faprompt.data.references import SOURCE, choose_references, folder_candidates
 from anomalib_faprompt.errors import InputError, InvalidInputError
 from anomalib_faprompt.models.few_shot import run_seed
+from tests.helpers.commands import REPO, anomalib_cli
+from tests.helpers.models import as_if_trained, tiny_args
 
-REPO = Path(__file__).resolve().parents[1]
 CONFIG = REPO / "configs" / "faprompt_synthetic_tiny.yaml"
 
 

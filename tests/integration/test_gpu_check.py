@@ -13,7 +13,8 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+from tests.helpers.commands import REPO
+
 STEPS = [
     "environment",
     "blur_vs_scipy",
@@ -42,7 +43,7 @@ def test_cpu_dry_run_passes_every_step(tmp_path):
         "TMPDIR": str(tmp_path),
     }
     result = subprocess.run(
-        ["bash", str(ROOT / "benchmarks" / "gpu_check.sh")],
+        ["bash", str(REPO / "benchmarks" / "gpu_check.sh")],
         capture_output=True, text=True, env=env, timeout=900, check=False,
     )  # fmt: skip
     assert result.returncode == 0, result.stdout[-5000:]

@@ -14,7 +14,8 @@ import warnings
 from pathlib import Path
 
 import pytest
-from conftest import REPO, anomalib_cli, subprocess_env
+
+from tests.helpers.commands import REPO, anomalib_cli, subprocess_env
 
 TINY = (
     "dict(pretrained=None, image_size=32, vv_layers=1, prompt_depth=2, backbone_config={'embed_dim': 16, "

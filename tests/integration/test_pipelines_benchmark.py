@@ -30,7 +30,6 @@ from anomalib.models.image.anomalyvfm import lightning_model as vfm_lightning
 from anomalib.models.image.anomalyvfm import torch_model as vfm_torch
 from anomalib.models.image.anomalyvfm.components import radio
 from anomalib.pipelines import Benchmark as AnomalibBenchmark
-from conftest import TINY_MODEL_ARGS
 from jsonargparse import Namespace
 from matplotlib.image import imread
 
@@ -41,10 +40,12 @@ from anomalib_faprompt.errors import exit_with
 from anomalib_faprompt.pipelines import benchmark, checks
 from anomalib_faprompt.report.benchmark import main as report_main
 from anomalib_faprompt.report.summary import summary_lines
+from tests.helpers.commands import REPO
+from tests.helpers.models import TINY_MODEL_ARGS
 
 pytestmark = pytest.mark.slow  # trains both models, runs `anomalib benchmark`
 
-CONFIG = Path(__file__).parents[1] / "configs" / "benchmark_zero_shot.yaml"
+CONFIG = REPO / "configs" / "benchmark_zero_shot.yaml"
 MODELS = {"FAPrompt": FAPrompt, "AnomalyCLIP": AnomalyCLIP}
 ANOMALIB_MODELS = ["WinClip", "AnomalyVFM"]
 TARGET_CATEGORIES = ["gamma", "delta"]

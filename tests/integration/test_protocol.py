@@ -16,14 +16,14 @@ from anomalib.data.datasets import MVTecADDataset
 from anomalib.engine import Engine
 from anomalib.metrics import AUPR, AUROC
 from anomalib.metrics import aupro as anomalib_aupro
-from conftest import anomalib_cli, tiny_args
 from sklearn.metrics import average_precision_score, roc_auc_score
 
 from anomalib_faprompt import AnomalyCLIP, FAPrompt
 from anomalib_faprompt.data import AuxiliaryDataModule, make_synthetic_dataset
 from anomalib_faprompt.metrics import PerCategoryEvaluator
+from tests.helpers.commands import REPO, anomalib_cli
+from tests.helpers.models import tiny_args
 
-REPO = Path(__file__).resolve().parents[1]
 TARGET_CATEGORIES = ["delta", "epsilon", "gamma"]
 METRICS = ["image_AUROC", "image_AUPR", "pixel_AUROC", "pixel_AUPRO"]
 

@@ -16,14 +16,15 @@ import yaml
 from anomalib.data import MVTecAD
 from anomalib.data.utils import read_image
 from anomalib.engine import Engine
-from conftest import anomalib_cli, as_if_trained, camera_photo, logged_warnings, tiny_args
 from lightning.pytorch import Callback
 from PIL import Image
 
 from anomalib_faprompt import FAPrompt
 from anomalib_faprompt.data import AuxiliaryDataModule
+from tests.helpers.commands import anomalib_cli
+from tests.helpers.data import camera_photo, logged_warnings
+from tests.helpers.models import as_if_trained, tiny_args
 
-REPO = Path(__file__).resolve().parents[1]
 TARGETS = ("gamma", "delta")  # two of the target's categories: their images share their file names (000.png, ...)
 FIELD = 256  # anomalib's ImageVisualizer draws each panel at 256 x 256
 

@@ -8,13 +8,13 @@ import torch
 import torch.nn.functional as F  # noqa: N812
 from anomalib.data import ImageBatch
 from anomalib.engine import Engine
-from conftest import TINY_MODEL_ARGS, tiny_args
 from lightning.pytorch import Callback
 from scipy import ndimage
 
 from anomalib_faprompt import AnomalyCLIP
 from anomalib_faprompt.data import AuxiliaryDataModule
 from anomalib_faprompt.models.anomalyclip.torch_model import AnomalyCLIPTrainOutput
+from tests.helpers.models import TINY_MODEL_ARGS, tiny_args
 
 S = TINY_MODEL_ARGS["image_size"]
 N = (S // 8) ** 2  # patch 8

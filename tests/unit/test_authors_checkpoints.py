@@ -11,12 +11,13 @@ from pathlib import Path
 
 import pytest
 import torch
-from authors_code import authors_anomalyclip_file, authors_faprompt_file
-from conftest import as_if_trained, logged_warnings, tiny_args
 
 from anomalib_faprompt import AnomalyCLIP, FAPrompt
 from anomalib_faprompt.errors import InvalidInputError
 from anomalib_faprompt.models.inspection import CheckedCheckpointIO
+from tests.helpers.authors_code import authors_anomalyclip_file, authors_faprompt_file
+from tests.helpers.data import logged_warnings
+from tests.helpers.models import as_if_trained, tiny_args
 
 IMAGES = torch.randn(3, 3, 64, 64)
 

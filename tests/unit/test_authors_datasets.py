@@ -16,16 +16,15 @@ import pytest
 import torch
 import yaml
 from anomalib.engine import Engine
-from authors_code import authors_faprompt_file
-from conftest import anomalib_cli, tiny_args
 
 from anomalib_faprompt import FAPrompt
 from anomalib_faprompt.data import AuxiliaryDataModule, MetaJson
 from anomalib_faprompt.data.authors_index import meta_train_normals
 from anomalib_faprompt.data.paths import path_problem
 from anomalib_faprompt.errors import InvalidInputError, MissingInputError
-
-REPO = Path(__file__).resolve().parents[1]
+from tests.helpers.authors_code import authors_faprompt_file
+from tests.helpers.commands import REPO, anomalib_cli
+from tests.helpers.models import tiny_args
 
 
 def write_meta(root: Path, mask_folders: bool = False) -> Path:

@@ -7,13 +7,13 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import TINY_CLIP, tiny_args, write_checkpoint
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from anomalib_faprompt import AnomalyCLIP, FAPrompt
 from anomalib_faprompt.components import load_open_clip
 from anomalib_faprompt.models.inspection import CheckedCheckpointIO, reading_once
 from anomalib_faprompt.pipelines import checks
+from tests.helpers.models import TINY_CLIP, tiny_args, write_checkpoint
 
 
 @pytest.fixture(scope="module")

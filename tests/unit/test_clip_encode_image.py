@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import TINY_CLIP
 
 from anomalib_faprompt.components import build_backbone
+from tests.helpers.models import TINY_CLIP
 
 
 @pytest.fixture(scope="module")

@@ -22,7 +22,6 @@ from anomalib.data.datasets import MVTecADDataset
 from anomalib.data.utils import read_image as anomalib_read_image
 from anomalib.data.utils import read_mask as anomalib_read_mask
 from anomalib.engine import Engine
-from conftest import N_DEFECT, N_GOOD, SOURCE_CATEGORIES, camera_photo, exif_tagged, logged_warnings
 from lightning.pytorch.callbacks import Callback
 from PIL import Image
 
@@ -31,8 +30,8 @@ from anomalib_faprompt.data import AuxiliaryDataModule, make_synthetic_dataset
 from anomalib_faprompt.data.images import UnreadableFileError, read_image, read_mask
 from anomalib_faprompt.data.sources import available_categories, prepare_category
 from anomalib_faprompt.errors import InvalidInputError, MissingInputError
-
-REPO = Path(__file__).resolve().parents[1]
+from tests.helpers.commands import REPO
+from tests.helpers.data import N_DEFECT, N_GOOD, SOURCE_CATEGORIES, camera_photo, exif_tagged, logged_warnings
 
 
 def _small(root: Path, categories: tuple[str, ...] = ("alpha",), seed: int = 0) -> Path:

@@ -14,7 +14,6 @@ import torch
 from anomalib.data import ImageBatch
 from anomalib.data.datasets import MVTecADDataset
 from anomalib.engine import Engine
-from conftest import prediction_fields
 from sklearn.metrics import average_precision_score, roc_auc_score
 from torch.utils.data import DataLoader, Subset
 
@@ -23,6 +22,7 @@ from anomalib_faprompt.data import make_synthetic_dataset
 from anomalib_faprompt.metrics import PaperAUPRO, PerCategoryEvaluator, paper_aupro
 from anomalib_faprompt.metrics.aupro import pro_curve
 from anomalib_faprompt.report.tables import console_table
+from tests.helpers.data import prediction_fields
 
 METRICS = ["image_AUROC", "image_AUPR", "pixel_AUROC", "pixel_AUPRO"]
 

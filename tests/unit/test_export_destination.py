@@ -9,11 +9,13 @@ import pytest
 import torch
 from anomalib.deploy import ExportType
 from anomalib.engine import Engine
-from conftest import anomalib_cli, logged_warnings, tiny_args, write_checkpoint
 
 from anomalib_faprompt import AnomalyCLIP, FAPrompt
 from anomalib_faprompt.errors import ExistingOutputError, InvalidInputError, MissingInputError
 from anomalib_faprompt.runs import checkpoint_run_dir
+from tests.helpers.commands import anomalib_cli
+from tests.helpers.data import logged_warnings
+from tests.helpers.models import tiny_args, write_checkpoint
 
 QUIET = {"logger": False, "enable_progress_bar": False, "enable_model_summary": False}
 FILES = {ExportType.TORCH: "model.pt", ExportType.ONNX: "model.onnx", ExportType.OPENVINO: "model.xml"}

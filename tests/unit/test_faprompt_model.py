@@ -10,13 +10,13 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F  # noqa: N812
-from conftest import TINY_MODEL_ARGS, tiny_args
 from scipy import ndimage
 from torch import nn
 
 from anomalib_faprompt import FAPrompt
 from anomalib_faprompt.components import PromptTemplate, binary_focal_loss, encode_prompts, local_loss
 from anomalib_faprompt.models.faprompt.torch_model import FAPromptTrainOutput
+from tests.helpers.models import TINY_MODEL_ARGS, tiny_args
 
 S = TINY_MODEL_ARGS["image_size"]
 N = (S // 8) ** 2  # patch 8

@@ -19,14 +19,14 @@ import pytest
 import torch
 import torch.nn.functional as F  # noqa: N812
 from anomalib.engine import Engine
-from conftest import TINY_MODEL_ARGS
 
 from anomalib_faprompt import AnomalyCLIP, FAPrompt
 from anomalib_faprompt.components import binary_focal_loss, local_loss, orthogonality_loss, prior_loss
 from anomalib_faprompt.components.maps import abnormal_probability
 from anomalib_faprompt.data import AuxiliaryDataModule, make_synthetic_dataset
+from tests.helpers.commands import REPO
+from tests.helpers.models import TINY_MODEL_ARGS
 
-ROOT = Path(__file__).resolve().parents[1]
 BF16 = {"device_type": "cpu", "dtype": torch.bfloat16}
 # The ops CUDA's autocast refuses ("banned" in torch's autocast test lists, checked below).
 CUDA_BANNED = ["binary_cross_entropy"]
@@ -197,9 +197,9 @@ def test_engine_bf16_mixed_fit_test_predict(tmp_path: Path, cuda_like_autocast: 
 
 @pytest.mark.slow
 def test_benchmark_script_bf16_on_cpu() -> None:
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
     command = [
-        sys.executable, str(ROOT / "benchmarks" / "benchmark_faprompt.py"), "--tiny", "--precision", "fp32", "bf16",
+        sys.executable, str(REPO / "benchmarks" / "benchmark_faprompt.py"), "--tiny", "--precision", "fp32", "bf16",
         "--batch-sizes", "1", "2", "--train-batch-size", "2", "--repeats", "1", "--warmup", "0", "--threads", "1",
     ]  # fmt: skip
     result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300, check=False)

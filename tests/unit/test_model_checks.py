@@ -8,13 +8,13 @@ from collections.abc import Callable
 import pytest
 import torch
 from anomalib.engine import Engine
-from conftest import tiny_args, write_checkpoint
 
 from anomalib_faprompt import AnomalyCLIP, FAPrompt
 from anomalib_faprompt.data import AuxiliaryDataModule
 from anomalib_faprompt.models import base
 from anomalib_faprompt.models.faprompt.lightning_model import RELEASED_CODE
 from anomalib_faprompt.models.hyperparameters import Hyperparameter
+from tests.helpers.models import tiny_args, write_checkpoint
 
 # --- every number is checked before CLIP is loaded ------------------------------------------------------------------
 

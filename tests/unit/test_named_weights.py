@@ -7,10 +7,10 @@ import json
 import open_clip
 import pytest
 import torch
-from conftest import TINY_CLIP, tiny_args
 
 from anomalib_faprompt import FAPrompt
 from anomalib_faprompt.components import load_open_clip
+from tests.helpers.models import TINY_CLIP, tiny_args
 
 NAME = "anomalib-faprompt-tiny-test"
 

@@ -25,12 +25,14 @@ pytest.importorskip("onnxscript")
 
 from anomalib.deploy import ExportType  # noqa: E402
 from anomalib.engine import Engine  # noqa: E402
-from conftest import REPO, camera_photo, tiny_args  # noqa: E402
 
 from anomalib_faprompt import FAPrompt  # noqa: E402
 from anomalib_faprompt.data.images import read_image  # noqa: E402
 from anomalib_faprompt.inference.cli import PROG, main  # noqa: E402
 from anomalib_faprompt.inference.exported_model import compile_for_throughput, read_exported_model  # noqa: E402
+from tests.helpers.commands import REPO  # noqa: E402
+from tests.helpers.data import camera_photo  # noqa: E402
+from tests.helpers.models import tiny_args  # noqa: E402
 
 if sys.version_info >= (3, 11):
     import tomllib

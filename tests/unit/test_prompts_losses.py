@@ -8,7 +8,6 @@ import math
 import numpy as np
 import pytest
 import torch
-from conftest import TINY_MODEL_ARGS
 
 from anomalib_faprompt import FAPrompt
 from anomalib_faprompt.components import (
@@ -19,6 +18,7 @@ from anomalib_faprompt.components import (
     orthogonality_loss,
     prior_loss,
 )
+from tests.helpers.models import TINY_MODEL_ARGS
 
 
 @pytest.fixture(scope="module")

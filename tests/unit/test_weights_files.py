@@ -13,14 +13,14 @@ from pathlib import Path
 
 import pytest
 import torch
-from authors_code import authors_anomalyclip_file
-from conftest import TINY_CLIP, as_if_trained, tiny_args
 from torch import nn
 
 from anomalib_faprompt import AnomalyCLIP
 from anomalib_faprompt.components import load_open_clip
 from anomalib_faprompt.errors import InvalidInputError
 from anomalib_faprompt.models.inspection import CheckedCheckpointIO
+from tests.helpers.authors_code import authors_anomalyclip_file
+from tests.helpers.models import TINY_CLIP, as_if_trained, tiny_args
 
 IMAGES = torch.rand(2, 3, 64, 64)
 # OpenAI's TorchScript files hold three integers beside the weights (open_clip's `load_state_dict` drops them).

@@ -1,0 +1,1 @@
+"""What the tests import: the tiny models, anomalib's Engine and command line, test data, the authors' files."""
