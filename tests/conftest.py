@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -16,9 +17,11 @@ import torch
 
 from anomalib_faprompt import AnomalyCLIP, FAPrompt
 from anomalib_faprompt.data import AuxiliaryDataModule, make_synthetic_dataset
+from tests.helpers.autocast import refuse_cuda_banned_ops
 from tests.helpers.data import SOURCE_CATEGORIES, TARGET_CATEGORIES
 from tests.helpers.engine import cpu_engine
-from tests.helpers.models import TINY_CLIP, tiny_args
+from tests.helpers.meta_json import write_meta
+from tests.helpers.models import TINY_CLIP, tiny_args, write_checkpoint
 
 # One intra-op thread: on tiny models it is many times faster than several (no fork-join, no threads spinning on a
 # shared machine), and it gives the same numbers. Subprocesses (the command line, DDP) inherit it.
@@ -37,9 +40,29 @@ def tiny_model_args() -> dict:
     return tiny_args()
 
 
+@pytest.fixture
+def cuda_like_autocast(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every op CUDA's autocast bans raises while CPU autocast is on, with CUDA's message."""
+    refuse_cuda_banned_ops(monkeypatch)
+
+
 @pytest.fixture(autouse=True)
 def _seed() -> None:
     torch.manual_seed(0)
+
+
+@pytest.fixture(scope="module")
+def run_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An untrained tiny FAPrompt's checkpoint in anomalib's run layout, ``<root>/v0`` with ``latest -> v0``.
+
+    One per test module: a module's tests may export into its run folder.
+    """
+    root = tmp_path_factory.mktemp("results") / "FAPrompt" / "data" / "all"
+    folder = root / "v0" / "weights" / "lightning"
+    folder.mkdir(parents=True)
+    path = write_checkpoint(FAPrompt(**tiny_args()), folder / "model.ckpt")
+    (root / "latest").symlink_to("v0", target_is_directory=True)
+    return path
 
 
 @pytest.fixture(scope="session")
@@ -58,6 +81,23 @@ def synthetic_source(synthetic_datasets: Path) -> Path:
 def synthetic_target(synthetic_datasets: Path) -> Path:
     """The target dataset: gamma, delta and epsilon, 6 normal and 6 defect test images each. Read only."""
     return make_synthetic_dataset(synthetic_datasets / "synthetic_target", categories=TARGET_CATEGORIES, seed=1)
+
+
+@pytest.fixture(scope="session")
+def indexed_target(synthetic_target: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A copy of ``synthetic_target`` indexed by the authors' ``meta.json``. Read only."""
+    root = tmp_path_factory.mktemp("indexed") / "target"
+    shutil.copytree(synthetic_target, root)
+    return write_meta(root)
+
+
+@pytest.fixture(scope="session")
+def clip_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Tiny CLIP weights in a file, the stand-in for ``pretrained="openai"`` (the same CLIP everywhere). Read only."""
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("clip") / "tiny_clip.pt"
+    torch.save(FAPrompt(**tiny_args()).model.backbone.clip.state_dict(), path)
+    return path
 
 
 def _train_one_epoch(model_class: type, source: Path, target: Path, root: Path) -> Path:

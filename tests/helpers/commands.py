@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 REPO = Path(__file__).resolve().parents[2]
 ANOMALIB = str(Path(sys.executable).parent / "anomalib")
 CONFIGS = REPO / "configs"
@@ -41,3 +43,16 @@ def anomalib_cli(
     if returncode is not None:
         assert process.returncode == returncode, process.output[-5000:]
     return process
+
+
+def predict_refusal(capsys: pytest.CaptureFixture[str], *args: str | Path) -> str:
+    """``anomalib-faprompt-predict ARGS`` in this process, which must end with exit status 2 and one line (after the
+    command's name): that line."""
+    from anomalib_faprompt.inference.cli import PROG, main
+
+    with pytest.raises(SystemExit) as exited:
+        main([str(arg) for arg in args])
+    assert exited.value.code == 2
+    *_, what, line = capsys.readouterr().err.rstrip().splitlines()
+    assert what == f"{PROG}:"
+    return line

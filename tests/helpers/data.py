@@ -2,20 +2,59 @@
 
 from __future__ import annotations
 
+import csv
 import logging
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from anomalib.data.utils import read_image
 from PIL import Image
+
+from anomalib_faprompt.data import make_synthetic_dataset
 
 # The synthetic datasets of the README's main job (`python -m anomalib_faprompt.data.synthetic`, default sizes).
 SOURCE_CATEGORIES = ("alpha", "beta")
 TARGET_CATEGORIES = ("gamma", "delta", "epsilon")
 N_GOOD = 6  # normal test images per category
 N_DEFECT = 6  # defect test images per category
+# Image sizes (width, height) around the models' 64 x 64: larger, smaller, not square.
+IMAGE_SIZES = ((64, 64), (150, 97), (41, 53), (300, 280), (64, 90), (33, 33))
 METRICS = ["image_AUROC", "image_AUPR", "pixel_AUROC", "pixel_AUPRO"]  # the evaluator's metrics, in its order
+
+
+def small_dataset(root: Path, categories: tuple[str, ...] = ("alpha",), seed: int = 0) -> Path:
+    """A synthetic dataset in the MVTec AD layout: per category 1 normal training image, 2 normal and 2 defect tests."""
+    return make_synthetic_dataset(root, categories=categories, n_train=1, n_good=2, n_defect=2, seed=seed)
+
+
+def truncate(path: Path) -> None:
+    """Cut a file to its first half, as an interrupted copy leaves it."""
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+
+
+def snapshot(root: Path) -> dict[str, tuple[int, int]]:
+    """Size and modification time of every file and folder under ``root``: equal snapshots, nothing was written."""
+    return {str(path): (path.stat().st_size, path.stat().st_mtime_ns) for path in sorted(root.rglob("*"))}
+
+
+def read_images(folder: Path) -> torch.Tensor:
+    """The PNG images of ``folder`` in file-name order, as anomalib reads them: ``(N, 3, H, W)`` in [0, 1]."""
+    return torch.stack([read_image(path, as_tensor=True) for path in sorted(folder.glob("*.png"))])
+
+
+def csv_rows(path: Path) -> list[dict[str, str]]:
+    """The rows of a CSV file with a header line (a run's tables, predictions.csv, ...)."""
+    with path.open(newline="") as file:
+        return list(csv.DictReader(file))
+
+
+def results_table(root: Path) -> dict[str, dict[str, str]]:
+    """The per-category table of the one run under ``root`` (its ``per_category_results.csv``), by category."""
+    (table,) = root.rglob("per_category_results.csv")
+    return {row["category"]: row for row in csv_rows(table)}
 
 
 def logged_warnings(caplog: pytest.LogCaptureFixture, text: str) -> list[str]:

@@ -48,6 +48,12 @@ def as_if_trained(model: LightningModule) -> LightningModule:
     return model.eval()
 
 
+def trained_like(model_class: type, **overrides) -> LightningModule:
+    """``as_if_trained`` of a tiny ``model_class`` built with ``tiny_args(**overrides)`` after ``manual_seed(0)``."""
+    torch.manual_seed(0)
+    return as_if_trained(model_class(**tiny_args(**overrides)))
+
+
 def write_checkpoint(model: LightningModule, path: Path) -> Path:
     """Write the model's checkpoint as Lightning does, without training."""
     trainer = Trainer(accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False)

@@ -1,17 +1,15 @@
-"""The benchmark script runs end to end on a tiny backbone and prints its table (no timing assertions)."""
+"""The benchmark scripts run end to end on a tiny backbone and print their tables (no timing assertions)."""
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 
 import pytest
 
-from tests.helpers.commands import REPO
+from tests.helpers.commands import REPO, subprocess_env
 
 SCRIPT = REPO / "benchmarks" / "benchmark_faprompt.py"
-pytestmark = pytest.mark.slow  # the script runs in a subprocess
 ROWS = [
     "FAPrompt inference (images/s)",
     "FAPrompt inference (s/batch)",
@@ -27,10 +25,10 @@ ROWS = [
 
 
 def run_script(*args: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
     return subprocess.run(
-        [sys.executable, str(SCRIPT), *args], capture_output=True, text=True, env=env, timeout=120, check=False
-    )
+        [sys.executable, str(SCRIPT), *args], capture_output=True, text=True, env=subprocess_env(), timeout=120,
+        check=False,
+    )  # fmt: skip
 
 
 def parse_table(stdout: str) -> tuple[list[str], dict[str, list[str]]]:
@@ -101,12 +99,11 @@ def test_tiny_few_shot_rows_compare_with_the_zero_shot_time() -> None:
 
 
 def test_export_benchmark_runs_torch_and_openvino_at_equal_threads() -> None:
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
     command = [
         sys.executable, str(REPO / "benchmarks" / "benchmark_export.py"), "--tiny", "--threads", "1", "--repeats", "1",
-        "--warmup", "0", "--compressions", "INT8_PTQ",  # the other compressions: tests/test_export_compression.py
+        "--warmup", "0", "--compressions", "INT8_PTQ",  # the other compressions: test_export_compression.py
     ]  # fmt: skip
-    result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=600, check=False)
+    result = subprocess.run(command, capture_output=True, text=True, env=subprocess_env(), timeout=600, check=False)
     assert result.returncode == 0, result.stderr[-3000:]
     assert any(line.startswith("torch ") and line.endswith(": 1 threads") for line in result.stdout.splitlines())
     assert "1 threads (INFERENCE_NUM_THREADS)" in result.stdout
@@ -116,3 +113,19 @@ def test_export_benchmark_runs_torch_and_openvino_at_equal_threads() -> None:
     assert any(label.endswith(", INT8_PTQ") for label in labels)
     ptq = next(line for line in rows if line.split("|")[1].strip().endswith("INT8_PTQ"))
     assert " int8 (" in ptq.split("|")[7]
+
+
+def test_benchmark_script_bf16_on_cpu() -> None:
+    command = [
+        sys.executable, str(REPO / "benchmarks" / "benchmark_faprompt.py"), "--tiny", "--precision", "fp32", "bf16",
+        "--batch-sizes", "1", "2", "--train-batch-size", "2", "--repeats", "1", "--warmup", "0", "--threads", "1",
+    ]  # fmt: skip
+    result = subprocess.run(command, capture_output=True, text=True, env=subprocess_env(), timeout=300, check=False)
+    assert result.returncode == 0, result.stderr
+    assert "precision bf16 (autocast)" in result.stdout
+    difference = [line for line in result.stdout.splitlines() if line.startswith("largest |bf16 - fp32|")]
+    assert len(difference) == 1, result.stdout
+    score, pixel_map = (float(part.split()[-1]) for part in difference[0].split(":", 1)[1].split(","))
+    # bf16 really ran (the outputs differ), and both outputs are probabilities.
+    assert 0.0 < score <= 1.0
+    assert 0.0 < pixel_map <= 1.0

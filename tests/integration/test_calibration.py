@@ -13,16 +13,15 @@ from pathlib import Path
 import pytest
 import torch
 from anomalib.data.utils import read_image
-from anomalib.engine import Engine
 from anomalib.post_processing import PostProcessor
 from PIL import Image as PILImage
 
 from anomalib_faprompt import AnomalyCLIP, FAPrompt
 from anomalib_faprompt.data import AuxiliaryDataModule, make_synthetic_dataset
-from anomalib_faprompt.data.references import choose_calibration, choose_references
 from anomalib_faprompt.errors import InputError, InvalidInputError, MissingInputError
 from tests.helpers.commands import REPO, subprocess_env
-from tests.helpers.models import as_if_trained, tiny_args, write_checkpoint
+from tests.helpers.engine import cpu_engine
+from tests.helpers.models import tiny_args, trained_like, write_checkpoint
 
 CATEGORIES = ("gamma", "delta")
 
@@ -31,15 +30,6 @@ CATEGORIES = ("gamma", "delta")
 def target(tmp_path_factory) -> Path:
     """Two categories with twelve normal training images each (the candidates), six normal and six defect tests."""
     return make_synthetic_dataset(tmp_path_factory.mktemp("calibration") / "target", CATEGORIES, n_train=12, seed=1)
-
-
-def _model(model_class: type = FAPrompt, **overrides):
-    torch.manual_seed(0)
-    return as_if_trained(model_class(**tiny_args(visualizer=False, **overrides)))
-
-
-def _engine(root: Path) -> Engine:
-    return Engine(accelerator="cpu", default_root_dir=root, logger=False, enable_progress_bar=False)
 
 
 def _datamodule(target: Path, **kwargs) -> AuxiliaryDataModule:
@@ -67,20 +57,6 @@ def _direct(model, files: list[str], references: list[str] | None = None) -> tup
     return output.pred_score, output.anomaly_map.flatten(1).amax(dim=1)
 
 
-def test_calibration_images_are_no_references_at_most_the_cap_and_reproducible_with_the_seed(tmp_path):
-    candidates = [tmp_path / f"{index:03d}.png" for index in range(30)]
-    references = choose_references(candidates, 4, 111, "gamma", "train/good")
-    chosen = choose_calibration(candidates, references, 10, 111, "gamma")
-    assert len(chosen) == 10
-    assert not set(chosen) & set(references)
-    assert set(chosen) <= {str(path) for path in candidates}
-    assert chosen == choose_calibration(list(reversed(candidates)), references, 10, 111, "gamma")
-    assert len({tuple(choose_calibration(candidates, references, 10, seed, "gamma")) for seed in range(6)}) > 1
-    every = choose_calibration(candidates, references, 200, 111, "gamma")  # fewer than the cap: all but the references
-    assert every == sorted(str(path) for path in candidates if str(path) not in references)
-
-
-@pytest.mark.slow
 def test_a_calibrated_test_and_predict_list_their_images_and_label_at_the_thresholds(target, tmp_path, monkeypatch):
     """k_shot = 2, a = 0.1: each category's 10 calibration images are its training images less its references; the
     listed scores are the model's; every threshold, label and p-value follows from the listed scores by hand. Each
@@ -93,8 +69,8 @@ def test_a_calibrated_test_and_predict_list_their_images_and_label_at_the_thresh
         return open_image(file, *args, **kwargs)
 
     monkeypatch.setattr(PILImage, "open", counting_open)
-    model = _model(k_shot=2, false_alarm_rate=0.1)
-    engine = _engine(tmp_path)
+    model = trained_like(FAPrompt, visualizer=False, k_shot=2, false_alarm_rate=0.1)
+    engine = cpu_engine(tmp_path)
     engine.test(model, datamodule=_datamodule(target))
     read_in_test = Counter(opened)
     predictions = engine.predict(model, datamodule=_datamodule(target))
@@ -170,14 +146,13 @@ def test_a_calibrated_test_and_predict_list_their_images_and_label_at_the_thresh
     assert 0 < flagged < len(written)
 
 
-@pytest.mark.slow
 def test_the_listed_scores_are_those_the_same_images_get_when_predicted(target, tmp_path):
     """The calibration images are scored as images to be inspected are (the guarantee assumes it)."""
-    model = _model(false_alarm_rate=0.1)
-    _engine(tmp_path / "test").test(model, datamodule=_datamodule(target, target_categories=["gamma"]))
+    model = trained_like(FAPrompt, visualizer=False, false_alarm_rate=0.1)
+    cpu_engine(tmp_path / "test").test(model, datamodule=_datamodule(target, target_categories=["gamma"]))
     listed = {row["file"]: float(row["score"]) for row in _rows(_only(tmp_path / "test", "calibration_images.csv"))}
-    plain = _model()
-    predictions = _engine(tmp_path / "predict").predict(plain, data_path=target / "gamma" / "train" / "good")
+    plain = trained_like(FAPrompt, visualizer=False)
+    predictions = cpu_engine(tmp_path / "predict").predict(plain, data_path=target / "gamma" / "train" / "good")
     predicted = {
         path: float(score)
         for batch in predictions
@@ -188,12 +163,12 @@ def test_the_listed_scores_are_those_the_same_images_get_when_predicted(target, 
         assert score == pytest.approx(predicted[file], abs=1e-6), file
 
 
-@pytest.mark.slow
 def test_too_few_images_and_missing_sources_are_refused_in_one_line_before_any_test_image(tmp_path):
     few = make_synthetic_dataset(tmp_path / "few", ("gamma",), n_train=4, seed=1)
     with pytest.raises(InvalidInputError) as refused:
-        _engine(tmp_path / "run").test(
-            _model(k_shot=2, false_alarm_rate=0.1), datamodule=_datamodule(few, val_split_ratio=0)
+        cpu_engine(tmp_path / "run").test(
+            trained_like(FAPrompt, visualizer=False, k_shot=2, false_alarm_rate=0.1),
+            datamodule=_datamodule(few, val_split_ratio=0),
         )
     assert str(refused.value) == (
         f"false_alarm_rate=0.1 needs at least 9 normal calibration images, and there are 2 of 'gamma' in "
@@ -204,12 +179,16 @@ def test_too_few_images_and_missing_sources_are_refused_in_one_line_before_any_t
     assert not list((tmp_path / "run").rglob("calibration_*"))
     held_out = AuxiliaryDataModule(root=few, val_split_ratio=0.5, num_workers=0)  # no target: no training split
     with pytest.raises(InvalidInputError, match=r"false_alarm_rate take each target category's .*`calibration_source`"):
-        _engine(tmp_path / "held_out").test(_model(false_alarm_rate=0.1), datamodule=held_out)
+        cpu_engine(tmp_path / "held_out").test(
+            trained_like(FAPrompt, visualizer=False, false_alarm_rate=0.1), datamodule=held_out
+        )
     folder = few / "gamma" / "test" / "good"
     with pytest.raises(
         InvalidInputError, match=r"false_alarm_rate=0.1 needs normal calibration images.*`calibration_source`"
     ):
-        _engine(tmp_path / "files").predict(_model(false_alarm_rate=0.1), data_path=folder)
+        cpu_engine(tmp_path / "files").predict(
+            trained_like(FAPrompt, visualizer=False, false_alarm_rate=0.1), data_path=folder
+        )
     with pytest.raises(
         MissingInputError, match=r"Calibration folder '.*nosuch' \(argument `calibration_source`\) does not"
     ):
@@ -219,34 +198,32 @@ def test_too_few_images_and_missing_sources_are_refused_in_one_line_before_any_t
     for index in range(4, 10):
         shutil.copy(damaged / "000.png", damaged / f"{index:03d}.png")
     (damaged / "003.png").write_bytes(b"not a png")
-    model = _model(false_alarm_rate=0.1, calibration_source=str(damaged))
+    model = trained_like(FAPrompt, visualizer=False, false_alarm_rate=0.1, calibration_source=str(damaged))
     with pytest.raises(InputError, match=rf"Cannot read '{damaged}/003.png'.*Replace or remove this calibration image"):
-        _engine(tmp_path / "damaged_run").predict(model, data_path=folder)
+        cpu_engine(tmp_path / "damaged_run").predict(model, data_path=folder)
 
 
-@pytest.mark.slow
 def test_images_both_scored_and_used_as_references_or_calibration_images_are_refused(target, tmp_path):
     folder = target / "delta" / "train" / "good"
-    calibrating = _model(false_alarm_rate=0.1, calibration_source=str(folder))
+    calibrating = trained_like(FAPrompt, visualizer=False, false_alarm_rate=0.1, calibration_source=str(folder))
     with pytest.raises(InvalidInputError) as refused:
-        _engine(tmp_path / "a").predict(calibrating, data_path=folder)
+        cpu_engine(tmp_path / "a").predict(calibrating, data_path=folder)
     message = str(refused.value)
     assert message.startswith(f"12 image(s) to be predicted are also calibration images ('{folder / '000.png'}', ")
     assert message.endswith(
         "Predict other images, or take the calibration images from another folder (`calibration_source`)."
     )
-    referencing = _model(k_shot=2, few_shot_source=str(folder))
+    referencing = trained_like(FAPrompt, visualizer=False, k_shot=2, few_shot_source=str(folder))
     with pytest.raises(InvalidInputError, match=r"^2 image\(s\) to be predicted are also few-shot references \("):
-        _engine(tmp_path / "b").predict(referencing, data_path=folder)
+        cpu_engine(tmp_path / "b").predict(referencing, data_path=folder)
     assert not list(tmp_path.rglob("predictions.csv"))  # refused before any image was scored
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("model_class", [FAPrompt, AnomalyCLIP])
 def test_a_calibration_source_calibrates_every_image_of_a_folder(model_class, target, tmp_path):
     source = target / "delta" / "train" / "good"
-    model = _model(model_class, false_alarm_rate=0.2, calibration_source=str(source))
-    predictions = _engine(tmp_path).predict(model, data_path=target / "delta" / "test")
+    model = trained_like(model_class, visualizer=False, false_alarm_rate=0.2, calibration_source=str(source))
+    predictions = cpu_engine(tmp_path).predict(model, data_path=target / "delta" / "test")
     (row,) = _rows(_only(tmp_path, "calibration_thresholds.csv"))
     assert (row["category"], row["n"], row["k"]) == ("all", "12", "11")  # k = ceil(13 * 0.8) = 11
     scores, _ = _direct(model, sorted(str(path) for path in source.glob("*.png")))
@@ -270,7 +247,6 @@ def _labelled_at(scores: torch.Tensor, labels: torch.Tensor, threshold: float) -
     assert torch.equal(labels.bool(), scores > threshold)
 
 
-@pytest.mark.slow
 def test_a_threshold_the_user_sets_is_honoured_with_a_checkpoint_with_weights_and_in_python(
     faprompt_checkpoint, target, tmp_path
 ):
@@ -280,10 +256,10 @@ def test_a_threshold_the_user_sets_is_honoured_with_a_checkpoint_with_weights_an
     assert state["anomalib_post_processor_config"]["image_sensitivity"] == 0.5
     assert not math.isnan(float(state["state_dict"]["post_processor._image_threshold"]))  # the stale F1 threshold
     folder = target / "gamma" / "test"
-    by_checkpoint = _engine(tmp_path / "ckpt").predict(
+    by_checkpoint = cpu_engine(tmp_path / "ckpt").predict(
         FAPrompt(**tiny_args(post_processor=_given())), data_path=folder, ckpt_path=faprompt_checkpoint
     )
-    by_weights = _engine(tmp_path / "weights").predict(
+    by_weights = cpu_engine(tmp_path / "weights").predict(
         FAPrompt(**tiny_args(weights=str(faprompt_checkpoint), post_processor=_given())), data_path=folder
     )
     for predictions in (by_checkpoint, by_weights):
@@ -297,7 +273,6 @@ def test_a_threshold_the_user_sets_is_honoured_with_a_checkpoint_with_weights_an
     assert torch.equal(output.pred_mask, output.anomaly_map > USER_THRESHOLD)
 
 
-@pytest.mark.slow
 def test_a_user_threshold_comes_before_the_calibrated_one_which_comes_before_one_half(
     faprompt_checkpoint, target, tmp_path, caplog
 ):
@@ -311,7 +286,7 @@ def test_a_user_threshold_comes_before_the_calibrated_one_which_comes_before_one
     ):
         model = FAPrompt(**tiny_args(weights=str(faprompt_checkpoint), visualizer=False, **arguments))
         with caplog.at_level("WARNING"):
-            predictions = _engine(tmp_path / name).predict(model, data_path=folder)
+            predictions = cpu_engine(tmp_path / name).predict(model, data_path=folder)
         scores = torch.cat([batch.pred_score for batch in predictions])
         labels[name] = torch.cat([batch.pred_label for batch in predictions])
         rows = _rows(_only(tmp_path / name, "predictions.csv"))
@@ -332,16 +307,17 @@ def test_a_user_threshold_comes_before_the_calibrated_one_which_comes_before_one
 # --- thresholds that travel: checkpoints and exports ------------------------------------------------------------------
 
 
-@pytest.mark.slow
 def test_thresholds_travel_in_a_checkpoint_for_the_rate_they_were_calibrated_for(target, tmp_path):
-    model = _model(false_alarm_rate=0.2, calibration_source=str(target / "delta" / "train" / "good"))
+    model = trained_like(
+        FAPrompt, visualizer=False, false_alarm_rate=0.2, calibration_source=str(target / "delta" / "train" / "good")
+    )
     calibration = model.calibrate(sorted((target / "gamma" / "train" / "good").glob("*.png")))
     assert calibration.rank == 11  # n = 12: ceil(13 * 0.8)
     assert model.model.thresholds.values()[:2] == pytest.approx(
         (calibration.image_threshold, calibration.pixel_threshold), abs=1e-7
     )
     before = model.model.thresholds.values()
-    _engine(tmp_path / "run").predict(model, data_path=target / "gamma" / "test")  # calibrates on delta for the run
+    cpu_engine(tmp_path / "run").predict(model, data_path=target / "gamma" / "test")  # calibrates on delta for the run
     (row,) = _rows(_only(tmp_path / "run", "calibration_thresholds.csv"))
     assert float(row["image_threshold"]) != pytest.approx(calibration.image_threshold)
     assert model.model.thresholds.values() == before  # given back after the run, as ordinary tensors
@@ -367,18 +343,17 @@ def test_thresholds_travel_in_a_checkpoint_for_the_rate_they_were_calibrated_for
         plain.calibrate(sorted((target / "gamma" / "train" / "good").glob("*.png")))
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("model_class", [FAPrompt, AnomalyCLIP])
 def test_an_export_labels_as_torch_does_at_the_calibrated_thresholds(model_class, target, tmp_path):
     import onnxruntime as ort
     import openvino as ov
 
-    refused = _model(model_class, false_alarm_rate=0.2)
+    refused = trained_like(model_class, visualizer=False, false_alarm_rate=0.2)
     with pytest.raises(InvalidInputError, match=r"false_alarm_rate=0.2 and no calibrated thresholds to export with"):
         refused.to_onnx(tmp_path / "refused")
     assert not (tmp_path / "refused").exists()
     source = target / "delta" / "train" / "good"
-    model = _model(model_class, false_alarm_rate=0.2, calibration_source=str(source))
+    model = trained_like(model_class, visualizer=False, false_alarm_rate=0.2, calibration_source=str(source))
     onnx_file = model.to_onnx(tmp_path / "onnx")
     xml = model.to_openvino(tmp_path / "openvino")
     (row,) = _rows(tmp_path / "onnx" / "calibration_thresholds.csv")
@@ -407,7 +382,6 @@ def test_an_export_labels_as_torch_does_at_the_calibrated_thresholds(model_class
         assert int((~same).sum()) <= int(near_pixel.sum())
 
 
-@pytest.mark.slow
 def test_the_guarantee_benchmark_prints_a_row_for_each_rate_and_number_of_images_that_can_give_it(tmp_path):
     script = REPO / "benchmarks" / "calibration_guarantee.py"
     command = [sys.executable, str(script), "--pool", "260", "--draws", "300", "--epochs", "1"]

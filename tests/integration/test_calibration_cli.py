@@ -13,8 +13,6 @@ from anomalib.data.utils import read_image
 from anomalib_faprompt.data import make_synthetic_dataset
 from tests.helpers.commands import REPO, anomalib_cli
 
-pytestmark = pytest.mark.slow  # the anomalib command line in subprocesses
-
 CONFIG = REPO / "configs" / "faprompt_synthetic_tiny.yaml"
 
 

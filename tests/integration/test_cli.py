@@ -14,8 +14,6 @@ from anomalib_faprompt.models import base
 from anomalib_faprompt.pipelines import checks
 from tests.helpers.commands import REPO, anomalib_cli
 
-pytestmark = pytest.mark.slow  # `anomalib` in subprocesses
-
 CONFIG = REPO / "configs" / "faprompt_synthetic_tiny.yaml"
 
 

@@ -79,7 +79,6 @@ def _worker(rank: int, world_size: int, folder: Path) -> None:
         distributed.destroy_process_group()
 
 
-@pytest.mark.slow
 def test_two_ranks_report_the_single_process_table(tmp_path, capsys):
     single = _evaluate(0, 1, tmp_path / "single")
     capsys.readouterr()
@@ -105,7 +104,6 @@ def test_two_ranks_report_the_single_process_table(tmp_path, capsys):
     assert not (tmp_path / "rank1").exists()  # only rank 0 writes
 
 
-@pytest.mark.slow
 def test_two_processes_give_the_single_process_table(tmp_path):
     source = make_synthetic_dataset(tmp_path / "source", categories=("alpha", "beta"), n_train=1, seed=0)
     # 7 test images per category: with two ranks, Lightning's sampler repeats one image of each category; "solo"

@@ -28,19 +28,17 @@ pytest.importorskip("onnxscript")
 from anomalib.data import InferenceBatch  # noqa: E402
 from anomalib.data.utils import read_image  # noqa: E402
 from anomalib.deploy import ExportType, OpenVINOInferencer  # noqa: E402
-from anomalib.engine import Engine  # noqa: E402
 
 from anomalib_faprompt import AnomalyCLIP, FAPrompt  # noqa: E402
 from anomalib_faprompt.data import AuxiliaryDataModule, make_synthetic_dataset  # noqa: E402
 from anomalib_faprompt.deploy import keep_f32, openvino_config, remove_f32_marks  # noqa: E402
 from anomalib_faprompt.models.base import PromptLearningModule  # noqa: E402
 from tests.helpers.commands import anomalib_cli  # noqa: E402
+from tests.helpers.data import IMAGE_SIZES  # noqa: E402
+from tests.helpers.engine import cpu_engine  # noqa: E402
 from tests.helpers.models import TINY_MODEL_ARGS  # noqa: E402
 
-pytestmark = pytest.mark.slow  # trains, exports to ONNX and OpenVINO, `anomalib export`
-
 FP32_TOLERANCE = 1e-4
-SIZES = ((64, 64), (150, 97), (41, 53), (300, 280), (64, 90), (33, 33))  # (width, height)
 LOW_PRECISION_TOLERANCE = 1e-2
 F32 = {"INFERENCE_PRECISION_HINT": "f32"}
 BF16 = {"INFERENCE_PRECISION_HINT": "bf16"}
@@ -71,15 +69,7 @@ def data_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def checkpoint(workdir: Path, data_root: Path, model_class: type[PromptLearningModule]) -> Path:
     """Two training steps with anomalib's Engine, then a Lightning checkpoint."""
     torch.manual_seed(0)
-    engine = Engine(
-        max_steps=2,
-        accelerator="cpu",
-        devices=1,
-        default_root_dir=workdir / "train",
-        num_sanity_val_steps=0,
-        limit_val_batches=0,
-        **QUIET,
-    )
+    engine = cpu_engine(workdir / "train", max_steps=2, num_sanity_val_steps=0, limit_val_batches=0)
     datamodule = AuxiliaryDataModule(
         root=data_root, val_split_ratio=0.25, train_batch_size=4, eval_batch_size=4, num_workers=0
     )
@@ -100,7 +90,7 @@ def exported(workdir: Path, checkpoint: Path, model_class: type[PromptLearningMo
     """ONNX and OpenVINO exports of the checkpoint through ``Engine.export``."""
     paths = {}
     for export_type in (ExportType.ONNX, ExportType.OPENVINO):
-        engine = Engine(accelerator="cpu", devices=1, default_root_dir=workdir / "export", **QUIET)
+        engine = cpu_engine(workdir / "export")
         paths[export_type.value] = engine.export(
             model=model_class(**tiny_args()),
             export_type=export_type,
@@ -433,13 +423,13 @@ def test_openvino_inferencer_and_predict_on_a_folder(
     monkeypatch.chdir(tmp_path)  # the inferencer writes an ``openvino_cache`` folder into the working directory
     folder = tmp_path / "images"
     folder.mkdir()
-    for file, size in zip(sorted((data_root / "beta" / "test" / "defect").glob("*.png")), SIZES, strict=False):
+    for file, size in zip(sorted((data_root / "beta" / "test" / "defect").glob("*.png")), IMAGE_SIZES, strict=False):
         Image.open(file).resize(size, Image.Resampling.BICUBIC).save(folder / file.name)
     files = sorted(folder.glob("*.png"))
     inferencer = OpenVINOInferencer(exported["openvino"], device="CPU", config=openvino_config("f32"))
     deployed = {file.name: inferencer.predict(file) for file in files}
 
-    engine = Engine(accelerator="cpu", devices=1, default_root_dir=data_root.parent / "predict", **QUIET)
+    engine = cpu_engine(data_root.parent / "predict")
     predictions = engine.predict(model=model_class(**tiny_args()), ckpt_path=checkpoint, data_path=folder)
     predicted = {
         Path(path).name: (batch.pred_score[i], batch.anomaly_map[i])

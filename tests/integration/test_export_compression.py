@@ -18,16 +18,14 @@ import pytest
 import torch
 from anomalib.data.utils import read_image
 from anomalib.deploy import ExportType
-from anomalib.engine import Engine
 
 from anomalib_faprompt import AnomalyCLIP, FAPrompt
 from anomalib_faprompt.data import AuxiliaryDataModule, make_synthetic_dataset
 from anomalib_faprompt.errors import InvalidInputError, MissingPackageError
 from anomalib_faprompt.models import compression
 from tests.helpers.commands import anomalib_cli
-from tests.helpers.models import as_if_trained, tiny_args
-
-pytestmark = pytest.mark.slow
+from tests.helpers.engine import cpu_engine
+from tests.helpers.models import tiny_args, trained_like
 
 COMPRESSIONS = ("FP16", "INT8", "INT8_PTQ", "INT8_ACQ")
 # Measured on the tiny models (score, map), largest of both models and both precisions: FP16 3.8e-3 / 5.4e-3,
@@ -59,11 +57,6 @@ def images(data: Path) -> np.ndarray:
     return torch.stack([read_image(file, as_tensor=True) for file in files]).numpy()
 
 
-def _model(model_class: type):
-    torch.manual_seed(0)
-    return as_if_trained(model_class(**tiny_args()))
-
-
 def _run(xml: Path, images: np.ndarray, config: dict) -> dict[str, np.ndarray]:
     compiled = ov.Core().compile_model(str(xml), "CPU", config)
     return {key.get_any_name(): value for key, value in compiled(images).items()}
@@ -72,8 +65,8 @@ def _run(xml: Path, images: np.ndarray, config: dict) -> dict[str, np.ndarray]:
 @pytest.fixture(scope="module", params=[FAPrompt, AnomalyCLIP], ids=["FAPrompt", "AnomalyCLIP"])
 def exports(request, data: Path, tmp_path_factory) -> dict[str | None, Path]:
     """The f32 export and one per compression (Engine.export), of one trained-like tiny model."""
-    model, root = _model(request.param), tmp_path_factory.mktemp("exports")
-    engine = Engine(accelerator="cpu", logger=False)
+    model, root = trained_like(request.param), tmp_path_factory.mktemp("exports")
+    engine = cpu_engine()
     paths = {}
     for name in (None, *COMPRESSIONS):
         paths[name] = engine.export(
@@ -122,7 +115,7 @@ def test_the_compressions_are_what_they_say(exports):
 def test_int8_quantises_the_image_encoders_mlp_layers_and_nothing_else(exports):
     """Every FakeQuantize feeds one of the image encoder's MLP products (and each of them is fed), found by weight."""
     f32 = ov.Core().read_model(str(exports[None]))
-    clip = _model(FAPrompt).model.backbone.clip  # the tiny CLIP of both models (seed 0)
+    clip = trained_like(FAPrompt).model.backbone.clip  # the tiny CLIP of both models (seed 0)
     mlp = set(compression.image_encoder_mlp_operations(f32, clip))
     assert len(mlp) == 2 * len(clip.visual.transformer.resblocks)
     for name in ("INT8_PTQ", "INT8_ACQ"):
@@ -164,7 +157,7 @@ def test_every_compressed_ir_keeps_its_operations_in_f32(exports):
 
 
 def test_what_a_compression_needs_is_one_line(data, tmp_path, monkeypatch):
-    model = _model(AnomalyCLIP)
+    model = trained_like(AnomalyCLIP)
     with pytest.raises(InvalidInputError, match=r"INT8_PTQ calibrates on images: pass a datamodule \(`--data`"):
         model.to_openvino(tmp_path / "a", compression_type="INT8_PTQ")
     with pytest.raises(InvalidInputError, match=r"has none: hold some out \(AuxiliaryDataModule: `val_split_ratio`"):

@@ -28,8 +28,6 @@ STEPS = [
     "cli_predict_bf16-mixed",
 ]
 
-pytestmark = pytest.mark.slow  # anomalib's command line three times, the benchmark three times
-
 
 @pytest.mark.skipif(sys.platform != "linux", reason="a bash script")
 def test_cpu_dry_run_passes_every_step(tmp_path):

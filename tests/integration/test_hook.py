@@ -9,8 +9,6 @@ import json
 import re
 import subprocess
 import sys
-import types
-import warnings
 from pathlib import Path
 
 import pytest
@@ -59,7 +57,6 @@ def _run(code: str, **env: str) -> tuple[str, str]:
     return result.stdout.strip().splitlines()[-1], result.stderr
 
 
-@pytest.mark.slow
 def test_startup_imports_nothing_heavy():
     loaded = json.loads(
         _run(
@@ -87,7 +84,6 @@ def test_startup_imports_nothing_heavy():
         ("import anomalib_faprompt.components; ", False),  # the package's components import anomalib.models
     ],
 )  # fmt: skip
-@pytest.mark.slow
 def test_models_are_published_whatever_the_import_order(first, quiet):
     """Published, listed, built by every name anomalib looks up, from this checkout; its import warnings kept
     unless the package's models import anomalib.models; no warning of a patch that could not be applied."""
@@ -99,7 +95,6 @@ def test_models_are_published_whatever_the_import_order(first, quiet):
     assert "anomalib_faprompt:" not in stderr
 
 
-@pytest.mark.slow
 def test_switch_turns_everything_off_for_a_plain_import():
     state = json.loads(
         _run("from anomalib_faprompt import FAPrompt; " + STATE, ANOMALIB_FAPROMPT_NO_HOOK="1")[0],
@@ -114,72 +109,11 @@ def test_switch_turns_everything_off_for_a_plain_import():
     }
 
 
-@pytest.mark.slow
 def test_switch_skips_the_start_up_import():
     out, _ = _run("import sys; print('anomalib_faprompt' in sys.modules)", ANOMALIB_FAPROMPT_NO_HOOK="1")
     assert out == "False"
 
 
-def test_a_failing_patch_leaves_anomalib_as_it_was_with_one_warning():
-    from anomalib_faprompt.integration.cli import patch_cli
-
-    class Refusing(type):
-        def __setattr__(cls, name, value):
-            if name == "_run_subcommand":
-                raise AttributeError(name)
-            super().__setattr__(name, value)
-
-    class CLI(metaclass=Refusing):
-        @staticmethod
-        def init_parser(**kwargs):
-            return "anomalib's parser"
-
-        def instantiate_classes(self):
-            return "anomalib's instantiate_classes"
-
-        def _run_subcommand(self):
-            return "anomalib's run"
-
-    fake = types.ModuleType("fake_cli_module")
-    fake.AnomalibCLI = CLI
-    before = dict(vars(CLI))
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        patch_cli(fake)
-    assert len(caught) == 1
-    assert "command line not applied, anomalib left as it was" in str(caught[0].message)
-    assert dict(vars(CLI)) == before
-    assert CLI().instantiate_classes() == "anomalib's instantiate_classes"
-    assert CLI.init_parser() == "anomalib's parser"
-
-
-def test_an_unsupported_anomalib_version_is_not_patched(monkeypatch):
-    import anomalib
-
-    from anomalib_faprompt.integration import patching
-
-    monkeypatch.setattr(anomalib, "__version__", "2.8.0")
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        with patching.patching("a fix") as patch:
-            assert patch is None
-    assert len(caught) == 1
-    assert "written for anomalib >=2.7,<2.8, found 2.8.0" in str(caught[0].message)
-
-
-def test_quiet_command_filters_only_the_listed_messages():
-    from anomalib_faprompt.integration.quiet import quiet_command
-
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        quiet_command("test")
-        warnings.warn("Found 78 module(s) in eval mode at the start of training. This may lead", stacklevel=1)
-        warnings.warn("The dirpath has changed from 'a' to 'b', therefore ...", stacklevel=1)
-        warnings.warn("Found 78 modules that matter", stacklevel=1)
-    assert [str(warning.message) for warning in caught] == ["Found 78 modules that matter"]
-
-
-@pytest.mark.slow
 @pytest.mark.parametrize(
     ("model", "extra"),
     [

@@ -25,7 +25,6 @@ import yaml
 from anomalib import LearningType
 from anomalib.cli.cli import AnomalibCLI
 from anomalib.data import Visa
-from anomalib.engine import Engine
 from anomalib.models.image.anomalyvfm import lightning_model as vfm_lightning
 from anomalib.models.image.anomalyvfm import torch_model as vfm_torch
 from anomalib.models.image.anomalyvfm.components import radio
@@ -41,15 +40,14 @@ from anomalib_faprompt.pipelines import benchmark, checks
 from anomalib_faprompt.report.benchmark import main as report_main
 from anomalib_faprompt.report.summary import summary_lines
 from tests.helpers.commands import REPO
+from tests.helpers.data import METRICS
+from tests.helpers.engine import cpu_engine
 from tests.helpers.models import TINY_MODEL_ARGS
-
-pytestmark = pytest.mark.slow  # trains both models, runs `anomalib benchmark`
 
 CONFIG = REPO / "configs" / "benchmark_zero_shot.yaml"
 MODELS = {"FAPrompt": FAPrompt, "AnomalyCLIP": AnomalyCLIP}
 ANOMALIB_MODELS = ["WinClip", "AnomalyVFM"]
 TARGET_CATEGORIES = ["gamma", "delta"]
-OUR_METRICS = ["image_AUROC", "image_AUPR", "pixel_AUROC", "pixel_AUPRO"]
 # WinClip's CLIP for the test: 240 px input (WinClip's fixed pre-processing), 5 x 5 patches of 48 px.
 WINCLIP_TINY_CLIP = {
     "embed_dim": 32,
@@ -71,9 +69,7 @@ def checkpoints(tmp_path_factory) -> dict[str, str]:
     for name, model_class in MODELS.items():
         torch.manual_seed(0)
         datamodule = AuxiliaryDataModule(data, val_split_ratio=0.25, train_batch_size=4, num_workers=0)
-        engine = Engine(
-            max_epochs=1, accelerator="cpu", default_root_dir=root / name, logger=False, enable_progress_bar=False
-        )
+        engine = cpu_engine(root / name, max_epochs=1)
         engine.fit(model_class(**copy.deepcopy(TINY_MODEL_ARGS)), datamodule=datamodule)
         paths[name] = engine.trainer.checkpoint_callback.best_model_path
     return paths
@@ -141,7 +137,7 @@ def test_weights_with_pretrained_clip_load_the_prompts_and_check_the_clip(tmp_pa
         torch.save(load_open_clip("tiny", None, TINY_MODEL_ARGS["backbone_config"]).state_dict(), path)
     args = {**copy.deepcopy(TINY_MODEL_ARGS), "pretrained": str(clip_file)}
     data = make_synthetic_dataset(tmp_path / "data", categories=("alpha",), n_good=2, n_defect=4)
-    engine = Engine(max_epochs=1, accelerator="cpu", default_root_dir=tmp_path, logger=False, enable_progress_bar=False)
+    engine = cpu_engine(tmp_path, max_epochs=1)
     trained = AnomalyCLIP(**args)
     engine.fit(trained, datamodule=AuxiliaryDataModule(data, val_split_ratio=0.3, num_workers=0))
     path = engine.trainer.checkpoint_callback.best_model_path
@@ -459,7 +455,7 @@ def test_benchmark_writes_a_row_per_model_and_category(benchmark_run):
     )
     ours = frame[frame["model.class_path"].isin(list(MODELS))]
     others = frame[frame["model.class_path"].isin(ANOMALIB_MODELS)]
-    for metric in OUR_METRICS:
+    for metric in METRICS:
         assert ours[metric].between(0.0, 1.0).all(), metric
     for metric in ("image_AUPR", "pixel_AUPRO"):  # anomalib's default evaluator has no such metric
         assert others[metric].isna().all(), metric
@@ -499,10 +495,10 @@ def test_benchmark_results_equal_a_plain_test_of_the_loaded_model(benchmark_run,
     frame = pd.read_csv(results)
     for (name, model_class), category in zip(MODELS.items(), TARGET_CATEGORIES, strict=True):
         model = model_class(**copy.deepcopy(TINY_MODEL_ARGS), weights=checkpoints[name])
-        engine = Engine(accelerator="cpu", default_root_dir=tmp_path, logger=False, enable_progress_bar=False)
+        engine = cpu_engine(tmp_path)
         plain = engine.test(model, datamodule=_target(target_root, category), verbose=False)[0]
         row = frame[(frame["model.class_path"] == name) & (frame["data.init_args.category"] == category)].iloc[0]
-        for metric in OUR_METRICS:
+        for metric in METRICS:
             assert math.isclose(row[metric], plain[metric], abs_tol=1e-6), (name, category, metric)
 
 
@@ -514,7 +510,7 @@ def test_report_of_the_benchmark_results(benchmark_run, tmp_path):
     for text in ["## image_AUROC", "## pixel_AUPRO", "gamma", *models]:
         assert text in markdown
     # Every metric at least two models report gets a chart: ours, and the F1 scores of WinClip and AnomalyVFM.
-    for metric in [*OUR_METRICS, "image_F1Score", "pixel_F1Score"]:
+    for metric in [*METRICS, "image_F1Score", "pixel_F1Score"]:
         image = imread(tmp_path / f"{metric}.png")
         assert image.ndim == 3
         assert image.shape[0] > 300

@@ -15,7 +15,6 @@ import torch
 import yaml
 from anomalib.data import MVTecAD
 from anomalib.data.utils import read_image
-from anomalib.engine import Engine
 from lightning.pytorch import Callback
 from PIL import Image
 
@@ -23,12 +22,11 @@ from anomalib_faprompt import FAPrompt
 from anomalib_faprompt.data import AuxiliaryDataModule
 from tests.helpers.commands import anomalib_cli
 from tests.helpers.data import camera_photo, logged_warnings
+from tests.helpers.engine import cpu_engine
 from tests.helpers.models import as_if_trained, tiny_args
 
 TARGETS = ("gamma", "delta")  # two of the target's categories: their images share their file names (000.png, ...)
 FIELD = 256  # anomalib's ImageVisualizer draws each panel at 256 x 256
-
-pytestmark = pytest.mark.slow  # anomalib's Engine and command line
 
 
 @pytest.fixture
@@ -44,12 +42,6 @@ def target(synthetic_target) -> Path:
 @pytest.fixture
 def trained(faprompt_checkpoint) -> Path:
     return faprompt_checkpoint
-
-
-def _engine(root: Path, **kwargs) -> Engine:
-    return Engine(
-        accelerator="cpu", devices=1, logger=False, enable_progress_bar=False, default_root_dir=root, **kwargs
-    )
 
 
 def _datamodule(source: Path, target: Path, **kwargs) -> AuxiliaryDataModule:
@@ -103,7 +95,7 @@ def _run_dir(results: Path) -> Path:
 def test_zero_shot_test_writes_one_heat_map_per_image_under_its_category(source, target, tmp_path):
     torch.manual_seed(0)
     model = FAPrompt(**tiny_args())  # the default visualiser
-    _engine(tmp_path).test(model, datamodule=_datamodule(source, target))
+    cpu_engine(tmp_path).test(model, datamodule=_datamodule(source, target))
 
     images = _run_dir(tmp_path) / "v0" / "images"
     expected = _target_images(target)
@@ -125,7 +117,7 @@ def test_plain_datamodule_heat_maps_go_under_its_category(target, tmp_path):
     torch.manual_seed(0)
     model = FAPrompt(**tiny_args())
     datamodule = MVTecAD(root=target, category="delta", eval_batch_size=4, num_workers=0)
-    _engine(tmp_path).test(model, datamodule=datamodule)
+    cpu_engine(tmp_path).test(model, datamodule=datamodule)
 
     written = _files(tmp_path / "FAPrompt" / "MVTecAD" / "delta" / "v0" / "images")
     assert sorted(written) == sorted(_target_images(target, ("delta",)))
@@ -144,7 +136,7 @@ def test_predict_with_weights_writes_the_scores(target, trained, tmp_path, caplo
     model = FAPrompt(**tiny_args(weights=str(trained)), visualizer=visualizer)
     folder = target / "gamma" / "test"
     with caplog.at_level("INFO"):
-        engine = _engine(tmp_path)
+        engine = cpu_engine(tmp_path)
         predictions = engine.predict(model, data_path=folder)  # zero-shot: no validation data needed
 
     run = tmp_path / "FAPrompt" / "v0"
@@ -178,7 +170,7 @@ def test_engine_test_from_a_checkpoint_in_a_copied_folder_leaves_the_original_al
 
     torch.manual_seed(0)
     model = FAPrompt(**tiny_args())
-    _engine(copied).test(model, datamodule=_datamodule(source, target), ckpt_path=copied_ckpt)
+    cpu_engine(copied).test(model, datamodule=_datamodule(source, target), ckpt_path=copied_ckpt)
 
     assert _digests(original) == before
     tested = copied_ckpt.parents[3] / "v1"
@@ -220,7 +212,7 @@ def test_a_failed_fit_leaves_latest_on_the_last_run_that_ended(source, target, t
 
     def fit() -> None:
         torch.manual_seed(0)
-        engine = _engine(results, max_epochs=1, limit_train_batches=1, limit_val_batches=1)
+        engine = cpu_engine(results, max_epochs=1, limit_train_batches=1, limit_val_batches=1)
         engine.fit(FAPrompt(**tiny_args()), datamodule=_datamodule(source, target))
 
     def fail(*_args, **_kwargs):
@@ -254,7 +246,7 @@ class _CtrlC(Callback):
 
 def test_a_run_stopped_by_ctrl_c_keeps_its_folder_marked_incomplete(source, target, trained, tmp_path):
     data = _datamodule(source, target, target_categories=["gamma"])  # 4 images a batch
-    engine = _engine(tmp_path / "results", callbacks=[_CtrlC()])
+    engine = cpu_engine(tmp_path / "results", callbacks=[_CtrlC()])
     handler = signal.getsignal(signal.SIGINT)
     try:
         with pytest.raises(SystemExit) as exited:  # what Lightning makes of a KeyboardInterrupt, as on the CLI
@@ -276,20 +268,20 @@ def test_testing_prompts_that_were_never_learned_warns(source, target, trained, 
         root=source, target_dataset="MVTecAD", target_root=target, target_categories=["gamma"], num_workers=0
     )
     torch.manual_seed(0)
-    _engine(tmp_path / "fresh").test(FAPrompt(**tiny_args()), datamodule=data)
+    cpu_engine(tmp_path / "fresh").test(FAPrompt(**tiny_args()), datamodule=data)
     (message,) = logged_warnings(caplog, untrained)
     assert message.startswith(f"FAPrompt is tested {untrained}")
     assert "--ckpt_path" in message
     caplog.clear()
-    _engine(tmp_path / "predict").predict(FAPrompt(**tiny_args()), data_path=target / "gamma" / "test" / "good")
+    cpu_engine(tmp_path / "predict").predict(FAPrompt(**tiny_args()), data_path=target / "gamma" / "test" / "good")
     (message,) = logged_warnings(caplog, untrained)
     assert message.startswith(f"FAPrompt is run by `predict` {untrained}")
     assert "its scores and maps are those of a random start" in message
     caplog.clear()
-    _engine(tmp_path / "checkpoint").test(FAPrompt(**tiny_args()), datamodule=data, ckpt_path=trained)
-    _engine(tmp_path / "loaded").test(FAPrompt.load_from_checkpoint(trained), datamodule=data)
-    _engine(tmp_path / "weights").test(FAPrompt(**tiny_args(weights=str(trained))), datamodule=data)
-    engine = _engine(tmp_path / "trained", max_epochs=1, limit_train_batches=1, limit_val_batches=1)
+    cpu_engine(tmp_path / "checkpoint").test(FAPrompt(**tiny_args()), datamodule=data, ckpt_path=trained)
+    cpu_engine(tmp_path / "loaded").test(FAPrompt.load_from_checkpoint(trained), datamodule=data)
+    cpu_engine(tmp_path / "weights").test(FAPrompt(**tiny_args(weights=str(trained))), datamodule=data)
+    engine = cpu_engine(tmp_path / "trained", max_epochs=1, limit_train_batches=1, limit_val_batches=1)
     model = FAPrompt(**tiny_args())
     engine.fit(model, datamodule=_datamodule(source, target))
     engine.test(model, datamodule=data)
@@ -310,7 +302,7 @@ def test_unreadable_files_left_out_are_noted_in_their_categorys_row(source, targ
         eval_batch_size=2,
         num_workers=1,
     )
-    engine = _engine(tmp_path / "results")
+    engine = cpu_engine(tmp_path / "results")
     engine.test(FAPrompt(**tiny_args()), datamodule=data, ckpt_path=trained)
     assert len(logged_warnings(caplog, "Skipped 1 unreadable file")) == 1
     (table,) = (tmp_path / "results").rglob("per_category_results.md")
@@ -467,7 +459,7 @@ def test_cli_errors_about_a_checkpoint_or_the_data_are_one_last_line(source, tar
 
 def test_a_second_test_or_predict_on_one_engine_replaces_nothing(source, target, trained, tmp_path, capsys):
     """Python: ``engine.test`` twice, then ``engine.predict`` of a folder, on one Engine (one run folder)."""
-    engine = _engine(tmp_path / "results")
+    engine = cpu_engine(tmp_path / "results")
     model = FAPrompt(**tiny_args(weights=str(trained)))
     engine.test(model, datamodule=_datamodule(source, target))
     run = Path(engine.trainer.default_root_dir)
@@ -493,7 +485,7 @@ def test_a_second_test_or_predict_on_one_engine_replaces_nothing(source, target,
 
 def test_fit_of_a_model_with_trained_weights_says_it_trains_nothing(source, target, trained, tmp_path, caplog):
     model = FAPrompt(**tiny_args(weights=str(trained)))
-    engine = _engine(tmp_path / "results", max_epochs=1)
+    engine = cpu_engine(tmp_path / "results", max_epochs=1)
     with caplog.at_level("WARNING", logger="anomalib_faprompt"):
         engine.fit(model, datamodule=_datamodule(source, target))
     assert f"FAPrompt was built with trained `weights` ({trained}), so it is a zero-shot model and `fit` trains " in (
@@ -573,7 +565,7 @@ def test_a_photo_tagged_with_its_orientation_is_scored_and_drawn_upright(tmp_pat
         camera_photo(folder, f"turned{orientation}", _photo(rng), orientation)
     torch.manual_seed(0)
     model = as_if_trained(FAPrompt(**tiny_args()))
-    predictions = _engine(tmp_path / "results").predict(model, data_path=folder)
+    predictions = cpu_engine(tmp_path / "results").predict(model, data_path=folder)
 
     items = {Path(item.image_path).name: item for batch in predictions for item in batch}
     images = tmp_path / "results" / "FAPrompt" / "v0" / "images"

@@ -22,16 +22,6 @@ from tests.helpers.models import as_if_trained, tiny_args
 IMAGES = torch.randn(3, 3, 64, 64)
 
 
-@pytest.fixture(scope="module")
-def clip_file(tmp_path_factory) -> Path:
-    """Tiny CLIP weights in a file: the stand-in for `pretrained="openai"` (the same CLIP in every model)."""
-    torch.manual_seed(0)
-    model = FAPrompt(**tiny_args())
-    path = tmp_path_factory.mktemp("clip") / "tiny_clip.pt"
-    torch.save(model.model.backbone.clip.state_dict(), path)
-    return path
-
-
 def _trained(model_class: type, clip_file: Path, **overrides):
     """A model whose learned parameters are random (as if trained), on the CLIP of ``clip_file``."""
     return as_if_trained(model_class(**tiny_args(pretrained=str(clip_file), **overrides)))
@@ -199,23 +189,3 @@ def test_the_benchmark_takes_an_authors_file_and_names_one_of_the_other_model(cl
     grid.append({"class_path": "AnomalyCLIP", "init_args": init_args})
     (problem,) = checks.unusable_weights(config)
     assert problem.startswith(f"'{path}' (AnomalyCLIP.weights) is a prompt file of the authors' FAPrompt")
-
-
-@pytest.mark.slow
-def test_a_model_started_from_an_authors_file_exports_with_its_prompts(clip_file, tmp_path):
-    import onnxruntime as ort
-    from anomalib.deploy import ExportType
-    from anomalib.engine import Engine
-
-    direct = _trained(AnomalyCLIP, clip_file)
-    path = authors_anomalyclip_file(direct, tmp_path / "epoch_15.pth")
-    loaded = _quiet(AnomalyCLIP, **tiny_args(pretrained=str(clip_file), weights=str(path)))
-    onnx_file = Engine(accelerator="cpu").export(loaded, ExportType.ONNX, export_root=tmp_path / "exported")
-    images = torch.rand(2, 3, 64, 64)
-    session = ort.InferenceSession(str(onnx_file), providers=["CPUExecutionProvider"])
-    names = [output.name for output in session.get_outputs()]
-    outputs = dict(zip(names, session.run(None, {session.get_inputs()[0].name: images.numpy()}), strict=True))
-    with torch.no_grad():
-        expected = direct.eval()(images)
-    torch.testing.assert_close(torch.from_numpy(outputs["pred_score"]), expected.pred_score, rtol=0, atol=1e-4)
-    torch.testing.assert_close(torch.from_numpy(outputs["anomaly_map"]), expected.anomaly_map, rtol=0, atol=1e-4)

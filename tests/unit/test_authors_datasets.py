@@ -5,7 +5,6 @@ The index files are written here as the format describes them (AnomalyCLIP's ``g
 
 from __future__ import annotations
 
-import csv
 import json
 import os
 import re
@@ -15,59 +14,17 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from anomalib.engine import Engine
 
 from anomalib_faprompt import FAPrompt
 from anomalib_faprompt.data import AuxiliaryDataModule, MetaJson
 from anomalib_faprompt.data.authors_index import meta_train_normals
 from anomalib_faprompt.data.paths import path_problem
 from anomalib_faprompt.errors import InvalidInputError, MissingInputError
-from tests.helpers.authors_code import authors_faprompt_file
-from tests.helpers.commands import REPO, anomalib_cli
+from tests.helpers.commands import REPO
+from tests.helpers.data import results_table
+from tests.helpers.engine import cpu_engine
+from tests.helpers.meta_json import emptied_index, read_index, write_meta
 from tests.helpers.models import tiny_args
-
-
-def write_meta(root: Path, mask_folders: bool = False) -> Path:
-    """``meta.json`` for a dataset in the MVTec AD layout, as the authors' generator writes it.
-
-    With ``mask_folders`` every defect item's ``mask_path`` is its mask folder, as classification-only datasets have.
-    """
-    index: dict[str, dict[str, list]] = {"train": {}, "test": {}}
-    for category in sorted(path.name for path in root.iterdir() if (path / "test").is_dir()):
-        items = []
-        for specie in sorted(path.name for path in (root / category / "test").iterdir()):
-            for image in sorted((root / category / "test" / specie).glob("*.png")):
-                anomaly = int(specie != "good")
-                mask = f"{category}/ground_truth/{specie}" + ("" if mask_folders else f"/{image.stem}_mask.png")
-                items.append(
-                    {
-                        "img_path": f"{category}/test/{specie}/{image.name}",
-                        "mask_path": mask if anomaly else "",
-                        "cls_name": category,
-                        "specie_name": specie,
-                        "anomaly": anomaly,
-                    }
-                )
-        index["test"][category] = items
-    (root / "meta.json").write_text(json.dumps(index, indent=4))
-    return root
-
-
-@pytest.fixture(scope="module")
-def indexed_target(synthetic_target, tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("indexed") / "target"
-    shutil.copytree(synthetic_target, root)
-    return write_meta(root)
-
-
-def _engine(root: Path) -> Engine:
-    return Engine(accelerator="cpu", default_root_dir=root, logger=False, enable_progress_bar=False)
-
-
-def _table(root: Path) -> dict[str, dict[str, str]]:
-    (table,) = root.rglob("per_category_results.csv")
-    with table.open() as file:
-        return {row["category"]: row for row in csv.DictReader(file)}
 
 
 def test_meta_json_gives_the_per_category_table_of_the_mvtec_layout(synthetic_source, indexed_target, tmp_path):
@@ -78,8 +35,8 @@ def test_meta_json_gives_the_per_category_table_of_the_mvtec_layout(synthetic_so
         )
         torch.manual_seed(0)
         model = FAPrompt(**tiny_args(visualizer=False))
-        _engine(tmp_path / name).test(model, datamodule=datamodule)
-        tables[name] = _table(tmp_path / name)
+        cpu_engine(tmp_path / name).test(model, datamodule=datamodule)
+        tables[name] = results_table(tmp_path / name)
     assert set(tables["meta"]) >= {"gamma", "delta", "epsilon", "mean"}
     for category, row in tables["mvtec"].items():
         for metric in ("image_AUROC", "image_AUPR", "pixel_AUROC", "pixel_AUPRO"):
@@ -119,14 +76,10 @@ def test_a_classification_only_index_gets_image_metrics_only(synthetic_target, t
     datamodule.setup()
     assert [data.task for data in datamodule.target_data] == ["classification"] * 3
     torch.manual_seed(0)
-    _engine(tmp_path / "results").test(FAPrompt(**tiny_args(visualizer=False)), datamodule=datamodule)
-    table = _table(tmp_path / "results")
+    cpu_engine(tmp_path / "results").test(FAPrompt(**tiny_args(visualizer=False)), datamodule=datamodule)
+    table = results_table(tmp_path / "results")
     assert float(table["gamma"]["image_AUROC"]) >= 0
     assert table["gamma"]["pixel_AUROC"] == ""
-
-
-def _index(root: Path) -> dict:
-    return json.loads((root / "meta.json").read_text())
 
 
 @pytest.mark.parametrize(
@@ -141,7 +94,7 @@ def _index(root: Path) -> dict:
 def test_a_bad_item_is_named_before_any_work(indexed_target, tmp_path, change, expected):
     root = tmp_path / "copy"
     shutil.copytree(indexed_target, root)
-    index = _index(root)
+    index = read_index(root)
     change(index["test"]["gamma"][1])
     (root / "meta.json").write_text(json.dumps(index))
     with pytest.raises(
@@ -155,7 +108,7 @@ def test_missing_index_mixed_masks_and_unknown_categories_are_named(indexed_targ
         MetaJson(root=tmp_path, num_workers=0)
     root = tmp_path / "copy"
     shutil.copytree(indexed_target, root)
-    index = _index(root)
+    index = read_index(root)
     defect = next(item for item in index["test"]["delta"] if item["anomaly"])
     defect["mask_path"] = ""
     (root / "meta.json").write_text(json.dumps(index))
@@ -197,7 +150,7 @@ def _write_index(root: Path, index: dict) -> None:
 def _copy(indexed_target: Path, tmp_path: Path) -> tuple[Path, dict]:
     root = tmp_path / "copy"
     shutil.copytree(indexed_target, root)
-    return root, _index(root)
+    return root, read_index(root)
 
 
 def _meta_file(root: Path) -> str:
@@ -324,17 +277,8 @@ def test_a_repeated_image_with_other_fields_is_refused(indexed_target, tmp_path)
     )
 
 
-def _emptied(indexed_target: Path, folder: Path, *categories: str) -> Path:
-    """A copy of the index whose ``categories`` are listed in its ``test`` part with no items."""
-    shutil.copytree(indexed_target, folder)
-    index = _index(folder)
-    index["test"].update({category: [] for category in categories})
-    (folder / "meta.json").write_text(json.dumps(index))
-    return folder
-
-
 def test_a_category_with_no_test_items_is_named_where_it_is_read(indexed_target, tmp_path):
-    root = _emptied(indexed_target, tmp_path / "copy", "delta")
+    root = emptied_index(indexed_target, tmp_path / "copy", "delta")
     expected = rf"^'{root.resolve() / 'meta.json'}': category 'delta' has no items in the 'test' part, .*`categories`"
     for datamodule in (
         MetaJson(root=root, num_workers=0),
@@ -349,70 +293,7 @@ def test_a_category_with_no_test_items_is_named_where_it_is_read(indexed_target,
             datamodule.setup("test")
     others = MetaJson(root=root, categories=["gamma", "epsilon"], num_workers=0)
     others.setup("test")
-    assert [len(data) for data in others.target_data] == [len(_index(root)["test"]["gamma"])] * 2
-
-
-@pytest.mark.slow  # anomalib's command line (in this process)
-def test_cli_test_on_an_index_without_test_items_names_its_category(indexed_target, tmp_path, capsys):
-    from anomalib.cli.cli import AnomalibCLI
-
-    root = _emptied(indexed_target, tmp_path / "copy", "gamma", "delta", "epsilon")
-    config = {
-        "trainer": {"accelerator": "cpu", "devices": 1, "enable_progress_bar": False},
-        "model": {"class_path": "FAPrompt", "init_args": tiny_args(visualizer=False)},
-        "data": {"class_path": "anomalib_faprompt.data.MetaJson", "init_args": {"root": str(root), "num_workers": 0}},
-    }
-    (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
-    with pytest.raises(SystemExit) as exited:
-        AnomalibCLI(["test", "--config", str(tmp_path / "config.yaml"), "--default_root_dir", str(tmp_path / "r")])
-    assert exited.value.code == 2
-    *_, what, error = capsys.readouterr().err.strip().splitlines()
-    assert what == "anomalib test:"
-    assert error.startswith(f"InvalidInputError: '{root.resolve() / 'meta.json'}': category 'delta' has no items in")
-    assert not (tmp_path / "r").exists()
-
-
-@pytest.mark.slow  # the `anomalib` command line
-def test_cli_test_with_an_authors_file_on_a_meta_json_dataset(indexed_target, tmp_path):
-    """The advice about settings unlike the authors' test is logged once, also where Python's warnings are off."""
-    torch.manual_seed(0)
-    clip = FAPrompt(**tiny_args()).model.backbone.clip
-    torch.save(clip.state_dict(), tmp_path / "clip.pt")
-    model = FAPrompt(**tiny_args(pretrained=str(tmp_path / "clip.pt")))
-    weights = authors_faprompt_file(model, tmp_path / "epoch_7.pth")
-    config = {
-        "seed_everything": 111,
-        "trainer": {"accelerator": "cpu", "devices": 1, "enable_progress_bar": False},
-        "model": {
-            "class_path": "FAPrompt",
-            "init_args": tiny_args(pretrained=str(tmp_path / "clip.pt"), weights=str(weights), visualizer=False),
-        },
-        "data": {"class_path": "anomalib_faprompt.data.MetaJson", "init_args": {"root": str(indexed_target)}},
-    }
-    (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
-    process = anomalib_cli(
-        "test",
-        "--config",
-        tmp_path / "config.yaml",
-        "--default_root_dir",
-        tmp_path / "r",
-        cwd=tmp_path,
-        env={"PYTHONWARNINGS": "ignore"},
-    )
-    assert process.output.count("other settings than their test") == 1
-    table = _table(tmp_path / "r")
-    assert set(table) == {"gamma", "delta", "epsilon", "mean"}
-    released = FAPrompt(
-        **tiny_args(
-            pretrained=str(tmp_path / "clip.pt"),
-            patch_selection="first_k",
-            local_score="released",
-            weights=str(weights),
-            visualizer=False,
-        )
-    )
-    _engine(tmp_path / "direct").test(released, datamodule=MetaJson(root=indexed_target, num_workers=0))
-    assert _table(tmp_path / "direct") == table
+    assert [len(data) for data in others.target_data] == [len(read_index(root)["test"]["gamma"])] * 2
 
 
 @pytest.mark.parametrize("config", sorted((REPO / "configs").glob("authors_*.yaml")), ids=lambda path: path.stem)

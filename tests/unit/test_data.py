@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import re
 import shutil
-import subprocess
-import sys
 import urllib.error
 from pathlib import Path
 from types import SimpleNamespace
@@ -21,26 +19,24 @@ from anomalib.data.datamodules.image import visa as visa_module
 from anomalib.data.datasets import MVTecADDataset
 from anomalib.data.utils import read_image as anomalib_read_image
 from anomalib.data.utils import read_mask as anomalib_read_mask
-from anomalib.engine import Engine
-from lightning.pytorch.callbacks import Callback
 from PIL import Image
 
-from anomalib_faprompt import FAPrompt
 from anomalib_faprompt.data import AuxiliaryDataModule, make_synthetic_dataset
 from anomalib_faprompt.data.images import UnreadableFileError, read_image, read_mask
 from anomalib_faprompt.data.sources import available_categories, prepare_category
 from anomalib_faprompt.errors import InvalidInputError, MissingInputError
 from tests.helpers.commands import REPO
-from tests.helpers.data import N_DEFECT, N_GOOD, SOURCE_CATEGORIES, camera_photo, exif_tagged, logged_warnings
-
-
-def _small(root: Path, categories: tuple[str, ...] = ("alpha",), seed: int = 0) -> Path:
-    return make_synthetic_dataset(root, categories=categories, n_train=1, n_good=2, n_defect=2, seed=seed)
-
-
-def _truncate(path: Path) -> None:
-    data = path.read_bytes()
-    path.write_bytes(data[: len(data) // 2])
+from tests.helpers.data import (
+    N_DEFECT,
+    N_GOOD,
+    SOURCE_CATEGORIES,
+    camera_photo,
+    exif_tagged,
+    logged_warnings,
+    small_dataset,
+    snapshot,
+    truncate,
+)
 
 
 class _Recorder(pl.LightningModule):
@@ -93,7 +89,7 @@ def test_sixteen_bit_grayscale_images_and_masks_read_like_their_eight_bit_versio
 
 
 def test_sixteen_bit_dataset_gives_the_items_of_its_eight_bit_copy(tmp_path):
-    eight = _small(tmp_path / "eight")
+    eight = small_dataset(tmp_path / "eight")
     sixteen = tmp_path / "sixteen"
     shutil.copytree(eight, sixteen)
     for path in sixteen.rglob("*.png"):
@@ -225,50 +221,11 @@ def test_val_split_ratio_zero_trains_on_the_whole_split(synthetic_source):
         assert data["val_split_ratio"] == 0, config
 
 
-class _ValidationCounter(Callback):
-    def __init__(self) -> None:
-        self.batches = 0
-
-    def on_validation_batch_end(self, *args, **kwargs) -> None:
-        del args, kwargs
-        self.batches += 1
-
-
-@pytest.mark.slow
-def test_engine_train_with_no_validation_set_fits_and_tests(
-    synthetic_source, synthetic_target, tmp_path, tiny_model_args
-):
-    """``anomalib train`` is ``Engine.train``: fit (no validation runs) then test on the target."""
-    datamodule = AuxiliaryDataModule(
-        root=synthetic_source,
-        categories=["alpha"],
-        val_split_ratio=0,
-        target_dataset="MVTecAD",
-        target_root=synthetic_target,
-        train_batch_size=4,
-        num_workers=0,
-    )
-    model = FAPrompt(**tiny_model_args)
-    before = {name: value.clone() for name, value in model.named_parameters() if value.requires_grad}
-    counter = _ValidationCounter()
-    engine = Engine(
-        accelerator="cpu", max_epochs=1, default_root_dir=tmp_path / "results", logger=False, callbacks=[counter]
-    )
-    engine.train(model=model, datamodule=datamodule)
-    assert counter.batches == 0
-    assert engine.trainer.global_step == (N_GOOD + N_DEFECT) // 4  # batch 4, all of alpha's test split
-    assert any(not torch.equal(value, before[name]) for name, value in model.named_parameters() if name in before)
-    (table,) = (tmp_path / "results").rglob("per_category_results.csv")
-    assert [line.split(",")[0] for line in table.read_text().splitlines()[1:]] == ["delta", "epsilon", "gamma", "mean"]
-    assert table.parts[-4] == "synthetic_source_to_synthetic_target"
-    assert len(list((tmp_path / "results").rglob("*.ckpt"))) == 1
-
-
 # --- relative roots ------------------------------------------------------------------------------------------------
 
 
 def test_relative_root_with_folder_and_without_masks(tmp_path, monkeypatch):
-    source = _small(tmp_path / "src" / "data")
+    source = small_dataset(tmp_path / "src" / "data")
     folder = tmp_path / "src" / "a"
     shutil.copytree(source / "alpha" / "test" / "good", folder / "good")
     shutil.copytree(source / "alpha" / "test" / "defect", folder / "defect")
@@ -291,42 +248,11 @@ def test_relative_root_with_folder_and_without_masks(tmp_path, monkeypatch):
 # --- damaged files, JPEG files, extra masks ------------------------------------------------------------------------
 
 
-@pytest.mark.slow  # starts DataLoader worker processes
-def test_truncated_image_is_named_or_skipped_and_listed(tmp_path, caplog):
-    root = _small(tmp_path / "data", categories=("alpha",))
-    damaged = root / "alpha" / "test" / "good" / "001.png"
-    _truncate(damaged)
-    with pytest.raises(UnreadableFileError, match=r"001\.png.*truncated.*skip_unreadable"):
-        read_image(damaged)
-
-    for workers in (0, 1):
-        strict = AuxiliaryDataModule(root=root, val_split_ratio=0, train_batch_size=1, num_workers=workers)
-        strict.setup()
-        with pytest.raises(UnreadableFileError, match=r"Cannot read '.*001\.png' \(OSError: image file is truncated"):
-            list(strict.train_dataloader())
-
-    datamodule = AuxiliaryDataModule(
-        root=root, val_split_ratio=0.5, skip_unreadable=True, train_batch_size=1, eval_batch_size=1, num_workers=0
-    )
-    datamodule.setup()
-    paths = [path for batch in datamodule.train_dataloader() for path in batch.image_path]
-    held_out = [path for batch in datamodule.val_dataloader() for path in batch.image_path]
-    assert [path for batch in datamodule.test_dataloader() for path in batch.image_path] == held_out
-    assert datamodule.test_data.skip_unreadable
-    paths += held_out
-    assert sorted(paths) == sorted(str(path) for path in root.rglob("test/*/*.png") if path != damaged)
-    assert list(datamodule.skipped_files) == [str(damaged)]
-    assert "truncated" in datamodule.skipped_files[str(damaged)]
-    datamodule.teardown("fit")
-    (message,) = logged_warnings(caplog, "Skipped 1 unreadable file")
-    assert message.endswith(f"{damaged} ({datamodule.skipped_files[str(damaged)]})")
-
-
 def test_skip_unreadable_in_lightning_test_and_predict_with_workers(tmp_path, caplog):
-    source = _small(tmp_path / "source")
-    target = _small(tmp_path / "target", categories=("gamma", "delta"), seed=1)
+    source = small_dataset(tmp_path / "source")
+    target = small_dataset(tmp_path / "target", categories=("gamma", "delta"), seed=1)
     damaged = target / "gamma" / "test" / "defect" / "000.png"
-    _truncate(damaged)
+    truncate(damaged)
     datamodule = AuxiliaryDataModule(
         root=source,
         val_split_ratio=0,
@@ -383,7 +309,7 @@ def test_jpeg_images_and_masks_in_the_mvtec_layout(tmp_path):
 
 
 def test_extra_mask_in_a_folder_dataset_is_ignored_with_a_warning(tmp_path, caplog):
-    source = _small(tmp_path / "data")
+    source = small_dataset(tmp_path / "data")
     folder = tmp_path / "custom"
     shutil.copytree(source / "alpha" / "test" / "good", folder / "good")
     shutil.copytree(source / "alpha" / "test" / "defect", folder / "defect")
@@ -408,8 +334,8 @@ def test_extra_mask_in_a_folder_dataset_is_ignored_with_a_warning(tmp_path, capl
 
 @pytest.mark.parametrize("where", ["training", "target"])
 def test_mask_of_another_size_or_with_no_defect_is_an_error_naming_it(tmp_path, where):
-    source = _small(tmp_path / "source")
-    target = _small(tmp_path / "target", categories=("gamma",), seed=1)
+    source = small_dataset(tmp_path / "source")
+    target = small_dataset(tmp_path / "target", categories=("gamma",), seed=1)
     data = source / "alpha" if where == "training" else target / "gamma"
     mask = data / "ground_truth" / "defect" / "001_mask.png"
     datamodule = AuxiliaryDataModule(
@@ -432,8 +358,8 @@ def test_mask_of_another_size_or_with_no_defect_is_an_error_naming_it(tmp_path, 
 
 
 def test_empty_target_category_keeps_its_place_among_the_test_dataloaders(tmp_path, caplog):
-    source = _small(tmp_path / "source")
-    target = _small(tmp_path / "target", categories=("alpha", "gamma"), seed=1)
+    source = small_dataset(tmp_path / "source")
+    target = small_dataset(tmp_path / "target", categories=("alpha", "gamma"), seed=1)
     for folder in ("test/good", "test/defect", "ground_truth/defect"):
         (target / "beta" / folder).mkdir(parents=True)  # folders, no images
     datamodule = AuxiliaryDataModule(
@@ -503,7 +429,7 @@ def test_names_say_what_the_data_is(synthetic_source, synthetic_target, tmp_path
     assert AuxiliaryDataModule(root=source).test_categories == ["held_out"]
     pair = AuxiliaryDataModule(root=source, target_dataset="MVTecAD", target_root=target)
     assert pair.name == "synthetic_source_to_synthetic_target"
-    mvtec = _small(tmp_path / "mvtec_copy", categories=("bottle", "cable"))  # MVTec AD's categories
+    mvtec = small_dataset(tmp_path / "mvtec_copy", categories=("bottle", "cable"))  # MVTec AD's categories
     assert (
         AuxiliaryDataModule(root=mvtec, target_dataset="MVTecAD", target_root=target).name
         == "MVTecAD_to_synthetic_target"
@@ -537,7 +463,10 @@ def test_an_existing_folder_without_categories_is_never_downloaded_into(tmp_path
     monkeypatch.setattr(mvtecad_module, "download_and_extract", no_download)
     monkeypatch.setattr(visa_module, "download_and_extract", no_download)
     monkeypatch.chdir(tmp_path)
-    source, target = _small(Path("source")), _small(Path("datasets/target"), categories=("gamma", "delta"), seed=1)
+    source, target = (
+        small_dataset(Path("source")),
+        small_dataset(Path("datasets/target"), categories=("gamma", "delta"), seed=1),
+    )
     before = sorted(tmp_path.rglob("*"))
     with pytest.raises(InvalidInputError) as error:  # `--data.root ./datasets/target/gamma`
         AuxiliaryDataModule(root="datasets/target/gamma")
@@ -590,91 +519,34 @@ def test_failed_download_into_the_default_folder_leaves_nothing_behind(tmp_path,
 # --- the synthetic generator ---------------------------------------------------------------------------------------
 
 
-@pytest.mark.slow
-def test_generator_refuses_a_non_empty_folder_unless_told_to_overwrite(tmp_path):
-    root = _small(tmp_path / "data", categories=("alpha", "beta"))
-    own = root / "notes.txt"
-    own.write_text("mine")
-    before = (root / "alpha" / "test" / "good" / "000.png").read_bytes()
-    with pytest.raises(FileExistsError, match=r"is not empty.*overwrite"):
-        make_synthetic_dataset(root, categories=("alpha",), seed=5)
-    assert (root / "alpha" / "test" / "good" / "000.png").read_bytes() == before
-
-    command = [sys.executable, "-W", "error::RuntimeWarning", "-m", "anomalib_faprompt.data.synthetic", str(root)]
-    refused = subprocess.run([*command, "--categories", "alpha"], capture_output=True, text=True, check=False)
-    assert refused.returncode == 2
-    assert refused.stderr.strip().splitlines()[-1].endswith("to replace its category folders.")
-    assert str(root) in refused.stderr
-    assert (root / "alpha" / "test" / "good" / "000.png").read_bytes() == before
-
-    done = subprocess.run(
-        [*command, "--categories", "alpha", "--seed", "5", "--n-defect", "1", "--overwrite"],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    assert done.returncode == 0, done.stderr
-    assert "RuntimeWarning" not in done.stderr
-    assert (root / "alpha" / "test" / "good" / "000.png").read_bytes() != before
-    assert len(list((root / "alpha" / "test" / "defect").iterdir())) == 1  # the folder was replaced, not merged
-    assert own.read_text() == "mine"
-    assert (root / "beta").is_dir()
-
-    fresh = subprocess.run([*command[:-1], str(tmp_path / "new")], capture_output=True, text=True, check=False)
-    assert fresh.returncode == 0, fresh.stderr
-    assert fresh.stderr == ""
-
-
-def _snapshot(root: Path) -> dict[str, tuple[int, int]]:
-    return {str(path): (path.stat().st_size, path.stat().st_mtime_ns) for path in sorted(root.rglob("*"))}
-
-
 def test_generator_keeps_a_folder_holding_the_same_dataset_and_refuses_any_other(tmp_path):
-    root = _small(tmp_path / "data", categories=("alpha", "beta"), seed=3)
-    before = _snapshot(root)
-    assert _small(root, categories=("alpha", "beta"), seed=3) == root  # the same parameters: kept as it is
-    assert _snapshot(root) == before
+    root = small_dataset(tmp_path / "data", categories=("alpha", "beta"), seed=3)
+    before = snapshot(root)
+    assert small_dataset(root, categories=("alpha", "beta"), seed=3) == root  # the same parameters: kept as it is
+    assert snapshot(root) == before
 
     for categories, seed, differs in (
         (("alpha",), 3, "categories ['alpha', 'beta'], not ['alpha']"),
         (("alpha", "beta"), 4, "seed 3, not 4"),
     ):
         with pytest.raises(FileExistsError, match=re.escape(f"other parameters ({differs})")):
-            _small(root, categories=categories, seed=seed)
+            small_dataset(root, categories=categories, seed=seed)
     with pytest.raises(FileExistsError, match=r"image_size 64, not 32.*n_train 1, not 4"):
         make_synthetic_dataset(root, categories=("alpha", "beta"), image_size=32, n_good=2, n_defect=2, seed=3)
-    assert _snapshot(root) == before
+    assert snapshot(root) == before
 
     (root / "notes.txt").write_text("mine")  # mixed with other content: not "this dataset" any more
     with pytest.raises(FileExistsError, match=r"besides this synthetic dataset it holds notes.txt"):
-        _small(root, categories=("alpha", "beta"), seed=3)
+        small_dataset(root, categories=("alpha", "beta"), seed=3)
     (root / "notes.txt").unlink()
     (root / "alpha" / "test" / "good" / "000.png").write_bytes(
         (root / "beta" / "test" / "good" / "000.png").read_bytes()
     )
     with pytest.raises(FileExistsError, match=r"files of this synthetic dataset were changed"):
-        _small(root, categories=("alpha", "beta"), seed=3)
+        small_dataset(root, categories=("alpha", "beta"), seed=3)
     (root / "synthetic.json").unlink()  # a folder without the manifest: as any other non-empty folder
     with pytest.raises(FileExistsError, match=r"is not empty and holds no synthetic dataset manifest"):
-        _small(root, categories=("alpha", "beta"), seed=3)
-
-
-@pytest.mark.slow
-def test_generator_command_run_twice_keeps_the_dataset(tmp_path):
-    """README step 1 runs the generator on every run: a second run with the same arguments succeeds."""
-    root = tmp_path / "synthetic_target"
-    command = [sys.executable, "-m", "anomalib_faprompt.data.synthetic", str(root), "--categories", "gamma", "delta"]
-    first = subprocess.run([*command, "--seed", "1"], capture_output=True, text=True, check=False)
-    assert first.returncode == 0, first.stderr
-    before = _snapshot(root)
-    again = subprocess.run([*command, "--seed", "1"], capture_output=True, text=True, check=False)
-    assert again.returncode == 0, again.stderr
-    assert again.stdout == f"'{root}' already holds this synthetic dataset; kept\n"
-    assert _snapshot(root) == before
-    other = subprocess.run([*command, "--seed", "2"], capture_output=True, text=True, check=False)
-    assert other.returncode == 2
-    assert "(seed 1, not 2)" in other.stderr.strip().splitlines()[-1]
-    assert _snapshot(root) == before
+        small_dataset(root, categories=("alpha", "beta"), seed=3)
 
 
 @pytest.mark.parametrize(

@@ -13,7 +13,6 @@ import pytest
 import torch
 from anomalib.data import ImageBatch
 from anomalib.data.datasets import MVTecADDataset
-from anomalib.engine import Engine
 from sklearn.metrics import average_precision_score, roc_auc_score
 from torch.utils.data import DataLoader, Subset
 
@@ -22,9 +21,8 @@ from anomalib_faprompt.data import make_synthetic_dataset
 from anomalib_faprompt.metrics import PaperAUPRO, PerCategoryEvaluator, paper_aupro
 from anomalib_faprompt.metrics.aupro import pro_curve
 from anomalib_faprompt.report.tables import console_table
-from tests.helpers.data import prediction_fields
-
-METRICS = ["image_AUROC", "image_AUPR", "pixel_AUROC", "pixel_AUPRO"]
+from tests.helpers.data import METRICS, prediction_fields
+from tests.helpers.engine import cpu_engine
 
 
 def _trainer(tmp_path: Path, names: list[str]) -> SimpleNamespace:
@@ -161,7 +159,7 @@ def test_engine_test_prints_the_table_and_where_it_is(tmp_path, tiny_model_args,
         for data in (datasets[0], Subset(datasets[1], []), datasets[1])
     ]
     model = FAPrompt(**tiny_model_args, visualizer=False)
-    engine = Engine(accelerator="cpu", default_root_dir=tmp_path / "results", logger=False, enable_progress_bar=False)
+    engine = cpu_engine(tmp_path / "results")
     returned = engine.test(model=model, dataloaders=loaders)
     printed = capsys.readouterr().out
 

@@ -1,51 +1,29 @@
 """Mixed precision: training and inference of both models under autocast, as on CUDA.
 
 CUDA's autocast refuses ``binary_cross_entropy`` ("unsafe to autocast"); CPU's autocast accepts it. The
-``cuda_like_autocast`` fixture makes the CPU refuse it as CUDA does, so that these CPU tests fail the way
-``--trainer.precision bf16-mixed`` on a GPU would.
+``cuda_like_autocast`` fixture (tests/conftest.py) makes the CPU refuse it as CUDA does, so that these CPU tests fail
+the way ``--trainer.precision bf16-mixed`` on a GPU would.
 """
 
 from __future__ import annotations
 
 import copy
 import math
-import os
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F  # noqa: N812
-from anomalib.engine import Engine
 
 from anomalib_faprompt import AnomalyCLIP, FAPrompt
 from anomalib_faprompt.components import binary_focal_loss, local_loss, orthogonality_loss, prior_loss
 from anomalib_faprompt.components.maps import abnormal_probability
-from anomalib_faprompt.data import AuxiliaryDataModule, make_synthetic_dataset
-from tests.helpers.commands import REPO
+from tests.helpers.autocast import CUDA_BANNED
 from tests.helpers.models import TINY_MODEL_ARGS
 
 BF16 = {"device_type": "cpu", "dtype": torch.bfloat16}
-# The ops CUDA's autocast refuses ("banned" in torch's autocast test lists, checked below).
-CUDA_BANNED = ["binary_cross_entropy"]
 TORCH_AUTOCAST_LISTS = Path(torch.__file__).parent / "testing" / "_internal" / "autocast_test_lists.py"
-
-
-@pytest.fixture
-def cuda_like_autocast(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Every op CUDA's autocast bans raises while CPU autocast is on, with CUDA's message."""
-    for name in CUDA_BANNED:
-        original = getattr(torch._C._nn, name)
-
-        def refuse(*args, __original=original, __name=name, **kwargs):
-            if torch.is_autocast_enabled("cpu"):
-                msg = f"torch.nn.functional.{__name} and torch.nn.{__name} are unsafe to autocast."
-                raise RuntimeError(msg)
-            return __original(*args, **kwargs)
-
-        monkeypatch.setattr(torch._C._nn, name, refuse)
 
 
 def test_banned_list_and_fixture_refuse_bce(cuda_like_autocast: None) -> None:
@@ -163,51 +141,3 @@ def test_patch_probabilities_fp32_from_bf16_features() -> None:
         features.bfloat16().float(), normal.bfloat16().float(), abnormal.bfloat16().float(), 0.07
     )
     torch.testing.assert_close(mixed, expected, rtol=0, atol=0)
-
-
-@pytest.mark.slow
-def test_engine_bf16_mixed_fit_test_predict(tmp_path: Path, cuda_like_autocast: None) -> None:
-    """anomalib's Engine with ``precision="bf16-mixed"`` (Lightning's CPU autocast) trains, tests and predicts."""
-    root = make_synthetic_dataset(tmp_path / "data", categories=("alpha",), n_train=1, n_good=4, n_defect=4)
-    torch.manual_seed(0)
-    model = FAPrompt(**copy.deepcopy(TINY_MODEL_ARGS), visualizer=False)
-    datamodule = AuxiliaryDataModule(
-        root=root, val_split_ratio=0.25, train_batch_size=4, eval_batch_size=4, num_workers=0
-    )
-    engine = Engine(
-        accelerator="cpu",
-        devices=1,
-        precision="bf16-mixed",
-        max_steps=2,
-        logger=False,
-        enable_progress_bar=False,
-        default_root_dir=tmp_path / "results",
-    )
-    engine.fit(model, datamodule=datamodule)
-    assert engine.trainer.precision == "bf16-mixed"
-    assert engine.trainer.global_step == 2
-    metrics = engine.test(model, datamodule=datamodule)[0]
-    assert 0.0 <= metrics["image_AUROC"] <= 1.0
-    predictions = engine.predict(model, dataloaders=datamodule.test_dataloader())
-    for batch in predictions:
-        assert batch.pred_score.dtype == batch.anomaly_map.dtype == torch.float32
-        assert float(batch.anomaly_map.min()) >= 0.0
-        assert float(batch.anomaly_map.max()) <= 1.0
-
-
-@pytest.mark.slow
-def test_benchmark_script_bf16_on_cpu() -> None:
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
-    command = [
-        sys.executable, str(REPO / "benchmarks" / "benchmark_faprompt.py"), "--tiny", "--precision", "fp32", "bf16",
-        "--batch-sizes", "1", "2", "--train-batch-size", "2", "--repeats", "1", "--warmup", "0", "--threads", "1",
-    ]  # fmt: skip
-    result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300, check=False)
-    assert result.returncode == 0, result.stderr
-    assert "precision bf16 (autocast)" in result.stdout
-    difference = [line for line in result.stdout.splitlines() if line.startswith("largest |bf16 - fp32|")]
-    assert len(difference) == 1, result.stdout
-    score, pixel_map = (float(part.split()[-1]) for part in difference[0].split(":", 1)[1].split(","))
-    # bf16 really ran (the outputs differ), and both outputs are probabilities.
-    assert 0.0 < score <= 1.0
-    assert 0.0 < pixel_map <= 1.0

@@ -3,17 +3,19 @@
 from __future__ import annotations
 
 import inspect
+import re
 from collections.abc import Callable
 
 import pytest
 import torch
-from anomalib.engine import Engine
+from anomalib.data import MVTecAD
 
 from anomalib_faprompt import AnomalyCLIP, FAPrompt
 from anomalib_faprompt.data import AuxiliaryDataModule
 from anomalib_faprompt.models import base
 from anomalib_faprompt.models.faprompt.lightning_model import RELEASED_CODE
 from anomalib_faprompt.models.hyperparameters import Hyperparameter
+from tests.helpers.engine import cpu_engine
 from tests.helpers.models import tiny_args, write_checkpoint
 
 # --- every number is checked before CLIP is loaded ------------------------------------------------------------------
@@ -219,7 +221,7 @@ def datamodule(synthetic_source) -> AuxiliaryDataModule:
 def test_ckpt_path_that_does_not_fit_is_refused_before_lightning_reads_it(
     model_factory, message, checkpoint, datamodule, tmp_path
 ):
-    engine = Engine(default_root_dir=tmp_path, accelerator="cpu", logger=False, enable_progress_bar=False)
+    engine = cpu_engine(tmp_path)
     with pytest.raises(ValueError, match=message):
         engine.test(model_factory(), datamodule=datamodule, ckpt_path=checkpoint)
 
@@ -227,6 +229,18 @@ def test_ckpt_path_that_does_not_fit_is_refused_before_lightning_reads_it(
 def test_damaged_ckpt_path_is_named(checkpoint, datamodule, tmp_path):
     damaged = tmp_path / "damaged.ckpt"
     damaged.write_bytes(open(checkpoint, "rb").read()[:500])  # noqa: SIM115
-    engine = Engine(default_root_dir=tmp_path, accelerator="cpu", logger=False, enable_progress_bar=False)
+    engine = cpu_engine(tmp_path)
     with pytest.raises(ValueError, match=r"damaged\.ckpt' \(`ckpt_path`\) is not a readable anomalib checkpoint"):
         engine.test(FAPrompt(**tiny_args()), datamodule=datamodule, ckpt_path=str(damaged))
+
+
+def test_normal_only_training_data_stops_with_clear_error(synthetic_source, tmp_path):
+    torch.manual_seed(0)
+    model = FAPrompt(**tiny_args())
+    datamodule = MVTecAD(root=synthetic_source, category="alpha", num_workers=0)  # its train split is normal-only
+    with pytest.raises(
+        ValueError,
+        match=rf"FAPrompt learns from defect images.*training data \(MVTecAD: '{re.escape(str(synthetic_source))}'\) "
+        r"holds no anomalous image.*AuxiliaryDataModule",
+    ):
+        cpu_engine(tmp_path, max_epochs=1).fit(model, datamodule=datamodule)

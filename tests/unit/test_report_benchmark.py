@@ -6,8 +6,6 @@ import hashlib
 import math
 import re
 import shutil
-import subprocess
-import sys
 
 import matplotlib.pyplot as plt
 import pandas as pd
@@ -223,23 +221,6 @@ def test_cli_names_the_file_and_what_to_do_in_one_line(tmp_path, capsys, text, m
     assert error.startswith("anomalib-faprompt-report: error: ")
     assert re.search(message, error), error
     assert not (tmp_path / "out").exists()
-
-
-@pytest.mark.slow
-def test_module_command_on_an_empty_csv(tmp_path):
-    path = tmp_path / "results.csv"
-    path.write_text("")
-    result = subprocess.run(
-        [sys.executable, "-m", "anomalib_faprompt.report", str(path)], capture_output=True, text=True, check=False
-    )
-    assert result.returncode == 1
-    assert result.stdout == ""
-    assert result.stderr.strip().splitlines() == [
-        (
-            f"anomalib-faprompt-report: error: '{path}' is empty. "
-            "Pass the results.csv that `anomalib benchmark` wrote after a job finished."
-        )
-    ]
 
 
 def test_report_goes_beside_the_results_and_never_over_another_report(results, tmp_path, capsys):
