@@ -35,8 +35,8 @@ from anomalib_faprompt import AnomalyCLIP, FAPrompt
 from anomalib_faprompt.data import AuxiliaryDataModule, make_synthetic_dataset
 from anomalib_faprompt.deploy import cpu_instruction_sets, remove_f32_marks
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from conftest import TINY_MODEL_ARGS, as_if_trained
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the checkout, for its tests' tiny model
+from tests.helpers.models import TINY_MODEL_ARGS, as_if_trained
 
 MODELS = {"FAPrompt": FAPrompt, "AnomalyCLIP": AnomalyCLIP}
 COMPRESSIONS = ("FP16", "INT8", "INT8_PTQ", "INT8_ACQ")

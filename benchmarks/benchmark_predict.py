@@ -43,8 +43,8 @@ from anomalib_faprompt.deploy import INSTRUCTION_SETS, cpu_instruction_sets
 from anomalib_faprompt.inference.exported_model import compile_for_throughput, read_exported_model
 from anomalib_faprompt.inference.predict import list_images, predict_images
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from conftest import TINY_MODEL_ARGS
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the checkout, for its tests' tiny model
+from tests.helpers.models import TINY_MODEL_ARGS
 
 QUIET = {"logger": False, "enable_progress_bar": False, "enable_model_summary": False}
 TORCH = "`anomalib predict` (torch, f32)"

@@ -34,8 +34,8 @@ from anomalib_faprompt.components.calibration import (
 )
 from anomalib_faprompt.data import AuxiliaryDataModule, make_synthetic_dataset
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from conftest import TINY_MODEL_ARGS
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the checkout, for its tests' tiny model
+from tests.helpers.models import TINY_MODEL_ARGS
 
 RATES = (0.01, 0.05, 0.1)
 SIZES = (20, 50, 200)

@@ -23,8 +23,8 @@ from lightning.pytorch import seed_everything
 from anomalib_faprompt import AnomalyCLIP, FAPrompt
 from anomalib_faprompt.data import AuxiliaryDataModule, make_synthetic_dataset
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from conftest import TINY_MODEL_ARGS
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the checkout, for its tests' tiny model
+from tests.helpers.models import TINY_MODEL_ARGS
 
 METRICS = ("image_AUROC", "image_AUPR", "pixel_AUROC", "pixel_AUPRO")
 

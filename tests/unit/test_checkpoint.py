@@ -55,7 +55,6 @@ def test_checkpoint_refuses_other_clip_weights(weights_file, tmp_path):
         FAPrompt.load_from_checkpoint(path, pretrained=str(other))
 
 
-
 def _counted_reads(monkeypatch: pytest.MonkeyPatch) -> Counter:
     """Every ``torch.load`` from now on (the package's reader and Lightning's, which opens the file), by file."""
     reads: Counter = Counter()
