@@ -9,7 +9,8 @@ import pytest
 import torch
 from lightning.pytorch import LightningModule, Trainer
 
-from anomalib_faprompt import AnomalyCLIP, FAPrompt
+import anomalib_faprompt
+from anomalib_faprompt.names import MODEL_NAMES
 
 TINY_CLIP = {
     "embed_dim": 32,
@@ -24,7 +25,7 @@ TINY_MODEL_ARGS = {
     "prompt_depth": 3,
     "sigma": 2.0,
 }
-MODEL_CLASSES = (FAPrompt, AnomalyCLIP)
+MODEL_CLASSES = tuple(getattr(anomalib_faprompt, name) for name in MODEL_NAMES)  # the package's models
 
 each_model = pytest.mark.parametrize("model_class", MODEL_CLASSES, ids=lambda cls: cls.__name__)
 """Runs a test taking ``model_class`` once for each of the package's models."""

@@ -16,12 +16,12 @@ from anomalib.data.utils import read_image
 from anomalib.post_processing import PostProcessor
 from PIL import Image as PILImage
 
-from anomalib_faprompt import AnomalyCLIP, FAPrompt
+from anomalib_faprompt import FAPrompt
 from anomalib_faprompt.data import AuxiliaryDataModule, make_synthetic_dataset
 from anomalib_faprompt.errors import InputError, InvalidInputError, MissingInputError
 from tests.helpers.commands import REPO, subprocess_env
 from tests.helpers.engine import cpu_engine
-from tests.helpers.models import tiny_args, trained_like, write_checkpoint
+from tests.helpers.models import each_model, tiny_args, trained_like, write_checkpoint
 
 CATEGORIES = ("gamma", "delta")
 
@@ -219,7 +219,7 @@ def test_images_both_scored_and_used_as_references_or_calibration_images_are_ref
     assert not list(tmp_path.rglob("predictions.csv"))  # refused before any image was scored
 
 
-@pytest.mark.parametrize("model_class", [FAPrompt, AnomalyCLIP])
+@each_model
 def test_a_calibration_source_calibrates_every_image_of_a_folder(model_class, target, tmp_path):
     source = target / "delta" / "train" / "good"
     model = trained_like(model_class, visualizer=False, false_alarm_rate=0.2, calibration_source=str(source))
@@ -343,7 +343,7 @@ def test_thresholds_travel_in_a_checkpoint_for_the_rate_they_were_calibrated_for
         plain.calibrate(sorted((target / "gamma" / "train" / "good").glob("*.png")))
 
 
-@pytest.mark.parametrize("model_class", [FAPrompt, AnomalyCLIP])
+@each_model
 def test_an_export_labels_as_torch_does_at_the_calibrated_thresholds(model_class, target, tmp_path):
     import onnxruntime as ort
     import openvino as ov

@@ -29,14 +29,14 @@ from anomalib.data import InferenceBatch  # noqa: E402
 from anomalib.data.utils import read_image  # noqa: E402
 from anomalib.deploy import ExportType, OpenVINOInferencer  # noqa: E402
 
-from anomalib_faprompt import AnomalyCLIP, FAPrompt  # noqa: E402
+from anomalib_faprompt import FAPrompt  # noqa: E402
 from anomalib_faprompt.data import AuxiliaryDataModule, make_synthetic_dataset  # noqa: E402
 from anomalib_faprompt.deploy import keep_f32, openvino_config, remove_f32_marks  # noqa: E402
 from anomalib_faprompt.models.base import PromptLearningModule  # noqa: E402
 from tests.helpers.commands import anomalib_cli  # noqa: E402
 from tests.helpers.data import IMAGE_SIZES  # noqa: E402
 from tests.helpers.engine import cpu_engine  # noqa: E402
-from tests.helpers.models import TINY_MODEL_ARGS  # noqa: E402
+from tests.helpers.models import MODEL_CLASSES, TINY_MODEL_ARGS  # noqa: E402
 
 FP32_TOLERANCE = 1e-4
 LOW_PRECISION_TOLERANCE = 1e-2
@@ -49,7 +49,7 @@ def tiny_args() -> dict:
     return copy.deepcopy(TINY_MODEL_ARGS)
 
 
-@pytest.fixture(scope="module", params=[FAPrompt, AnomalyCLIP], ids=lambda cls: cls.__name__)
+@pytest.fixture(scope="module", params=MODEL_CLASSES, ids=lambda cls: cls.__name__)
 def model_class(request: pytest.FixtureRequest) -> type[PromptLearningModule]:
     return request.param
 

@@ -25,7 +25,7 @@ from anomalib_faprompt.errors import InvalidInputError, MissingPackageError
 from anomalib_faprompt.models import compression
 from tests.helpers.commands import anomalib_cli
 from tests.helpers.engine import cpu_engine
-from tests.helpers.models import tiny_args, trained_like
+from tests.helpers.models import MODEL_CLASSES, tiny_args, trained_like
 
 COMPRESSIONS = ("FP16", "INT8", "INT8_PTQ", "INT8_ACQ")
 # Measured on the tiny models (score, map), largest of both models and both precisions: FP16 3.8e-3 / 5.4e-3,
@@ -62,7 +62,7 @@ def _run(xml: Path, images: np.ndarray, config: dict) -> dict[str, np.ndarray]:
     return {key.get_any_name(): value for key, value in compiled(images).items()}
 
 
-@pytest.fixture(scope="module", params=[FAPrompt, AnomalyCLIP], ids=["FAPrompt", "AnomalyCLIP"])
+@pytest.fixture(scope="module", params=MODEL_CLASSES, ids=lambda cls: cls.__name__)
 def exports(request, data: Path, tmp_path_factory) -> dict[str | None, Path]:
     """The f32 export and one per compression (Engine.export), of one trained-like tiny model."""
     model, root = trained_like(request.param), tmp_path_factory.mktemp("exports")

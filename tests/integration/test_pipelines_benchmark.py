@@ -42,7 +42,7 @@ from anomalib_faprompt.report.summary import summary_lines
 from tests.helpers.commands import REPO
 from tests.helpers.data import METRICS
 from tests.helpers.engine import cpu_engine
-from tests.helpers.models import TINY_MODEL_ARGS
+from tests.helpers.models import MODEL_CLASSES, TINY_MODEL_ARGS
 
 CONFIG = REPO / "configs" / "benchmark_zero_shot.yaml"
 MODELS = {"FAPrompt": FAPrompt, "AnomalyCLIP": AnomalyCLIP}
@@ -482,7 +482,7 @@ def test_pipeline_log_has_each_record_once_with_time_logger_and_level(benchmark_
 
 def test_benchmark_never_trains_the_prompt_models(benchmark_run, checkpoints):
     _, created, _ = benchmark_run
-    ours = [model for model in created if isinstance(model, (FAPrompt, AnomalyCLIP))]
+    ours = [model for model in created if isinstance(model, MODEL_CLASSES)]
     assert len(ours) == 2 * len(TARGET_CATEGORIES)
     for model in ours:
         expected = _learned(type(model)(**copy.deepcopy(TINY_MODEL_ARGS), weights=checkpoints[model.name]))

@@ -1,4 +1,7 @@
-"""AnomalyCLIP (docs/faprompt.md, section 8): prompts, outputs, score and map, loss, training through the Engine."""
+"""AnomalyCLIP (docs/faprompt.md, section 8): prompts, training outputs, score and map, loss, feature layers.
+
+Its training through anomalib's Engine: tests/integration/test_end_to_end.py.
+"""
 
 from __future__ import annotations
 
@@ -66,26 +69,7 @@ def test_each_context_moves_only_its_own_text_embedding():
     assert not torch.allclose(normal_2, normal_1, atol=1e-3)
 
 
-# --- eval outputs --------------------------------------------------------------------------------------------------
-
-
-def test_eval_outputs_are_probabilities(module, images):
-    model = module.model.eval()
-    with torch.no_grad():
-        output = model(images * 3.0)
-    assert output.pred_score.shape == (3,)
-    assert output.anomaly_map.shape == (3, 1, S, S)
-    for value in (output.pred_score, output.anomaly_map):
-        assert 0.0 <= float(value.min()) <= float(value.max()) <= 1.0
-
-
-def test_batched_eval_equals_per_image(module, images):
-    model = module.model.eval()
-    with torch.no_grad():
-        batched = model(images)
-        single = [model(image[None]) for image in images]
-    torch.testing.assert_close(batched.pred_score, torch.cat([s.pred_score for s in single]), atol=1e-5, rtol=0)
-    torch.testing.assert_close(batched.anomaly_map, torch.cat([s.anomaly_map for s in single]), atol=1e-5, rtol=0)
+# --- training outputs (the eval outputs of both models: test_models.py) ----------------------------------------------
 
 
 def test_training_output_fields_and_shapes(images):
@@ -173,9 +157,6 @@ def test_loss_is_ce_plus_four_local_by_hand(images, monkeypatch):
     torch.testing.assert_close(logged["train_loss_ce"].detach(), ce, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(logged["train_loss_local"].detach(), local, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(total.detach(), ce + 4.0 * local, atol=1e-5, rtol=1e-5)
-
-
-# --- training through anomalib's Engine ------------------------------------------------------------------------------
 
 
 # --- feature layers: several V-V blocks, as the authors' train.py/test.py default ----------------------------------

@@ -39,24 +39,30 @@ def _outputs(model) -> tuple[torch.Tensor, torch.Tensor]:
     return output.pred_score, output.anomaly_map
 
 
-def test_faprompt_file_gives_the_maps_and_scores_of_the_same_parameters_set_directly(clip_file, tmp_path):
-    direct = _trained(FAPrompt, clip_file, patch_selection="first_k", local_score="released")
-    path = authors_faprompt_file(direct, tmp_path / "epoch_7.pth")
-    loaded = _quiet(FAPrompt, **tiny_args(pretrained=str(clip_file), weights=str(path)))
-    assert (loaded.hparams.patch_selection, loaded.hparams.local_score) == ("first_k", "released")
+# Each model, the function that writes its authors' file, and the settings of its authors' test.
+AUTHORS_FILES = pytest.mark.parametrize(
+    ("model_class", "build", "their_test"),
+    [
+        (FAPrompt, authors_faprompt_file, {"patch_selection": "first_k", "local_score": "released"}),
+        (AnomalyCLIP, authors_anomalyclip_file, {}),
+    ],
+    ids=["FAPrompt", "AnomalyCLIP"],
+)
+
+
+@AUTHORS_FILES
+def test_an_authors_file_gives_the_maps_and_scores_of_the_same_parameters_set_directly(
+    clip_file, tmp_path, model_class, build, their_test
+):
+    direct = _trained(model_class, clip_file, **their_test)
+    path = build(direct, tmp_path / "epoch.pth")
+    loaded = _quiet(model_class, **tiny_args(pretrained=str(clip_file), weights=str(path)))
+    assert {name: loaded.hparams[name] for name in their_test} == their_test  # the settings of their test
     assert loaded.learning_type.value == "zero_shot"
     for ours, theirs in zip(_outputs(loaded), _outputs(direct), strict=True):
         torch.testing.assert_close(ours, theirs, rtol=0, atol=0)
-    fresh = _quiet(FAPrompt, **tiny_args(pretrained=str(clip_file), patch_selection="first_k", local_score="released"))
+    fresh = _quiet(model_class, **tiny_args(pretrained=str(clip_file), **their_test))
     assert not torch.allclose(_outputs(fresh)[0], _outputs(direct)[0])
-
-
-def test_anomalyclip_file_gives_the_maps_and_scores_of_the_same_parameters_set_directly(clip_file, tmp_path):
-    direct = _trained(AnomalyCLIP, clip_file)
-    path = authors_anomalyclip_file(direct, tmp_path / "epoch_15.pth")
-    loaded = _quiet(AnomalyCLIP, **tiny_args(pretrained=str(clip_file), weights=str(path)))
-    for ours, theirs in zip(_outputs(loaded), _outputs(direct), strict=True):
-        torch.testing.assert_close(ours, theirs, rtol=0, atol=0)
 
 
 def test_the_placeholder_ids_differ_from_the_packages_and_are_not_compared(clip_file, tmp_path):
@@ -72,13 +78,7 @@ def test_the_placeholder_ids_differ_from_the_packages_and_are_not_compared(clip_
     assert torch.equal(theirs[learned.stop :], ours[learned.stop :])
 
 
-@pytest.mark.parametrize(
-    ("model_class", "build", "their_test"),
-    [
-        (FAPrompt, authors_faprompt_file, {"patch_selection": "first_k", "local_score": "released"}),
-        (AnomalyCLIP, authors_anomalyclip_file, {}),
-    ],
-)
+@AUTHORS_FILES
 def test_a_file_saved_from_a_data_parallel_learner_loads_without_its_prefix(
     clip_file, tmp_path, model_class, build, their_test
 ):

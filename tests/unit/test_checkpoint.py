@@ -13,7 +13,7 @@ from anomalib_faprompt import AnomalyCLIP, FAPrompt
 from anomalib_faprompt.components import load_open_clip
 from anomalib_faprompt.models.inspection import CheckedCheckpointIO, reading_once
 from anomalib_faprompt.pipelines import checks
-from tests.helpers.models import TINY_CLIP, tiny_args, write_checkpoint
+from tests.helpers.models import TINY_CLIP, each_model, tiny_args, write_checkpoint
 
 
 @pytest.fixture(scope="module")
@@ -24,7 +24,7 @@ def weights_file(tmp_path_factory) -> str:
     return str(path)
 
 
-@pytest.mark.parametrize("model_class", [FAPrompt, AnomalyCLIP])
+@each_model
 @pytest.mark.parametrize("from_file", [False, True])
 def test_checkpoint_round_trip(model_class, from_file, weights_file, tmp_path):
     model = model_class(**tiny_args(pretrained=weights_file if from_file else None))

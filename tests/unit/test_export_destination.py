@@ -7,10 +7,9 @@ from pathlib import Path
 import pytest
 from anomalib.deploy import ExportType
 
-from anomalib_faprompt import AnomalyCLIP, FAPrompt
 from anomalib_faprompt.errors import ExistingOutputError
 from anomalib_faprompt.runs import checkpoint_run_dir
-from tests.helpers.models import tiny_args
+from tests.helpers.models import each_model, tiny_args
 
 FILES = {ExportType.TORCH: "model.pt", ExportType.ONNX: "model.onnx", ExportType.OPENVINO: "model.xml"}
 
@@ -23,7 +22,7 @@ def test_run_folder_of_a_checkpoint(run_checkpoint: Path, tmp_path: Path):
 
 
 @pytest.mark.parametrize("export_type", list(FILES), ids=lambda export_type: export_type.value)
-@pytest.mark.parametrize("model_class", [FAPrompt, AnomalyCLIP], ids=lambda cls: cls.__name__)
+@each_model
 def test_an_earlier_export_is_kept(tmp_path: Path, export_type: ExportType, model_class: type):
     earlier = tmp_path / "weights" / export_type.value / FILES[export_type]
     earlier.parent.mkdir(parents=True)

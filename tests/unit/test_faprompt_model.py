@@ -159,26 +159,7 @@ def test_nonzero_prior_leaves_normal_text_and_static_map(images):
     torch.testing.assert_close(zero.abnormal_map, zero.dap_abnormal_map, atol=1e-5, rtol=0)
 
 
-# --- eval outputs ------------------------------------------------------------------------------------------------
-
-
-def test_batched_eval_equals_per_image(model, images):
-    model.eval()
-    with torch.no_grad():
-        batched = model(images)
-        single = [model(image[None]) for image in images]
-    torch.testing.assert_close(batched.pred_score, torch.cat([s.pred_score for s in single]), atol=1e-5, rtol=0)
-    torch.testing.assert_close(batched.anomaly_map, torch.cat([s.anomaly_map for s in single]), atol=1e-5, rtol=0)
-
-
-def test_eval_outputs_are_probabilities(model, images):
-    model.eval()
-    with torch.no_grad():
-        output = model(images * 3.0)
-    assert output.pred_score.shape == (3,)
-    assert output.anomaly_map.shape == (3, 1, S, S)
-    for value in (output.pred_score, output.anomaly_map):
-        assert 0.0 <= float(value.min()) <= float(value.max()) <= 1.0
+# --- training outputs (the eval outputs of both models: test_models.py) -----------------------------------------------
 
 
 def test_training_output_fields_and_shapes(images):

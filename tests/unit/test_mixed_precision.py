@@ -20,7 +20,7 @@ from anomalib_faprompt import AnomalyCLIP, FAPrompt
 from anomalib_faprompt.components import binary_focal_loss, local_loss, orthogonality_loss, prior_loss
 from anomalib_faprompt.components.maps import abnormal_probability
 from tests.helpers.autocast import CUDA_BANNED
-from tests.helpers.models import TINY_MODEL_ARGS
+from tests.helpers.models import TINY_MODEL_ARGS, each_model
 
 BF16 = {"device_type": "cpu", "dtype": torch.bfloat16}
 TORCH_AUTOCAST_LISTS = Path(torch.__file__).parent / "testing" / "_internal" / "autocast_test_lists.py"
@@ -62,7 +62,7 @@ def test_losses_fp32_same_value_under_autocast(cuda_like_autocast: None) -> None
         assert bf16_inputs.item() == rounded.item(), name
 
 
-@pytest.mark.parametrize("model_class", [FAPrompt, AnomalyCLIP], ids=lambda cls: cls.__name__)
+@each_model
 def test_training_steps_under_autocast(model_class: type, cuda_like_autocast: None) -> None:
     torch.manual_seed(0)
     model = model_class(**copy.deepcopy(TINY_MODEL_ARGS))
@@ -92,7 +92,7 @@ def test_training_steps_under_autocast(model_class: type, cuda_like_autocast: No
     assert any(not torch.equal(b, a) for b, a in zip(before, after, strict=True))
 
 
-@pytest.mark.parametrize("model_class", [FAPrompt, AnomalyCLIP], ids=lambda cls: cls.__name__)
+@each_model
 def test_inference_outputs_fp32_probabilities(model_class: type) -> None:
     torch.manual_seed(0)
     model = model_class(**copy.deepcopy(TINY_MODEL_ARGS)).model.eval()

@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import pytest
 import torch
 import torch.nn.functional as F  # noqa: N812
 
-from anomalib_faprompt import AnomalyCLIP, FAPrompt
-
-MODELS = pytest.mark.parametrize("model_class", [FAPrompt, AnomalyCLIP], ids=lambda cls: cls.__name__)
+from anomalib_faprompt import FAPrompt
+from tests.helpers.models import each_model
 
 
 def fresh_static_text(model) -> tuple[torch.Tensor, torch.Tensor]:
@@ -17,7 +15,7 @@ def fresh_static_text(model) -> tuple[torch.Tensor, torch.Tensor]:
     return F.normalize(normal, dim=-1), F.normalize(abnormal.mean(dim=0), dim=-1)
 
 
-@MODELS
+@each_model
 def test_eval_read_fills_buffers_that_are_not_checkpointed(model_class, tiny_model_args):
     model = model_class(**tiny_model_args).model.eval()
     assert model.text_cache.normal.numel() == 0
@@ -32,7 +30,7 @@ def test_eval_read_fills_buffers_that_are_not_checkpointed(model_class, tiny_mod
     assert set(model.text_cache.state_dict(keep_vars=True)) == set()
 
 
-@MODELS
+@each_model
 def test_loaded_prompts_are_read_after_load_state_dict(model_class, tiny_model_args):
     model = model_class(**tiny_model_args).model.eval()
     before = model.text_embeddings().abnormal.clone()
