@@ -86,13 +86,24 @@ def test_global_embedding_is_ordinary_clip_without_ln_post(tiny_clip_config):
 
 
 def test_patches_depend_on_vv_path(tiny_clip_config):
-    """The V-V stream differs from the ordinary stream's tokens (it is not a renamed CLIP output)."""
-    backbone = _backbone(tiny_clip_config, image_size=32, vv_layers=2)
+    """The patches are the V-V stream, not a renamed CLIP output: one V-V block written with torch's attention,
+    ``x + out_proj(softmax(v v^T / sqrt(d)) v)`` (no MLP) from the last block's input, then CLIP's ln_post and proj."""
+    backbone = _backbone(tiny_clip_config, image_size=32, vv_layers=1)
     visual = backbone.clip.visual
-    images = torch.randn(1, 3, 32, 32)
+    *first, last = visual.transformer.resblocks
+    images = torch.randn(2, 3, 32, 32)
     with torch.no_grad():
         _, patches = backbone.encode_image(images)
-        ordinary = visual.ln_post(visual.transformer(visual._embeds(images))[:, 1:]) @ visual.proj
+        x = visual._embeds(images)
+        for block in first:
+            x = block(x)
+        _, w_v = last.attn.in_proj_weight.split([2 * x.shape[-1], x.shape[-1]])
+        _, b_v = last.attn.in_proj_bias.split([2 * x.shape[-1], x.shape[-1]])
+        v = F.linear(last.ln_1(x), w_v, b_v).unflatten(-1, (last.attn.num_heads, -1)).transpose(1, 2)
+        attended = F.scaled_dot_product_attention(v, v, v).transpose(1, 2).flatten(2)
+        expected = visual.ln_post(x + last.attn.out_proj(attended))[:, 1:] @ visual.proj
+        ordinary = visual.ln_post(last(x)[:, 1:]) @ visual.proj
+    torch.testing.assert_close(patches, expected, atol=ATOL, rtol=0)
     assert not torch.allclose(patches, ordinary, atol=1e-3)
 
 

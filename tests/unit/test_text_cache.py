@@ -43,15 +43,22 @@ def test_loaded_prompts_are_read_after_load_state_dict(model_class, tiny_model_a
     assert torch.equal(after, fresh_static_text(model)[1])
 
 
-def test_eval_forward_reads_the_buffers(tiny_model_args):
-    """The eager eval forward uses the cached tensors: changing the buffer changes the output."""
+def test_eval_forward_reads_the_buffers(tiny_model_args, monkeypatch):
+    """The eager eval forward uses the cached tensors: with the cached abnormal text negated, its outputs are those
+    computed afresh from a negated abnormal prompt embedding."""
     model = FAPrompt(**tiny_model_args).model.eval()
     images = torch.randn(2, 3, 64, 64)
     with torch.no_grad():
-        first = model(images).pred_score
+        first = model(images)
         model.text_cache.abnormal = -model.text_cache.abnormal
-        second = model(images).pred_score
-    assert not torch.allclose(first, second)
+        cached = model(images)
+        normal, abnormal = model.static_text()
+        monkeypatch.setattr(model, "static_text", lambda: (normal, -abnormal))
+        model.text_cache.invalidate()
+        computed = model(images)
+    torch.testing.assert_close(cached.pred_score, computed.pred_score, rtol=0, atol=1e-6)
+    torch.testing.assert_close(cached.anomaly_map, computed.anomaly_map, rtol=0, atol=1e-6)
+    assert not torch.allclose(cached.pred_score, first.pred_score, atol=1e-3)
 
 
 def test_training_forward_recomputes_text_with_gradients(tiny_model_args):
