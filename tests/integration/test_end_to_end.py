@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import csv
 from pathlib import Path
 
 import pytest
@@ -12,7 +11,7 @@ from lightning.pytorch import Callback
 from anomalib_faprompt import AnomalyCLIP, FAPrompt
 from anomalib_faprompt.data import AuxiliaryDataModule
 from tests.helpers.commands import REPO, anomalib_cli
-from tests.helpers.data import METRICS
+from tests.helpers.data import METRICS, csv_rows, results_table
 from tests.helpers.engine import cpu_engine
 from tests.helpers.models import tiny_args
 
@@ -59,10 +58,7 @@ def test_engine_trains_loss_down_and_tests(dataset_root, tmp_path):
 
 def _metrics(results: Path) -> dict[str, float]:
     """The test metrics (the mean row) of the run's table, which the evaluator prints and writes."""
-    (table,) = results.rglob("per_category_results.csv")
-    with table.open() as file:
-        (mean,) = (row for row in csv.DictReader(file) if row["category"] == "mean")
-    return {name: float(value) for name, value in mean.items() if name != "category"}
+    return {name: float(value) for name, value in results_table(results)["mean"].items() if name != "category"}
 
 
 @pytest.fixture(scope="module")
@@ -100,15 +96,33 @@ def test_cli_test_with_class_path_reproduces_metrics(cli_train, dataset_root, tm
 
 
 def test_cli_predict_from_checkpoint(cli_train, dataset_root, tmp_path):
+    """The command's predictions.csv holds, for every image, the score and label ``Engine.predict`` gives."""
     _, results = cli_train
     (checkpoint,) = results.rglob("*.ckpt")
     images = dataset_root / "alpha" / "test" / "defect"
     anomalib_cli(
-        "predict", "--model", "FAPrompt", "--config", CONFIG, "--data", images, "--default_root_dir", tmp_path,
+        "predict", "--model", "FAPrompt", "--config", CONFIG, "--data", images, "--default_root_dir", tmp_path / "cli",
         "--ckpt_path", checkpoint, "--return_predictions", "false", cwd=tmp_path,
     )  # fmt: skip
-    written = sorted(path.name for path in tmp_path.rglob("*.png"))
+    written = sorted(path.name for path in (tmp_path / "cli").rglob("*.png"))
     assert written == sorted(path.name for path in images.glob("*.png"))
+    (listed,) = (tmp_path / "cli").rglob("predictions.csv")
+    rows = {row["file"]: (float(row["score"]), row["label"]) for row in csv_rows(listed)}
+    predictions = cpu_engine(tmp_path / "engine").predict(
+        FAPrompt(**tiny_args()), data_path=images, ckpt_path=checkpoint
+    )
+    expected = {
+        path: (float(score), str(int(label)))
+        for batch in predictions
+        for path, score, label in zip(
+            batch.image_path, batch.pred_score.flatten(), batch.pred_label.flatten(), strict=True
+        )
+    }
+    assert sorted(rows) == sorted(str(path) for path in images.glob("*.png"))
+    assert rows.keys() == expected.keys()
+    for file, (score, label) in rows.items():
+        assert score == pytest.approx(expected[file][0], abs=1e-6), file
+        assert label == expected[file][1], file
 
 
 def test_anomalyclip_training_through_engine_lowers_the_loss(synthetic_source, tmp_path):
