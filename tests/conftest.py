@@ -2,7 +2,11 @@
 
 The session fixtures (datasets, checkpoints) are shared by every test of the run: read them, never write into them
 (copy a dataset with ``shutil.copytree`` before changing it). The functions and constants the tests import are in
-:mod:`tests.helpers`.
+:mod:`tests.helpers`; no test imports this file.
+
+The tests are laid out as anomalib's: ``unit/`` (fast, no subprocess, export or training through the Engine) and
+``integration/``. The ``slow`` marker is given one way: ``integration/conftest.py`` marks every test of its folder,
+and no test is marked by hand, so ``python -m pytest -m "not slow"`` runs ``unit/`` alone.
 """
 
 from __future__ import annotations

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import csv
 import math
 import shutil
 import subprocess
@@ -20,6 +19,7 @@ from anomalib_faprompt import FAPrompt
 from anomalib_faprompt.data import AuxiliaryDataModule, make_synthetic_dataset
 from anomalib_faprompt.errors import InputError, InvalidInputError, MissingInputError
 from tests.helpers.commands import REPO, subprocess_env
+from tests.helpers.data import csv_rows
 from tests.helpers.engine import cpu_engine
 from tests.helpers.models import each_model, tiny_args, trained_like, write_checkpoint
 
@@ -34,11 +34,6 @@ def target(tmp_path_factory) -> Path:
 
 def _datamodule(target: Path, **kwargs) -> AuxiliaryDataModule:
     return AuxiliaryDataModule(root=target, target_dataset="MVTecAD", target_root=target, num_workers=0, **kwargs)
-
-
-def _rows(path: Path) -> list[dict[str, str]]:
-    with path.open(newline="") as file:
-        return list(csv.DictReader(file))
 
 
 def _only(root: Path, name: str) -> Path:
@@ -78,16 +73,16 @@ def test_a_calibrated_test_and_predict_list_their_images_and_label_at_the_thresh
 
     run = _only(tmp_path, "calibration_thresholds.csv").parent
     references: dict[str, list[str]] = {}
-    for row in _rows(run / "few_shot_references.csv"):
+    for row in csv_rows(run / "few_shot_references.csv"):
         references.setdefault(row["category"], []).append(row["file"])
     for file in (file for files in references.values() for file in files):
         assert (read_in_test[file], opened[file]) == (1, 2), file
     listed: dict[str, list[dict[str, str]]] = {}
-    for row in _rows(run / "calibration_images.csv"):
+    for row in csv_rows(run / "calibration_images.csv"):
         listed.setdefault(row["category"], []).append(row)
-    thresholds = {row["category"]: row for row in _rows(run / "calibration_thresholds.csv")}
+    thresholds = {row["category"]: row for row in csv_rows(run / "calibration_thresholds.csv")}
     assert sorted(listed) == sorted(thresholds) == sorted(CATEGORIES)
-    assert _rows(run / "calibration_images_1.csv") == _rows(run / "calibration_images.csv")  # predict: the same
+    assert csv_rows(run / "calibration_images_1.csv") == csv_rows(run / "calibration_images.csv")  # predict: the same
     for category in CATEGORIES:
         files = [row["file"] for row in listed[category]]
         training = sorted(str(path) for path in (target / category / "train" / "good").glob("*.png"))
@@ -102,22 +97,22 @@ def test_a_calibrated_test_and_predict_list_their_images_and_label_at_the_thresh
         assert float(row["image_threshold"]) == sorted(listed_scores)[9]
         assert float(row["pixel_threshold"]) == sorted(listed_maxima)[9]
         # The table's realised rates: the share of the category's normal (defect) test images above the threshold.
-        table = {item["category"]: item for item in _rows(run / "per_category_results.csv")}[category]
+        table = {item["category"]: item for item in csv_rows(run / "per_category_results.csv")}[category]
         for column, folder in (("image_false_alarms", "good"), ("image_defects_flagged", "defect")):
             tested = sorted(str(path) for path in (target / category / "test" / folder).glob("*.png"))
             above = (_direct(model, tested, references[category])[0] > float(row["image_threshold"])).float().mean()
             assert float(table[column]) == pytest.approx(float(above)), (category, column)
 
-    means = _rows(run / "per_category_results.csv")[-1]
+    means = csv_rows(run / "per_category_results.csv")[-1]
     assert means["category"] == "mean"
     assert float(means["image_false_alarms"]) == pytest.approx(
-        sum(float(row["image_false_alarms"]) for row in _rows(run / "per_category_results.csv")[:-1]) / 2
+        sum(float(row["image_false_alarms"]) for row in csv_rows(run / "per_category_results.csv")[:-1]) / 2
     )
     assert "false_alarm_rate = 0.1: labels at each category's thresholds, calibrated on its normal training" in (
         (run / "per_category_results.md").read_text().replace("\n", " ")
     )
 
-    written = _rows(run / "predictions.csv")
+    written = csv_rows(run / "predictions.csv")
     assert list(written[0]) == ["file", "score", "label", "p_value", "threshold"]
     masks = {
         path: mask
@@ -150,7 +145,7 @@ def test_the_listed_scores_are_those_the_same_images_get_when_predicted(target, 
     """The calibration images are scored as images to be inspected are (the guarantee assumes it)."""
     model = trained_like(FAPrompt, visualizer=False, false_alarm_rate=0.1)
     cpu_engine(tmp_path / "test").test(model, datamodule=_datamodule(target, target_categories=["gamma"]))
-    listed = {row["file"]: float(row["score"]) for row in _rows(_only(tmp_path / "test", "calibration_images.csv"))}
+    listed = {row["file"]: float(row["score"]) for row in csv_rows(_only(tmp_path / "test", "calibration_images.csv"))}
     plain = trained_like(FAPrompt, visualizer=False)
     predictions = cpu_engine(tmp_path / "predict").predict(plain, data_path=target / "gamma" / "train" / "good")
     predicted = {
@@ -224,7 +219,7 @@ def test_a_calibration_source_calibrates_every_image_of_a_folder(model_class, ta
     source = target / "delta" / "train" / "good"
     model = trained_like(model_class, visualizer=False, false_alarm_rate=0.2, calibration_source=str(source))
     predictions = cpu_engine(tmp_path).predict(model, data_path=target / "delta" / "test")
-    (row,) = _rows(_only(tmp_path, "calibration_thresholds.csv"))
+    (row,) = csv_rows(_only(tmp_path, "calibration_thresholds.csv"))
     assert (row["category"], row["n"], row["k"]) == ("all", "12", "11")  # k = ceil(13 * 0.8) = 11
     scores, _ = _direct(model, sorted(str(path) for path in source.glob("*.png")))
     assert float(row["image_threshold"]) == pytest.approx(float(scores.sort().values[10]), abs=1e-6)
@@ -289,9 +284,9 @@ def test_a_user_threshold_comes_before_the_calibrated_one_which_comes_before_one
             predictions = cpu_engine(tmp_path / name).predict(model, data_path=folder)
         scores = torch.cat([batch.pred_score for batch in predictions])
         labels[name] = torch.cat([batch.pred_label for batch in predictions])
-        rows = _rows(_only(tmp_path / name, "predictions.csv"))
+        rows = csv_rows(_only(tmp_path / name, "predictions.csv"))
         if arguments:
-            (thresholds,) = _rows(_only(tmp_path / name, "calibration_thresholds.csv"))
+            (thresholds,) = csv_rows(_only(tmp_path / name, "calibration_thresholds.csv"))
             calibrated = float(thresholds["image_threshold"])
             expected = USER_THRESHOLD if name == "given" else calibrated
             assert torch.equal(labels[name], scores > expected), name
@@ -318,7 +313,7 @@ def test_thresholds_travel_in_a_checkpoint_for_the_rate_they_were_calibrated_for
     )
     before = model.model.thresholds.values()
     cpu_engine(tmp_path / "run").predict(model, data_path=target / "gamma" / "test")  # calibrates on delta for the run
-    (row,) = _rows(_only(tmp_path / "run", "calibration_thresholds.csv"))
+    (row,) = csv_rows(_only(tmp_path / "run", "calibration_thresholds.csv"))
     assert float(row["image_threshold"]) != pytest.approx(calibration.image_threshold)
     assert model.model.thresholds.values() == before  # given back after the run, as ordinary tensors
     assert not model.model.thresholds.image.is_inference()
@@ -356,7 +351,7 @@ def test_an_export_labels_as_torch_does_at_the_calibrated_thresholds(model_class
     model = trained_like(model_class, visualizer=False, false_alarm_rate=0.2, calibration_source=str(source))
     onnx_file = model.to_onnx(tmp_path / "onnx")
     xml = model.to_openvino(tmp_path / "openvino")
-    (row,) = _rows(tmp_path / "onnx" / "calibration_thresholds.csv")
+    (row,) = csv_rows(tmp_path / "onnx" / "calibration_thresholds.csv")
     assert (row["n"], row["k"]) == ("12", "11")
     image_threshold, pixel_threshold = float(row["image_threshold"]), float(row["pixel_threshold"])
     images = torch.stack([read_image(p, as_tensor=True) for p in sorted((target / "delta" / "test").glob("*/*.png"))])

@@ -9,7 +9,6 @@ default CPU precision and under a bf16 hint (bf16 on CPUs with bf16 instructions
 from __future__ import annotations
 
 import ast
-import copy
 import json
 import shutil
 from pathlib import Path
@@ -36,17 +35,12 @@ from anomalib_faprompt.models.base import PromptLearningModule  # noqa: E402
 from tests.helpers.commands import anomalib_cli  # noqa: E402
 from tests.helpers.data import IMAGE_SIZES  # noqa: E402
 from tests.helpers.engine import cpu_engine  # noqa: E402
-from tests.helpers.models import MODEL_CLASSES, TINY_MODEL_ARGS  # noqa: E402
+from tests.helpers.models import MODEL_CLASSES, tiny_args  # noqa: E402
 
 FP32_TOLERANCE = 1e-4
 LOW_PRECISION_TOLERANCE = 1e-2
 F32 = {"INFERENCE_PRECISION_HINT": "f32"}
 BF16 = {"INFERENCE_PRECISION_HINT": "bf16"}
-QUIET = {"logger": False, "enable_progress_bar": False, "enable_model_summary": False}
-
-
-def tiny_args() -> dict:
-    return copy.deepcopy(TINY_MODEL_ARGS)
 
 
 @pytest.fixture(scope="module", params=MODEL_CLASSES, ids=lambda cls: cls.__name__)

@@ -42,7 +42,7 @@ from anomalib_faprompt.report.summary import summary_lines
 from tests.helpers.commands import REPO
 from tests.helpers.data import METRICS
 from tests.helpers.engine import cpu_engine
-from tests.helpers.models import MODEL_CLASSES, TINY_MODEL_ARGS
+from tests.helpers.models import MODEL_CLASSES, TINY_MODEL_ARGS, tiny_args
 
 CONFIG = REPO / "configs" / "benchmark_zero_shot.yaml"
 MODELS = {"FAPrompt": FAPrompt, "AnomalyCLIP": AnomalyCLIP}
@@ -70,7 +70,7 @@ def checkpoints(tmp_path_factory) -> dict[str, str]:
         torch.manual_seed(0)
         datamodule = AuxiliaryDataModule(data, val_split_ratio=0.25, train_batch_size=4, num_workers=0)
         engine = cpu_engine(root / name, max_epochs=1)
-        engine.fit(model_class(**copy.deepcopy(TINY_MODEL_ARGS)), datamodule=datamodule)
+        engine.fit(model_class(**tiny_args()), datamodule=datamodule)
         paths[name] = engine.trainer.checkpoint_callback.best_model_path
     return paths
 
@@ -94,9 +94,9 @@ def _target(root: Path, category: str) -> Visa:
 @pytest.mark.parametrize("name", list(MODELS))
 def test_weights_load_the_learned_parameters_and_make_the_model_zero_shot(name, checkpoints):
     model_class = MODELS[name]
-    fresh = model_class(**copy.deepcopy(TINY_MODEL_ARGS))
+    fresh = model_class(**tiny_args())
     assert fresh.learning_type == LearningType.ONE_CLASS
-    loaded = model_class(**copy.deepcopy(TINY_MODEL_ARGS), weights=checkpoints[name])
+    loaded = model_class(**tiny_args(), weights=checkpoints[name])
     assert loaded.learning_type == LearningType.ZERO_SHOT
     state = torch.load(checkpoints[name], map_location="cpu", weights_only=False)["state_dict"]
     for key, value in loaded.model.state_dict().items():
@@ -104,7 +104,7 @@ def test_weights_load_the_learned_parameters_and_make_the_model_zero_shot(name, 
 
 
 def test_weights_errors_name_the_file_and_the_fix(checkpoints, tmp_path):
-    args = copy.deepcopy(TINY_MODEL_ARGS)
+    args = tiny_args()
     with pytest.raises(FileNotFoundError, match=r"missing\.ckpt.*argument `weights`.*anomalib train"):
         AnomalyCLIP(**args, weights=str(tmp_path / "missing.ckpt"))
     text = tmp_path / "notes.ckpt"
@@ -135,7 +135,7 @@ def test_weights_with_pretrained_clip_load_the_prompts_and_check_the_clip(tmp_pa
     for seed, path in ((1, clip_file), (2, other_file)):
         torch.manual_seed(seed)
         torch.save(load_open_clip("tiny", None, TINY_MODEL_ARGS["backbone_config"]).state_dict(), path)
-    args = {**copy.deepcopy(TINY_MODEL_ARGS), "pretrained": str(clip_file)}
+    args = {**tiny_args(), "pretrained": str(clip_file)}
     data = make_synthetic_dataset(tmp_path / "data", categories=("alpha",), n_good=2, n_defect=4)
     engine = cpu_engine(tmp_path, max_epochs=1)
     trained = AnomalyCLIP(**args)
@@ -163,7 +163,7 @@ def benchmark_run(checkpoints, target_root, tmp_path_factory):
     models = config["benchmark"]["model"]["grid"]
     assert [model["class_path"] for model in models] == ["FAPrompt", "AnomalyCLIP", *ANOMALIB_MODELS]
     for model in models[:2]:
-        model["init_args"] = {**copy.deepcopy(TINY_MODEL_ARGS), "weights": checkpoints[model["class_path"]]}
+        model["init_args"] = {**tiny_args(), "weights": checkpoints[model["class_path"]]}
     data = config["benchmark"]["data"]
     assert data["class_path"] == "Visa"
     data["init_args"].update(
@@ -242,7 +242,7 @@ def test_unusable_weights_are_named_before_any_job(checkpoints, tmp_path):
     """Unreadable, of the other model, or trained with other structural hyperparameters than the job's model."""
     text = tmp_path / "notes.ckpt"
     text.write_text("not a checkpoint")
-    tiny = copy.deepcopy(TINY_MODEL_ARGS)
+    tiny = tiny_args()
     grid = [
         {"class_path": "FAPrompt", "init_args": {**tiny, "weights": checkpoints["FAPrompt"]}},
         {"class_path": "FAPrompt", "init_args": {**tiny, "weights": checkpoints["FAPrompt"], "n_prior_patches": 3}},
@@ -310,7 +310,7 @@ def test_a_failed_job_gets_a_row_saying_why_and_marks_the_means(tmp_path):
         "accelerator": "cpu",
         "benchmark": {
             "seed": 1,
-            "model": {"class_path": "FAPrompt", "init_args": copy.deepcopy(TINY_MODEL_ARGS)},
+            "model": {"class_path": "FAPrompt", "init_args": tiny_args()},
             "data": {"class_path": "MVTecAD", "init_args": {"root": str(tmp_path / "MVTecAD"), "category": "zeta"}},
         },
     }
@@ -404,7 +404,7 @@ def test_a_config_of_anomalib_models_alone_runs_anomalib_pipeline(tmp_path, monk
 def test_a_benchmark_with_a_failed_job_writes_its_row_and_exits_with_1(tmp_path, monkeypatch, capsys):
     """The pipeline end to end with one job whose model cannot be built: results.csv, the summary, exit status 1."""
     root = make_synthetic_dataset(tmp_path / "MVTecAD", categories=("gamma",), n_good=1, n_defect=1)
-    model = {"class_path": "FAPrompt", "init_args": {**copy.deepcopy(TINY_MODEL_ARGS), "image_size": 0}}
+    model = {"class_path": "FAPrompt", "init_args": {**tiny_args(), "image_size": 0}}
     data = {"class_path": "MVTecAD", "init_args": {"root": str(root), "category": "gamma"}}
     config = tmp_path / "benchmark.yaml"
     config.write_text(yaml.safe_dump({"accelerator": "cpu", "benchmark": {"seed": 1, "model": model, "data": data}}))
@@ -485,7 +485,7 @@ def test_benchmark_never_trains_the_prompt_models(benchmark_run, checkpoints):
     ours = [model for model in created if isinstance(model, MODEL_CLASSES)]
     assert len(ours) == 2 * len(TARGET_CATEGORIES)
     for model in ours:
-        expected = _learned(type(model)(**copy.deepcopy(TINY_MODEL_ARGS), weights=checkpoints[model.name]))
+        expected = _learned(type(model)(**tiny_args(), weights=checkpoints[model.name]))
         for name, value in _learned(model).items():
             assert torch.equal(value, expected[name]), f"{model.name}.{name} changed during the benchmark"
 
@@ -494,7 +494,7 @@ def test_benchmark_results_equal_a_plain_test_of_the_loaded_model(benchmark_run,
     results, *_ = benchmark_run
     frame = pd.read_csv(results)
     for (name, model_class), category in zip(MODELS.items(), TARGET_CATEGORIES, strict=True):
-        model = model_class(**copy.deepcopy(TINY_MODEL_ARGS), weights=checkpoints[name])
+        model = model_class(**tiny_args(), weights=checkpoints[name])
         engine = cpu_engine(tmp_path)
         plain = engine.test(model, datamodule=_target(target_root, category), verbose=False)[0]
         row = frame[(frame["model.class_path"] == name) & (frame["data.init_args.category"] == category)].iloc[0]

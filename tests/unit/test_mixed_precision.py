@@ -7,7 +7,6 @@ the way ``--trainer.precision bf16-mixed`` on a GPU would.
 
 from __future__ import annotations
 
-import copy
 import math
 import re
 from pathlib import Path
@@ -20,7 +19,7 @@ from anomalib_faprompt import AnomalyCLIP, FAPrompt
 from anomalib_faprompt.components import binary_focal_loss, local_loss, orthogonality_loss, prior_loss
 from anomalib_faprompt.components.maps import abnormal_probability
 from tests.helpers.autocast import CUDA_BANNED
-from tests.helpers.models import TINY_MODEL_ARGS, each_model
+from tests.helpers.models import each_model, tiny_args
 
 BF16 = {"device_type": "cpu", "dtype": torch.bfloat16}
 TORCH_AUTOCAST_LISTS = Path(torch.__file__).parent / "testing" / "_internal" / "autocast_test_lists.py"
@@ -65,7 +64,7 @@ def test_losses_fp32_same_value_under_autocast(cuda_like_autocast: None) -> None
 @each_model
 def test_training_steps_under_autocast(model_class: type, cuda_like_autocast: None) -> None:
     torch.manual_seed(0)
-    model = model_class(**copy.deepcopy(TINY_MODEL_ARGS))
+    model = model_class(**tiny_args())
     model.train()
     optimizer = model.configure_optimizers()
     images = torch.randn(4, 3, 64, 64)
@@ -95,7 +94,7 @@ def test_training_steps_under_autocast(model_class: type, cuda_like_autocast: No
 @each_model
 def test_inference_outputs_fp32_probabilities(model_class: type) -> None:
     torch.manual_seed(0)
-    model = model_class(**copy.deepcopy(TINY_MODEL_ARGS)).model.eval()
+    model = model_class(**tiny_args()).model.eval()
     images = torch.randn(3, 3, 64, 64)
     with torch.no_grad():
         expected = model(images)
@@ -119,7 +118,7 @@ def test_inference_outputs_fp32_probabilities(model_class: type) -> None:
 def test_text_cache_computed_in_fp32_under_autocast() -> None:
     """The eval cache filled by a forward under autocast holds the fp32 embeddings that an fp32 forward reuses."""
     torch.manual_seed(0)
-    model = FAPrompt(**copy.deepcopy(TINY_MODEL_ARGS)).model.eval()
+    model = FAPrompt(**tiny_args()).model.eval()
     with torch.no_grad(), torch.autocast(**BF16):
         cached = model.text_embeddings()
     model.text_cache.invalidate()

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 import math
 
 import numpy as np
@@ -18,13 +17,13 @@ from anomalib_faprompt.components import (
     orthogonality_loss,
     prior_loss,
 )
-from tests.helpers.models import TINY_MODEL_ARGS
+from tests.helpers.models import tiny_args
 
 
 @pytest.fixture(scope="module")
 def model():
     torch.manual_seed(0)
-    return FAPrompt(**copy.deepcopy(TINY_MODEL_ARGS)).model
+    return FAPrompt(**tiny_args()).model
 
 
 # --- CAP ---------------------------------------------------------------------------------------------------------
