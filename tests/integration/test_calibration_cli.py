@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import csv
 from pathlib import Path
 
 import numpy as np
@@ -12,27 +11,18 @@ from anomalib.data.utils import read_image
 
 from anomalib_faprompt.data import make_synthetic_dataset
 from tests.helpers.commands import REPO, anomalib_cli
+from tests.helpers.data import csv_rows
 
 CONFIG = REPO / "configs" / "faprompt_synthetic_tiny.yaml"
 
 
-def _rows(path: Path) -> list[dict[str, str]]:
-    with path.open(newline="") as file:
-        return list(csv.DictReader(file))
-
-
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory) -> tuple[Path, Path, Path]:
-    """The README's toy protocol with ten normal training images per target category: data, checkpoint."""
+def trained(synthetic_source, faprompt_checkpoint, tmp_path_factory) -> tuple[Path, Path, Path]:
+    """The README's toy protocol's source and checkpoint (the session's), and a target with ten normal training
+    images per category to calibrate on."""
     root = tmp_path_factory.mktemp("calibration_cli")
-    source = make_synthetic_dataset(root / "source", categories=("alpha",), n_good=4, n_defect=4)
     target = make_synthetic_dataset(root / "target", categories=("gamma", "delta"), n_train=10, seed=1)
-    anomalib_cli(
-        "fit", "--config", CONFIG, "--data.root", source, "--data.target_root", target, "--trainer.max_epochs", "1",
-        "--default_root_dir", root / "results", cwd=root,
-    )  # fmt: skip
-    (checkpoint,) = (root / "results").rglob("model.ckpt")
-    return source, target, checkpoint
+    return synthetic_source, target, faprompt_checkpoint
 
 
 def test_cli_test_with_a_false_alarm_rate_calibrates_each_category(trained, tmp_path):
@@ -43,16 +33,16 @@ def test_cli_test_with_a_false_alarm_rate_calibrates_each_category(trained, tmp_
     ).output  # fmt: skip
     (thresholds,) = (tmp_path / "results").rglob("calibration_thresholds.csv")
     run = thresholds.parent
-    rows = _rows(thresholds)
+    rows = csv_rows(thresholds)
     assert [(row["category"], row["n"], row["k"]) for row in rows] == [("delta", "10", "10"), ("gamma", "10", "10")]
-    listed = _rows(run / "calibration_images.csv")
+    listed = csv_rows(run / "calibration_images.csv")
     for row in rows:  # n = 10, a = 0.1: k = ceil(11 * 0.9) = 10, the largest listed score
         mine = [item for item in listed if item["category"] == row["category"]]
         assert float(row["image_threshold"]) == max(float(item["score"]) for item in mine)
         assert sorted(Path(item["file"]) for item in mine) == sorted(
             (target / row["category"] / "train" / "good").glob("*")
         )
-    table = _rows(run / "per_category_results.csv")
+    table = csv_rows(run / "per_category_results.csv")
     assert [row["category"] for row in table] == ["delta", "gamma", "mean"]
     assert all(row["image_false_alarms"] != "" and row["image_defects_flagged"] != "" for row in table)
     assert "I-false_alarms" in output
@@ -72,13 +62,13 @@ def test_cli_predict_with_a_false_alarm_rate_and_a_threshold_set_by_the_user(tra
         "--model.post_processor.image_sensitivity", "0.7",
     ]  # fmt: skip
     anomalib_cli(*common, *user, "--default_root_dir", tmp_path / "user", cwd=tmp_path)
-    (thresholds,) = _rows(next((tmp_path / "calibrated").rglob("calibration_thresholds.csv")))
-    calibrated = _rows(next((tmp_path / "calibrated").rglob("predictions.csv")))
+    (thresholds,) = csv_rows(next((tmp_path / "calibrated").rglob("calibration_thresholds.csv")))
+    calibrated = csv_rows(next((tmp_path / "calibrated").rglob("predictions.csv")))
     assert list(calibrated[0]) == ["file", "score", "label", "p_value", "threshold"]
     for row in calibrated:
         assert row["label"] == str(int(float(row["score"]) > float(thresholds["image_threshold"])))
         assert row["threshold"] == thresholds["image_threshold"]
-    set_by_user = _rows(next((tmp_path / "user").rglob("predictions.csv")))
+    set_by_user = csv_rows(next((tmp_path / "user").rglob("predictions.csv")))
     scores = np.array([float(row["score"]) for row in set_by_user])
     assert ((scores > 0.3) & (scores <= 0.5)).any()  # 0.3 and the checkpoint's 0.5 label differently
     assert [row["label"] for row in set_by_user] == [str(int(score > np.float32(0.3))) for score in scores]
@@ -94,7 +84,7 @@ def test_cli_export_with_a_false_alarm_rate_carries_the_thresholds(trained, tmp_
         "--model.false_alarm_rate", "0.1", "--model.calibration_source", source, "--export_type", "onnx",
         "--export_root", tmp_path / "export", cwd=tmp_path,
     )  # fmt: skip
-    (thresholds,) = _rows(tmp_path / "export" / "calibration_thresholds.csv")
+    (thresholds,) = csv_rows(tmp_path / "export" / "calibration_thresholds.csv")
     assert (thresholds["category"], thresholds["n"]) == ("calibration_source", "10")
     session = ort.InferenceSession(
         str(tmp_path / "export" / "weights" / "onnx" / "model.onnx"), providers=["CPUExecutionProvider"]

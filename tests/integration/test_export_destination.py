@@ -47,17 +47,22 @@ def test_zero_shot_model_exports_into_its_weights_run_folder(run_checkpoint: Pat
 
 
 def test_cli_export_twice_names_the_kept_file(run_checkpoint: Path, tmp_path: Path):
+    """The earlier export is ``Engine.export``'s (what the command line runs); the command finds it, keeps it."""
+    earlier = cpu_engine().export(
+        FAPrompt(**tiny_args()), ExportType.TORCH, export_root=tmp_path / "out", ckpt_path=run_checkpoint
+    )
+    exported = tmp_path / "out" / "weights" / "torch" / "model.pt"
+    assert earlier == exported
+    before = exported.read_bytes()
     config = tmp_path / "tiny.yaml"
     config.write_text(json.dumps({"model": {"class_path": "FAPrompt", "init_args": tiny_args()}}))  # JSON is YAML
     command = ["export", "--config", config, "--ckpt_path", run_checkpoint, "--export_type", "torch"]
-    command += ["--export_root", tmp_path / "out"]
-    anomalib_cli(*command)
-    second = anomalib_cli(*command, returncode=2)
-    exported = tmp_path / "out" / "weights" / "torch" / "model.pt"
+    second = anomalib_cli(*command, "--export_root", tmp_path / "out", returncode=2)
     assert second.stderr.strip().splitlines()[-1] == (
         f"ExistingOutputError: '{exported}' holds an earlier export, which is kept. Pass another `export_root` "
         "(`--export_root` on the command line), or remove that file to export here again."
     )
+    assert exported.read_bytes() == before
 
 
 def test_export_names_a_bad_checkpoint_or_root_before_any_work(run_checkpoint: Path, tmp_path: Path):
