@@ -66,19 +66,25 @@ def test_bad_argument_is_named() -> None:
     assert "--warmup and --train-batch-size must be >= 0" in result.stderr
 
 
-def test_half_precision_difference_is_to_the_current_weights() -> None:
-    """Each precision's training steps move the prompts: its difference to fp32 uses the same weights.
-
-    With a reference kept from an earlier precision, fp16 differed from it by about 0.1 here (0.39 on
-    ViT-L) although fp16 inference agrees with fp32 to a few 1e-4.
-    """
+@pytest.fixture(scope="module")
+def half_precisions() -> subprocess.CompletedProcess:
+    """One tiny run at fp32, bf16 and fp16 (CPU autocast), read by the two tests below."""
     result = run_script(
         "--tiny", "--batch-sizes", "1", "2", "--train-batch-size", "2", "--repeats", "1", "--warmup", "0",
         "--threads", "1", "--precision", "fp32", "bf16", "fp16",
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
-    lines = [line for line in result.stdout.splitlines() if line.startswith("largest |fp16 - fp32|")]
-    assert len(lines) == 1, result.stdout
+    return result
+
+
+def test_half_precision_difference_is_to_the_current_weights(half_precisions) -> None:
+    """Each precision's training steps move the prompts: its difference to fp32 uses the same weights.
+
+    With a reference kept from an earlier precision, fp16 differed from it by about 0.1 here (0.39 on
+    ViT-L) although fp16 inference agrees with fp32 to a few 1e-4.
+    """
+    lines = [line for line in half_precisions.stdout.splitlines() if line.startswith("largest |fp16 - fp32|")]
+    assert len(lines) == 1, half_precisions.stdout
     score, anomaly_map = (float(part.split()[-1]) for part in lines[0].split(":")[-1].split(","))
     assert score < 2e-3
     assert anomaly_map < 5e-3
@@ -115,16 +121,10 @@ def test_export_benchmark_runs_torch_and_openvino_at_equal_threads() -> None:
     assert " int8 (" in ptq.split("|")[7]
 
 
-def test_benchmark_script_bf16_on_cpu() -> None:
-    command = [
-        sys.executable, str(REPO / "benchmarks" / "benchmark_faprompt.py"), "--tiny", "--precision", "fp32", "bf16",
-        "--batch-sizes", "1", "2", "--train-batch-size", "2", "--repeats", "1", "--warmup", "0", "--threads", "1",
-    ]  # fmt: skip
-    result = subprocess.run(command, capture_output=True, text=True, env=subprocess_env(), timeout=300, check=False)
-    assert result.returncode == 0, result.stderr
-    assert "precision bf16 (autocast)" in result.stdout
-    difference = [line for line in result.stdout.splitlines() if line.startswith("largest |bf16 - fp32|")]
-    assert len(difference) == 1, result.stdout
+def test_benchmark_script_bf16_on_cpu(half_precisions) -> None:
+    assert "precision bf16 (autocast)" in half_precisions.stdout
+    difference = [line for line in half_precisions.stdout.splitlines() if line.startswith("largest |bf16 - fp32|")]
+    assert len(difference) == 1, half_precisions.stdout
     score, pixel_map = (float(part.split()[-1]) for part in difference[0].split(":", 1)[1].split(","))
     # bf16 really ran (the outputs differ), and both outputs are probabilities.
     assert 0.0 < score <= 1.0
