@@ -16,7 +16,6 @@ import yaml
 from anomalib.data import MVTecAD
 from anomalib.data.utils import read_image
 from lightning.pytorch import Callback
-from PIL import Image
 
 from anomalib_faprompt import FAPrompt
 from anomalib_faprompt.data import AuxiliaryDataModule
@@ -24,9 +23,9 @@ from tests.helpers.commands import anomalib_cli
 from tests.helpers.data import camera_photo, logged_warnings
 from tests.helpers.engine import cpu_engine
 from tests.helpers.models import as_if_trained, tiny_args
+from tests.helpers.panels import below_title, read_panels, smooth_photo, source_panel
 
 TARGETS = ("gamma", "delta")  # two of the target's categories: their images share their file names (000.png, ...)
-FIELD = 256  # anomalib's ImageVisualizer draws each panel at 256 x 256
 
 
 @pytest.fixture
@@ -70,22 +69,6 @@ def _files(folder: Path) -> dict[str, Path]:
     return {path.relative_to(folder).as_posix(): path for path in sorted(folder.rglob("*")) if path.is_file()}
 
 
-def _panels(path: Path) -> list[np.ndarray]:
-    """The panels of a visualisation, side by side at 256 x 256: image, mask, image + map, image + predicted mask."""
-    image = np.asarray(Image.open(path).convert("RGB"), dtype=np.float64)
-    assert image.shape[0] == FIELD, image.shape
-    return [image[:, left : left + FIELD] for left in range(0, image.shape[1], FIELD)]
-
-
-def _below_title(panel: np.ndarray) -> np.ndarray:
-    return panel[FIELD // 4 :]  # the panel's title is written into its top-left corner
-
-
-def _source_panel(path: Path) -> np.ndarray:
-    """The source image as anomalib's visualiser draws it (read from its path, resized to the panel)."""
-    return np.asarray(Image.open(path).convert("RGB").resize((FIELD, FIELD)), dtype=np.float64)
-
-
 def _run_dir(results: Path) -> Path:
     """``<results>/FAPrompt/<source>_to_<target>/all``: the synthetic data sets are named after their folders."""
     (run,) = (results / "FAPrompt").glob("*_to_*")
@@ -102,13 +85,13 @@ def test_zero_shot_test_writes_one_heat_map_per_image_under_its_category(source,
     written = _files(images)
     assert sorted(written) == sorted(expected)  # 12 files for 12 images: gamma/good/000.png, delta/good/000.png, ...
     for name, output in written.items():
-        panels = _panels(output)
+        panels = read_panels(output)
         assert len(panels) == 4, name
-        image = _below_title(panels[0])
-        assert np.array_equal(image, _below_title(_source_panel(expected[name]))), name  # its own image
+        image = below_title(panels[0])
+        assert np.array_equal(image, below_title(source_panel(expected[name]))), name  # its own image
         other = expected[name.replace("gamma", "delta") if name.startswith("gamma") else name.replace("delta", "gamma")]
-        assert np.abs(image - _below_title(_source_panel(other))).mean() > 5.0, name  # not the other category's
-        overlay = _below_title(panels[2])  # the anomaly map blended over the image
+        assert np.abs(image - below_title(source_panel(other))).mean() > 5.0, name  # not the other category's
+        overlay = below_title(panels[2])  # the anomaly map blended over the image
         assert np.abs(overlay - image).mean() > 5.0, name
         assert np.corrcoef(overlay.mean(axis=2).ravel(), image.mean(axis=2).ravel())[0, 1] > 0.3, name
 
@@ -493,76 +476,13 @@ def test_fit_of_a_model_with_trained_weights_says_it_trains_nothing(source, targ
     )
 
 
-def test_a_sixteen_bit_image_is_drawn_as_its_eight_bit_copy(tmp_path):
-    from anomalib.data import ImageItem
-
-    from anomalib_faprompt.models.visualizer import CategoryImageVisualizer
-
-    rng = np.random.default_rng(0)
-    gray = rng.integers(0, 256, (48, 48), dtype=np.uint8)
-    Image.fromarray(gray).save(tmp_path / "eight.png")
-    Image.fromarray(gray.astype(np.uint16) * 257).save(tmp_path / "sixteen.png")
-    anomaly_map = torch.rand(1, 48, 48, generator=torch.Generator().manual_seed(0))
-    mask = torch.zeros(48, 48, dtype=torch.bool)
-    mask[10:20, 10:30] = True
-    drawn = []
-    for name in ("eight", "sixteen"):
-        item = ImageItem(
-            image=torch.zeros(3, 48, 48),
-            image_path=str(tmp_path / f"{name}.png"),
-            anomaly_map=anomaly_map,
-            pred_score=torch.tensor(0.7),
-            pred_label=torch.tensor(True),
-            pred_mask=anomaly_map[0] > 0.5,
-            gt_mask=mask,
-            gt_label=torch.tensor(1),
-        )
-        drawn.append(np.asarray(CategoryImageVisualizer().visualize(item), dtype=np.int16))
-    assert drawn[0].shape == drawn[1].shape
-    assert np.abs(drawn[0] - drawn[1]).max() <= 1
-    assert drawn[1].mean() < 250  # not white
-
-
-@pytest.mark.parametrize("category", ["../../../../outside/x", "..", "a\\b"])
-def test_the_visualiser_refuses_a_category_that_would_lead_out_of_its_folder(tmp_path, category):
-    """A category from any datamodule (not only a checked ``meta.json``) names a folder: it must be one folder name."""
-    from types import SimpleNamespace
-
-    from anomalib_faprompt.errors import InvalidInputError
-    from anomalib_faprompt.models.visualizer import CategoryImageVisualizer
-
-    trainer = SimpleNamespace(
-        testing=True,
-        test_dataloaders=[SimpleNamespace(dataset=None), SimpleNamespace(dataset=None)],
-        datamodule=SimpleNamespace(test_categories=["gamma", category]),
-        default_root_dir=tmp_path / "run",
-    )
-    visualizer = CategoryImageVisualizer()
-    with pytest.raises(InvalidInputError) as caught:
-        visualizer.on_test_start(trainer, None)
-    assert str(caught.value).startswith(
-        f"Category {category!r} (dataloader 1) names the folder of its heat-maps under '{tmp_path / 'run' / 'images'}'"
-    )
-    trainer.datamodule.test_categories = ["gamma", "delta"]
-    visualizer.on_test_start(trainer, None)
-    assert visualizer.output_path(trainer, str(tmp_path / "good" / "000.png"), 1) == (
-        tmp_path / "run" / "images" / "delta" / "good" / "000.png"
-    )
-
-
-def _photo(rng: np.random.Generator) -> np.ndarray:
-    """A smooth 48 x 80 colour image (JPEG keeps it close), different in every part."""
-    coarse = Image.fromarray(rng.integers(0, 256, (6, 10, 3), dtype=np.uint8))
-    return np.asarray(coarse.resize((80, 48), Image.Resampling.BILINEAR))
-
-
 def test_a_photo_tagged_with_its_orientation_is_scored_and_drawn_upright(tmp_path):
     """``predict`` on a camera's photos, each beside its upright copy: the same score and map, an upright heat-map."""
     folder = tmp_path / "photos"
     folder.mkdir()
     rng = np.random.default_rng(0)
     for orientation in (6, 8):
-        camera_photo(folder, f"turned{orientation}", _photo(rng), orientation)
+        camera_photo(folder, f"turned{orientation}", smooth_photo(rng), orientation)
     torch.manual_seed(0)
     model = as_if_trained(FAPrompt(**tiny_args()))
     predictions = cpu_engine(tmp_path / "results").predict(model, data_path=folder)
@@ -576,46 +496,10 @@ def test_a_photo_tagged_with_its_orientation_is_scored_and_drawn_upright(tmp_pat
         visualizer = model.visualizer
         drawn_now = [np.asarray(visualizer.visualize(item), dtype=np.int16) for item in (photo, upright)]
         assert np.abs(drawn_now[0] - drawn_now[1]).max() <= 1  # float pixels back to 8 bits: rounding only
-        drawn = _panels(images / f"turned{orientation}.jpg")  # written as JPEG: a little compression noise
-        expected = _panels(images / f"turned{orientation}_upright.png")
+        drawn = read_panels(images / f"turned{orientation}.jpg")  # written as JPEG: a little compression noise
+        expected = read_panels(images / f"turned{orientation}_upright.png")
         assert len(drawn) == len(expected) >= 2
         for panel, upright_panel in zip(drawn, expected, strict=True):
-            assert np.abs(_below_title(panel) - _below_title(upright_panel)).mean() < 5.0, orientation
-        sideways = _source_panel(folder / f"turned{orientation}.jpg")  # anomalib's drawing: the pixels as stored
-        assert np.abs(_below_title(drawn[0]) - _below_title(sideways)).mean() > 20.0, orientation
-
-
-@pytest.mark.parametrize("reader", ["package", "anomalib"])
-def test_a_tagged_photo_is_drawn_as_the_model_read_it(tmp_path, reader):
-    """Upright from this package's datasets; as stored from anomalib's, whose reader ignores the tag (as the model)."""
-    from types import SimpleNamespace
-
-    from anomalib.data import ImageBatch, PredictDataset
-
-    from anomalib_faprompt.data.dataset import ImagePredictDataset
-    from anomalib_faprompt.models.visualizer import CategoryImageVisualizer
-
-    photo, upright = camera_photo(tmp_path, "photo", _photo(np.random.default_rng(1)), 6)
-    dataset = ImagePredictDataset(photo) if reader == "package" else PredictDataset(photo)
-    item = dataset[0]
-    anomaly_map = torch.rand(1, *item.image.shape[-2:], generator=torch.Generator().manual_seed(0))
-    item = item.update(
-        anomaly_map=anomaly_map,
-        pred_score=torch.tensor(0.7),
-        pred_label=torch.tensor(True),
-        pred_mask=anomaly_map[0] > 0.5,
-    )
-    trainer = SimpleNamespace(
-        testing=False,
-        predict_dataloaders=[SimpleNamespace(dataset=dataset)],
-        datamodule=None,
-        default_root_dir=tmp_path / "run",
-    )
-    visualizer = CategoryImageVisualizer()
-    visualizer.on_predict_start(trainer, None)
-    visualizer.on_predict_batch_end(trainer, None, None, ImageBatch.collate([item]), 0)
-
-    drawn = _below_title(_panels(tmp_path / "run" / "images" / "photo.jpg")[0])
-    as_read, other = (upright, photo) if reader == "package" else (photo, upright)  # anomalib draws the file as stored
-    assert np.abs(drawn - _below_title(_source_panel(as_read))).mean() < 5.0
-    assert np.abs(drawn - _below_title(_source_panel(other))).mean() > 20.0
+            assert np.abs(below_title(panel) - below_title(upright_panel)).mean() < 5.0, orientation
+        sideways = source_panel(folder / f"turned{orientation}.jpg")  # anomalib's drawing: the pixels as stored
+        assert np.abs(below_title(drawn[0]) - below_title(sideways)).mean() > 20.0, orientation
