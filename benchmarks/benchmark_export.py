@@ -10,8 +10,13 @@ same number of threads (``--threads``, default: every core), both printed.
 
 Run: ``python benchmarks/benchmark_export.py`` (tens of minutes and several GB of memory for ViT-L on two cores);
 ``--tiny`` runs the same pipeline on the tiny test backbone in a minute. With random weights the differences are not
-those of a trained model: ``--checkpoint <model.ckpt> --data <dataset root>`` measures them on a trained model, with
-calibration and test images from a dataset in the MVTec AD layout (its test split; a quarter held out calibrates).
+those of a trained model: ``--checkpoint <model.ckpt> --data <dataset root> --calibration-data <dataset root>``
+measures them on a trained model, as it is deployed: the model gets ``false_alarm_rate`` (``--false-alarm-rate``)
+and, as ``calibration_source``, every normal image of ``--calibration-data`` (its ``*/*/good`` folders), on which
+each export calibrates its thresholds and the int8 quantisation; every test image of ``--data`` (``*/test/*/*``, the
+MVTec AD layout) then runs alone through the f32 export and each compressed one, both with the f32 hint, and a second
+table gives per compression the largest and median score difference, the largest map difference, the number of
+distinct scores and the share of images whose label (at the calibrated threshold, inside the graphs) equals f32's.
 """
 
 from __future__ import annotations
@@ -33,7 +38,9 @@ import torch
 
 from anomalib_faprompt import AnomalyCLIP, FAPrompt
 from anomalib_faprompt.data import AuxiliaryDataModule, make_synthetic_dataset
-from anomalib_faprompt.deploy import cpu_instruction_sets, remove_f32_marks
+from anomalib_faprompt.data.images import read_image
+from anomalib_faprompt.data.sources import IMAGE_SUFFIXES
+from anomalib_faprompt.deploy import INSTRUCTION_SETS, cpu_instruction_sets, remove_f32_marks
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the checkout, for its tests' tiny model
 from tests.helpers.models import TINY_MODEL_ARGS, as_if_trained
@@ -91,19 +98,77 @@ def int8_share(compiled: ov.CompiledModel) -> str:
 
 
 def calibration_data(root: Path, size: int, images: int, data: Path | None) -> AuxiliaryDataModule:
-    """``data`` (a quarter held out calibrates), else synthetic images at the working size (half of them calibrate)."""
+    """``data`` (a quarter held out), else synthetic images at the working size (half of them calibrate)."""
     if data is not None:
         return AuxiliaryDataModule(root=data, val_split_ratio=0.25, num_workers=0, eval_batch_size=2)
     data = make_synthetic_dataset(root, categories=("alpha",), image_size=size, n_good=images, n_defect=images)
     return AuxiliaryDataModule(root=data, val_split_ratio=0.5, num_workers=0, eval_batch_size=2)
 
 
-def test_images(datamodule: AuxiliaryDataModule, batch_size: int, size: int) -> torch.Tensor:
-    """``batch_size`` images of ``datamodule``'s held-out part (real data), in [0, 1] at the working size."""
-    datamodule.setup("fit")
-    items = [datamodule.val_data[index] for index in range(min(batch_size, len(datamodule.val_data)))]
-    images = torch.stack([item.image for item in items])
-    return torch.nn.functional.interpolate(images, size=(size, size), mode="bilinear", antialias=True)
+def dataset_files(root: Path, pattern: str) -> list[Path]:
+    """The image files of ``root`` matching ``pattern`` (e.g. ``*/test/*/*``), sorted."""
+    return sorted(path for path in root.glob(pattern) if path.suffix.lower() in IMAGE_SUFFIXES)
+
+
+def calibration_folder(data: Path, folder: Path) -> Path:
+    """One folder (a ``calibration_source``) holding a copy of every normal image of ``data`` (``*/*/good/*``)."""
+    folder.mkdir(parents=True)
+    for file in dataset_files(data, "*/*/good/*"):
+        (folder / "_".join(file.relative_to(data).parts)).write_bytes(file.read_bytes())
+    return folder
+
+
+def load_calibrated(name: str, checkpoint: Path, false_alarm_rate: float, source: Path) -> FAPrompt | AnomalyCLIP:
+    """The checkpoint's model with ``false_alarm_rate`` and ``calibration_source``: its exports are calibrated."""
+    model = MODELS[name].load_from_checkpoint(
+        checkpoint, map_location="cpu", false_alarm_rate=false_alarm_rate, calibration_source=str(source)
+    )
+    return model.eval()
+
+
+def outputs_per_image(xml: Path, files: list[Path], threads: dict, noise: float = 0.0) -> dict[str, np.ndarray]:
+    """Every file run alone through the export with the f32 hint: scores, labels and maps, stacked.
+
+    ``noise``: the standard deviation of a Gaussian noise added to each image (seeded), to see how much the model
+    itself moves on images that differ by less than one grey level.
+    """
+    compiled = ov.Core().compile_model(str(xml), "CPU", {"INFERENCE_PRECISION_HINT": "f32", **threads})
+    rng = np.random.default_rng(0)
+    images = [read_image(file)[None].numpy() for file in files]
+    runs = [compiled((image + rng.normal(0.0, noise, image.shape)).clip(0, 1).astype(np.float32)) for image in images]
+    return {name: np.concatenate([run[name] for run in runs]) for name in ("pred_score", "pred_label", "anomaly_map")}
+
+
+def first_images(files: list[Path], batch_size: int, size: int) -> torch.Tensor:
+    """The first ``batch_size`` files, in [0, 1] at the working size (the speed table's batch)."""
+    images = [read_image(file)[None] for file in files[:batch_size]]
+    resized = [
+        torch.nn.functional.interpolate(image, size=(size, size), mode="bilinear", antialias=True) for image in images
+    ]
+    return torch.cat(resized)
+
+
+def held_out_rows(exports: dict[str | None, Path], files: list[Path], threads: dict) -> list[str]:
+    """The per-image comparison of each compressed export with the f32 export, as Markdown rows.
+
+    A first row compares the f32 export on the images plus a noise of 1/255 (under one grey level): how much the
+    model moves on its own.
+    """
+    reference = outputs_per_image(exports[None], files, threads)
+    distinct = len(np.unique(reference["pred_score"].round(6)))
+    rows = [f"| f32 | 0 | 0 | 0 | {distinct} | 100.0% |"]
+    runs = {"f32, images + noise of 1/255": (exports[None], 1 / 255)}
+    runs |= {name: (xml, 0.0) for name, xml in exports.items() if name is not None}
+    for name, (xml, noise) in runs.items():
+        outputs = outputs_per_image(xml, files, threads, noise)
+        score = np.abs(outputs["pred_score"] - reference["pred_score"])
+        anomaly_map = np.abs(outputs["anomaly_map"] - reference["anomaly_map"]).max()
+        labels = (outputs["pred_label"].reshape(-1) == reference["pred_label"].reshape(-1)).mean()
+        rows.append(
+            f"| {name} | {score.max():.2e} | {np.median(score):.1e} | {anomaly_map:.2e} | "
+            f"{len(np.unique(outputs['pred_score'].round(6)))} | {100 * labels:.1f}% |"
+        )
+    return rows
 
 
 def main() -> None:
@@ -121,22 +186,30 @@ def main() -> None:
     parser.add_argument("--max-drop", type=float, default=1.0, help="INT8_ACQ's max_drop (random weights: 1)")
     parser.add_argument("--compressions", nargs="*", default=list(COMPRESSIONS), choices=COMPRESSIONS)
     parser.add_argument("--checkpoint", type=Path, default=None, help="a trained model's checkpoint (--model's)")
-    parser.add_argument("--data", type=Path, default=None, help="dataset root (MVTec AD layout) to calibrate and test")
+    parser.add_argument("--data", type=Path, default=None, help="with --checkpoint: dataset root whose test images run")
+    parser.add_argument(
+        "--calibration-data", type=Path, default=None, help="with --checkpoint: root whose normal images calibrate"
+    )
+    parser.add_argument("--false-alarm-rate", type=float, default=0.05, help="with --checkpoint: the model's rate")
     args = parser.parse_args()
+    if args.checkpoint is not None and (args.data is None or args.calibration_data is None):
+        parser.error("--checkpoint needs --data (the images to measure) and --calibration-data (normal images)")
 
     torch.set_num_threads(args.threads)
     threads = {"INFERENCE_NUM_THREADS": args.threads}
     torch.manual_seed(0)
+    calibration_root = Path(tempfile.mkdtemp())
     start = time.perf_counter()
     if args.checkpoint is not None:
-        model = MODELS[args.model].load_from_checkpoint(args.checkpoint, map_location="cpu").eval()
+        source = calibration_folder(args.calibration_data, calibration_root / "normal")
+        model = load_calibrated(args.model, args.checkpoint, args.false_alarm_rate, source)
     else:
         model = build_model(args.model, None if args.tiny else args.backbone, args.image_size)
     build_seconds = time.perf_counter() - start
     size = model.image_size
-    calibration_root = Path(tempfile.mkdtemp())
     datamodule = calibration_data(calibration_root / "calibration", size, args.calibration_images, args.data)
-    images = test_images(datamodule, args.batch_size, size) if args.data else torch.rand(args.batch_size, 3, size, size)
+    held_out = dataset_files(args.data, "*/test/*/*") if args.checkpoint is not None else []
+    images = first_images(held_out, args.batch_size, size) if held_out else torch.rand(args.batch_size, 3, size, size)
     batch = images.numpy()
     with torch.inference_mode():
         torch_ips = throughput(lambda: model(images), args.batch_size, args.warmup, args.repeats)
@@ -176,8 +249,8 @@ def main() -> None:
             rows.append((label, ips, score, anomaly_map, held, quantised))
             del compiled
             gc.collect()
+        compared = held_out_rows(exports, held_out, threads) if held_out else []
 
-    shutil.rmtree(calibration_root, ignore_errors=True)
     backbone = "tiny test ViT" if args.tiny else f"{args.backbone} (random weights)"
     if args.checkpoint is not None:
         backbone = f"checkpoint {args.checkpoint}"
@@ -185,9 +258,18 @@ def main() -> None:
     print(f"torch {torch.__version__}: {torch.get_num_threads()} threads")
     print(f"OpenVINO {ov.__version__}: {args.threads} threads (INFERENCE_NUM_THREADS)")
     print(f"CPU {core.get_property('CPU', 'FULL_DEVICE_NAME')}, {os.cpu_count()} logical cores")
-    instruction_sets = cpu_instruction_sets()
-    print(f"instruction sets: {', '.join(instruction_sets) if instruction_sets is not None else 'unknown'}")
-    print(f"calibration (INT8_PTQ, INT8_ACQ): {args.calibration_images} images; INT8_ACQ max_drop {args.max_drop}\n")
+    present = cpu_instruction_sets()
+    flags = [f"{flag} {'yes' if flag in present else 'no'}" for flag in INSTRUCTION_SETS] if present is not None else []
+    print(f"instruction sets: {', '.join(flags) or 'unknown'}")
+    if args.checkpoint is not None:
+        count = len(dataset_files(calibration_root / "normal", "*"))
+        print(
+            f"calibration (thresholds, INT8_PTQ, INT8_ACQ): false_alarm_rate {args.false_alarm_rate}, the {count} "
+            f"normal images of {args.calibration_data}; INT8_ACQ max_drop {args.max_drop}\n"
+        )
+    else:
+        calibration = f"{args.calibration_images} images; INT8_ACQ max_drop {args.max_drop}"
+        print(f"calibration (INT8_PTQ, INT8_ACQ): {calibration}\n")
     print("| runtime | images/s | speed-up vs torch | max diff score | max diff map | memory held (GiB) | int8 ops |")
     print("|---|---|---|---|---|---|---|")
     print(f"| torch (fp32) | {torch_ips:.3f} | 1.00x | - | - | - | - |")
@@ -196,8 +278,16 @@ def main() -> None:
             f"| OpenVINO, {label} | {ips:.3f} | {ips / torch_ips:.2f}x | {score:.2e} | {anomaly_map:.2e} | "
             f"{held:.2f} | {quantised} |"
         )
-    batch_kind = f"a batch of {args.data}" if args.data else "one random batch"
+    batch_kind = f"the first {args.batch_size} test image(s) of {args.data}" if held_out else "one random batch"
     print(f"\nDifferences are to the f32 export run with the f32 hint (first row), on {batch_kind}.\n")
+    if compared:
+        print(
+            f"Each of the {len(held_out)} test images of {args.data} alone, every export with the f32 hint; labels at "
+            "the calibrated threshold, decided inside each graph:\n"
+        )
+        print("| export | max diff score | median diff score | max diff map | distinct scores | labels equal to f32 |")
+        print("|---|---|---|---|---|---|")
+        print("\n".join(compared) + "\n")
     print("| step | value |")
     print("|---|---|")
     print(f"| model build | {build_seconds:.1f} s |")
@@ -205,6 +295,7 @@ def main() -> None:
         print(f"| export {name or 'f32'} (`to_openvino`) | {value:.1f} s |")
     print(f"| peak RSS with the model built and run in torch | {rss_model:.2f} GiB |")
     print(f"| peak RSS of the whole run | {peak_rss_gib():.2f} GiB |")
+    shutil.rmtree(calibration_root, ignore_errors=True)
 
 
 if __name__ == "__main__":

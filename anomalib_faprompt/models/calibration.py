@@ -12,7 +12,8 @@ and listed in the run's folder: ``calibration_images.csv`` (category, file, scor
 ``calibration_thresholds.csv`` (category, n, false-alarm rate, rank k, image and pixel threshold). Before the first
 batch of each dataloader its thresholds go into the torch model, whose labels then decide (unless a post-processor
 the user gave sets the thresholds); at the end the model gets back the thresholds it had before. An export takes
-the thresholds the model has for its rate, or calibrates on ``calibration_source``.
+the thresholds the model has for its rate, or calibrates on ``calibration_source``, whose images also calibrate
+its ``INT8_PTQ``/``INT8_ACQ`` quantisation (:mod:`.compression`).
 """
 
 from __future__ import annotations
@@ -357,6 +358,18 @@ class CalibrationMixin:
         self.model.store_thresholds(*self._thresholds_before)
         self._calibrations = {}
 
+    def calibration_source_files(self, seed: int) -> list[str]:
+        """The images of ``calibration_source`` an export calibrates on: its thresholds, and its INT8 quantisation.
+
+        At most :data:`MOST_IMAGES`, none a few-shot reference, drawn with ``seed`` (the run's); empty without a
+        source.
+        """
+        source = self.hparams.calibration_source
+        if not source:
+            return []
+        candidates = folder_candidates(source, "calibration_source")
+        return choose_calibration(candidates, self.model.few_shot.references, MOST_IMAGES, seed, _SOURCE_KEY)
+
     def check_thresholds_for_export(self, export_root: str | Path, seed: int) -> None:
         """Before an export with ``false_alarm_rate``: the model's thresholds for it, or calibrate on the source.
 
@@ -377,8 +390,7 @@ class CalibrationMixin:
                 "first."
             )
             raise InvalidInputError(msg)
-        candidates = folder_candidates(source, "calibration_source")
-        files = choose_calibration(candidates, self.model.few_shot.references, MOST_IMAGES, seed, _SOURCE_KEY)
+        files = self.calibration_source_files(seed)
         calibration = self._calibration(_SOURCE_KEY, files, f" in '{source}' (argument `calibration_source`)")
         self.model.store_thresholds(calibration.image_threshold, calibration.pixel_threshold, rate)
         write_calibrations(export_root, [calibration])

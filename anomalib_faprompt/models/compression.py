@@ -1,27 +1,29 @@
 """anomalib's OpenVINO compressions for the prompt-learning models: what each needs, checked before any work.
 
 ``FP16`` stores fp16 weights; ``INT8`` compresses the weights to int8 (NNCF's ``compress_weights``); ``INT8_PTQ``
-quantises weights and activations (NNCF's ``quantize``) of the image encoder's MLP layers only
-(:func:`quantization_arguments`), calibrated on the normal images of the datamodule's validation split (for
-:class:`~anomalib_faprompt.data.AuxiliaryDataModule`, the held-out part of the auxiliary data: ``val_split_ratio``
-above 0); ``INT8_ACQ`` does the same and also keeps in f32 what costs more than ``max_drop`` of the metric on the
-datamodule's test images. anomalib hands NNCF one test dataloader and cannot validate a batch of one image; the
-zero-shot protocol has one dataloader per target category: :func:`compression_datamodule` joins them into one,
-in batches of at least two.
+quantises weights and activations (NNCF's ``quantize``) of the image encoder's MLP layers after its first block
+(:func:`quantize`), calibrated on normal images: the model's calibration images (``calibration_source``, with
+``false_alarm_rate``: those its exported thresholds are calibrated on), else the normal images of the datamodule's
+validation split (for :class:`~anomalib_faprompt.data.AuxiliaryDataModule`, the held-out part of the auxiliary data:
+``val_split_ratio`` above 0); ``INT8_ACQ`` does the same and also keeps in f32 what costs more than ``max_drop`` of
+the metric on the datamodule's test images (:func:`quantize_with_accuracy_control`). anomalib hands NNCF one test
+dataloader and cannot validate a batch of one image; the zero-shot protocol has one dataloader per target category:
+:func:`compression_datamodule` joins them into one, in batches of at least two.
 
 **What is quantised.** These models decide their scores after the encoders: the similarities go through a softmax
 at temperature 0.07, which multiplies an error of the embeddings by about 14, and FAPrompt's DAP takes the top-k
 of near-tied patches. NNCF's default (every matrix product, the text side, the prior network and the similarities
-included) collapsed the tiny toy model's scores (half as many distinct scores as f32, 0.43 off). Only the MLP layers
-(``mlp.c_fc``, ``mlp.c_proj``) of the image encoder's blocks are quantised, about two thirds of its multiply-adds,
-with NNCF's transformer settings and SmoothQuant off (it raised the errors on these models); the attention, the
-patch embedding and projection, the text encoder, DAP, the similarities, the few-shot bank and the blur stay f32.
+included) collapsed the toy model's scores. Only the MLP layers (``mlp.c_fc``, ``mlp.c_proj``) of the image
+encoder's blocks after the first are quantised (:func:`quantised_operations`), with NNCF's transformer settings,
+SmoothQuant off and 7-bit weights (:func:`_recipe`); the first block, the attention, the patch embedding and
+projection, the text encoder, DAP, the similarities, the few-shot bank and the blur stay f32. docs/export.md gives
+the measurements behind each choice.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from importlib.util import find_spec
 from typing import Any
@@ -33,21 +35,26 @@ from anomalib.deploy import CompressionType
 from torch import nn
 from torch.utils.data import ConcatDataset, DataLoader
 
+from anomalib_faprompt.data.images import read_image
 from anomalib_faprompt.errors import InvalidInputError, MissingPackageError
 
 __all__ = [
+    "FIRST_QUANTISED_BLOCK",
     "as_compression",
     "compression_datamodule",
+    "file_images",
     "image_batch",
-    "image_encoder_mlp_operations",
     "normal_images",
-    "quantization_arguments",
-    "quiet_nncf",
+    "quantised_operations",
+    "quantize",
+    "quantize_with_accuracy_control",
 ]
 
 NEEDS_NNCF = (CompressionType.INT8, CompressionType.INT8_PTQ, CompressionType.INT8_ACQ)
 NEEDS_DATA = (CompressionType.INT8_PTQ, CompressionType.INT8_ACQ)
 INSTALL = "pip install 'anomalib-faprompt[export]'"
+FIRST_QUANTISED_BLOCK = 1
+"""The image encoder's first block stays f32: its MLP errors reach every later block (measured: docs/export.md)."""
 
 
 def _batches(size: int, batch_size: int) -> list[list[int]]:
@@ -93,21 +100,25 @@ def as_compression(compression_type: CompressionType | str | None) -> Compressio
 
 
 def compression_datamodule(
-    compression_type: CompressionType | str | None, datamodule: AnomalibDataModule | None
+    compression_type: CompressionType | str | None,
+    datamodule: AnomalibDataModule | None,
+    own_images: bool,
 ) -> AnomalibDataModule | _OneTestLoader | None:
     """Check what ``compression_type`` needs, and give the datamodule to hand to anomalib's OpenVINO export.
 
     Args:
         compression_type: The compression (``None``: none).
         datamodule: The datamodule given with it (``--data``).
+        own_images: Whether the model brings its own normal calibration images (``calibration_source``, with
+            ``false_alarm_rate``): then ``INT8_PTQ`` needs no datamodule, and ``INT8_ACQ`` only its test images.
 
     Returns:
         ``datamodule``; for ``INT8_ACQ``, a view of it with one test dataloader (batches of two or more).
 
     Raises:
         MissingPackageError: ``openvino``, or NNCF for the int8 compressions, is not installed.
-        InvalidInputError: ``INT8_PTQ``/``INT8_ACQ`` without a datamodule, or with one that has no validation
-            images to calibrate on.
+        InvalidInputError: ``INT8_PTQ``/``INT8_ACQ`` without calibration images (neither the model's nor a
+            datamodule's validation images), or ``INT8_ACQ`` without a datamodule.
     """
     if find_spec("openvino") is None:
         msg = f"The OpenVINO export needs the `openvino` package: {INSTALL} (or pip install openvino)."
@@ -119,22 +130,24 @@ def compression_datamodule(
     if compression in NEEDS_NNCF and find_spec("nncf") is None:
         msg = f"--compression_type {name} needs NNCF, which is not installed: {INSTALL} (or pip install nncf)."
         raise MissingPackageError(msg)
-    if compression not in NEEDS_DATA:
+    if compression not in NEEDS_DATA or (own_images and compression == CompressionType.INT8_PTQ):
         return datamodule
     if datamodule is None:
+        needs = "whose test images validate" if own_images else "whose validation images calibrate"
         msg = (
             f"--compression_type {name} calibrates on images: pass a datamodule (`--data` on the command line, "
-            "`datamodule=` in Python), whose validation images calibrate the quantisation."
+            f"`datamodule=` in Python), {needs} the quantisation."
         )
         raise InvalidInputError(msg)
     datamodule.setup("fit")
     loader = datamodule.val_dataloader()
-    if not isinstance(loader, list | tuple) and len(getattr(loader, "dataset", ())):
+    if own_images or (not isinstance(loader, list | tuple) and len(getattr(loader, "dataset", ()))):
         return _OneTestLoader(datamodule) if compression == CompressionType.INT8_ACQ else datamodule
     msg = (
         f"--compression_type {name} calibrates on the datamodule's validation images, and "
         f"{type(datamodule).__name__} has none: hold some out (AuxiliaryDataModule: `val_split_ratio` above 0, "
-        "e.g. 0.1), or pass a datamodule with a validation split."
+        "e.g. 0.1), pass a datamodule with a validation split, or give the model normal images as "
+        "`calibration_source` (with `false_alarm_rate`)."
     )
     raise InvalidInputError(msg)
 
@@ -144,14 +157,15 @@ def _signature(array: np.ndarray) -> tuple:
     return (array.shape, array[0, :16].tobytes())
 
 
-def image_encoder_mlp_operations(ov_model: Any, clip: nn.Module) -> list[str]:  # noqa: ANN401  (an ov.Model)
-    """Names of the ``MatMul`` operations of ``ov_model`` whose weight is an MLP weight of ``clip``'s image encoder.
+def quantised_operations(ov_model: Any, clip: nn.Module) -> list[str]:  # noqa: ANN401  (an ov.Model)
+    """Names of the ``MatMul`` operations of ``ov_model`` that the int8 compressions quantise.
 
-    The exported graph's names say nothing of the module a product belongs to; its constant weights do: each is
-    compared with the ``c_fc``/``c_proj`` weights of the image encoder's blocks (as stored, or transposed).
+    Those whose weight is an MLP weight (``mlp.c_fc``, ``mlp.c_proj``) of one of ``clip``'s image-encoder blocks
+    after the first: the exported graph's names say nothing of the module a product belongs to; its constant
+    weights do (compared as stored, or transposed).
     """
     weights: dict[tuple, np.ndarray] = {}
-    for block in clip.visual.transformer.resblocks:
+    for block in clip.visual.transformer.resblocks[FIRST_QUANTISED_BLOCK:]:
         for layer in (block.mlp.c_fc, block.mlp.c_proj):
             weight = layer.weight.detach().float().cpu().numpy()
             for candidate in (weight, np.ascontiguousarray(weight.T)):
@@ -173,7 +187,7 @@ def image_encoder_mlp_operations(ov_model: Any, clip: nn.Module) -> list[str]:  
 
 
 @contextmanager
-def quiet_nncf() -> Iterator[None]:
+def _quiet_nncf() -> Iterator[None]:
     """NNCF's warnings only: with the ignored scope its INFO log names each of the thousands of operations kept f32."""
     logger = logging.getLogger("nncf")
     level = logger.level
@@ -184,30 +198,89 @@ def quiet_nncf() -> Iterator[None]:
         logger.setLevel(level)
 
 
-def quantization_arguments(ov_model: Any, clip: nn.Module) -> dict[str, Any]:  # noqa: ANN401  (an ov.Model)
-    """NNCF's arguments that quantise the image encoder's MLP layers of ``ov_model`` and keep the rest in f32.
+def _recipe(ov_model: Any, clip: nn.Module) -> tuple[dict[str, Any], Any]:  # noqa: ANN401  (an ov.Model)
+    """NNCF's arguments of the recipe, and its advanced parameters (which the two quantisations name differently).
+
+    The products of :func:`quantised_operations` and nothing else; NNCF's transformer settings; SmoothQuant off (it
+    raised the errors on these models); the overflow fix on every layer: weights in 7 bits, so that CPUs without
+    VNNI (whose AVX2 int8 products add pairs in 16 bits and can saturate) compute what CPUs with VNNI or AMX compute.
 
     Raises:
-        InvalidInputError: The graph has none of these layers (a model this recipe does not know).
+        InvalidInputError: The graph has none of these products (a model this recipe does not know).
     """
     import nncf  # noqa: PLC0415  (optional: the export extra)
     from nncf.quantization.advanced_parameters import (  # noqa: PLC0415
         AdvancedQuantizationParameters,
         AdvancedSmoothQuantParameters,
+        OverflowFix,
     )
 
-    quantised = set(image_encoder_mlp_operations(ov_model, clip))
+    quantised = set(quantised_operations(ov_model, clip))
     if not quantised:
         msg = "INT8_PTQ/INT8_ACQ found no MLP layer of the image encoder in the exported graph: nothing to quantise."
         raise InvalidInputError(msg)
     others = [op.get_friendly_name() for op in ov_model.get_ops() if op.get_friendly_name() not in quantised]
-    return {
+    arguments = {
         "model_type": nncf.ModelType.TRANSFORMER,
         "ignored_scope": nncf.IgnoredScope(names=others, validate=False),
-        "advanced_parameters": AdvancedQuantizationParameters(
-            smooth_quant_alphas=AdvancedSmoothQuantParameters(matmul=-1)
-        ),
     }
+    advanced = AdvancedQuantizationParameters(
+        overflow_fix=OverflowFix.ENABLE, smooth_quant_alphas=AdvancedSmoothQuantParameters(matmul=-1)
+    )
+    return arguments, advanced
+
+
+def quantize(ov_model: Any, clip: nn.Module, images: Sequence[np.ndarray]) -> Any:  # noqa: ANN401  (ov.Model)
+    """``INT8_PTQ``: ``ov_model`` with :func:`quantised_operations` in int8, calibrated on ``images`` (all of them).
+
+    Raises:
+        InvalidInputError: The graph has none of these products.
+    """
+    import nncf  # noqa: PLC0415  (optional: the export extra)
+
+    arguments, advanced = _recipe(ov_model, clip)
+    with _quiet_nncf():
+        return nncf.quantize(
+            ov_model, nncf.Dataset(images), subset_size=len(images), advanced_parameters=advanced, **arguments
+        )
+
+
+def quantize_with_accuracy_control(
+    ov_model: Any,  # noqa: ANN401  (an ov.Model)
+    clip: nn.Module,
+    images: Sequence[np.ndarray],
+    validation: Sequence[ImageBatch],
+    validate: Callable[[Any, Iterable[ImageBatch]], float],
+    max_drop: float,
+) -> Any:  # noqa: ANN401  (an ov.Model)
+    """``INT8_ACQ``: :func:`quantize`'s recipe, then NNCF reverts to f32 what costs more than ``max_drop``.
+
+    Args:
+        ov_model: The exported graph.
+        clip: The model's CLIP, whose weights name the products to quantise.
+        images: The calibration images (all of them are used).
+        validation: The batches ``validate`` scores.
+        validate: The metric of a compiled model on ``validation``.
+        max_drop: The largest drop of the metric kept.
+
+    Raises:
+        InvalidInputError: The graph has none of the products to quantise.
+        KeyError: NNCF 3.4 registered one quantizer twice while reverting (NNCF issue 3118).
+    """
+    import nncf  # noqa: PLC0415  (optional: the export extra)
+
+    arguments, advanced = _recipe(ov_model, clip)
+    with _quiet_nncf():
+        return nncf.quantize_with_accuracy_control(
+            ov_model,
+            nncf.Dataset(images),
+            nncf.Dataset(validation),
+            validate,
+            max_drop=max_drop,
+            subset_size=len(images),
+            advanced_quantization_parameters=advanced,
+            **arguments,
+        )
 
 
 def normal_images(datamodule: AnomalibDataModule) -> list[np.ndarray]:
@@ -229,6 +302,15 @@ def normal_images(datamodule: AnomalibDataModule) -> list[np.ndarray]:
         )
         raise InvalidInputError(msg)
     return images
+
+
+def file_images(files: Sequence[str]) -> list[np.ndarray]:
+    """Image files, one batch each, as ``anomalib-faprompt-predict`` hands them to the exported model.
+
+    Raises:
+        UnreadableFileError: A file cannot be decoded; the message names it.
+    """
+    return [read_image(file)[None].numpy() for file in files]
 
 
 def image_batch(batch: ImageBatch, outputs: dict[str, np.ndarray]) -> ImageBatch:

@@ -10,12 +10,13 @@ An export never replaces an earlier one: when the file it would write exists, it
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 from anomalib import TaskType
-from anomalib.data import AnomalibDataModule
+from anomalib.data import AnomalibDataModule, ImageBatch
 from anomalib.deploy.export import CompressionType, ExportType
 from anomalib.models.components.base.export_mixin import ExportMixin
 from torchmetrics import Metric
@@ -24,15 +25,20 @@ from anomalib_faprompt.deploy import keep_f32
 from anomalib_faprompt.errors import ExistingOutputError, InvalidInputError
 
 from .compression import (
+    NEEDS_DATA,
     as_compression,
     compression_datamodule,
+    file_images,
     image_batch,
     normal_images,
-    quantization_arguments,
-    quiet_nncf,
+    quantize,
+    quantize_with_accuracy_control,
 )
+from .few_shot import run_seed
 
 if TYPE_CHECKING:
+    from lightning.pytorch.utilities.parsing import AttributeDict
+
     from anomalib_faprompt.components import PromptedCLIPModel
 
 __all__ = ["PromptExportMixin"]
@@ -54,18 +60,23 @@ class PromptExportMixin(ExportMixin):
 
     Requires, of the class it is mixed into (``PromptLearningModule``, an ``AnomalibModule``): ``prepare_export``
     (the model made ready for an export: its references and thresholds, a warning when its prompts were never
-    learned), ``model`` (the torch model, whose CLIP's MLP layers ``INT8`` quantises) and ``name``; anomalib's
-    ``ExportMixin`` does the export itself.
+    learned), ``calibration_source_files`` (:class:`~.calibration.CalibrationMixin`'s, the images ``INT8_PTQ``
+    calibrates on), ``hparams`` (``calibration_source``), ``model`` (the torch model, whose CLIP's MLP layers
+    ``INT8_PTQ`` quantises) and ``name``; anomalib's ``ExportMixin`` does the export itself.
     """
 
+    hparams: AttributeDict
     model: PromptedCLIPModel
     name: str
     prepare_export: Callable[[Path | str], None]
+    calibration_source_files: Callable[[int], list[str]]
+    _prepared_for_openvino = False  # within to_openvino: its ONNX step (into a temporary folder) prepares nothing
 
     def _start_export(self, export_root: Path | str, export_type: ExportType, file_name: str) -> None:
         """Refuse to replace an earlier export, then make the model ready for it (``prepare_export``)."""
         refuse_existing(export_root, export_type, file_name)
-        self.prepare_export(export_root)
+        if not self._prepared_for_openvino:
+            self.prepare_export(export_root)
 
     def to_torch(self, export_root: Path | str, model_file_name: str = "model") -> Path:
         """Export the whole module as anomalib does (``torch.save``), unless the file exists."""
@@ -103,27 +114,46 @@ class PromptExportMixin(ExportMixin):
         """Export to OpenVINO as anomalib does, with every operation of the IR marked to stay in f32.
 
         See :mod:`anomalib_faprompt.deploy`: at the CPU plugin's bf16 default, FAPrompt's outputs move by up to 1e-1.
-        What a compression needs (NNCF, calibration images) is checked first (:mod:`.compression`). The
-        never-trained warning comes from :meth:`to_onnx`, which this export goes through. ``kwargs`` are anomalib's
-        (``metric``, ``task``, ``max_drop``, ``ov_kwargs``, ``onnx_kwargs``).
+        What a compression needs (NNCF, calibration images) is checked first (:mod:`.compression`); then the model
+        is made ready into ``export_root`` (a calibration is listed there), not into the temporary folder of
+        anomalib's ONNX step. ``kwargs`` are anomalib's (``metric``, ``task``, ``max_drop``, ``ov_kwargs``,
+        ``onnx_kwargs``).
         """
         refuse_existing(export_root, ExportType.OPENVINO, f"{model_file_name}.xml")
         compression_type = as_compression(compression_type)
-        datamodule = compression_datamodule(compression_type, datamodule)
-        xml = super().to_openvino(
-            export_root, model_file_name, input_size, compression_type=compression_type, datamodule=datamodule, **kwargs
-        )
+        own_images = compression_type in NEEDS_DATA and bool(self.hparams.calibration_source)
+        datamodule = compression_datamodule(compression_type, datamodule, own_images=own_images)
+        self.prepare_export(export_root)
+        self._prepared_for_openvino = True
+        try:
+            xml = super().to_openvino(
+                export_root,
+                model_file_name,
+                input_size,
+                compression_type=compression_type,
+                datamodule=datamodule,
+                **kwargs,
+            )
+        finally:
+            self._prepared_for_openvino = False
         return keep_f32(xml)
 
-    def _post_training_quantization_ov(self, model: Any, datamodule: AnomalibDataModule | None = None) -> Any:  # noqa: ANN401
-        """``INT8_PTQ``: the image encoder's MLP layers quantised, calibrated on normal images (:mod:`.compression`)."""
-        import nncf  # noqa: PLC0415  (optional: the export extra)
+    def _quantisation_images(self, datamodule: AnomalibDataModule | None) -> list[np.ndarray]:
+        """The normal images ``INT8_PTQ``/``INT8_ACQ`` calibrate on, as the exported model takes them.
 
+        Those of ``calibration_source`` (the very images the export's thresholds are, or would be, calibrated on:
+        drawn with the run's seed after the few-shot references are set), else the normal images of the
+        datamodule's validation split.
+        """
+        files = self.calibration_source_files(run_seed())
+        if files:
+            return file_images(files)
         datamodule.setup("fit")
-        images = normal_images(datamodule)
-        arguments = quantization_arguments(model, self.model.backbone.clip)
-        with quiet_nncf():
-            return nncf.quantize(model, nncf.Dataset(images), subset_size=len(images), **arguments)
+        return normal_images(datamodule)
+
+    def _post_training_quantization_ov(self, model: Any, datamodule: AnomalibDataModule | None = None) -> Any:  # noqa: ANN401
+        """``INT8_PTQ``: the recipe of :func:`.compression.quantize`, calibrated on :meth:`_quantisation_images`."""
+        return quantize(model, self.model.backbone.clip, self._quantisation_images(datamodule))
 
     def _accuracy_control_quantization_ov(
         self,
@@ -139,34 +169,24 @@ class PromptExportMixin(ExportMixin):
         these graphs NNCF 3.4's accuracy control can register one quantizer twice while reverting and stop with a
         ``KeyError`` (NNCF issue 3118): told in one line.
         """
-        import nncf  # noqa: PLC0415  (optional: the export extra)
         from anomalib.metrics import F1Score  # noqa: PLC0415
 
         del task  # the metric's fields say what it reads
+        images = self._quantisation_images(datamodule)
         datamodule.setup("fit")
-        images = normal_images(datamodule)
         metric = metric if metric is not None else F1Score(fields=["pred_label", "gt_label"])
 
-        def validate(compiled: Any, batches: Any) -> float:  # noqa: ANN401
+        def validate(compiled: Any, batches: Iterable[ImageBatch]) -> float:  # noqa: ANN401
             metric.reset()
             for batch in batches:
                 outputs = {port.get_any_name(): value for port, value in compiled(batch.image.numpy()).items()}
                 metric.update(image_batch(batch, outputs))
             return float(metric.compute())
 
-        arguments = quantization_arguments(model, self.model.backbone.clip)
-        arguments["advanced_quantization_parameters"] = arguments.pop("advanced_parameters")
         try:
-            with quiet_nncf():
-                return nncf.quantize_with_accuracy_control(
-                    model,
-                    nncf.Dataset(images),
-                    nncf.Dataset(list(datamodule.test_dataloader())),
-                    validate,
-                    max_drop=max_drop,
-                    subset_size=len(images),
-                    **arguments,
-                )
+            return quantize_with_accuracy_control(
+                model, self.model.backbone.clip, images, list(datamodule.test_dataloader()), validate, max_drop
+            )
         except KeyError as error:
             msg = (
                 f"--compression_type INT8_ACQ: NNCF's accuracy control stopped while reverting {self.name}'s "

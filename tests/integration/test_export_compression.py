@@ -8,7 +8,9 @@ instructions). ``python benchmarks/benchmark_export.py --tiny`` prints the same 
 
 from __future__ import annotations
 
+import csv
 import json
+import shutil
 from pathlib import Path
 from xml.etree import ElementTree
 
@@ -29,15 +31,19 @@ from tests.helpers.models import MODEL_CLASSES, tiny_args, trained_like
 
 COMPRESSIONS = ("FP16", "INT8", "INT8_PTQ", "INT8_ACQ")
 # Measured on the tiny models (score, map), largest of both models and both precisions: FP16 3.8e-3 / 5.4e-3,
-# INT8 1.1e-2 / 1.9e-2 (an Intel CPU with AMX); INT8_PTQ and INT8_ACQ 1.7e-2 / 2.9e-2 over the 24 test images of
-# `data` (an AMD EPYC with AVX2 only, where the default precision is f32). The int8 bounds keep a margin of about 3
-# for other CPUs' int8 kernels and their bf16 default; quantising every product (NNCF's default) gave 3.4e-1.
+# INT8 1.1e-2 / 1.9e-2 (an Intel CPU with AMX). INT8_PTQ and INT8_ACQ, the worst over the 24 test images of `data`
+# (an AMD EPYC with AVX2 only, where the default precision is f32): 7.6e-3 / 4.4e-3. Their weights are stored in 7
+# bits, so every CPU computes the same int8 products (AVX2's 16-bit pair sums cannot saturate); what differs between
+# CPUs is the f32 rest and, at the default precision of CPUs with bf16, the plugin's own bf16 nodes (up to 1.2e-2 on
+# maps for the plain export, docs/export.md). The bound of 4e-2 keeps a margin of 5 over the worst int8 difference
+# measured and of 2 over it plus that bf16 move. NNCF's plain `quantize` (anomalib's INT8_PTQ, every product)
+# gave 5.1e-2 / 7.5e-2 on the two images and 3.5e-1 / 3.5e-1 over the 24, with 14 distinct scores of 24.
 BOUNDS = {
     None: (1e-2, 1e-2),
     "FP16": (1e-2, 1e-2),
     "INT8": (5e-2, 5e-2),
-    "INT8_PTQ": (8e-2, 8e-2),
-    "INT8_ACQ": (8e-2, 8e-2),
+    "INT8_PTQ": (4e-2, 4e-2),
+    "INT8_ACQ": (4e-2, 4e-2),
 }
 PRECISIONS = {"f32": {"INFERENCE_PRECISION_HINT": "f32"}, "default": {}}
 
@@ -112,12 +118,14 @@ def test_the_compressions_are_what_they_say(exports):
     assert exports["INT8"].with_suffix(".bin").stat().st_size < 0.5 * size
 
 
-def test_int8_quantises_the_image_encoders_mlp_layers_and_nothing_else(exports):
-    """Every FakeQuantize feeds one of the image encoder's MLP products (and each of them is fed), found by weight."""
+def test_int8_quantises_the_image_encoders_mlp_layers_after_the_first_block_and_nothing_else(exports, monkeypatch):
+    """Every FakeQuantize feeds an MLP product of the image encoder's blocks after the first (each of them is fed)."""
     f32 = ov.Core().read_model(str(exports[None]))
     clip = trained_like(FAPrompt).model.backbone.clip  # the tiny CLIP of both models (seed 0)
-    mlp = set(compression.image_encoder_mlp_operations(f32, clip))
-    assert len(mlp) == 2 * len(clip.visual.transformer.resblocks)
+    mlp = set(compression.quantised_operations(f32, clip))
+    assert len(mlp) == 2 * (len(clip.visual.transformer.resblocks) - 1)
+    monkeypatch.setattr(compression, "FIRST_QUANTISED_BLOCK", 0)
+    assert len(set(compression.quantised_operations(f32, clip)) - mlp) == 2  # the first block's c_fc and c_proj
     for name in ("INT8_PTQ", "INT8_ACQ"):
         quantised = ov.Core().read_model(str(exports[name]))
         fed = {
@@ -137,6 +145,51 @@ def test_int8_ptq_keeps_every_image_apart(exports, data):
     quantised = _run(exports["INT8_PTQ"], batch, PRECISIONS["f32"])["pred_score"]
     assert len(np.unique(quantised.round(6))) >= 0.95 * len(np.unique(reference.round(6)))
     assert np.abs(quantised - reference).max() < BOUNDS["INT8_PTQ"][0]
+
+
+def _spy_on_quantize(monkeypatch) -> list[list[np.ndarray]]:
+    """The calibration images of each ``nncf.quantize`` call from now on, which still runs."""
+    import nncf
+
+    calls, real = [], nncf.quantize
+
+    def quantize(model, dataset, **kwargs):
+        calls.append([np.asarray(item) for item in dataset.get_inference_data()])
+        return real(model, dataset, **kwargs)
+
+    monkeypatch.setattr(nncf, "quantize", quantize)
+    return calls
+
+
+def test_int8_ptq_calibrates_on_the_exports_calibration_images(data, tmp_path, monkeypatch):
+    """With false_alarm_rate: the images its thresholds are calibrated on (calibration_images.csv), no datamodule."""
+    source = tmp_path / "good"
+    source.mkdir()
+    for file in sorted(data.glob("*/train/good/*.png")):
+        shutil.copy(file, source / f"{file.parents[2].name}_{file.name}")
+    calls = _spy_on_quantize(monkeypatch)
+    torch.manual_seed(0)
+    model = as_if_trained(AnomalyCLIP(**tiny_args(false_alarm_rate=0.2, calibration_source=str(source))))
+    model.to_openvino(tmp_path / "export", compression_type="INT8_PTQ")
+    with (tmp_path / "export" / "calibration_images.csv").open() as file:
+        listed = [row["file"] for row in csv.DictReader(file)]
+    assert sorted(Path(name).name for name in listed) == sorted(path.name for path in source.iterdir())
+    assert len(calls) == 1
+    assert len(calls[0]) == len(listed)
+    for image, name in zip(calls[0], listed, strict=True):
+        np.testing.assert_array_equal(image, read_image(name, as_tensor=True)[None].numpy())
+
+
+def test_int8_ptq_calibrates_on_the_datamodules_normal_validation_images(data, tmp_path, monkeypatch):
+    calls = _spy_on_quantize(monkeypatch)
+    datamodule = _datamodule(data)
+    trained_like(AnomalyCLIP).to_openvino(tmp_path / "export", compression_type="INT8_PTQ", datamodule=datamodule)
+    normal = [item.image[None].numpy() for item in datamodule.val_data if not int(item.gt_label)]
+    assert len(calls) == 1
+    assert len(normal) > 1
+    assert len(calls[0]) == len(normal)
+    for image, expected in zip(calls[0], normal, strict=True):
+        np.testing.assert_array_equal(image, expected)
 
 
 def test_every_compressed_ir_keeps_its_operations_in_f32(exports):
