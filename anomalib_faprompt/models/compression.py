@@ -45,6 +45,7 @@ __all__ = [
     "file_images",
     "image_batch",
     "normal_images",
+    "products_of",
     "quantised_operations",
     "quantize",
     "quantize_with_accuracy_control",
@@ -157,19 +158,17 @@ def _signature(array: np.ndarray) -> tuple:
     return (array.shape, array[0, :16].tobytes())
 
 
-def quantised_operations(ov_model: Any, clip: nn.Module) -> list[str]:  # noqa: ANN401  (an ov.Model)
-    """Names of the ``MatMul`` operations of ``ov_model`` that the int8 compressions quantise.
+def products_of(ov_model: Any, weights: Iterable[torch.Tensor]) -> list[str]:  # noqa: ANN401  (an ov.Model)
+    """Names of the ``MatMul`` operations of ``ov_model`` whose constant weight is one of ``weights``.
 
-    Those whose weight is an MLP weight (``mlp.c_fc``, ``mlp.c_proj``) of one of ``clip``'s image-encoder blocks
-    after the first: the exported graph's names say nothing of the module a product belongs to; its constant
-    weights do (compared as stored, or transposed).
+    The exported graph's names say nothing of the module a product belongs to; its constant weights do (compared
+    as stored, or transposed).
     """
-    weights: dict[tuple, np.ndarray] = {}
-    for block in clip.visual.transformer.resblocks[FIRST_QUANTISED_BLOCK:]:
-        for layer in (block.mlp.c_fc, block.mlp.c_proj):
-            weight = layer.weight.detach().float().cpu().numpy()
-            for candidate in (weight, np.ascontiguousarray(weight.T)):
-                weights[_signature(candidate)] = candidate
+    candidates: dict[tuple, np.ndarray] = {}
+    for tensor in weights:
+        weight = tensor.detach().float().cpu().numpy()
+        for candidate in (weight, np.ascontiguousarray(weight.T)):
+            candidates[_signature(candidate)] = candidate
     names = []
     for operation in ov_model.get_ops():
         if operation.get_type_name() != "MatMul":
@@ -180,10 +179,20 @@ def quantised_operations(ov_model: Any, clip: nn.Module) -> list[str]:  # noqa: 
         data = source.get_data()
         if data.ndim != 2 or data.dtype != np.float32:
             continue
-        candidate = weights.get(_signature(data))
+        candidate = candidates.get(_signature(data))
         if candidate is not None and np.array_equal(candidate, data):
             names.append(operation.get_friendly_name())
     return names
+
+
+def quantised_operations(ov_model: Any, clip: nn.Module) -> list[str]:  # noqa: ANN401  (an ov.Model)
+    """Names of the ``MatMul`` operations of ``ov_model`` that the int8 compressions quantise.
+
+    Those whose weight is an MLP weight (``mlp.c_fc``, ``mlp.c_proj``) of one of ``clip``'s image-encoder blocks
+    from :data:`FIRST_QUANTISED_BLOCK` on.
+    """
+    blocks = clip.visual.transformer.resblocks[FIRST_QUANTISED_BLOCK:]
+    return products_of(ov_model, [layer.weight for block in blocks for layer in (block.mlp.c_fc, block.mlp.c_proj)])
 
 
 @contextmanager

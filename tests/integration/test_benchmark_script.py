@@ -6,6 +6,7 @@ lent rarely, and a broken step found there costs a whole device session.
 
 from __future__ import annotations
 
+import itertools
 import os
 import re
 import subprocess
@@ -13,8 +14,13 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
+
+from anomalib_faprompt import FAPrompt
+from anomalib_faprompt.data import make_synthetic_dataset
 
 from tests.helpers.commands import REPO, subprocess_env
+from tests.helpers.models import as_if_trained, tiny_args, write_checkpoint
 
 SCRIPT = REPO / "benchmarks" / "benchmark_faprompt.py"
 ROWS = [
@@ -173,3 +179,69 @@ def test_cpu_dry_run_passes_every_step(tmp_path):
     assert "failed steps: 0" in result.stdout
     # The profile step prints torch.profiler's table.
     assert "Self CPU time total" in result.stdout
+
+
+@pytest.fixture(scope="module")
+def checkpoint_and_normal_images(tmp_path_factory) -> tuple[Path, Path]:
+    """A trained-like tiny FAPrompt's checkpoint, and a dataset of 30 normal images (its ``*/*/good`` folders)."""
+    root = tmp_path_factory.mktemp("benchmark_checkpoint")
+    torch.manual_seed(0)
+    checkpoint = write_checkpoint(as_if_trained(FAPrompt(**tiny_args())), root / "model.ckpt")
+    normal = make_synthetic_dataset(root / "normal", categories=("gamma", "delta", "epsilon"), n_defect=0, seed=8)
+    return checkpoint, normal
+
+
+def _run_checkpoint_script(script: str, checkpoint: Path, data: Path, normal: Path, *args: str) -> str:
+    env = subprocess_env()
+    command = [
+        sys.executable, str(REPO / "benchmarks" / script), "--checkpoint", str(checkpoint), "--data", str(data),
+        "--calibration-data", str(normal), "--threads", "1", *args,
+    ]  # fmt: skip
+    result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=900, check=False)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result.stdout
+
+
+def _table(stdout: str, header: str) -> dict[str, list[str]]:
+    """The rows (by first cell) of the Markdown table whose header line starts with ``header``."""
+    lines = stdout.splitlines()
+    start = next(index for index, line in enumerate(lines) if line.startswith(header))
+    rows = {}
+    for line in itertools.takewhile(lambda line: line.startswith("|"), lines[start + 2 :]):
+        name, *cells = (cell.strip() for cell in line.strip("|").split("|"))
+        rows[name] = cells
+    return rows
+
+
+def test_export_benchmark_compares_a_checkpoints_exports_on_every_held_out_image(
+    checkpoint_and_normal_images, synthetic_target
+):
+    checkpoint, normal = checkpoint_and_normal_images
+    stdout = _run_checkpoint_script(
+        "benchmark_export.py", checkpoint, synthetic_target, normal, "--repeats", "1", "--warmup", "0",
+        "--compressions", "INT8_PTQ",
+    )  # fmt: skip
+    tested = len(list(synthetic_target.glob("*/test/*/*.png")))
+    assert tested == 36
+    assert f"the 30 normal images of {normal}" in stdout
+    flags = next(line for line in stdout.splitlines() if line.startswith("instruction sets: "))
+    assert all(f"{name} yes" in flags or f"{name} no" in flags for name in ("avx2", "avx512_vnni", "amx_int8"))
+    assert f"Each of the {tested} test images of {synthetic_target} alone" in stdout
+    rows = _table(stdout, "| export | max diff score")
+    assert list(rows) == ["f32", "f32, images + noise of 1/255", "INT8_PTQ"]
+    assert rows["f32"][3:] == [str(tested), "100.0%"]  # every score distinct, labels equal to its own
+    int8 = rows["INT8_PTQ"]
+    assert float(int8[0]) >= float(int8[1]) >= 0  # max and median score differences
+    assert int(int8[3]) >= 0.95 * tested
+    assert float(int8[4].rstrip("%")) >= 90
+
+
+def test_int8_recipes_compares_each_recipe_on_every_held_out_image(checkpoint_and_normal_images, synthetic_target):
+    checkpoint, normal = checkpoint_and_normal_images
+    stdout = _run_checkpoint_script("int8_recipes.py", checkpoint, synthetic_target, normal)
+    rows = _table(stdout, "| recipe | max diff score")
+    assert len(rows) == 15  # the noise row and 14 recipes
+    package = rows["**the package's: MLP of the blocks after the first, 7-bit weights**"]
+    plain = rows["anomalib's INT8_PTQ (`nncf.quantize(model, data)`: every product)"]
+    assert float(package[0]) < float(plain[0])  # the package's recipe moves the scores less than NNCF's default
+    assert int(package[4]) == 36
