@@ -18,7 +18,6 @@ import torch
 
 from anomalib_faprompt import FAPrompt
 from anomalib_faprompt.data import make_synthetic_dataset
-
 from tests.helpers.commands import REPO, subprocess_env
 from tests.helpers.models import as_if_trained, tiny_args, write_checkpoint
 

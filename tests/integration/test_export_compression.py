@@ -27,7 +27,7 @@ from anomalib_faprompt.errors import InvalidInputError, MissingPackageError
 from anomalib_faprompt.models import compression
 from tests.helpers.commands import anomalib_cli
 from tests.helpers.engine import cpu_engine
-from tests.helpers.models import MODEL_CLASSES, tiny_args, trained_like
+from tests.helpers.models import MODEL_CLASSES, as_if_trained, tiny_args, trained_like
 
 COMPRESSIONS = ("FP16", "INT8", "INT8_PTQ", "INT8_ACQ")
 # Measured on the tiny models (score, map), largest of both models and both precisions: FP16 3.8e-3 / 5.4e-3,

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import hashlib
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -20,8 +22,8 @@ pytest.importorskip("openvino")
 pytest.importorskip("onnxscript")
 
 from anomalib_faprompt import FAPrompt
-from anomalib_faprompt.inference.cli import main
-from tests.helpers.commands import predict_refusal
+from anomalib_faprompt.inference.cli import PROG, main
+from tests.helpers.commands import predict_refusal, subprocess_env
 from tests.helpers.data import IMAGE_SIZES, camera_photo, csv_rows
 from tests.helpers.engine import cpu_engine
 from tests.helpers.models import tiny_args
@@ -134,3 +136,38 @@ def test_a_missing_or_damaged_image_is_one_line(exports, images, tmp_path, capsy
     assert not (output / "v0" / "predictions.csv").exists()
     rows = csv_rows(output / "v0" / "predictions.incomplete.csv")
     assert [row["file"] for row in rows] == [str(file) for file in sorted(folder.glob("0*.png"))]
+
+
+def test_an_image_of_another_size_than_a_fixed_size_export_takes_is_one_line(
+    faprompt_checkpoint, images, tmp_path, capsys, monkeypatch
+):
+    """An export with ``input_size`` takes that size only: the first image of another size is named, in one line."""
+    monkeypatch.chdir(tmp_path)
+    onnx = cpu_engine(tmp_path / "engine").export(
+        model=FAPrompt(**tiny_args()),
+        export_type=ExportType.ONNX,
+        export_root=tmp_path / "fixed",
+        ckpt_path=faprompt_checkpoint,
+        input_size=(64, 64),
+    )
+    good = images / "good"  # 000.png is 64 x 64, 001.png 150 x 97 (IMAGE_SIZES, in the fixture's order)
+    line = predict_refusal(capsys, onnx, "--data", good, "--output", tmp_path / "out")
+    assert line == (
+        f"InvalidInputError: '{good / '001.png'}' is 150x97 pixels, but '{onnx}' was exported for images of 64x64 "
+        "only (`--input_size`). Export without `input_size` to predict images of any size."
+    )
+
+
+def test_the_installed_command_predicts_as_anomalib_predict(exports, images, anomalib_predicted, tmp_path):
+    """The console script pip installs (``[project.scripts]``), run as a user runs it: the same scores."""
+    command = Path(sys.executable).parent / PROG
+    process = subprocess.run(
+        [command, str(exports["openvino"]), "--data", str(images / "good"), "--output", str(tmp_path / "out")],
+        cwd=tmp_path, env=subprocess_env(), capture_output=True, text=True, timeout=600, check=False,
+    )  # fmt: skip
+    assert process.returncode == 0, process.stderr[-3000:]
+    expected = {row["file"]: float(row["score"]) for row in csv_rows(anomalib_predicted / "predictions.csv")}
+    rows = csv_rows(tmp_path / "out" / "v0" / "predictions.csv")
+    assert [row["file"] for row in rows] == [str(file) for file in sorted((images / "good").glob("*.png"))]
+    for row in rows:
+        assert abs(float(row["score"]) - expected[row["file"]]) <= TOLERANCE, row["file"]
