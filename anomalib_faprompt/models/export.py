@@ -33,6 +33,7 @@ from .compression import (
     normal_images,
     quantize,
     quantize_with_accuracy_control,
+    report_quantisation_images,
 )
 from .few_shot import run_seed
 
@@ -147,9 +148,14 @@ class PromptExportMixin(ExportMixin):
         """
         files = self.calibration_source_files(run_seed())
         if files:
-            return file_images(files)
-        datamodule.setup("fit")
-        return normal_images(datamodule)
+            images = file_images(files)
+            where = f"of `calibration_source` '{self.hparams.calibration_source}' (calibration_images.csv lists them)"
+        else:
+            datamodule.setup("fit")
+            images = normal_images(datamodule)
+            where = f"normal images of the validation split of {type(datamodule).__name__}"
+        report_quantisation_images(len(images), where)
+        return images
 
     def _post_training_quantization_ov(self, model: Any, datamodule: AnomalibDataModule | None = None) -> Any:  # noqa: ANN401
         """``INT8_PTQ``: the recipe of :func:`.compression.quantize`, calibrated on :meth:`_quantisation_images`."""

@@ -26,6 +26,7 @@ from anomalib_faprompt.data import AuxiliaryDataModule, make_synthetic_dataset
 from anomalib_faprompt.errors import InvalidInputError, MissingPackageError
 from anomalib_faprompt.models import compression
 from tests.helpers.commands import anomalib_cli
+from tests.helpers.data import logged_warnings
 from tests.helpers.engine import cpu_engine
 from tests.helpers.models import MODEL_CLASSES, as_if_trained, tiny_args, trained_like
 
@@ -180,13 +181,16 @@ def test_int8_ptq_calibrates_on_the_exports_calibration_images(data, tmp_path, m
         np.testing.assert_array_equal(image, read_image(name, as_tensor=True)[None].numpy())
 
 
-def test_int8_ptq_calibrates_on_the_datamodules_normal_validation_images(data, tmp_path, monkeypatch):
+def test_int8_ptq_calibrates_on_the_datamodules_normal_validation_images(data, tmp_path, monkeypatch, caplog):
+    """The images, and a warning that names them when they are fewer than the toy checkpoint's measured 30."""
     calls = _spy_on_quantize(monkeypatch)
     datamodule = _datamodule(data)
     trained_like(AnomalyCLIP).to_openvino(tmp_path / "export", compression_type="INT8_PTQ", datamodule=datamodule)
     normal = [item.image[None].numpy() for item in datamodule.val_data if not int(item.gt_label)]
     assert len(calls) == 1
-    assert len(normal) > 1
+    assert 1 < len(normal) < compression.ENOUGH_QUANTISATION_IMAGES
+    few = f"calibrated on {len(normal)} normal images of the validation split of AuxiliaryDataModule only"
+    assert len(logged_warnings(caplog, few)) == 1
     assert len(calls[0]) == len(normal)
     for image, expected in zip(calls[0], normal, strict=True):
         np.testing.assert_array_equal(image, expected)
@@ -211,8 +215,18 @@ def test_every_compressed_ir_keeps_its_operations_in_f32(exports):
 
 def test_what_a_compression_needs_is_one_line(data, tmp_path, monkeypatch):
     model = trained_like(AnomalyCLIP)
-    with pytest.raises(InvalidInputError, match=r"INT8_PTQ calibrates on images: pass a datamodule \(`--data`"):
+    no_images = (
+        r"INT8_PTQ calibrates on images: give the model normal images \(`--model.calibration_source` with "
+        r"`--model.false_alarm_rate`\), or pass a datamodule \(`--data` on the command line"
+    )
+    with pytest.raises(InvalidInputError, match=no_images):
         model.to_openvino(tmp_path / "a", compression_type="INT8_PTQ")
+    no_test_images = (
+        r"INT8_ACQ calibrates on images: pass a datamodule \(`--data` on the command line, `datamodule=` in "
+        r"Python\), whose test images validate the quantisation\.$"
+    )
+    with pytest.raises(InvalidInputError, match=no_test_images):
+        model.to_openvino(tmp_path / "a", compression_type="INT8_ACQ")
     with pytest.raises(InvalidInputError, match=r"has none: hold some out \(AuxiliaryDataModule: `val_split_ratio`"):
         model.to_openvino(tmp_path / "b", compression_type="INT8_ACQ", datamodule=_datamodule(data, val_split_ratio=0))
     with pytest.raises(InvalidInputError, match=r"compression_type='int4' is not one of anomalib's compressions"):
