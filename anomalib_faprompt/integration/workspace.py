@@ -170,6 +170,20 @@ def _predict(original: Any) -> Any:  # noqa: ANN401
     return predict
 
 
+def _refuse_ignored_compression(export_type: Any, compression_type: Any) -> None:  # noqa: ANN401
+    """Refuse a compression with an export type that is not OpenVINO: anomalib would ignore it without a word."""
+    if compression_type is None:
+        return
+    kind = getattr(export_type, "value", export_type)
+    if str(kind).lower() != "openvino":
+        name = getattr(compression_type, "name", compression_type)
+        msg = (
+            f"--compression_type {name} applies to `--export_type openvino` only; with `{kind}` the model would be "
+            "exported uncompressed. Export to openvino, or leave out the compression."
+        )
+        raise InvalidInputError(msg)
+
+
 def _export(original: Any) -> Any:  # noqa: ANN401
     signature = inspect.signature(original)
 
@@ -185,6 +199,7 @@ def _export(original: Any) -> Any:  # noqa: ANN401
         if root is not None and Path(root).exists() and not Path(root).is_dir():
             msg = f"`export_root` '{root}' is a file: pass a folder (the export goes to <export_root>/weights/<type>/)."
             raise InvalidInputError(msg)
+        _refuse_ignored_compression(arguments.get("export_type"), arguments.get("compression_type"))
         if checkpoint:
             # Into the model as the user built it (k_shot, few_shot_source, ...), as `test` and `predict` load a
             # ckpt_path; anomalib's `load_from_checkpoint` would rebuild it from the checkpoint's hyperparameters.

@@ -76,6 +76,12 @@ def test_export_names_a_bad_checkpoint_or_root_before_any_work(run_checkpoint: P
         engine.export(FAPrompt(**tiny_args()), ExportType.TORCH, ckpt_path=other)
     with pytest.raises(InvalidInputError, match=f"`export_root` '{other}' is a file: pass a folder"):
         engine.export(FAPrompt(**tiny_args()), ExportType.TORCH, ckpt_path=run_checkpoint, export_root=other)
+    with pytest.raises(
+        InvalidInputError,
+        match=r"^--compression_type INT8_PTQ applies to `--export_type openvino` "
+        r"only; with `onnx` the model would be exported uncompressed\. Export to openvino, or leave",
+    ):
+        engine.export(FAPrompt(**tiny_args()), ExportType.ONNX, ckpt_path=run_checkpoint, compression_type="INT8_PTQ")
     assert not (tmp_path / "results").exists()
     assert not (tmp_path / "weights").exists()
 
