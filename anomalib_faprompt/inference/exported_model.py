@@ -124,20 +124,15 @@ def compile_for_throughput(model: Any, precision: str = "f32", threads: int | No
 
     Returns:
         The ``openvino.CompiledModel``. A warning line says that bf16 and f16 can move the outputs away from the
-        tested (f32) model's, another when the CPU runs another precision than ``precision`` (bf16 or f16
-        without the instructions for it), and one for a quantised model on a CPU without int8 dot products.
+        tested (f32) model's, or, where the CPU runs another precision than ``precision`` (bf16 or f16 without the
+        instructions for it), which one it runs; another one for a quantised model on a CPU without int8 dot
+        products.
     """
     openvino = _openvino()
     if any(operation.get_type_name() == "FakeQuantize" for operation in model.get_ops()):
         note = int8_speed_note(cpu_instruction_sets())
         if note:
             logger.warning(note)
-    if precision != "f32":
-        logger.warning(
-            "Precision %s: scores and maps can differ from the tested model's (f32) by up to 1e-1, where near-tied "
-            "patches swap places in FAPrompt's top-k selection (docs/export.md, Precision). Use f32 for its numbers.",
-            precision,
-        )
     config = {**openvino_config(precision), "PERFORMANCE_HINT": "THROUGHPUT"}
     if threads is not None:
         config["INFERENCE_NUM_THREADS"] = str(threads)
@@ -147,6 +142,12 @@ def compile_for_throughput(model: Any, precision: str = "f32", threads: int | No
         logger.warning(
             "This CPU runs the model in %s: OpenVINO's CPU plugin has no %s here (the CPU lacks its instructions).",
             running,
+            precision,
+        )
+    elif precision != "f32":
+        logger.warning(
+            "Precision %s: scores and maps can differ from the tested model's (f32) by up to 1e-1, where near-tied "
+            "patches swap places in FAPrompt's top-k selection (docs/export.md, Precision). Use f32 for its numbers.",
             precision,
         )
     return compiled
