@@ -60,14 +60,18 @@ def main(argv: Sequence[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     from anomalib_faprompt.inference.exported_model import (  # noqa: PLC0415  (anomalib's import after argument errors)
         compile_for_throughput,
+        export_calibration,
         read_exported_model,
     )
     from anomalib_faprompt.inference.predict import list_images, predict_images  # noqa: PLC0415
 
     try:
         model = read_exported_model(args.model)
+        calibration = export_calibration(args.model)
         images = list_images(args.data)
         compiled = compile_for_throughput(model, args.precision, args.threads)
-        predict_images(compiled, args.model, images, args.output, heat_maps=not args.no_heat_maps)
+        predict_images(
+            compiled, args.model, images, args.output, heat_maps=not args.no_heat_maps, calibration=calibration
+        )
     except InputError as error:
         exit_with(error, PROG)

@@ -18,9 +18,10 @@ from anomalib.data import InferenceBatch
 
 from anomalib_faprompt.deploy import cpu_instruction_sets, int8_speed_note, openvino_config
 from anomalib_faprompt.errors import InvalidInputError, MissingInputError, MissingPackageError
+from anomalib_faprompt.models.calibration import Calibration, read_calibrations
 from anomalib_faprompt.models.compression import INSTALL
 
-__all__ = ["MODEL_SUFFIXES", "OUTPUTS", "compile_for_throughput", "read_exported_model"]
+__all__ = ["MODEL_SUFFIXES", "OUTPUTS", "compile_for_throughput", "export_calibration", "read_exported_model"]
 
 logger = logging.getLogger(__name__)
 
@@ -112,6 +113,33 @@ def read_exported_model(path: str | Path) -> Any:  # noqa: ANN401
         raise InvalidInputError(msg) from error
     _check_signature(model, path)
     return model
+
+
+def export_calibration(path: str | Path) -> Calibration | None:
+    """The calibration listed beside the exported model ``path`` (an export with ``false_alarm_rate``), else ``None``.
+
+    Its scores give each image's conformal p-value, its threshold is the one the graph labels with.
+
+    Raises:
+        InvalidInputError: The files list several calibrations (an export lists one) or contradict each other.
+    """
+    calibrations = read_calibrations(Path(path).parent)
+    if not calibrations:
+        return None
+    if len(calibrations) > 1:
+        msg = (
+            f"'{Path(path).parent}' lists calibrations of {len(calibrations)} categories beside the model; an export "
+            "lists one: export again into an empty folder."
+        )
+        raise InvalidInputError(msg)
+    (calibration,) = calibrations
+    logger.info(
+        "p-values against the %d calibration images listed beside the model (false_alarm_rate=%s, threshold %s).",
+        len(calibration.files),
+        calibration.false_alarm_rate,
+        calibration.image_threshold,
+    )
+    return calibration
 
 
 def compile_for_throughput(model: Any, precision: str = "f32", threads: int | None = None) -> Any:  # noqa: ANN401

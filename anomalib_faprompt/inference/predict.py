@@ -24,7 +24,8 @@ from tqdm import tqdm
 
 from anomalib_faprompt.data.dataset import ImagePredictDataset
 from anomalib_faprompt.errors import InvalidInputError
-from anomalib_faprompt.models.predictions import PredictionsFile
+from anomalib_faprompt.models.calibration import Calibration
+from anomalib_faprompt.models.predictions import CALIBRATED_COLUMNS, PREDICTIONS_COLUMNS, PredictionsFile
 from anomalib_faprompt.models.visualizer import CategoryImageVisualizer, image_root, panel_path
 from anomalib_faprompt.runs import check_writable, new_version_dir
 
@@ -121,12 +122,19 @@ def _batch(item: ImageItem, outputs: dict[str, torch.Tensor]) -> ImageBatch:
     return ImageBatch(image=item.image[None], image_path=[item.image_path], **outputs)
 
 
+def _calibrated_cells(batch: ImageBatch, calibration: Calibration) -> list[tuple[str, str]]:
+    """Each image's p-value and the threshold, the cells ``anomalib predict`` adds for a calibrated model."""
+    values = calibration.p_values(batch.pred_score.flatten().tolist()).tolist()
+    return [(repr(value), repr(calibration.image_threshold)) for value in values]
+
+
 def predict_images(
     compiled: Any,  # noqa: ANN401
     model_path: Path,
     images: Sequence[tuple[ImagePredictDataset, int]],
     output: Path,
     heat_maps: bool = True,
+    calibration: Calibration | None = None,
 ) -> Path:
     """Score the images with a compiled exported model; write ``predictions.csv`` and the heat-maps into a run folder.
 
@@ -140,6 +148,8 @@ def predict_images(
         images: The images, from :func:`list_images`.
         output: The folder of the run folders.
         heat_maps: Whether to draw the panels (anomalib's visualiser).
+        calibration: The export's calibration (:func:`~.exported_model.export_calibration`): each row then also
+            holds the image's p-value and the threshold, as ``anomalib predict`` writes them for a calibrated model.
 
     Returns:
         The run folder.
@@ -152,7 +162,7 @@ def predict_images(
     check_writable(output, "--output")
     folder = new_version_dir(Path(output).resolve())
     logger.info("Writing this run's results to %s (earlier runs in %s are left as they are).", folder, output)
-    scores = PredictionsFile(folder)
+    scores = PredictionsFile(folder, columns=PREDICTIONS_COLUMNS if calibration is None else CALIBRATED_COLUMNS)
     visualizer = CategoryImageVisualizer(output_dir=folder / "images") if heat_maps else None
     root = image_root(dataset.image_filenames[index] for dataset, index in images)
     items = (dataset[index] for dataset, index in images)
@@ -162,7 +172,7 @@ def predict_images(
             tqdm(total=len(images), desc="predict", unit="image", dynamic_ncols=True) as progress,
         ):
             for batch in results:
-                scores.append(batch)
+                scores.append(batch, None if calibration is None else _calibrated_cells(batch, calibration))
                 if visualizer is not None:
                     for item in batch:
                         visualizer.save_panel(item, panel_path(visualizer.output_dir, item.image_path, root))

@@ -385,11 +385,11 @@ class PromptLearningModule(CalibrationMixin, FewShotMixin, PromptExportMixin):
                 consequence,
             )
 
-    def prepare_export(self, export_root: Path | str) -> None:
-        """Make the model ready for an export into ``export_root`` (:class:`.export.PromptExportMixin`).
+    def prepare_export(self, folder: Path | str) -> None:
+        """Make the model ready for an export into ``folder``, the model file's (:class:`.export.PromptExportMixin`).
 
         With ``k_shot``, references are needed (:meth:`check_references_for_export`); with ``false_alarm_rate``,
-        thresholds for it (:meth:`check_thresholds_for_export`, a calibration listed in ``export_root``): both drawn
+        thresholds for it (:meth:`check_thresholds_for_export`, a calibration listed in ``folder``): both drawn
         from their source folders with the run's seed when the model has none. Warns when the prompts were never
         learned.
 
@@ -398,7 +398,7 @@ class PromptLearningModule(CalibrationMixin, FewShotMixin, PromptExportMixin):
         """
         seed = run_seed()
         self.check_references_for_export(seed)
-        self.check_thresholds_for_export(export_root, seed)
+        self.check_thresholds_for_export(folder, seed)
         self.warn_if_unlearned("exported", "the exported model scores as a random start")
 
     def on_test_start(self) -> None:

@@ -54,7 +54,15 @@ if TYPE_CHECKING:
 
     from anomalib_faprompt.components import PromptedCLIPModel
 
-__all__ = ["IMAGES_FILE", "MOST_IMAGES", "THRESHOLDS_FILE", "Calibration", "CalibrationMixin", "write_calibrations"]
+__all__ = [
+    "IMAGES_FILE",
+    "MOST_IMAGES",
+    "THRESHOLDS_FILE",
+    "Calibration",
+    "CalibrationMixin",
+    "read_calibrations",
+    "write_calibrations",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -135,6 +143,31 @@ def write_calibrations(directory: str | Path, calibrations: Sequence[Calibration
                 ]
             )
     return images, thresholds
+
+
+def read_calibrations(directory: str | Path) -> list[Calibration]:
+    """The calibrations :func:`write_calibrations` wrote into ``directory`` (its first pair of files); none without.
+
+    Raises:
+        InvalidInputError: A category of one file is missing from the other; the message names the file.
+    """
+    directory = Path(directory)
+    images, thresholds = directory / f"{IMAGES_FILE}.csv", directory / f"{THRESHOLDS_FILE}.csv"
+    if not (images.is_file() and thresholds.is_file()):
+        return []
+    with thresholds.open(newline="", encoding="utf-8") as file:
+        rates = {row["category"]: float(row["false_alarm_rate"]) for row in csv.DictReader(file)}
+    listed: dict[str, list[tuple[str, float, float]]] = {category: [] for category in rates}
+    with images.open(newline="", encoding="utf-8") as file:
+        for row in csv.DictReader(file):
+            if row["category"] not in listed:
+                msg = f"'{images}' lists category '{row['category']}', which '{thresholds}' has not: export again."
+                raise InvalidInputError(msg)
+            listed[row["category"]].append((row["file"], float(row["score"]), float(row["map_max"])))
+    return [
+        Calibration(category, *(tuple(column) for column in zip(*rows, strict=True)), rates[category])
+        for category, rows in listed.items()
+    ]
 
 
 class CalibrationMixin:
@@ -370,11 +403,11 @@ class CalibrationMixin:
         candidates = folder_candidates(source, "calibration_source")
         return choose_calibration(candidates, self.model.few_shot.references, MOST_IMAGES, seed, _SOURCE_KEY)
 
-    def check_thresholds_for_export(self, export_root: str | Path, seed: int) -> None:
+    def check_thresholds_for_export(self, folder: str | Path, seed: int) -> None:
         """Before an export with ``false_alarm_rate``: the model's thresholds for it, or calibrate on the source.
 
         The calibration images of ``calibration_source`` are drawn with ``seed`` (the run's: :func:`.few_shot.run_seed`)
-        and listed in ``export_root``.
+        and listed in ``folder``, the exported model's (where ``anomalib-faprompt-predict`` reads them).
 
         Raises:
             InvalidInputError: No thresholds for the rate and no ``calibration_source``, or too few images.
@@ -393,7 +426,7 @@ class CalibrationMixin:
         files = self.calibration_source_files(seed)
         calibration = self._calibration(_SOURCE_KEY, files, f" in '{source}' (argument `calibration_source`)")
         self.model.store_thresholds(calibration.image_threshold, calibration.pixel_threshold, rate)
-        write_calibrations(export_root, [calibration])
+        write_calibrations(folder, [calibration])
 
     def on_test_start(self) -> None:
         """Choose, check, score and list each category's calibration images."""

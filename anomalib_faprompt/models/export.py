@@ -5,7 +5,9 @@ text embeddings that do not depend on the image are eval-mode buffers and enter 
 everything that depends on the image (for FAPrompt the prior network and the DAP text-encoder pass) is
 traced, with a dynamic batch size.
 
-An export never replaces an earlier one: when the file it would write exists, it is refused before any work.
+An export never replaces an earlier one: when the file it would write exists, it is refused before any work. A
+calibration made for the export is listed beside the model file (``calibration_images.csv``,
+``calibration_thresholds.csv``), where ``anomalib-faprompt-predict`` reads it.
 """
 
 from __future__ import annotations
@@ -45,9 +47,14 @@ if TYPE_CHECKING:
 __all__ = ["PromptExportMixin"]
 
 
+def export_folder(export_root: Path | str, export_type: ExportType) -> Path:
+    """``<export_root>/weights/<type>``: where anomalib's export writes the model file."""
+    return Path(export_root) / "weights" / export_type.value
+
+
 def refuse_existing(export_root: Path | str, export_type: ExportType, file_name: str) -> None:
-    """Raise an error naming the file when ``<export_root>/weights/<type>/<file_name>`` (anomalib's layout) exists."""
-    path = Path(export_root) / "weights" / export_type.value / file_name
+    """Raise an error naming the file when it exists in :func:`export_folder`."""
+    path = export_folder(export_root, export_type) / file_name
     if path.exists():
         msg = (
             f"'{path}' holds an earlier export, which is kept. Pass another `export_root` (`--export_root` on the "
@@ -77,7 +84,7 @@ class PromptExportMixin(ExportMixin):
         """Refuse to replace an earlier export, then make the model ready for it (``prepare_export``)."""
         refuse_existing(export_root, export_type, file_name)
         if not self._prepared_for_openvino:
-            self.prepare_export(export_root)
+            self.prepare_export(export_folder(export_root, export_type))
 
     def to_torch(self, export_root: Path | str, model_file_name: str = "model") -> Path:
         """Export the whole module as anomalib does (``torch.save``), unless the file exists."""
@@ -116,15 +123,15 @@ class PromptExportMixin(ExportMixin):
 
         See :mod:`anomalib_faprompt.deploy`: at the CPU plugin's bf16 default, FAPrompt's outputs move by up to 1e-1.
         What a compression needs (NNCF, calibration images) is checked first (:mod:`.compression`); then the model
-        is made ready into ``export_root`` (a calibration is listed there), not into the temporary folder of
-        anomalib's ONNX step. ``kwargs`` are anomalib's (``metric``, ``task``, ``max_drop``, ``ov_kwargs``,
-        ``onnx_kwargs``).
+        is made ready for ``<export_root>/weights/openvino`` (a calibration is listed there, beside ``model.xml``),
+        not for the temporary folder of anomalib's ONNX step. ``kwargs`` are anomalib's (``metric``, ``task``,
+        ``max_drop``, ``ov_kwargs``, ``onnx_kwargs``).
         """
         refuse_existing(export_root, ExportType.OPENVINO, f"{model_file_name}.xml")
         compression_type = as_compression(compression_type)
         own_images = compression_type in NEEDS_DATA and bool(self.hparams.calibration_source)
         datamodule = compression_datamodule(compression_type, datamodule, own_images=own_images)
-        self.prepare_export(export_root)
+        self.prepare_export(export_folder(export_root, ExportType.OPENVINO))
         self._prepared_for_openvino = True
         try:
             xml = super().to_openvino(

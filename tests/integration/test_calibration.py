@@ -351,7 +351,7 @@ def test_an_export_labels_as_torch_does_at_the_calibrated_thresholds(model_class
     model = trained_like(model_class, visualizer=False, false_alarm_rate=0.2, calibration_source=str(source))
     onnx_file = model.to_onnx(tmp_path / "onnx")
     xml = model.to_openvino(tmp_path / "openvino")
-    (row,) = csv_rows(tmp_path / "onnx" / "calibration_thresholds.csv")
+    (row,) = csv_rows(tmp_path / "onnx" / "weights" / "onnx" / "calibration_thresholds.csv")
     assert (row["n"], row["k"]) == ("12", "11")
     image_threshold, pixel_threshold = float(row["image_threshold"]), float(row["pixel_threshold"])
     images = torch.stack([read_image(p, as_tensor=True) for p in sorted((target / "delta" / "test").glob("*/*.png"))])

@@ -84,7 +84,7 @@ def test_cli_export_with_a_false_alarm_rate_carries_the_thresholds(trained, tmp_
         "--model.false_alarm_rate", "0.1", "--model.calibration_source", source, "--export_type", "onnx",
         "--export_root", tmp_path / "export", cwd=tmp_path,
     )  # fmt: skip
-    (thresholds,) = csv_rows(tmp_path / "export" / "calibration_thresholds.csv")
+    (thresholds,) = csv_rows(tmp_path / "export" / "weights" / "onnx" / "calibration_thresholds.csv")
     assert (thresholds["category"], thresholds["n"]) == ("calibration_source", "10")
     session = ort.InferenceSession(
         str(tmp_path / "export" / "weights" / "onnx" / "model.onnx"), providers=["CPUExecutionProvider"]

@@ -172,7 +172,7 @@ def test_int8_ptq_calibrates_on_the_exports_calibration_images(data, tmp_path, m
     torch.manual_seed(0)
     model = as_if_trained(AnomalyCLIP(**tiny_args(false_alarm_rate=0.2, calibration_source=str(source))))
     model.to_openvino(tmp_path / "export", compression_type="INT8_PTQ")
-    with (tmp_path / "export" / "calibration_images.csv").open() as file:
+    with (tmp_path / "export" / "weights" / "openvino" / "calibration_images.csv").open() as file:
         listed = [row["file"] for row in csv.DictReader(file)]
     assert sorted(Path(name).name for name in listed) == sorted(path.name for path in source.iterdir())
     assert len(calls) == 1

@@ -171,3 +171,32 @@ def test_the_installed_command_predicts_as_anomalib_predict(exports, images, ano
     assert [row["file"] for row in rows] == [str(file) for file in sorted((images / "good").glob("*.png"))]
     for row in rows:
         assert abs(float(row["score"]) - expected[row["file"]]) <= TOLERANCE, row["file"]
+
+
+def test_a_calibrated_export_writes_the_p_values_and_threshold_of_anomalib_predict(
+    faprompt_checkpoint, synthetic_target, images, tmp_path, monkeypatch
+):
+    """The calibration the export made, listed beside model.xml, gives the same ``p_value`` and ``threshold``
+    columns as ``anomalib predict`` of the same calibrated model (same source, same seed, same images)."""
+    monkeypatch.chdir(tmp_path)
+    calibrated = tiny_args(false_alarm_rate=0.2, calibration_source=str(synthetic_target / "delta" / "train" / "good"))
+    xml = cpu_engine(tmp_path / "engine").export(
+        model=FAPrompt(**calibrated),
+        export_type=ExportType.OPENVINO,
+        export_root=tmp_path / "export",
+        ckpt_path=faprompt_checkpoint,
+    )
+    assert (xml.parent / "calibration_images.csv").is_file()
+    engine = cpu_engine(tmp_path / "anomalib")
+    engine.predict(model=FAPrompt(**calibrated), ckpt_path=faprompt_checkpoint, data_path=images / "good")
+    main([str(xml), "--data", str(images / "good"), "--output", str(tmp_path / "out"), "--no_heat_maps"])
+
+    expected = csv_rows(tmp_path / "anomalib" / "FAPrompt" / "v0" / "predictions.csv")
+    actual = csv_rows(tmp_path / "out" / "v0" / "predictions.csv")
+    assert list(actual[0]) == list(expected[0]) == ["file", "score", "label", "p_value", "threshold"]
+    assert [row["file"] for row in actual] == [row["file"] for row in expected]
+    for mine, theirs in zip(actual, expected, strict=True):
+        assert abs(float(mine["score"]) - float(theirs["score"])) <= TOLERANCE, mine["file"]
+        assert (mine["label"], mine["p_value"], mine["threshold"]) == (
+            theirs["label"], theirs["p_value"], theirs["threshold"]
+        ), mine["file"]  # fmt: skip

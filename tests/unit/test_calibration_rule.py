@@ -99,3 +99,17 @@ def test_the_spread_of_one_draw_follows_the_beta_binomial_law():
         assert np.quantile(rates, 0.05) == pytest.approx(low, abs=0.01)
         assert np.quantile(rates, 0.95) == pytest.approx(high, abs=0.01)
         assert low < expected_false_alarm_rate(n, a) < high
+
+
+def test_the_listed_calibration_reads_back_as_written(tmp_path):
+    """What an export lists beside its model (write_calibrations) is what the predict command reads back."""
+    from anomalib_faprompt.models.calibration import Calibration, read_calibrations, write_calibrations
+
+    assert read_calibrations(tmp_path) == []
+    written = Calibration("calibration_source", ("a.png", "b.png", "c.png", "d.png"), (0.25, 0.1 + 0.2, 0.5, 0.125),
+                          (0.5, 0.75, 0.875, 0.3), 0.2)  # fmt: skip
+    write_calibrations(tmp_path, [written])
+    (read,) = read_calibrations(tmp_path)
+    assert read == written
+    assert read.image_threshold == 0.5  # n = 4, a = 0.2: k = 4
+    np.testing.assert_array_equal(read.p_values([0.3, 0.6]), [3 / 5, 1 / 5])
