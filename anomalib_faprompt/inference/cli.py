@@ -63,12 +63,18 @@ def main(argv: Sequence[str] | None = None) -> None:
         export_calibration,
         read_exported_model,
     )
-    from anomalib_faprompt.inference.predict import list_images, predict_images  # noqa: PLC0415
+    from anomalib_faprompt.inference.predict import (  # noqa: PLC0415
+        check_not_calibration,
+        list_images,
+        predict_images,
+    )
 
     try:
         model = read_exported_model(args.model)
         calibration = export_calibration(args.model)
         images = list_images(args.data)
+        if calibration is not None:
+            check_not_calibration(images, calibration)
         compiled = compile_for_throughput(model, args.precision, args.threads)
         predict_images(
             compiled, args.model, images, args.output, heat_maps=not args.no_heat_maps, calibration=calibration

@@ -23,13 +23,14 @@ from anomalib.data import ImageBatch, ImageItem
 from tqdm import tqdm
 
 from anomalib_faprompt.data.dataset import ImagePredictDataset
+from anomalib_faprompt.data.references import check_not_scored
 from anomalib_faprompt.errors import InvalidInputError
 from anomalib_faprompt.models.calibration import Calibration
 from anomalib_faprompt.models.predictions import CALIBRATED_COLUMNS, PREDICTIONS_COLUMNS, PredictionsFile
 from anomalib_faprompt.models.visualizer import CategoryImageVisualizer, image_root, panel_path
 from anomalib_faprompt.runs import check_writable, new_version_dir
 
-__all__ = ["list_images", "predict_images"]
+__all__ = ["check_not_calibration", "list_images", "predict_images"]
 
 logger = logging.getLogger(__name__)
 
@@ -120,6 +121,23 @@ def _results(compiled: Any, items: Iterator[ImageItem], model_path: Path) -> Ite
 def _batch(item: ImageItem, outputs: dict[str, torch.Tensor]) -> ImageBatch:
     """A batch of one image with the graph's outputs for it, as ``anomalib predict`` hands its results on."""
     return ImageBatch(image=item.image[None], image_path=[item.image_path], **outputs)
+
+
+def check_not_calibration(images: Sequence[tuple[ImagePredictDataset, int]], calibration: Calibration) -> None:
+    """Refuse images the export's thresholds were calibrated on, as ``anomalib predict`` refuses them.
+
+    Raises:
+        InvalidInputError: Some of ``images`` are calibration images; the message names them.
+    """
+    scored = {str(Path(dataset.image_filenames[index]).resolve()) for dataset, index in images}
+    check_not_scored(
+        scored,
+        calibration.files,
+        "calibration images of the exported model",
+        "the false-alarm rate holds for images the thresholds were not set on.",
+        "predict",
+        "export with normal images of another folder as `calibration_source`",
+    )
 
 
 def _calibrated_cells(batch: ImageBatch, calibration: Calibration) -> list[tuple[str, str]]:

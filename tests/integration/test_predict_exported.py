@@ -174,10 +174,11 @@ def test_the_installed_command_predicts_as_anomalib_predict(exports, images, ano
 
 
 def test_a_calibrated_export_writes_the_p_values_and_threshold_of_anomalib_predict(
-    faprompt_checkpoint, synthetic_target, images, tmp_path, monkeypatch
+    faprompt_checkpoint, synthetic_target, images, tmp_path, monkeypatch, capsys
 ):
     """The calibration the export made, listed beside model.xml, gives the same ``p_value`` and ``threshold``
-    columns as ``anomalib predict`` of the same calibrated model (same source, same seed, same images)."""
+    columns as ``anomalib predict`` of the same calibrated model (same source, same seed, same images), and refuses
+    its own calibration images as ``anomalib predict`` does."""
     monkeypatch.chdir(tmp_path)
     calibrated = tiny_args(false_alarm_rate=0.2, calibration_source=str(synthetic_target / "delta" / "train" / "good"))
     xml = cpu_engine(tmp_path / "engine").export(
@@ -187,6 +188,14 @@ def test_a_calibrated_export_writes_the_p_values_and_threshold_of_anomalib_predi
         ckpt_path=faprompt_checkpoint,
     )
     assert (xml.parent / "calibration_images.csv").is_file()
+    source = synthetic_target / "delta" / "train" / "good"
+    line = predict_refusal(capsys, xml, "--data", source, "--output", tmp_path / "refused")
+    assert line.startswith(
+        f"InvalidInputError: 4 image(s) to be predicted are also calibration images of the exported model ('{source}"
+    )
+    assert line.endswith(
+        "Predict other images, or export with normal images of another folder as `calibration_source`."
+    )
     engine = cpu_engine(tmp_path / "anomalib")
     engine.predict(model=FAPrompt(**calibrated), ckpt_path=faprompt_checkpoint, data_path=images / "good")
     main([str(xml), "--data", str(images / "good"), "--output", str(tmp_path / "out"), "--no_heat_maps"])
