@@ -156,7 +156,8 @@ class PromptExportMixin(ExportMixin):
         files = self.calibration_source_files(run_seed())
         if files:
             images = file_images(files)
-            where = f"of `calibration_source` '{self.hparams.calibration_source}' (calibration_images.csv lists them)"
+            source = self.hparams.calibration_source
+            where = f"images of `calibration_source` '{source}' (calibration_images.csv lists them)"
         else:
             datamodule.setup("fit")
             images = normal_images(datamodule)
