@@ -37,7 +37,14 @@ from anomalib_faprompt.models import compression
 from anomalib_faprompt.models.few_shot import run_seed
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from benchmark_export import MODELS, calibration_folder, dataset_files, load_calibrated, outputs_per_image
+from benchmark_export import (
+    MODELS,
+    calibration_folder,
+    compared,
+    dataset_files,
+    load_calibrated,
+    outputs_per_image,
+)
 
 Quantise = Callable[[ov.Model, list[np.ndarray]], ov.Model]
 
@@ -123,10 +130,7 @@ def recipes(model: ov.Model, clip: torch.nn.Module) -> dict[str, Quantise]:
 
 def row(name: str, outputs: dict[str, np.ndarray], reference: dict[str, np.ndarray]) -> str:
     """One Markdown row comparing ``outputs`` with the f32 export's."""
-    score = np.abs(outputs["pred_score"] - reference["pred_score"]).reshape(-1)
-    anomaly_map = np.abs(outputs["anomaly_map"] - reference["anomaly_map"]).max()
-    labels = (outputs["pred_label"].reshape(-1) == reference["pred_label"].reshape(-1)).mean()
-    distinct = len(np.unique(outputs["pred_score"].round(6)))
+    score, anomaly_map, distinct, labels = compared(outputs, reference)
     return (
         f"| {name} | {score.max():.2e} | {np.median(score):.1e} | {int((score > 2e-2).sum())} | {anomaly_map:.2e} | "
         f"{distinct} | {100 * labels:.1f}% |"
