@@ -178,18 +178,30 @@ def test_a_calibrated_export_writes_the_p_values_and_threshold_of_anomalib_predi
 ):
     """The calibration the export made, listed beside model.xml, gives the same ``p_value`` and ``threshold``
     columns as ``anomalib predict`` of the same calibrated model (same source, same seed, same images), and refuses
-    its own calibration images as ``anomalib predict`` does."""
+    its own calibration images as ``anomalib predict`` does; the same through ``--ckpt_path``, ``--model.weights``
+    and Python."""
     monkeypatch.chdir(tmp_path)
-    calibrated = tiny_args(false_alarm_rate=0.2, calibration_source=str(synthetic_target / "delta" / "train" / "good"))
-    xml = cpu_engine(tmp_path / "engine").export(
-        model=FAPrompt(**calibrated),
-        export_type=ExportType.OPENVINO,
-        export_root=tmp_path / "export",
-        ckpt_path=faprompt_checkpoint,
-    )
-    assert (xml.parent / "calibration_images.csv").is_file()
     source = synthetic_target / "delta" / "train" / "good"
-    line = predict_refusal(capsys, xml, "--data", source, "--output", tmp_path / "refused")
+    calibrated = tiny_args(false_alarm_rate=0.2, calibration_source=str(source))
+    exports = {
+        "ckpt_path": cpu_engine(tmp_path / "engine").export(
+            model=FAPrompt(**calibrated),
+            export_type=ExportType.OPENVINO,
+            export_root=tmp_path / "ckpt_path",
+            ckpt_path=faprompt_checkpoint,
+        ),
+        "weights": cpu_engine(tmp_path / "engine").export(
+            model=FAPrompt(**calibrated, weights=str(faprompt_checkpoint)),
+            export_type=ExportType.OPENVINO,
+            export_root=tmp_path / "weights",
+        ),
+        "python": FAPrompt.load_from_checkpoint(faprompt_checkpoint, map_location="cpu", **calibrated).to_openvino(
+            tmp_path / "python"
+        ),
+    }
+    listed = {name: (xml.parent / "calibration_images.csv").read_bytes() for name, xml in exports.items()}
+    assert listed["weights"] == listed["python"] == listed["ckpt_path"]
+    line = predict_refusal(capsys, exports["ckpt_path"], "--data", source, "--output", tmp_path / "refused")
     assert line.startswith(
         f"InvalidInputError: 4 image(s) to be predicted are also calibration images of the exported model ('{source}"
     )
@@ -198,14 +210,16 @@ def test_a_calibrated_export_writes_the_p_values_and_threshold_of_anomalib_predi
     )
     engine = cpu_engine(tmp_path / "anomalib")
     engine.predict(model=FAPrompt(**calibrated), ckpt_path=faprompt_checkpoint, data_path=images / "good")
-    main([str(xml), "--data", str(images / "good"), "--output", str(tmp_path / "out"), "--no_heat_maps"])
-
     expected = csv_rows(tmp_path / "anomalib" / "FAPrompt" / "v0" / "predictions.csv")
-    actual = csv_rows(tmp_path / "out" / "v0" / "predictions.csv")
-    assert list(actual[0]) == list(expected[0]) == ["file", "score", "label", "p_value", "threshold"]
-    assert [row["file"] for row in actual] == [row["file"] for row in expected]
-    for mine, theirs in zip(actual, expected, strict=True):
-        assert abs(float(mine["score"]) - float(theirs["score"])) <= TOLERANCE, mine["file"]
-        assert (mine["label"], mine["p_value"], mine["threshold"]) == (
-            theirs["label"], theirs["p_value"], theirs["threshold"]
-        ), mine["file"]  # fmt: skip
+
+    for name, xml in exports.items():
+        output = tmp_path / "out" / name
+        main([str(xml), "--data", str(images / "good"), "--output", str(output), "--no_heat_maps"])
+        actual = csv_rows(output / "v0" / "predictions.csv")
+        assert list(actual[0]) == list(expected[0]) == ["file", "score", "label", "p_value", "threshold"]
+        assert [row["file"] for row in actual] == [row["file"] for row in expected]
+        for mine, theirs in zip(actual, expected, strict=True):
+            assert abs(float(mine["score"]) - float(theirs["score"])) <= TOLERANCE, (name, mine["file"])
+            assert (mine["label"], mine["p_value"], mine["threshold"]) == (
+                theirs["label"], theirs["p_value"], theirs["threshold"]
+            ), (name, mine["file"])  # fmt: skip
